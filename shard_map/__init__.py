@@ -1,0 +1,55 @@
+"""Pure model of boards, shard maps and index slots, and their PostgreSQL store (the control plane)."""
+
+from ._errors import (
+    AlreadyExists,
+    ControlPlaneError,
+    InvalidArgument,
+    NodeError,
+    NodeUnavailable,
+    NotFound,
+    OutOfRange,
+    RankshardError,
+    RequestIdConflict,
+    ShardFrozen,
+    StaleMap,
+)
+from ._limits import (
+    DEFAULT_LIMIT,
+    DEFAULT_RADIUS,
+    MAX_BATCH,
+    MAX_LIMIT,
+    MAX_RADIUS,
+    MAX_SCORE,
+    check_board_name,
+    check_count,
+    check_offset,
+    check_request_id,
+    check_score,
+    check_user_id,
+)
+from ._model import (
+    NUM_SLOTS,
+    BoardConfig,
+    Operator,
+    Shard,
+    ShardMap,
+    ShardState,
+    SlotTable,
+    SortOrder,
+    check_boundaries,
+    default_boundaries,
+    ranges_for,
+    slot_for,
+    tiling_problems,
+    user_hash,
+)
+
+__all__ = [
+    "AlreadyExists", "BoardConfig", "ControlPlaneError", "DEFAULT_LIMIT", "DEFAULT_RADIUS",
+    "InvalidArgument", "MAX_BATCH", "MAX_LIMIT", "MAX_RADIUS", "MAX_SCORE", "NUM_SLOTS", "NodeError",
+    "NodeUnavailable", "NotFound", "Operator", "OutOfRange", "RankshardError", "RequestIdConflict",
+    "Shard", "ShardFrozen", "ShardMap", "ShardState", "SlotTable", "SortOrder", "StaleMap",
+    "check_board_name", "check_boundaries", "check_count", "check_offset", "check_request_id",
+    "check_score", "check_user_id", "default_boundaries", "ranges_for", "slot_for",
+    "tiling_problems", "user_hash",
+]
