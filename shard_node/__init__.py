@@ -1,1 +1,16 @@
+"""Everything that touches node data: key layout, Lua scripts, the write and read paths, moves."""
 
+from ._admin import install_descriptors
+from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
+from ._keys import IndexEntry
+from ._layout import BoardLayout, Cluster
+from ._moves import MOVE_STEPS, StepHook, finish_move
+from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_scores, read_entry, shard_sizes
+from ._writes import Update, UpdateOutcome, apply_updates, remove_member
+
+__all__ = [
+    "DEFAULT_NODE_TIMEOUT", "MOVE_STEPS", "BoardLayout", "Cluster", "Entry", "IndexEntry",
+    "NodeClient", "StepHook", "Update", "UpdateOutcome", "apply_updates", "finish_move",
+    "get_around", "get_rank", "get_ranks", "get_top", "install_descriptors", "rank_of_scores",
+    "read_entry", "remove_member", "shard_sizes",
+]

@@ -1,0 +1,81 @@
+"""What the data path needs to know about one board, derived once per shard-map epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shard_map import NUM_SLOTS, BoardConfig, NodeUnavailable, Shard, ShardMap, SlotTable, user_hash
+
+from ._client import NodeClient
+from ._keys import descriptor, index_key
+
+
+@dataclass(frozen=True, slots=True)
+class BoardLayout:
+    """A board's config and shard map, with the lookups every request would otherwise redo."""
+
+    config: BoardConfig
+    map: ShardMap
+    descending: bool = field(init=False)
+    index_args: tuple[str, ...] = field(init=False)
+    """Arguments of the index script that describe the map: nb, the cut points, the shard ids."""
+    shards: Mapping[str, Shard] = field(init=False)
+    descriptors: Mapping[str, str] = field(init=False)
+    best_first: tuple[Shard, ...] = field(init=False)
+    by_node: Mapping[str, tuple[Shard, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        m = self.map
+        best = m.best_first(self.config.sort_order)
+        by_node: dict[str, list[Shard]] = {}
+        for shard in best:
+            by_node.setdefault(shard.node, []).append(shard)
+        derived = {
+            "descending": self.config.descending,
+            "index_args": (
+                str(len(m.boundaries)),
+                *map(str, m.boundaries),
+                *(s.id for s in m.shards),
+            ),
+            "shards": {s.id: s for s in m.shards},
+            "descriptors": {s.id: descriptor(s) for s in m.shards},
+            "best_first": best,
+            "by_node": {node: tuple(shards) for node, shards in by_node.items()},
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def board(self) -> str:
+        return self.config.name
+
+    def stored(self, score: int) -> int:
+        """The sorted-set score of `score`: negated on descending boards so ascending is best-first."""
+        return -score if self.descending else score
+
+    def unstored(self, stored: int) -> int:
+        return -stored if self.descending else stored
+
+
+class Cluster:
+    """The data nodes and the index slot table, as one router sees them."""
+
+    def __init__(self, nodes: Mapping[str, NodeClient], slots: SlotTable) -> None:
+        self.nodes = dict(nodes)
+        self.slots = slots
+
+    def node(self, node_id: str) -> NodeClient:
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise NodeUnavailable(node_id, "is not a registered node") from None
+
+    def index_of(self, board: str, user_id: str) -> tuple[NodeClient, str]:
+        """The node owning `user_id`'s index slot, and the key of the hash holding its entry."""
+        h = user_hash(user_id)
+        return self.node(self.slots.node_for(h % NUM_SLOTS)), index_key(board, h)
+
+    async def aclose(self) -> None:
+        for client in self.nodes.values():
+            await client.aclose()

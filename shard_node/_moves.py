@@ -1,0 +1,94 @@
+"""Rolling a member's pending move forward (DESIGN.md write path step 4), and removals.
+
+A move ``from -> to`` at version v is finished by four idempotent steps, each safe to repeat and
+safe to run from two routers at once:
+
+1. write (score, v) into the destination shard (skipped for a removal, to == "");
+2. compare-and-set the index entry's home to the destination;
+3. remove the member from the source shard unless the source holds a newer version (tombstone v);
+4. clear the intent (for a removal: leave the index tombstone).
+
+A crash between any two steps leaves the intent in the index, and the next write for that member
+(or the sweeper) calls `finish_move` again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shard_map import ShardFrozen, StaleMap
+
+from ._client import NodeClient
+from ._keys import IndexEntry, descriptor_key, descriptor_state, shard_key, versions_key
+from ._layout import BoardLayout, Cluster
+from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, Script
+
+StepHook = Callable[[str], None]
+"""Test-only: called with a step name right after that step is durable; raising simulates a crash."""
+
+MOVE_STEPS = (
+    "intent_recorded",
+    "destination_written",
+    "home_switched",
+    "source_removed",
+    "intent_cleared",
+)
+
+
+async def finish_move(
+    cluster: Cluster, layout: BoardLayout, entry: IndexEntry, on_step: StepHook | None = None
+) -> None:
+    """Carries `entry`'s pending move to the end; raises `NodeError` subclasses."""
+    index_node, index_key = cluster.index_of(layout.board, entry.user_id)
+    intent = (entry.user_id, entry.version, entry.from_, entry.to)
+    if entry.to:
+        stored = layout.stored(entry.score)
+        await shard_call(cluster, layout, SHARD_APPLY, entry.to, [entry.user_id, stored, entry.version])
+        _step(on_step, "destination_written")
+        await index_node.run(INDEX_MOVE, [index_key], ["home", *intent])
+        _step(on_step, "home_switched")
+    await shard_call(cluster, layout, SHARD_REMOVE, entry.from_, [entry.user_id, entry.version])
+    _step(on_step, "source_removed")
+    await index_node.run(INDEX_MOVE, [index_key], ["done", *intent])
+    _step(on_step, "intent_cleared")
+
+
+async def shard_call(
+    cluster: Cluster, layout: BoardLayout, script: Script, shard_id: str, args: list[object]
+) -> list[object]:
+    """Runs a fenced shard script on the shard's node; raises `StaleMap`, `ShardFrozen`, `NodeError`."""
+    node = shard_node(cluster, layout, shard_id)
+    result = await node.run(script, shard_keys(layout.board, shard_id), [layout.descriptors[shard_id], *args])
+    check_fence(node, layout, shard_id, result)
+    return result
+
+
+def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClient:
+    shard = layout.shards.get(shard_id)
+    if shard is None:
+        raise StaleMap("?", f"shard {shard_id} of {layout.board!r} is not in map epoch {layout.map.epoch}")
+    return cluster.node(shard.node)
+
+
+def shard_keys(board: str, shard_id: str) -> list[str]:
+    return [shard_key(board, shard_id), versions_key(board, shard_id), descriptor_key(board, shard_id)]
+
+
+def check_fence(node: NodeClient, layout: BoardLayout, shard_id: str, result: list[object]) -> None:
+    """Raises when a fenced script answered 'stale': `ShardFrozen` if only the state differs."""
+    if result[0] != "stale":
+        return
+    actual = str(result[-1])
+    expected = layout.descriptors[shard_id]
+    if descriptor_state(actual) == "FROZEN" and actual.rsplit("|", 1)[0] == expected.rsplit("|", 1)[0]:
+        raise ShardFrozen(node.id, f"shard {shard_id} of {layout.board!r} is frozen for a migration")
+    raise StaleMap(
+        node.id,
+        f"shard {shard_id} of {layout.board!r} is {actual or 'absent'!r} there, "
+        f"map epoch {layout.map.epoch} expects {expected!r}",
+    )
+
+
+def _step(hook: StepHook | None, name: str) -> None:
+    if hook is not None:
+        hook(name)

@@ -1,0 +1,223 @@
+"""The read path of DESIGN.md: ranks from shard sizes, pages and windows across shard boundaries.
+
+Every read of a shard is fenced by its descriptor, so a router with an old map gets `StaleMap`
+instead of a wrong answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shard_map import NotFound
+
+from ._keys import IndexEntry, descriptor_key, shard_key
+from ._layout import BoardLayout, Cluster
+from ._moves import check_fence, shard_call
+from ._scripts import SHARD_APPLY, SHARD_COUNT, SHARD_PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    user_id: str
+    score: int
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    kind: str  # 'b': members strictly better than a stored score; 'r': a member's position
+    shard_id: str
+    arg: object
+
+
+async def _count(
+    cluster: Cluster, layout: BoardLayout, queries: Sequence[_Query] = ()
+) -> tuple[dict[str, int], list[int]]:
+    """Every shard's size, and the answers to `queries`, in one round trip per node."""
+    per_node: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        per_node.setdefault(layout.shards[q.shard_id].node, []).append(i)
+
+    async def ask(node_id: str, shards: tuple) -> list[object]:
+        node = cluster.node(node_id)
+        position = {s.id: p for p, s in enumerate(shards, 1)}
+        keys: list[str] = []
+        for s in shards:
+            keys += (shard_key(layout.board, s.id), descriptor_key(layout.board, s.id))
+        args: list[object] = [len(shards), *(layout.descriptors[s.id] for s in shards)]
+        for i in per_node.get(node_id, ()):
+            q = queries[i]
+            args += (q.kind, position[q.shard_id], q.arg)
+        answer = await node.run(SHARD_COUNT, keys, args)
+        if answer[0] == "stale":
+            check_fence(node, layout, shards[int(answer[1]) - 1].id, [answer[0], answer[2]])
+        return answer
+
+    nodes = list(layout.by_node.items())
+    answers = await asyncio.gather(*(ask(n, shards) for n, shards in nodes))
+    sizes: dict[str, int] = {}
+    results = [0] * len(queries)
+    for (node_id, shards), answer in zip(nodes, answers):
+        for s, card in zip(shards, answer[1 : 1 + len(shards)]):
+            sizes[s.id] = int(card)
+        for i, value in zip(per_node.get(node_id, ()), answer[1 + len(shards) :]):
+            results[i] = int(value)
+    return sizes, results
+
+
+def _better_sums(layout: BoardLayout, sizes: dict[str, int]) -> dict[str, int]:
+    """For each shard, how many members all better shards hold together."""
+    sums, running = {}, 0
+    for s in layout.best_first:
+        sums[s.id] = running
+        running += sizes[s.id]
+    return sums
+
+
+async def shard_sizes(cluster: Cluster, layout: BoardLayout) -> dict[str, int]:
+    sizes, _ = await _count(cluster, layout)
+    return sizes
+
+
+async def rank_of_scores(
+    cluster: Cluster, layout: BoardLayout, scores: Sequence[int]
+) -> tuple[list[int], int]:
+    """Competition ranks that `scores` have (or would have) on the board, and the board's size.
+
+    Rank = 1 + members of every better shard + members of the score's shard with a strictly
+    better score (DESIGN.md read path).
+    """
+    shards = [layout.map.shard_for(s).id for s in scores]
+    queries = [_Query("b", sid, layout.stored(s)) for sid, s in zip(shards, scores)]
+    sizes, better = await _count(cluster, layout, queries)
+    sums = _better_sums(layout, sizes)
+    return [1 + sums[sid] + b for sid, b in zip(shards, better)], sum(sizes.values())
+
+
+async def read_entry(cluster: Cluster, layout: BoardLayout, user_id: str) -> IndexEntry:
+    """The member's index entry; raises `NotFound`."""
+    node, key = cluster.index_of(layout.board, user_id)
+    entry = IndexEntry.parse(user_id, await node.command("HGET", key, user_id))
+    if entry is None:
+        raise NotFound(f"user {user_id!r} is not on leaderboard {layout.board!r}")
+    return entry
+
+
+async def get_rank(cluster: Cluster, layout: BoardLayout, user_id: str) -> tuple[Entry, int]:
+    """The member's entry and the board's size; raises `NotFound`."""
+    entry = await read_entry(cluster, layout, user_id)
+    ranks, total = await rank_of_scores(cluster, layout, [entry.score])
+    return Entry(user_id, entry.score, ranks[0]), total
+
+
+async def get_ranks(cluster: Cluster, layout: BoardLayout, user_ids: Sequence[str]) -> list[Entry]:
+    """Entries of the known members among `user_ids`, best first."""
+    by_node: dict[str, tuple[object, list[str], list[str]]] = {}
+    for user in dict.fromkeys(user_ids):
+        node, key = cluster.index_of(layout.board, user)
+        _, users, keys = by_node.setdefault(node.id, (node, [], []))
+        users.append(user)
+        keys.append(key)
+    answers = await asyncio.gather(
+        *(node.commands([("HGET", k, u) for k, u in zip(keys, users)]) for node, users, keys in by_node.values())
+    )
+    found = []
+    for (_, users, _), raws in zip(by_node.values(), answers):
+        found += [e for e in (IndexEntry.parse(u, r) for u, r in zip(users, raws)) if e]
+    ranks, _ = await rank_of_scores(cluster, layout, [e.score for e in found])
+    entries = [Entry(e.user_id, e.score, r) for e, r in zip(found, ranks)]
+    return sorted(entries, key=lambda e: (e.rank, e.user_id.encode()))
+
+
+async def get_top(
+    cluster: Cluster, layout: BoardLayout, offset: int, limit: int
+) -> tuple[list[Entry], int]:
+    """Positions offset..offset+limit-1 across all shards, best first, and the board's size."""
+    sizes, _ = await _count(cluster, layout)
+    return await _read_range(cluster, layout, sizes, offset, limit), sum(sizes.values())
+
+
+async def get_around(
+    cluster: Cluster, layout: BoardLayout, user_id: str, radius: int
+) -> tuple[list[Entry], int]:
+    """Up to `radius` members either side of the member, best first; raises `NotFound`."""
+    entry = await read_entry(cluster, layout, user_id)
+    for _ in range(2):
+        sizes, (position,) = await _count(cluster, layout, [_Query("r", entry.home, user_id)])
+        if position >= 0:
+            break
+        # The index committed but the shard write never happened (a crashed writer): heal it.
+        args = [user_id, layout.stored(entry.score), entry.version]
+        await shard_call(cluster, layout, SHARD_APPLY, entry.home, args)
+    else:
+        raise NotFound(f"user {user_id!r} is not in its shard {entry.home} of {layout.board!r}")
+    at = _better_sums(layout, sizes)[entry.home] + position
+    start = max(0, at - radius)
+    total = sum(sizes.values())
+    entries = await _read_range(cluster, layout, sizes, start, min(total, at + radius + 1) - start)
+    return entries, total
+
+
+async def _read_range(
+    cluster: Cluster, layout: BoardLayout, sizes: dict[str, int], start: int, count: int
+) -> list[Entry]:
+    """Entries at global positions start..start+count-1, walking the shards best-first."""
+    pages: list[tuple[str, int, int, int]] = []  # shard, first local position, last, global start
+    seen = 0
+    for s in layout.best_first:
+        size = sizes[s.id]
+        if count > 0 and start < seen + size and seen < start + count:
+            first = max(0, start - seen)
+            last = min(size, start + count - seen) - 1
+            pages.append((s.id, first, last, seen + first))
+        seen += size
+    if not pages:
+        return []
+    results = await _read_pages(cluster, layout, pages)
+    sums = _better_sums(layout, sizes)
+    entries: list[Entry] = []
+    seen_users: set[str] = set()
+    for (shard_id, _, _, position), (better, rows) in zip(pages, results):
+        for j, (user, stored) in enumerate(rows):
+            if user in seen_users:
+                continue  # caught mid-move in two shards: list it once
+            seen_users.add(user)
+            score = layout.unstored(stored)
+            if not entries:
+                rank = 1 + sums[shard_id] + better
+            elif score == entries[-1].score:
+                rank = entries[-1].rank
+            else:
+                rank = position + j + 1
+            entries.append(Entry(user, score, rank))
+    return entries
+
+
+async def _read_pages(
+    cluster: Cluster, layout: BoardLayout, pages: list[tuple[str, int, int, int]]
+) -> list[tuple[int, list[tuple[str, int]]]]:
+    by_node: dict[str, list[int]] = {}
+    for i, (shard_id, *_) in enumerate(pages):
+        by_node.setdefault(layout.shards[shard_id].node, []).append(i)
+
+    async def read(node_id: str, indexes: list[int]) -> list[object]:
+        node = cluster.node(node_id)
+        calls = []
+        for i in indexes:
+            shard_id, first, last, _ = pages[i]
+            keys = [shard_key(layout.board, shard_id), descriptor_key(layout.board, shard_id)]
+            calls.append((SHARD_PAGE, keys, [layout.descriptors[shard_id], first, last]))
+        answers = await node.run_many(calls)
+        for i, answer in zip(indexes, answers):
+            check_fence(node, layout, pages[i][0], answer)
+        return answers
+
+    out: list[tuple[int, list[tuple[str, int]]]] = [(0, [])] * len(pages)
+    node_ids = list(by_node)
+    for node_id, answers in zip(node_ids, await asyncio.gather(*(read(n, by_node[n]) for n in node_ids))):
+        for i, answer in zip(by_node[node_id], answers):
+            flat = answer[2:]
+            out[i] = (int(answer[1]), [(str(u), int(float(s))) for u, s in zip(flat[::2], flat[1::2])])
+    return out

@@ -1,0 +1,220 @@
+"""The write path of DESIGN.md: index commit, shard writes, boundary crossings, removals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shard_map import OutOfRange, RequestIdConflict, StaleMap
+
+from ._client import NodeClient
+from ._keys import IndexEntry, dedup_key
+from ._layout import BoardLayout, Cluster
+from ._moves import StepHook, _step, check_fence, finish_move, shard_keys
+from ._reads import rank_of_scores
+from ._scripts import INDEX_APPLY, INDEX_REMOVE, SHARD_APPLY
+
+_MAX_ROUNDS = 8
+"""Index attempts per call: each lost round means another writer's move had to be finished first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    user_id: str
+    value: int
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOutcome:
+    score: int
+    rank: int
+    applied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Committed:
+    """One update's answer from the index script."""
+
+    kind: str  # 'new' | 'upd' | 'dup'
+    score: int
+    applied: bool
+    entry: IndexEntry | None  # the member's entry after the call; None if it is gone
+
+
+async def apply_updates(
+    cluster: Cluster,
+    layout: BoardLayout,
+    updates: Sequence[Update],
+    on_step: StepHook | None = None,
+) -> list[UpdateOutcome]:
+    """Applies `updates` under the board's operator and answers each with its score and rank.
+
+    Raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]`` (nothing applied when all the
+    updates' index slots live on one node; see `_commit`), `StaleMap`, `NodeError`.
+    """
+    committed = await _commit(cluster, layout, updates, on_step)
+    await _write_shards(cluster, layout, committed, on_step)
+    ranks, _ = await rank_of_scores(cluster, layout, [c.score for c in committed])
+    return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
+
+
+async def remove_member(
+    cluster: Cluster, layout: BoardLayout, user_id: str, on_step: StepHook | None = None
+) -> bool:
+    """Removes a member; False if it was not on the board. Raises `NodeError`."""
+    node, key = cluster.index_of(layout.board, user_id)
+    for _ in range(_MAX_ROUNDS):
+        answer = await node.run(INDEX_REMOVE, [key], [user_id])
+        if answer[0] == "absent":
+            return False
+        if answer[0] == "intent":
+            await finish_move(cluster, layout, _entry(user_id, answer[1:]), on_step)
+            continue
+        _, score, version, home = answer
+        _step(on_step, "intent_recorded")
+        entry = IndexEntry(user_id, int(score), int(version), home, from_=home, to="")
+        await finish_move(cluster, layout, entry, on_step)
+        return True
+    raise _contended(user_id)
+
+
+async def _commit(
+    cluster: Cluster, layout: BoardLayout, updates: Sequence[Update], on_step: StepHook | None
+) -> list[_Committed]:
+    """Runs the index script for every update (DESIGN.md write path step 2).
+
+    Each node's share is all-or-nothing. When the batch spans several index nodes, a read-only
+    'check' round first makes a bad update fail the whole call before any node applies anything.
+    """
+    by_node: dict[str, tuple[NodeClient, list[int], list[str]]] = {}
+    for i, update in enumerate(updates):
+        node, key = cluster.index_of(layout.board, update.user_id)
+        _, positions, keys = by_node.setdefault(node.id, (node, [], []))
+        positions.append(i)
+        keys += (key, dedup_key(layout.board, update.user_id))
+    results: list[_Committed | None] = [None] * len(updates)
+    pending = set(by_node)
+    checked = len(by_node) == 1
+    for _ in range(_MAX_ROUNDS):
+        mode = "apply" if checked else "check"
+        answers = await asyncio.gather(
+            *(_run_index(by_node[n], layout, updates, mode) for n in sorted(pending))
+        )
+        intents: list[IndexEntry] = []
+        for node_id, answer in zip(sorted(pending), answers):
+            _, positions, _ = by_node[node_id]
+            if answer[0] == "abort":
+                partial = mode == "apply" and len(by_node) > 1
+                intents += _raise_or_collect(answer[1:], positions, updates, partial)
+            elif mode == "apply":
+                for i, raw in zip(positions, answer[1:]):
+                    results[i] = _committed(updates[i].user_id, raw)
+                pending.discard(node_id)
+        if not pending:
+            break
+        if intents:
+            await asyncio.gather(*(finish_move(cluster, layout, e, on_step) for e in intents))
+        elif mode == "check":
+            checked = True
+    else:
+        raise _contended(updates[0].user_id)
+    return [r for r in results if r is not None]
+
+
+async def _run_index(
+    group: tuple[NodeClient, list[int], list[str]],
+    layout: BoardLayout,
+    updates: Sequence[Update],
+    mode: str,
+) -> list[object]:
+    node, positions, keys = group
+    config = layout.config
+    args: list[object] = [mode, int(config.operator), int(layout.descending), *layout.index_args]
+    for i in positions:
+        u = updates[i]
+        args += (u.user_id, u.value, u.request_id)
+    return await node.run(INDEX_APPLY, keys, args)
+
+
+def _raise_or_collect(
+    aborts: list[list[object]], positions: list[int], updates: Sequence[Update], partial: bool
+) -> list[IndexEntry]:
+    """Raises the first client error among `aborts`; otherwise returns the pending moves met."""
+    intents = []
+    for abort in aborts:
+        pos = positions[int(abort[0]) - 1]
+        field = "request_id" if abort[1] == "conflict" else "score"
+        name = f"updates[{pos}].{field}" if len(updates) > 1 else field
+        note = "; updates on other index nodes were applied" if partial else "; nothing was applied"
+        if abort[1] == "conflict":
+            raise RequestIdConflict(
+                f"{name}: {updates[pos].request_id!r} was used for user {updates[pos].user_id!r} "
+                f"with a different score{note}"
+            )
+        if abort[1] == "overflow":
+            raise OutOfRange(name, f"the result would leave ±(2^53 - 1){note}")
+        intents.append(_entry(str(abort[2]), abort[3:]))
+    return intents
+
+
+def _committed(user_id: str, raw: list[object]) -> _Committed:
+    kind, score, version, applied, home, from_, to = raw
+    entry = IndexEntry(user_id, int(score), int(version), str(home), str(from_), str(to)) if home else None
+    return _Committed(str(kind), int(score), bool(applied), entry)
+
+
+def _entry(user_id: str, fields: list[object]) -> IndexEntry:
+    score, version, home, from_, to = fields
+    return IndexEntry(user_id, int(score), int(version), str(home), str(from_), str(to))
+
+
+async def _write_shards(
+    cluster: Cluster, layout: BoardLayout, committed: list[_Committed], on_step: StepHook | None
+) -> None:
+    """DESIGN.md write path steps 3 and 4 for each member's final state in this call.
+
+    Duplicates are written too: the first call may have died between its index commit and its
+    shard write, and re-writing the same absolute (score, version) is harmless.
+    """
+    final: dict[str, IndexEntry] = {}
+    for c in committed:
+        if c.entry is not None and (c.applied or c.kind == "dup"):
+            final[c.entry.user_id] = c.entry
+    moves = [e for e in final.values() if e.moving]
+    if moves:
+        _step(on_step, "intent_recorded")
+    by_shard: dict[str, list[object]] = {}
+    for e in final.values():
+        if not e.moving:
+            by_shard.setdefault(e.home, []).extend((e.user_id, layout.stored(e.score), e.version))
+    await asyncio.gather(
+        _write_groups(cluster, layout, by_shard),
+        *(finish_move(cluster, layout, e, on_step) for e in moves),
+    )
+
+
+async def _write_groups(
+    cluster: Cluster, layout: BoardLayout, by_shard: dict[str, list[object]]
+) -> None:
+    by_node: dict[str, list[str]] = {}
+    for shard_id in by_shard:
+        if shard_id not in layout.shards:
+            raise StaleMap("?", f"shard {shard_id} of {layout.board!r} is not in map epoch {layout.map.epoch}")
+        by_node.setdefault(layout.shards[shard_id].node, []).append(shard_id)
+
+    async def write(node_id: str, shard_ids: list[str]) -> None:
+        node = cluster.node(node_id)
+        calls = [
+            (SHARD_APPLY, shard_keys(layout.board, s), [layout.descriptors[s], *by_shard[s]])
+            for s in shard_ids
+        ]
+        for shard_id, result in zip(shard_ids, await node.run_many(calls)):
+            check_fence(node, layout, shard_id, result)
+
+    await asyncio.gather(*(write(n, s) for n, s in by_node.items()))
+
+
+def _contended(user_id: str) -> StaleMap:
+    return StaleMap("?", f"user {user_id!r} kept meeting other writers' moves; retry")

@@ -1,0 +1,20 @@
+-- Shared by every rankshard script (the loader prepends this file). Formats: see shard_node/_keys.py.
+local MAX_SCORE = 9007199254740991
+
+-- An index entry "score|ver|home|from|to"; nil for absent or removed ("~ver").
+local function parse_entry(raw)
+  if not raw or string.sub(raw, 1, 1) == '~' then return nil end
+  local s, v, h, f, t = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  return {score = tonumber(s), ver = tonumber(v), home = h, from = f, to = t}
+end
+
+local function format_entry(e)
+  return string.format('%d|%d|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to)
+end
+
+-- The version in a shard's versions hash ("ver", or "~ver" after removal), 0 when there is none.
+local function version_of(raw)
+  if not raw then return 0 end
+  if string.sub(raw, 1, 1) == '~' then return tonumber(string.sub(raw, 2)) end
+  return tonumber(raw)
+end

@@ -1,0 +1,129 @@
+-- DESIGN.md write path step 2: the commit point of a batch of updates on one index node.
+-- KEYS[2i-1], KEYS[2i]: the index hash and the request-id list of update i.
+-- ARGV: mode ('apply' | 'check'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
+--       nb, nb boundaries, nb+1 shard ids (ascending), then per update: user, value, request id ('' none).
+-- All or nothing: if any update meets a pending move, a reused request id with another value, or an
+-- overflow, nothing is written and {'abort', {i, kind, ...}, ...} comes back. Otherwise (and always in
+-- 'check' mode, which never writes) {'ok', {kind, score, ver, applied, home, from, to}, ...} per update,
+-- kind 'new' | 'upd' | 'dup'; for 'dup' the score is the first call's and the rest the current entry.
+local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local nb = tonumber(ARGV[4])
+local bounds, ids = {}, {}
+for i = 1, nb do bounds[i] = tonumber(ARGV[4 + i]) end
+for i = 1, nb + 1 do ids[i] = ARGV[4 + nb + i] end
+local first = 5 + 2 * nb + 1
+local WINDOW_MS = 3600000
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function target(score)
+  local lo, hi = 1, nb + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if score < bounds[mid] then hi = mid else lo = mid + 1 end
+  end
+  return ids[lo]
+end
+
+-- Working state of this call: entries by key..user, records by request-id list.
+local entries, fresh, written, order = {}, {}, {}, {}
+local records, pushed, pushed_order = {}, {}, {}
+local function load_entry(ik, user)
+  local k = ik .. '\0' .. user
+  if entries[k] == nil then
+    local raw = redis.call('HGET', ik, user)
+    local e = parse_entry(raw)
+    -- Absent, or removed: a tombstone "~ver" keeps the next incarnation's versions above the old.
+    if e == nil then e = {absent = true, ver = raw and tonumber(string.sub(raw, 2)) or 0} end
+    entries[k] = e
+  end
+  return k, entries[k]
+end
+local function find_record(rk, rid)
+  if records[rk] == nil then
+    records[rk] = {}
+    for _, raw in ipairs(redis.call('LRANGE', rk, 0, 7)) do
+      local ts, v, s, r = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(.*)$')
+      table.insert(records[rk], {ts = tonumber(ts), value = v, score = tonumber(s), rid = r})
+    end
+  end
+  -- Newest first: records pushed by this call sit at the end of `pushed`.
+  local mine = pushed[rk] or {}
+  for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
+  for _, rec in ipairs(records[rk]) do
+    if rec.rid == rid and rec.ts >= now - WINDOW_MS then return rec end
+  end
+  return nil
+end
+
+local results, aborts = {'ok'}, {'abort'}
+for i = 1, (#ARGV - first + 1) / 3 do
+  local a = first + (i - 1) * 3
+  local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local ik, rk = KEYS[2 * i - 1], KEYS[2 * i]
+  local k, e = load_entry(ik, user)
+  local rec = nil
+  if rid ~= '' then rec = find_record(rk, rid) end
+  if not e.absent and e.from ~= '' and not fresh[k] then
+    table.insert(aborts, {i, 'intent', user, e.score, e.ver, e.home, e.from, e.to})
+  elseif rec and rec.value ~= value then
+    table.insert(aborts, {i, 'conflict'})
+  elseif rec then
+    if e.absent then
+      table.insert(results, {'dup', rec.score, 0, 0, '', '', ''})
+    else
+      table.insert(results, {'dup', rec.score, e.ver, 0, e.home, e.from, e.to})
+    end
+  else
+    local v = tonumber(value)
+    local new, applied = v, 1
+    if not e.absent then
+      if op == 1 then new = e.score + v
+      elseif op == 2 then
+        if (desc and v <= e.score) or (not desc and v >= e.score) then new, applied = e.score, 0 end
+      end
+    end
+    if math.abs(new) > MAX_SCORE then
+      table.insert(aborts, {i, 'overflow'})
+    else
+      local kind = 'upd'
+      if applied == 1 then
+        local tgt = target(new)
+        if e.absent then
+          kind = 'new'
+          e = {score = new, ver = e.ver + 1, home = tgt, from = '', to = ''}
+          entries[k] = e
+        else
+          if fresh[k] then
+            -- A move planned earlier in this call has not touched any shard yet: re-plan it.
+            if tgt == e.from then e.home, e.from, e.to, fresh[k] = e.from, '', '', nil else e.to = tgt end
+          elseif tgt ~= e.home then
+            e.from, e.to, fresh[k] = e.home, tgt, true
+          end
+          e.score, e.ver = new, e.ver + 1
+        end
+        if not written[k] then written[k] = true; table.insert(order, {ik, user, k}) end
+      end
+      if rid ~= '' then
+        pushed[rk] = pushed[rk] or {}
+        if #pushed[rk] == 0 then table.insert(pushed_order, rk) end
+        table.insert(pushed[rk], {ts = now, value = value, score = new, rid = rid})
+      end
+      table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to})
+    end
+  end
+end
+
+if #aborts > 1 then return aborts end
+if mode ~= 'apply' then return results end
+for _, w in ipairs(order) do
+  redis.call('HSET', w[1], w[2], format_entry(entries[w[3]]))
+end
+for _, rk in ipairs(pushed_order) do
+  for _, rec in ipairs(pushed[rk]) do
+    redis.call('LPUSH', rk, string.format('%d|%s|%d|%s', rec.ts, rec.value, rec.score, rec.rid))
+  end
+  redis.call('LTRIM', rk, 0, 7)
+  redis.call('PEXPIRE', rk, WINDOW_MS)
+end
+return results

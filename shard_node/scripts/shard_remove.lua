@@ -1,0 +1,15 @@
+-- DESIGN.md write path step 4 (source side) and RemoveMember: drop members whose stored version is
+-- not newer than the given one, leaving a tombstone '~ver' so a late older write cannot bring them back.
+-- KEYS: zset, versions hash, descriptor. ARGV: expected descriptor, then (user, ver)...
+-- Returns {'stale', actual descriptor} or {'ok', removed count}.
+local d = redis.call('GET', KEYS[3])
+if d ~= ARGV[1] then return {'stale', d or ''} end
+local removed = 0
+for i = 2, #ARGV, 2 do
+  local user, ver = ARGV[i], tonumber(ARGV[i + 1])
+  if version_of(redis.call('HGET', KEYS[2], user)) <= ver then
+    removed = removed + redis.call('ZREM', KEYS[1], user)
+    redis.call('HSET', KEYS[2], user, string.format('~%d', ver))
+  end
+end
+return {'ok', removed}
