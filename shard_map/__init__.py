@@ -53,3 +53,8 @@ __all__ = [
     "check_score", "check_user_id", "default_boundaries", "ranges_for", "slot_for",
     "tiling_problems", "user_hash",
 ]
+
+# The control plane store (PostgreSQL).
+from ._store import ControlPlane, Node, StaleEpoch  # noqa: E402
+
+__all__ += ["ControlPlane", "Node", "StaleEpoch"]

@@ -1,0 +1,80 @@
+"""The router's cached view of the control plane: board layouts by name, refreshed by epoch.
+
+PostgreSQL is never on the request path once a board is cached: layouts change only when a
+NOTIFY announces a newer epoch or a node answers STALE (DESIGN.md, control plane).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from shard_map import ControlPlane, NotFound
+from shard_node import BoardLayout, Cluster, NodeClient
+
+log = logging.getLogger("rankshard.router")
+
+_UNKNOWN_TTL = 2.0
+"""Seconds an unknown board name is remembered, so a flood of bad names does not reach PostgreSQL."""
+
+
+class Catalog:
+    def __init__(self, control_plane: ControlPlane, cluster: Cluster) -> None:
+        self.control_plane = control_plane
+        self.cluster = cluster
+        self._layouts: dict[str, BoardLayout] = {}
+        self._loading: dict[str, asyncio.Future[BoardLayout]] = {}
+        self._unknown: dict[str, float] = {}
+
+    async def layout(self, board: str) -> BoardLayout:
+        """The cached layout of `board`; raises `NotFound`, `ControlPlaneError` (first load only)."""
+        layout = self._layouts.get(board)
+        if layout is not None:
+            return layout
+        if self._unknown.get(board, 0.0) > time.monotonic():
+            raise NotFound(f"leaderboard {board!r} not found")
+        return await self.refresh(board)
+
+    async def refresh(self, board: str) -> BoardLayout:
+        """Reloads `board` from the control plane; concurrent callers share one load."""
+        pending = self._loading.get(board)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(board))
+            self._loading[board] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(board, None))
+        return await asyncio.shield(pending)
+
+    async def _load(self, board: str) -> BoardLayout:
+        try:
+            config = await self.control_plane.get_board(board)
+            shard_map = await self.control_plane.shard_map(board)
+        except NotFound:
+            self._layouts.pop(board, None)
+            self._unknown[board] = time.monotonic() + _UNKNOWN_TTL
+            raise
+        missing = {s.node for s in shard_map.shards} - set(self.cluster.nodes)
+        if missing:
+            await self._add_nodes(missing)
+        layout = BoardLayout(config, shard_map)
+        current = self._layouts.get(board)
+        if current is None or current.map.epoch <= layout.map.epoch:
+            self._layouts[board] = layout
+        self._unknown.pop(board, None)
+        return self._layouts[board]
+
+    async def _add_nodes(self, node_ids: set[str]) -> None:
+        for node in await self.control_plane.list_nodes():
+            if node.id in node_ids and node.id not in self.cluster.nodes:
+                self.cluster.nodes[node.id] = NodeClient(node.id, node.address)
+
+    async def follow_epochs(self) -> None:
+        """Runs until cancelled: reloads a cached board whenever the control plane announces a newer epoch."""
+        async for board, epoch in self.control_plane.epoch_changes():
+            self._unknown.pop(board, None)
+            cached = self._layouts.get(board)
+            if cached is not None and cached.map.epoch < epoch:
+                try:
+                    await self.refresh(board)
+                except Exception:  # the next STALE answer will retry; keep following
+                    log.exception("could not reload leaderboard %r at epoch %d", board, epoch)

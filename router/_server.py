@@ -1,0 +1,86 @@
+"""The router process: both services, health checking and reflection on one grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shard_map import ControlPlane
+from shard_node import StepHook, connect_cluster
+
+from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2, leaderboard_pb2_grpc
+
+from ._admin import AdminService
+from ._catalog import Catalog
+from ._service import LeaderboardService
+
+log = logging.getLogger("rankshard.router")
+
+SERVICE_NAMES = (
+    leaderboard_pb2.DESCRIPTOR.services_by_name["Leaderboard"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+_OPTIONS = (
+    # Several router processes share one port (DESIGN.md: N processes behind SO_REUSEPORT).
+    ("grpc.so_reuseport", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+)
+
+
+@contextlib.asynccontextmanager
+async def running_router(
+    control_plane_dsn: str, host: str = "127.0.0.1", port: int = 0, *, on_step: StepHook | None = None
+) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
+    """A serving router; yields the server and the port it bound. Everything is closed on exit.
+
+    Raises `ControlPlaneError` when the control plane cannot be reached or has no nodes yet.
+    """
+    control_plane = await ControlPlane.open(control_plane_dsn)
+    try:
+        cluster = await connect_cluster(control_plane)
+        catalog = Catalog(control_plane, cluster)
+        server = grpc.aio.server(options=_OPTIONS)
+        leaderboard_pb2_grpc.add_LeaderboardServicer_to_server(LeaderboardService(catalog, on_step), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(catalog), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        follower = asyncio.create_task(catalog.follow_epochs(), name="follow-epochs")
+        try:
+            yield server, bound
+        finally:
+            for name in ("", *SERVICE_NAMES):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.stop(grace=2.0)
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await cluster.aclose()
+    finally:
+        await control_plane.close()
+
+
+async def serve(control_plane_dsn: str, host: str, port: int) -> None:
+    """Serves until SIGINT or SIGTERM, then drains in-flight calls and exits."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_router(control_plane_dsn, host, port) as (_, bound):
+        log.info("rankshard: router listening on %s:%d", host, bound)
+        print(f"rankshard: router listening on {host}:{bound}", flush=True)
+        await stop.wait()

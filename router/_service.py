@@ -1,0 +1,111 @@
+"""`rankshard.v1.Leaderboard`: validation, then the data path of shard_node, under the call's deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from shard_map import StaleMap
+from shard_node import (
+    BoardLayout,
+    Entry,
+    StepHook,
+    apply_updates,
+    get_around,
+    get_rank,
+    get_ranks,
+    get_top,
+    remove_member,
+)
+
+from rankshard.v1 import leaderboard_pb2 as pb
+from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
+
+from . import _validate as validate
+from ._catalog import Catalog
+from ._status import handler
+
+T = TypeVar("T")
+_READ_ATTEMPTS = 3
+
+
+class LeaderboardService(pb_grpc.LeaderboardServicer):
+    def __init__(self, catalog: Catalog, on_step: StepHook | None = None) -> None:
+        self.catalog = catalog
+        self.cluster = catalog.cluster
+        self.on_step = on_step
+        """Test-only hook into the boundary-crossing protocol (see shard_node.MOVE_STEPS)."""
+
+    @handler
+    async def UpdateScore(self, request: pb.UpdateScoreRequest, context: grpc.aio.ServicerContext) -> pb.UpdateScoreResponse:
+        board, update = validate.update(request)
+        (outcome,) = await self._write(board, lambda lay: apply_updates(self.cluster, lay, [update], self.on_step))
+        return pb.UpdateScoreResponse(score=outcome.score, rank=outcome.rank, applied=outcome.applied)
+
+    @handler
+    async def BatchUpdateScores(self, request: pb.BatchUpdateScoresRequest, context: grpc.aio.ServicerContext) -> pb.BatchUpdateScoresResponse:
+        board, updates = validate.batch(request)
+        outcomes = await self._write(board, lambda lay: apply_updates(self.cluster, lay, updates, self.on_step))
+        return pb.BatchUpdateScoresResponse(
+            results=[pb.UpdateResult(score=o.score, rank=o.rank, applied=o.applied) for o in outcomes]
+        )
+
+    @handler
+    async def GetRank(self, request: pb.GetRankRequest, context: grpc.aio.ServicerContext) -> pb.GetRankResponse:
+        board, user = validate.member(request)
+        entry, total = await self._read(board, lambda lay: get_rank(self.cluster, lay, user))
+        percentile = 100.0 * (total - entry.rank) / total if total else 0.0
+        return pb.GetRankResponse(entry=_entry(entry), total=total, percentile=percentile)
+
+    @handler
+    async def GetRanks(self, request: pb.GetRanksRequest, context: grpc.aio.ServicerContext) -> pb.GetRanksResponse:
+        board, users = validate.members(request)
+        entries = await self._read(board, lambda lay: get_ranks(self.cluster, lay, users))
+        return pb.GetRanksResponse(entries=[_entry(e) for e in entries])
+
+    @handler
+    async def GetTop(self, request: pb.GetTopRequest, context: grpc.aio.ServicerContext) -> pb.GetTopResponse:
+        board, offset, limit = validate.page(request)
+        entries, total = await self._read(board, lambda lay: get_top(self.cluster, lay, offset, limit))
+        return pb.GetTopResponse(entries=[_entry(e) for e in entries], total=total)
+
+    @handler
+    async def GetAround(self, request: pb.GetAroundRequest, context: grpc.aio.ServicerContext) -> pb.GetAroundResponse:
+        board, user = validate.member(request)
+        radius = validate.radius(request)
+        entries, total = await self._read(board, lambda lay: get_around(self.cluster, lay, user, radius))
+        return pb.GetAroundResponse(entries=[_entry(e) for e in entries], total=total)
+
+    @handler
+    async def RemoveMember(self, request: pb.RemoveMemberRequest, context: grpc.aio.ServicerContext) -> pb.RemoveMemberResponse:
+        board, user = validate.member(request)
+        removed = await self._write(board, lambda lay: remove_member(self.cluster, lay, user, self.on_step))
+        return pb.RemoveMemberResponse(removed=removed)
+
+    async def _read(self, board: str, read: Callable[[BoardLayout], Awaitable[T]]) -> T:
+        """Runs an idempotent read, reloading the map and retrying when a node says it is stale."""
+        layout = await self.catalog.layout(board)
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return await read(layout)
+            except StaleMap:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+                layout = await self.catalog.refresh(board)
+        raise AssertionError("unreachable")
+
+    async def _write(self, board: str, write: Callable[[BoardLayout], Awaitable[T]]) -> T:
+        """Runs a write. A stale map after the index commit is not retried here (that could apply
+        an update twice): the map is reloaded and the client retries with its request id."""
+        layout = await self.catalog.layout(board)
+        try:
+            return await write(layout)
+        except StaleMap:
+            await self.catalog.refresh(board)
+            raise
+
+
+def _entry(e: Entry) -> pb.Entry:
+    return pb.Entry(user_id=e.user_id, score=e.score, rank=e.rank)

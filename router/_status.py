@@ -1,0 +1,79 @@
+"""The one table from domain errors to gRPC status codes, and the wrapper every handler runs in."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from shard_map import (
+    AlreadyExists,
+    ControlPlaneError,
+    InvalidArgument,
+    NodeError,
+    NotFound,
+    OutOfRange,
+    RankshardError,
+    RequestIdConflict,
+)
+
+log = logging.getLogger("rankshard.router")
+
+# Most specific first: OutOfRange is an InvalidArgument.
+STATUS_OF: tuple[tuple[type[RankshardError], grpc.StatusCode], ...] = (
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (RequestIdConflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (NodeError, grpc.StatusCode.UNAVAILABLE),
+    (ControlPlaneError, grpc.StatusCode.UNAVAILABLE),
+)
+
+DEFAULT_DEADLINE = 10.0
+"""Seconds a call may take when the client set no deadline: nothing waits forever."""
+
+R = TypeVar("R")
+
+
+def status_of(error: RankshardError) -> grpc.StatusCode:
+    for kind, code in STATUS_OF:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def handler(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    """Runs a handler within the client's deadline and turns errors into statuses.
+
+    Domain errors get their code from `STATUS_OF`; the deadline passing gets DEADLINE_EXCEEDED; a
+    bug gets INTERNAL and a log line with the traceback, and the router keeps serving.
+    """
+
+    @functools.wraps(method)
+    async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        remaining = context.time_remaining()
+        budget = DEFAULT_DEADLINE if remaining is None else max(remaining, 0.0)
+        try:
+            async with asyncio.timeout(budget):
+                return await method(self, request, context)
+        except RankshardError as exc:
+            await context.abort(status_of(exc), str(exc))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline of {budget:.3f}s passed")
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("bug in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return run

@@ -1,0 +1,475 @@
+"""The control plane: nodes, index slots, boards and their shard maps, stored in PostgreSQL.
+
+`ControlPlane` is the only way in. Every psycopg (and psycopg_pool) exception is translated here into the
+domain tree of `shard_map._errors`: `ControlPlaneError` (naming the control plane and what was being done),
+`AlreadyExists` or `NotFound`. Every change to a board's shard map bumps ``boards.epoch`` and announces
+``board:epoch`` on the ``rankshard_epoch`` channel in the same transaction, so a listener never hears of an
+epoch it cannot read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Self
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from ._errors import AlreadyExists, ControlPlaneError, InvalidArgument, NotFound
+from ._limits import check_board_name, check_score
+from ._migrate import apply_migrations
+from ._model import (
+    NUM_SLOTS,
+    BoardConfig,
+    Operator,
+    Shard,
+    ShardMap,
+    ShardState,
+    SlotTable,
+    SortOrder,
+    check_boundaries,
+    ranges_for,
+    tiling_problems,
+)
+
+log = logging.getLogger(__name__)
+
+EPOCH_CHANNEL = "rankshard_epoch"
+"""NOTIFY channel; the payload is ``board + ':' + epoch`` (split at the last colon: names may hold colons)."""
+
+LISTENER_NAME = "rankshard-epoch-listener"
+"""``application_name`` of the connection behind `ControlPlane.epoch_changes`."""
+
+_POOL_NAME = "rankshard-control-plane"
+_RETRY_FIRST, _RETRY_MAX = 0.1, 5.0  # listener reconnect backoff, seconds
+_PROBE_EVERY = 30.0  # seconds without a notification before the listener checks its connection
+_SHARD_NUMBER = re.compile(r"s(\d{1,9})")
+# TCP keepalives: a connection to a host that vanished fails within about a minute instead of hanging.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+_MAP_QUERY = """
+    SELECT b.name, b.epoch, s.id, s.lower, s.upper, s.node, s.state, s.generation
+    FROM boards AS b LEFT JOIN shards AS s ON s.board = b.name
+"""
+_NODE_QUERY = "SELECT id, address, state FROM nodes"
+_BOARD_QUERY = "SELECT name, sort_order, operator FROM boards"
+_MAP_ORDER = ' ORDER BY b.name COLLATE "C", s.lower NULLS FIRST'
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A registered data node: its store-assigned id (``n1``, ``n2``...), address and state."""
+
+    id: str
+    address: str
+    state: str
+
+
+class StaleEpoch(ControlPlaneError):
+    """A compare-and-set on a shard map lost: the board's epoch is no longer the one the caller read."""
+
+    def __init__(self, board: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"control plane: the shard map of leaderboard {board!r} is at epoch {actual}, "
+            f"not {expected}; reload it and retry"
+        )
+        self.board = board
+        self.expected = expected
+        self.actual = actual
+
+
+class ControlPlane:
+    """A pool of connections to the control plane database. Open with `ControlPlane.open`."""
+
+    def __init__(self, dsn: str, pool: AsyncConnectionPool, timeout: float) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._timeout = timeout
+        self._where = _describe(dsn)
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_size: int = 4, timeout: float = 10.0) -> ControlPlane:
+        """Connects, applies pending schema migrations and opens the pool.
+
+        Raises `ControlPlaneError` if the database cannot be reached within `timeout` seconds or refuses.
+        """
+        pool = AsyncConnectionPool(
+            dsn, min_size=1, max_size=max_size, open=False, timeout=timeout, name=_POOL_NAME,
+            kwargs={"autocommit": True, "application_name": _POOL_NAME, **_KEEPALIVES},
+            check=AsyncConnectionPool.check_connection,  # a connection PostgreSQL dropped is replaced
+        )
+        plane = cls(dsn, pool, timeout)
+        try:
+            with plane._translated("applying schema migrations"):
+                # A direct connection first: its errors say why (bad password, no such database), where
+                # a pool that cannot fill only says it timed out.
+                async with await plane._connect() as conn:
+                    await apply_migrations(conn)
+            with plane._translated("opening the connection pool"):
+                await pool.open(wait=True, timeout=timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        return plane
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    # ---- nodes ------------------------------------------------------------------------------------------
+
+    async def add_node(self, address: str) -> Node:
+        """Registers a data node and assigns its id. Raises `AlreadyExists` if `address` is registered."""
+        if not address:
+            raise InvalidArgument("address", "is required")
+        async with self._transaction(f"registering node {address!r}") as conn:
+            cur = await conn.execute("SELECT id FROM nodes WHERE address = %s", (address,))
+            if (row := await cur.fetchone()) is not None:
+                raise AlreadyExists(f"node address {address!r} is already registered as {row[0]}")
+            try:
+                cur = await conn.execute(
+                    "INSERT INTO nodes (seq, id, address) SELECT s, 'n' || s, %s"
+                    " FROM nextval('node_seq') AS s RETURNING id, address, state",
+                    (address,),
+                )
+            except psycopg.errors.UniqueViolation as exc:  # registered concurrently
+                raise AlreadyExists(f"node address {address!r} is already registered") from exc
+            return Node(*(await cur.fetchall())[0])
+
+    async def list_nodes(self) -> list[Node]:
+        rows = await self._fetch("listing nodes", _NODE_QUERY + " ORDER BY seq")
+        return [Node(*row) for row in rows]
+
+    async def get_node(self, node_id: str) -> Node:
+        """Raises `NotFound` for an unknown id."""
+        rows = await self._fetch(f"reading node {node_id!r}", _NODE_QUERY + " WHERE id = %s", (node_id,))
+        if not rows:
+            raise NotFound(f"node {node_id!r} not found")
+        return Node(*rows[0])
+
+    # ---- index slots ------------------------------------------------------------------------------------
+
+    async def slot_table(self) -> SlotTable | None:
+        """The owner of every index slot, or None before `assign_slots` was first called."""
+        rows = await self._fetch("reading the slot table", "SELECT node FROM index_slots ORDER BY slot")
+        if not rows:
+            return None
+        if len(rows) != NUM_SLOTS:
+            raise ControlPlaneError(f"control plane ({self._where}): only {len(rows)} slots assigned")
+        return SlotTable(tuple(node for (node,) in rows))
+
+    async def assign_slots(self, table: SlotTable) -> None:
+        """Records the owner of every slot. Raises `NotFound` if an owner is not a registered node."""
+        async with self._transaction("assigning index slots") as conn:
+            await _check_nodes(conn, table.owners)
+            await conn.execute(
+                "INSERT INTO index_slots (slot, node)"
+                " SELECT * FROM unnest(%s::integer[], %s::text[])"
+                " ON CONFLICT (slot) DO UPDATE SET node = EXCLUDED.node"
+                " WHERE index_slots.node <> EXCLUDED.node",
+                (list(range(NUM_SLOTS)), list(table.owners)),
+            )
+
+    # ---- boards and shard maps --------------------------------------------------------------------------
+
+    async def create_board(
+        self, config: BoardConfig, boundaries: Sequence[int], nodes: Sequence[str]
+    ) -> ShardMap:
+        """Creates a board at epoch 1 with shards ``s1``..``sN`` cut at `boundaries` (ascending).
+
+        Owners are dealt round-robin over `nodes` from the lowest range up. Raises `InvalidArgument` for a bad
+        name, order, operator or boundary, `AlreadyExists` if the name is taken, `NotFound` for an unknown
+        node.
+        """
+        config = _checked_config(config)
+        cuts = check_boundaries(boundaries)
+        if not nodes:
+            raise InvalidArgument("nodes", "at least one node must own the shards")
+        shards = tuple(
+            Shard(f"s{i}", lower, upper, nodes[(i - 1) % len(nodes)])
+            for i, (lower, upper) in enumerate(ranges_for(cuts), start=1)
+        )
+        async with self._transaction(f"creating leaderboard {config.name!r}") as conn:
+            cur = await conn.execute(
+                "INSERT INTO boards (name, sort_order, operator, epoch, next_shard)"
+                " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (name) DO NOTHING RETURNING epoch",
+                (config.name, int(config.sort_order), int(config.operator), len(shards) + 1),
+            )
+            if await cur.fetchone() is None:
+                raise AlreadyExists(f"leaderboard {config.name!r} already exists")
+            await _check_nodes(conn, nodes)
+            await _insert_shards(conn, config.name, shards)
+            await _notify(conn, config.name, 1)
+        return ShardMap(config.name, 1, shards)
+
+    async def get_board(self, name: str) -> BoardConfig:
+        """Raises `NotFound` for an unknown board."""
+        rows = await self._fetch(
+            f"reading leaderboard {name!r}", _BOARD_QUERY + " WHERE name = %s", (name,)
+        )
+        if not rows:
+            raise NotFound(f"leaderboard {name!r} not found")
+        return _config(*rows[0])
+
+    async def list_boards(self) -> list[BoardConfig]:
+        """Every board, ordered by name (bytewise)."""
+        rows = await self._fetch("listing leaderboards", _BOARD_QUERY + ' ORDER BY name COLLATE "C"')
+        return [_config(*row) for row in rows]
+
+    async def shard_map(self, board: str) -> ShardMap:
+        """The board's current shard map. Raises `NotFound` for an unknown board."""
+        rows = await self._fetch(
+            f"reading the shard map of leaderboard {board!r}",
+            _MAP_QUERY + " WHERE b.name = %s" + _MAP_ORDER,
+            (board,),
+        )
+        maps = self._maps(rows)
+        if board not in maps:
+            raise NotFound(f"leaderboard {board!r} not found")
+        return maps[board]
+
+    async def shard_maps(self) -> dict[str, ShardMap]:
+        """The shard maps of every board, read in one query (one consistent snapshot)."""
+        return self._maps(await self._fetch("reading all shard maps", _MAP_QUERY + _MAP_ORDER))
+
+    async def replace_shards(self, board: str, expected_epoch: int, shards: Sequence[Shard]) -> ShardMap:
+        """Compare-and-set: replaces the board's whole shard list if its epoch is still `expected_epoch`.
+
+        `shards` must tile the score line in ascending order; a kept shard (same id) whose range, node or
+        state changes must carry a higher generation, and no generation may go down. The epoch goes up by one
+        and the change is announced. Raises `InvalidArgument` for a bad list, `NotFound` for an unknown board
+        or node, `StaleEpoch` if the epoch moved.
+        """
+        new = _checked_shards(shards)
+        async with self._transaction(f"replacing the shards of leaderboard {board!r}") as conn:
+            cur = await conn.execute("SELECT epoch FROM boards WHERE name = %s FOR UPDATE", (board,))
+            if (row := await cur.fetchone()) is None:
+                raise NotFound(f"leaderboard {board!r} not found")
+            if row[0] != expected_epoch:
+                raise StaleEpoch(board, expected_epoch, row[0])
+            await _check_generations(conn, board, new)
+            await _check_nodes(conn, (s.node for s in new))
+            await conn.execute("DELETE FROM shards WHERE board = %s", (board,))
+            await _insert_shards(conn, board, new)
+            epoch = expected_epoch + 1
+            await conn.execute(
+                "UPDATE boards SET epoch = %s, next_shard = greatest(next_shard, %s) WHERE name = %s",
+                (epoch, _next_shard_number(new), board),
+            )
+            await _notify(conn, board, epoch)
+        return ShardMap(board, epoch, new)
+
+    async def reserve_shard_ids(self, board: str, count: int = 1) -> list[str]:
+        """`count` shard ids never used before on `board` (for splits). Raises `NotFound`."""
+        if count < 1:
+            raise InvalidArgument("count", f"{count} is below 1")
+        rows = await self._fetch(
+            f"reserving shard ids on leaderboard {board!r}",
+            "UPDATE boards SET next_shard = next_shard + %s WHERE name = %s RETURNING next_shard",
+            (count, board),
+        )
+        if not rows:
+            raise NotFound(f"leaderboard {board!r} not found")
+        end = rows[0][0]
+        return [f"s{n}" for n in range(end - count, end)]
+
+    # ---- epoch notifications ----------------------------------------------------------------------------
+
+    async def epoch_changes(self) -> AsyncIterator[tuple[str, int]]:
+        """Yields ``(board, epoch)`` for every change to a shard map, until the consumer closes it.
+
+        Runs on its own connection (not the pool). On every (re)connect it first yields the current epoch
+        of every board, then each announced change: a consumer that reloads a board whenever the epoch is
+        above the one it holds misses nothing, even across a lost connection. A lost connection is retried
+        with backoff (0.1 s doubling to 5 s) for as long as the consumer keeps iterating.
+        """
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                conn = await self._connect(LISTENER_NAME)
+            except psycopg.Error as exc:
+                log.warning("control plane (%s): epoch listener cannot connect: %s", self._where, exc)
+            else:
+                try:
+                    for change in await _listen(conn):
+                        yield change
+                    delay = _RETRY_FIRST
+                    while True:
+                        async with contextlib.aclosing(conn.notifies(timeout=_PROBE_EVERY)) as notes:
+                            async for note in notes:
+                                if (change := _parse_payload(note.payload)) is not None:
+                                    yield change
+                        await conn.execute("SELECT 1")  # quiet for a while: is the connection alive?
+                except psycopg.Error as exc:
+                    log.warning("control plane (%s): epoch listener disconnected: %s", self._where, exc)
+                finally:
+                    await conn.close()
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _RETRY_MAX)
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+
+    async def _connect(self, application_name: str = _POOL_NAME) -> AsyncConnection:
+        return await AsyncConnection.connect(
+            self._dsn,
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=max(2, math.ceil(self._timeout)),
+            **_KEEPALIVES,
+        )
+
+    @contextlib.contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ControlPlaneError(
+                f"control plane (PostgreSQL at {self._where}): {action} failed: {problem}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, action: str) -> AsyncIterator[AsyncConnection]:
+        with self._translated(action):
+            async with self._pool.connection() as conn, conn.transaction():
+                yield conn
+
+    async def _fetch(self, action: str, query: Any, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._translated(action):
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+
+    def _maps(self, rows: Iterable[tuple[Any, ...]]) -> dict[str, ShardMap]:
+        grouped: dict[str, tuple[int, list[Shard]]] = {}
+        try:
+            for board, epoch, shard_id, lower, upper, node, state, generation in rows:
+                _, shards = grouped.setdefault(board, (epoch, []))
+                if shard_id is not None:
+                    shards.append(Shard(shard_id, lower, upper, node, ShardState(state), generation))
+            return {b: ShardMap(b, epoch, tuple(shards)) for b, (epoch, shards) in grouped.items()}
+        except ValueError as exc:
+            raise ControlPlaneError(f"control plane ({self._where}) holds a broken map: {exc}") from exc
+
+
+def _describe(dsn: str) -> str:
+    """``host:port/dbname`` of a DSN, without credentials, for error messages."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "an unparsable DSN"
+    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or '?'}"
+
+
+def _config(name: str, sort_order: int, operator: int) -> BoardConfig:
+    return BoardConfig(name, SortOrder(sort_order), Operator(operator))
+
+
+def _checked_config(config: BoardConfig) -> BoardConfig:
+    name = check_board_name(config.name)
+    try:
+        order = SortOrder(config.sort_order)
+    except ValueError:
+        raise InvalidArgument("sort_order", f"{config.sort_order!r} is not a sort order") from None
+    try:
+        operator = Operator(config.operator)
+    except ValueError:
+        raise InvalidArgument("operator", f"{config.operator!r} is not an operator") from None
+    return BoardConfig(name, order, operator)
+
+
+def _checked_shards(shards: Sequence[Shard]) -> tuple[Shard, ...]:
+    checked = []
+    for i, shard in enumerate(shards):
+        field = f"shards[{i}]"
+        for end, value in (("lower", shard.lower), ("upper", shard.upper)):
+            if value is not None:
+                check_score(value, f"{field}.{end}")
+        if not shard.id or not shard.node:
+            raise InvalidArgument(field, "needs an id and a node")
+        if shard.generation < 1:
+            raise InvalidArgument(f"{field}.generation", f"{shard.generation} is below 1")
+        try:
+            checked.append(replace(shard, state=ShardState(shard.state)))
+        except ValueError:
+            raise InvalidArgument(f"{field}.state", f"{shard.state!r} is not a shard state") from None
+    if problems := tiling_problems(checked):
+        raise InvalidArgument("shards", "; ".join(problems))
+    return tuple(checked)
+
+
+async def _check_generations(conn: AsyncConnection, board: str, new: Sequence[Shard]) -> None:
+    """A kept shard's generation never goes down, and goes up when its range, node or state changes."""
+    cur = await conn.execute(
+        "SELECT id, lower, upper, node, state, generation FROM shards WHERE board = %s", (board,)
+    )
+    old = {row[0]: row[1:] for row in await cur.fetchall()}
+    for i, shard in enumerate(new):
+        if shard.id not in old:
+            continue
+        *layout, generation = old[shard.id]
+        if shard.generation < generation:
+            problem = f"{shard.generation} is below the stored {generation}"
+        elif shard.generation == generation and layout != [shard.lower, shard.upper, shard.node, shard.state]:
+            problem = f"shard {shard.id} changed but its generation stayed {generation}"
+        else:
+            continue
+        raise InvalidArgument(f"shards[{i}].generation", problem)
+
+
+async def _check_nodes(conn: AsyncConnection, node_ids: Iterable[str]) -> None:
+    wanted = set(node_ids)
+    cur = await conn.execute("SELECT id FROM nodes WHERE id = ANY(%s)", (sorted(wanted),))
+    missing = wanted - {node for (node,) in await cur.fetchall()}
+    if missing:
+        raise NotFound(f"node {min(missing)!r} not found")
+
+
+async def _insert_shards(conn: AsyncConnection, board: str, shards: Sequence[Shard]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO shards (board, id, lower, upper, node, state, generation)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(board, s.id, s.lower, s.upper, s.node, str(s.state), s.generation) for s in shards],
+        )
+
+
+async def _notify(conn: AsyncConnection, board: str, epoch: int) -> None:
+    await conn.execute("SELECT pg_notify(%s, %s)", (EPOCH_CHANNEL, f"{board}:{epoch}"))
+
+
+def _next_shard_number(shards: Iterable[Shard]) -> int:
+    numbers = [int(m[1]) for s in shards if (m := _SHARD_NUMBER.fullmatch(s.id))]
+    return max(numbers, default=0) + 1
+
+
+async def _listen(conn: AsyncConnection) -> list[tuple[str, int]]:
+    """Starts listening, then reads every board's epoch: a change racing the read is heard either way."""
+    await conn.execute("LISTEN rankshard_epoch")  # EPOCH_CHANNEL
+    cur = await conn.execute('SELECT name, epoch FROM boards ORDER BY name COLLATE "C"')
+    return [(name, epoch) for name, epoch in await cur.fetchall()]
+
+
+def _parse_payload(payload: str) -> tuple[str, int] | None:
+    board, _, epoch = payload.rpartition(":")
+    if not board or not epoch.isdigit():
+        log.warning("ignoring malformed %s payload %r", EPOCH_CHANNEL, payload)
+        return None
+    return board, int(epoch)
