@@ -1,1 +1,5 @@
-def main(): print("x")
+"""The `rankshard` command line and the local cluster launcher. Nothing imports this package."""
+
+from ._main import main
+
+__all__ = ["main"]

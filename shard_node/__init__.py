@@ -1,6 +1,6 @@
 """Everything that touches node data: key layout, Lua scripts, the write and read paths, moves."""
 
-from ._admin import install_descriptors
+from ._admin import connect_cluster, create_board, install_descriptors
 from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
 from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
@@ -10,7 +10,8 @@ from ._writes import Update, UpdateOutcome, apply_updates, remove_member
 
 __all__ = [
     "DEFAULT_NODE_TIMEOUT", "MOVE_STEPS", "BoardLayout", "Cluster", "Entry", "IndexEntry",
-    "NodeClient", "StepHook", "Update", "UpdateOutcome", "apply_updates", "finish_move",
+    "NodeClient", "StepHook", "Update", "UpdateOutcome", "apply_updates", "connect_cluster",
+    "create_board", "finish_move",
     "get_around", "get_rank", "get_ranks", "get_top", "install_descriptors", "rank_of_scores",
     "read_entry", "remove_member", "shard_sizes",
 ]

@@ -1,9 +1,13 @@
-"""Node-side setup of a board: the shard descriptors that fence every write and read."""
+"""Board setup across the control plane and the nodes."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
+from shard_map import BoardConfig, ControlPlane, ControlPlaneError, check_boundaries
+
+from ._client import NodeClient
 from ._keys import descriptor_key
 from ._layout import BoardLayout, Cluster
 
@@ -18,3 +22,29 @@ async def install_descriptors(cluster: Cluster, layout: BoardLayout) -> None:
             for node_id, shards in layout.by_node.items()
         )
     )
+
+
+async def create_board(
+    control_plane: ControlPlane, cluster: Cluster, config: BoardConfig, boundaries: Sequence[int]
+) -> BoardLayout:
+    """Records a new board (epoch 1, shards dealt over the active nodes) and fences its shards.
+
+    Raises `AlreadyExists`, `InvalidArgument` (boundaries), `ControlPlaneError`, `NodeError`.
+    """
+    cuts = check_boundaries(boundaries)
+    nodes = [n.id for n in await control_plane.list_nodes() if n.state == "ACTIVE"]
+    if not nodes:
+        raise ControlPlaneError("the control plane has no active node to place shards on")
+    shard_map = await control_plane.create_board(config, cuts, nodes)
+    layout = BoardLayout(config, shard_map)
+    await install_descriptors(cluster, layout)
+    return layout
+
+
+async def connect_cluster(control_plane: ControlPlane) -> Cluster:
+    """A `Cluster` of every registered node and the slot table; raises `ControlPlaneError`."""
+    slots = await control_plane.slot_table()
+    if slots is None:
+        raise ControlPlaneError("the control plane has no index slot table yet (no nodes bootstrapped)")
+    nodes = {n.id: NodeClient(n.id, n.address) for n in await control_plane.list_nodes()}
+    return Cluster(nodes, slots)

