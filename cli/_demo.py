@@ -21,7 +21,7 @@ from ._cluster import DEFAULT_BOARD, LocalCluster
 from ._local import free_port
 
 PLAYERS = 2000
-GAMES = 6000
+GAMES = 20000
 BATCH = 50
 
 
@@ -57,7 +57,7 @@ async def _play(address: str, games: int, players: int, rng: random.Random) -> s
             updates = []
             for j in range(size):
                 user = rng.choice(names)
-                points = int(rng.expovariate(1 / 12) * skill[user]) + 1
+                points = int(rng.expovariate(1 / 60) * skill[user]) + 1
                 updates.append(pb.ScoreUpdate(user_id=user, score=points, request_id=f"game-{done + j}"))
             t0 = time.perf_counter()
             await board.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=DEFAULT_BOARD, updates=updates), timeout=10)

@@ -1,0 +1,5 @@
+"""``python -m cli`` is ``rankshard``."""
+
+from . import main
+
+main(prog_name="rankshard")
