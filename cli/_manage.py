@@ -17,6 +17,7 @@ from ._settings import control_plane_dsn
 T = TypeVar("T")
 
 ORDERS = {"desc": SortOrder.DESCENDING, "asc": SortOrder.ASCENDING}
+ORDER_NAMES = {v: k for k, v in ORDERS.items()}
 OPERATORS = {"increment": Operator.INCREMENT, "best": Operator.BEST, "set": Operator.SET}
 
 
@@ -97,7 +98,7 @@ def list_boards(ctx: click.Context, as_json: bool) -> None:
         return [
             {
                 "name": c.name,
-                "order": c.sort_order.name.lower(),
+                "order": ORDER_NAMES[c.sort_order],
                 "operator": c.operator.name.lower(),
                 "shards": len(maps[c.name].shards),
                 "epoch": maps[c.name].epoch,

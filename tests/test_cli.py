@@ -1,0 +1,75 @@
+"""The `rankshard` command line, through click's CliRunner against real servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from _router import Client
+from rankshard.v1 import leaderboard_pb2 as pb
+
+
+def _run(dsn: str, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--control-plane", dsn, *args])
+    return result.exit_code, result.output
+
+
+def test_boards_shards_and_nodes(control_plane_dsn: str, client: Client, node_addresses: list[str]) -> None:
+    code, out = _run(control_plane_dsn, "leaderboards", "create", "weekly", "--order", "asc", "--operator", "best",
+                     "--boundaries", "100,1000")
+    assert code == 0, out
+    assert "3 shard(s)" in out
+    for user, score in [("a", 50), ("b", 500), ("c", 5000), ("d", 700)]:
+        client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="weekly", user_id=user, score=score))
+
+    code, out = _run(control_plane_dsn, "shards", "list", "--leaderboard", "weekly", "--json")
+    assert code == 0, out
+    rows = json.loads(out)
+    assert [(r["id"], r["lower"], r["upper"], r["members"], r["state"]) for r in rows] == [
+        ("s1", None, 100, 1, "ACTIVE"), ("s2", 100, 1000, 2, "ACTIVE"), ("s3", 1000, None, 1, "ACTIVE")]
+    assert {r["node"] for r in rows} == {"n1", "n2"}
+
+    code, out = _run(control_plane_dsn, "leaderboards", "list", "--json")
+    assert json.loads(out) == [{"name": "weekly", "order": "asc", "operator": "best", "shards": 3, "epoch": 1,
+                                "boundaries": [100, 1000]}]
+    code, out = _run(control_plane_dsn, "nodes", "list", "--json")
+    assert [n["address"] for n in json.loads(out)] == node_addresses
+
+    code, out = _run(control_plane_dsn, "shards", "list", "--leaderboard", "weekly")
+    assert out.splitlines()[0].split() == ["ID", "LOWER", "UPPER", "NODE", "MEMBERS", "STATE"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["leaderboards", "create", "weekly"], "already exists"),
+        (["leaderboards", "create", "bad name"], "leaderboard"),
+        (["leaderboards", "create", "x", "--boundaries", "5,3"], "boundaries[1]"),
+        (["leaderboards", "create", "x", "--boundaries", "a,b"], "--boundaries"),
+        (["shards", "list", "--leaderboard", "missing"], "missing"),
+        (["nodes", "add", "nonsense"], "host:port"),
+    ],
+)
+def test_errors_are_one_clear_line(control_plane_dsn: str, client: Client, args: list[str], message: str) -> None:
+    client.create("weekly")
+    code, out = _run(control_plane_dsn, *args)
+    assert code != 0
+    assert message in out
+    assert "Traceback" not in out
+
+
+def test_without_a_control_plane_the_error_says_how_to_get_one(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "nodes", "list"], env={"RANKSHARD_CONTROL_PLANE": ""})
+    assert result.exit_code != 0
+    assert "cluster up" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_stops_everything() -> None:
+    result = CliRunner().invoke(main, ["demo", "--games", "400", "--players", "50"])
+    assert result.exit_code == 0, result.output
+    assert "Top 10:" in result.output and "Around player-" in result.output
+    assert "cluster stopped" in result.output
