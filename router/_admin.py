@@ -22,6 +22,7 @@ class AdminService(pb_grpc.AdminServicer):
     async def CreateLeaderboard(self, request: pb.LeaderboardConfig, context: grpc.aio.ServicerContext) -> pb.LeaderboardConfig:
         config = config_from_proto(request)
         layout = await create_board(self.catalog.control_plane, self.catalog.cluster, config, request.boundaries)
+        self.catalog.adopt(layout)
         return config_to_proto(layout)
 
     @handler

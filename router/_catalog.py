@@ -36,6 +36,13 @@ class Catalog:
             raise NotFound(f"leaderboard {board!r} not found")
         return await self.refresh(board)
 
+    def adopt(self, layout: BoardLayout) -> None:
+        """Caches a layout this router just made (a new board), so its next call finds it at once."""
+        current = self._layouts.get(layout.board)
+        if current is None or current.map.epoch <= layout.map.epoch:
+            self._layouts[layout.board] = layout
+        self._unknown.pop(layout.board, None)
+
     async def refresh(self, board: str) -> BoardLayout:
         """Reloads `board` from the control plane; concurrent callers share one load."""
         pending = self._loading.get(board)
@@ -56,11 +63,7 @@ class Catalog:
         missing = {s.node for s in shard_map.shards} - set(self.cluster.nodes)
         if missing:
             await self._add_nodes(missing)
-        layout = BoardLayout(config, shard_map)
-        current = self._layouts.get(board)
-        if current is None or current.map.epoch <= layout.map.epoch:
-            self._layouts[board] = layout
-        self._unknown.pop(board, None)
+        self.adopt(BoardLayout(config, shard_map))
         return self._layouts[board]
 
     async def _add_nodes(self, node_ids: set[str]) -> None:

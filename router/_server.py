@@ -15,18 +15,18 @@ from grpc_reflection.v1alpha import reflection
 from shard_map import ControlPlane
 from shard_node import StepHook, connect_cluster
 
-from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2, leaderboard_pb2_grpc
+from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
 from ._catalog import Catalog
 from ._service import LeaderboardService
+from ._wire import add_service
 
 log = logging.getLogger("rankshard.router")
 
-SERVICE_NAMES = (
-    leaderboard_pb2.DESCRIPTOR.services_by_name["Leaderboard"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-)
+LEADERBOARD = leaderboard_pb2.DESCRIPTOR.services_by_name["Leaderboard"]
+ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+SERVICE_NAMES = (LEADERBOARD.full_name, ADMIN.full_name)
 
 _OPTIONS = (
     # Several router processes share one port (DESIGN.md: N processes behind SO_REUSEPORT).
@@ -48,8 +48,8 @@ async def running_router(
         cluster = await connect_cluster(control_plane)
         catalog = Catalog(control_plane, cluster)
         server = grpc.aio.server(options=_OPTIONS)
-        leaderboard_pb2_grpc.add_LeaderboardServicer_to_server(LeaderboardService(catalog, on_step), server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(catalog), server)
+        add_service(server, LeaderboardService(catalog, on_step), LEADERBOARD, leaderboard_pb2)
+        add_service(server, AdminService(catalog), ADMIN, admin_pb2)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -21,6 +21,8 @@ from shard_map import (
     RequestIdConflict,
 )
 
+from ._wire import Undecodable
+
 log = logging.getLogger("rankshard.router")
 
 # Most specific first: OutOfRange is an InvalidArgument.
@@ -60,6 +62,8 @@ def handler(
     async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         remaining = context.time_remaining()
         budget = DEFAULT_DEADLINE if remaining is None else max(remaining, 0.0)
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
         try:
             async with asyncio.timeout(budget):
                 return await method(self, request, context)

@@ -1,16 +1,17 @@
 """Every Redis key and stored value format rankshard uses on a node, in one place.
 
-Keys (``b`` board, ``s`` shard id, ``u`` user id):
+Keys (``b`` board, ``s`` shard id, ``u`` user id). A ``/`` ends the board name: board names cannot
+contain one, so no two boards' keys collide and ``rs:i:{b}/*`` matches one board's keys only.
 
-- ``rs:i:{b}:{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to`` (see `IndexEntry`),
+- ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to`` (see `IndexEntry`),
   or ``~ver`` for a removed member (a tombstone keeps versions monotonic if the member comes back).
   Users are spread over ``INDEX_BUCKETS`` small hashes per slot so each stays compact (listpack).
-- ``rs:r:{b}:{u}``            list  the member's last 8 request ids ``ts|value|score|rid`` (1 h TTL)
-- ``rs:z:{b}:{s}``            zset  the shard's members; stored score = score, negated on descending
+- ``rs:r:{b}/{u}``            list  the member's last 8 request ids ``ts|value|score|rid`` (1 h TTL)
+- ``rs:z:{b}/{s}``            zset  the shard's members; stored score = score, negated on descending
   boards, so ascending order is best-first and ties fall in user-id order.
-- ``rs:v:{b}:{s}``            hash  user -> version of the member's last write to this shard; ``~ver``
+- ``rs:v:{b}/{s}``            hash  user -> version of the member's last write to this shard; ``~ver``
   after removal (a tombstone, so a late older write cannot resurrect the member).
-- ``rs:d:{b}:{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence.
+- ``rs:d:{b}/{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence.
 """
 
 from __future__ import annotations
@@ -27,27 +28,27 @@ DEDUP_WINDOW_MS = 3_600_000
 def index_key(board: str, user_hash: int) -> str:
     slot = user_hash % NUM_SLOTS
     bucket = (user_hash // NUM_SLOTS) % INDEX_BUCKETS
-    return f"rs:i:{board}:{slot}:{bucket}"
+    return f"rs:i:{board}/{slot}:{bucket}"
 
 
 def index_pattern(board: str) -> str:
-    return f"rs:i:{board}:*"
+    return f"rs:i:{board}/*"
 
 
 def dedup_key(board: str, user_id: str) -> str:
-    return f"rs:r:{board}:{user_id}"
+    return f"rs:r:{board}/{user_id}"
 
 
 def shard_key(board: str, shard_id: str) -> str:
-    return f"rs:z:{board}:{shard_id}"
+    return f"rs:z:{board}/{shard_id}"
 
 
 def versions_key(board: str, shard_id: str) -> str:
-    return f"rs:v:{board}:{shard_id}"
+    return f"rs:v:{board}/{shard_id}"
 
 
 def descriptor_key(board: str, shard_id: str) -> str:
-    return f"rs:d:{board}:{shard_id}"
+    return f"rs:d:{board}/{shard_id}"
 
 
 def descriptor(shard: Shard) -> str:

@@ -28,10 +28,10 @@ def _homes(node_addresses: list[str], board: str, user: str) -> dict[str, float]
     for address in node_addresses:
         host, port = address.split(":")
         with redis.Redis(host=host, port=int(port), decode_responses=True) as r:
-            for key in r.scan_iter(f"rs:z:{board}:*"):
+            for key in r.scan_iter(f"rs:z:{board}/*"):
                 score = r.zscore(key, user)
                 if score is not None:
-                    found[key.rsplit(":", 1)[1]] = score
+                    found[key.rsplit("/", 1)[1]] = score
     return found
 
 

@@ -90,11 +90,15 @@ def update(client, board: str, user: str, score: int, request_id: str | None = N
     return r.score, r.rank, r.applied
 
 
+def batch_request(board: str, updates: list[tuple]) -> pb.BatchUpdateScoresRequest:
+    """`updates`: (user, score) or (user, score, request_id)."""
+    items = [pb.ScoreUpdate(user_id=u[0], score=u[1], request_id=(*u, "")[2]) for u in updates]
+    return pb.BatchUpdateScoresRequest(leaderboard=board, updates=items)
+
+
 def batch(client, board: str, updates: list[tuple]) -> list[tuple[int, int, bool]]:
-    request = pb.BatchUpdateScoresRequest(
-        leaderboard=board, updates=[pb.ScoreUpdate(user_id=u[0], score=u[1], request_id=u[2] if len(u) > 2 else "") for u in updates]
-    )
-    return [(r.score, r.rank, r.applied) for r in client.lb.BatchUpdateScores(request, timeout=T).results]
+    results = client.lb.BatchUpdateScores(batch_request(board, updates), timeout=T).results
+    return [(r.score, r.rank, r.applied) for r in results]
 
 
 def rows(response) -> list[tuple[str, int, int]]:
@@ -190,7 +194,8 @@ def test_request_ids_make_retries_harmless(client):
     check_board(client, "inc", model)
 
     # The same id with another value: FAILED_PRECONDITION naming the request id; nothing changed.
-    error = status_of(client.lb.UpdateScore, pb.UpdateScoreRequest(leaderboard="inc", user_id="u1", score=7, request_id="r1"))
+    request = pb.UpdateScoreRequest(leaderboard="inc", user_id="u1", score=7, request_id="r1")
+    error = status_of(client.lb.UpdateScore, request)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "request_id" in error.details()
     check_board(client, "inc", model)
@@ -225,8 +230,7 @@ def test_request_ids_make_retries_harmless(client):
         (5, 3, False), (4, 3, True), (4, 3, False), (33, 1, True),
     ]
     model.update("u3", 4), model.update("u1", 2)
-    error = status_of(client.lb.BatchUpdateScores, pb.BatchUpdateScoresRequest(
-        leaderboard="inc", updates=[pb.ScoreUpdate(user_id="u4", score=1), pb.ScoreUpdate(user_id="u3", score=5, request_id="b1")]))
+    error = status_of(client.lb.BatchUpdateScores, batch_request("inc", [("u4", 1), ("u3", 5, "b1")]))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "request_id" in error.details()
     check_board(client, "inc", model)
@@ -273,8 +277,7 @@ def test_batch_update_scores(client):
 
     # One bad update fails the whole call before anything is applied.
     bad = [*((u, 100) for u in users), ("p9", 2**53), ("fresh", 1)]
-    error = status_of(client.lb.BatchUpdateScores, pb.BatchUpdateScoresRequest(
-        leaderboard="b", updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in bad]))
+    error = status_of(client.lb.BatchUpdateScores, batch_request("b", bad))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "updates[10].score" in error.details()
     check_board(client, "b", model)
@@ -283,8 +286,7 @@ def test_batch_update_scores(client):
     batch(client, "b", [("p0", 1, "once")])
     model.update("p0", 1)
     conflicting = [(u, 7, f"c-{u}") for u in users] + [("p0", 2, "once")]
-    error = status_of(client.lb.BatchUpdateScores, pb.BatchUpdateScoresRequest(
-        leaderboard="b", updates=[pb.ScoreUpdate(user_id=u, score=s, request_id=r) for u, s, r in conflicting]))
+    error = status_of(client.lb.BatchUpdateScores, batch_request("b", conflicting))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "updates[10].request_id" in error.details()
     check_board(client, "b", model)
@@ -440,14 +442,18 @@ def test_remove_member(client):
 def test_admin(client):
     config = admin_pb2.LeaderboardConfig
     plain = config(name="plain", sort_order=admin_pb2.SORT_ORDER_DESCENDING, operator=admin_pb2.OPERATOR_INCREMENT)
-    cuts = config(name="cuts", sort_order=admin_pb2.SORT_ORDER_ASCENDING, operator=admin_pb2.OPERATOR_BEST, boundaries=[-10, 0, 10])
+    cuts = config(
+        name="cuts",
+        sort_order=admin_pb2.SORT_ORDER_ASCENDING,
+        operator=admin_pb2.OPERATOR_BEST,
+        boundaries=[-10, 0, 10],
+    )
 
     # Unspecified order and operator mean DESCENDING and INCREMENT.
     assert client.admin.CreateLeaderboard(config(name="plain"), timeout=T) == plain
     assert client.admin.CreateLeaderboard(cuts, timeout=T) == cuts
-    assert client.admin.CreateLeaderboard(config(name="set", operator=admin_pb2.OPERATOR_SET), timeout=T).sort_order == (
-        admin_pb2.SORT_ORDER_DESCENDING
-    )
+    created = client.admin.CreateLeaderboard(config(name="set", operator=admin_pb2.OPERATOR_SET), timeout=T)
+    assert (created.sort_order, created.operator) == (admin_pb2.SORT_ORDER_DESCENDING, admin_pb2.OPERATOR_SET)
     error = status_of(client.admin.CreateLeaderboard, config(name="plain", sort_order=admin_pb2.SORT_ORDER_ASCENDING))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "plain" in error.details()
