@@ -8,6 +8,7 @@ import click
 
 from ._cluster import LocalCluster, wait_for_signal_or_death
 from ._demo import demo
+from ._doctor import check, repair
 from ._manage import leaderboards, nodes, parse_boundaries, shards
 from ._settings import default_data_dir
 
@@ -79,3 +80,5 @@ main.add_command(demo)
 main.add_command(leaderboards)
 main.add_command(shards)
 main.add_command(nodes)
+main.add_command(check)
+main.add_command(repair)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from shard_map import ControlPlane, NotFound
+from shard_map import ControlPlane, NotFound, RankshardError
 from shard_node import BoardLayout, Cluster, NodeClient
 
 log = logging.getLogger("rankshard.router")
@@ -70,6 +70,23 @@ class Catalog:
         for node in await self.control_plane.list_nodes():
             if node.id in node_ids and node.id not in self.cluster.nodes:
                 self.cluster.nodes[node.id] = NodeClient(node.id, node.address)
+
+    async def every_layout(self) -> list[BoardLayout]:
+        """Layouts of every board the control plane knows (the cached ones when it is unreachable)."""
+        try:
+            names = [c.name for c in await self.control_plane.list_boards()]
+        except RankshardError:
+            return list(self._layouts.values())
+        layouts = []
+        for name in names:
+            try:
+                layouts.append(await self.layout(name))
+            except RankshardError:
+                continue
+        return layouts
+
+    def cached_layouts(self) -> list[BoardLayout]:
+        return list(self._layouts.values())
 
     async def follow_epochs(self) -> None:
         """Runs until cancelled: reloads a cached board whenever the control plane announces a newer epoch."""

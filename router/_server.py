@@ -7,19 +7,21 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shard_map import ControlPlane
-from shard_node import StepHook, connect_cluster
+from shard_node import DEFAULT_MIN_AGE_MS, StepHook, connect_cluster
 
 from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
 from ._catalog import Catalog
 from ._service import LeaderboardService
+from ._sweeper import DEFAULT_INTERVAL, sweep_forever
 from ._wire import add_service
 
 log = logging.getLogger("rankshard.router")
@@ -37,7 +39,13 @@ _OPTIONS = (
 
 @contextlib.asynccontextmanager
 async def running_router(
-    control_plane_dsn: str, host: str = "127.0.0.1", port: int = 0, *, on_step: StepHook | None = None
+    control_plane_dsn: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    on_step: StepHook | None = None,
+    sweep_interval: float = DEFAULT_INTERVAL,
+    sweep_age_ms: int = DEFAULT_MIN_AGE_MS,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
     """A serving router; yields the server and the port it bound. Everything is closed on exit.
 
@@ -59,28 +67,34 @@ async def running_router(
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        follower = asyncio.create_task(catalog.follow_epochs(), name="follow-epochs")
+        tasks = [
+            asyncio.create_task(catalog.follow_epochs(), name="follow-epochs"),
+            asyncio.create_task(sweep_forever(catalog, sweep_interval, sweep_age_ms), name="sweeper"),
+        ]
         try:
             yield server, bound
         finally:
             for name in ("", *SERVICE_NAMES):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.stop(grace=2.0)
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await cluster.aclose()
     finally:
         await control_plane.close()
 
 
-async def serve(control_plane_dsn: str, host: str, port: int) -> None:
-    """Serves until SIGINT or SIGTERM, then drains in-flight calls and exits."""
+async def serve(control_plane_dsn: str, host: str, port: int, **options: Any) -> None:
+    """Serves until SIGINT or SIGTERM, then drains in-flight calls and exits. `options` go to
+    `running_router`."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_router(control_plane_dsn, host, port) as (_, bound):
+    async with running_router(control_plane_dsn, host, port, **options) as (_, bound):
         log.info("rankshard: router listening on %s:%d", host, bound)
         print(f"rankshard: router listening on {host}:{bound}", flush=True)
         await stop.wait()

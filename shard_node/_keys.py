@@ -7,6 +7,8 @@ contain one, so no two boards' keys collide and ``rs:i:{b}/*`` matches one board
   or ``~ver`` for a removed member (a tombstone keeps versions monotonic if the member comes back).
   Users are spread over ``INDEX_BUCKETS`` small hashes per slot so each stays compact (listpack).
 - ``rs:r:{b}/{u}``            list  the member's last 8 request ids ``ts|value|score|rid`` (1 h TTL)
+- ``rs:m:{b}/``             zset  on each index node: users with a pending move or removal -> ms
+  when it was recorded; the sweeper rolls forward those older than a few seconds.
 - ``rs:z:{b}/{s}``            zset  the shard's members; stored score = score, negated on descending
   boards, so ascending order is best-first and ties fall in user-id order.
 - ``rs:v:{b}/{s}``            hash  user -> version of the member's last write to this shard; ``~ver``
@@ -37,6 +39,10 @@ def index_pattern(board: str) -> str:
 
 def dedup_key(board: str, user_id: str) -> str:
     return f"rs:r:{board}/{user_id}"
+
+
+def moves_key(board: str) -> str:
+    return f"rs:m:{board}/"
 
 
 def shard_key(board: str, shard_id: str) -> str:

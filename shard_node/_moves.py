@@ -19,7 +19,7 @@ from collections.abc import Callable
 from shard_map import ShardFrozen, StaleMap
 
 from ._client import NodeClient
-from ._keys import IndexEntry, descriptor_key, descriptor_state, shard_key, versions_key
+from ._keys import IndexEntry, descriptor_key, descriptor_state, moves_key, shard_key, versions_key
 from ._layout import BoardLayout, Cluster
 from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, Script
 
@@ -40,16 +40,17 @@ async def finish_move(
 ) -> None:
     """Carries `entry`'s pending move to the end; raises `NodeError` subclasses."""
     index_node, index_key = cluster.index_of(layout.board, entry.user_id)
+    index_keys = [index_key, moves_key(layout.board)]
     intent = (entry.user_id, entry.version, entry.from_, entry.to)
     if entry.to:
         stored = layout.stored(entry.score)
         await shard_call(cluster, layout, SHARD_APPLY, entry.to, [entry.user_id, stored, entry.version])
         _step(on_step, "destination_written")
-        await index_node.run(INDEX_MOVE, [index_key], ["home", *intent])
+        await index_node.run(INDEX_MOVE, index_keys, ["home", *intent])
         _step(on_step, "home_switched")
     await shard_call(cluster, layout, SHARD_REMOVE, entry.from_, [entry.user_id, entry.version])
     _step(on_step, "source_removed")
-    await index_node.run(INDEX_MOVE, [index_key], ["done", *intent])
+    await index_node.run(INDEX_MOVE, index_keys, ["done", *intent])
     _step(on_step, "intent_cleared")
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from shard_map import OutOfRange, RequestIdConflict, StaleMap
 
 from ._client import NodeClient
-from ._keys import IndexEntry, dedup_key
+from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import StepHook, _step, check_fence, finish_move, shard_keys
 from ._reads import rank_of_scores
@@ -66,7 +66,7 @@ async def remove_member(
     """Removes a member; False if it was not on the board. Raises `NodeError`."""
     node, key = cluster.index_of(layout.board, user_id)
     for _ in range(_MAX_ROUNDS):
-        answer = await node.run(INDEX_REMOVE, [key], [user_id])
+        answer = await node.run(INDEX_REMOVE, [key, moves_key(layout.board)], [user_id])
         if answer[0] == "absent":
             return False
         if answer[0] == "intent":
@@ -135,7 +135,7 @@ async def _run_index(
     for i in positions:
         u = updates[i]
         args += (u.user_id, u.value, u.request_id)
-    return await node.run(INDEX_APPLY, keys, args)
+    return await node.run(INDEX_APPLY, [*keys, moves_key(layout.board)], args)
 
 
 def _raise_or_collect(

@@ -1,0 +1,34 @@
+"""The router's sweeper task: finishes moves that crashed writers abandoned (DESIGN.md failure model)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shard_map import RankshardError
+from shard_node import DEFAULT_MIN_AGE_MS, sweep_board
+
+from ._catalog import Catalog
+
+log = logging.getLogger("rankshard.sweeper")
+
+DEFAULT_INTERVAL = 2.0
+_BOARD_LIST_EVERY = 15
+"""Sweeps between lookups of the full board list, so boards this router never served are swept too."""
+
+
+async def sweep_forever(catalog: Catalog, interval: float = DEFAULT_INTERVAL, min_age_ms: int = DEFAULT_MIN_AGE_MS) -> None:
+    """Runs until cancelled. A failing board is logged and retried on the next round."""
+    rounds = 0
+    while True:
+        await asyncio.sleep(interval)
+        layouts = await catalog.every_layout() if rounds % _BOARD_LIST_EVERY == 0 else catalog.cached_layouts()
+        rounds += 1
+        for layout in layouts:
+            try:
+                finished = await sweep_board(catalog.cluster, layout, min_age_ms=min_age_ms)
+            except RankshardError as exc:
+                log.warning("sweep of %r failed: %s", layout.board, exc)
+                continue
+            if finished:
+                log.warning("sweeper finished %d abandoned move(s) on %r", finished, layout.board)

@@ -1,0 +1,58 @@
+"""The sweeper: rolls forward moves a crashed writer left behind, without waiting for the member's
+next write (DESIGN.md failure model, "router killed mid-write")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shard_map import NodeError
+
+from ._client import NodeClient
+from ._keys import IndexEntry, moves_key
+from ._layout import BoardLayout, Cluster
+from ._moves import finish_move
+from ._scripts import INDEX_MOVE, INDEX_STALE_MOVES
+
+log = logging.getLogger("rankshard.sweeper")
+
+DEFAULT_MIN_AGE_MS = 5000
+"""A move this old is abandoned: a live writer finishes its move within its call's deadline."""
+
+
+async def sweep_board(
+    cluster: Cluster, layout: BoardLayout, *, min_age_ms: int = DEFAULT_MIN_AGE_MS, limit: int = 200
+) -> int:
+    """Finishes the board's moves recorded over `min_age_ms` ago; returns how many it finished.
+
+    A node that cannot be reached is skipped (its moves wait for the next sweep); nothing is raised
+    for it. Safe to run from every router at once: each step of a move is idempotent.
+    """
+    index_nodes = [cluster.node(n) for n in dict.fromkeys(cluster.slots.owners)]
+    counts = await asyncio.gather(*(_sweep_node(cluster, layout, n, min_age_ms, limit) for n in index_nodes))
+    return sum(counts)
+
+
+async def _sweep_node(
+    cluster: Cluster, layout: BoardLayout, node: NodeClient, min_age_ms: int, limit: int
+) -> int:
+    try:
+        users = await node.run(INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])
+        finished = 0
+        for user in users:
+            finished += await _settle(cluster, layout, str(user))
+        return finished
+    except NodeError as exc:
+        log.warning("sweep of %r skipped a node: %s", layout.board, exc)
+        return 0
+
+
+async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
+    node, key = cluster.index_of(layout.board, user)
+    entry = IndexEntry.parse(user, await node.command("HGET", key, user))
+    if entry is not None and entry.moving:
+        await finish_move(cluster, layout, entry)
+        return 1
+    # Finished by someone between the scan and now, or the member is gone: just forget it.
+    await node.run(INDEX_MOVE, [key, moves_key(layout.board)], ["forget", user, 0, "", ""])
+    return 0
