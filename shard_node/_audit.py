@@ -68,8 +68,10 @@ async def shard_members(cluster: Cluster, layout: BoardLayout, shard: Shard) -> 
         rows = await node.command("ZRANGE", key, start, start + _CHUNK - 1, "WITHSCORES")
         if not rows:
             return
-        yield [(str(u), layout.unstored(int(float(s)))) for u, s in rows]
+        yield [(str(u), layout.unstored(int(float(s)))) for u, s in zip(rows[::2], rows[1::2])]
         start += _CHUNK
+        if len(rows) < 2 * _CHUNK:
+            return
 
 
 async def scan_board(cluster: Cluster, layout: BoardLayout) -> BoardScan:

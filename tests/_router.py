@@ -29,8 +29,9 @@ async def bootstrap(dsn: str, node_addresses: Sequence[str]) -> None:
 class RouterThread:
     """One router process's worth of serving, in a thread. `hook` is the test-only step hook."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, **options: object) -> None:
         self.dsn = dsn
+        self.options = options
         self.hook: Callable[[str], None] | None = None
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -66,7 +67,7 @@ class RouterThread:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with running_router(self.dsn, on_step=self._on_step) as (_, port):
+        async with running_router(self.dsn, on_step=self._on_step, **self.options) as (_, port):  # type: ignore[arg-type]
             self.port = port
             self._ready.set()
             await self._stop.wait()
