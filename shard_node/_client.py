@@ -8,6 +8,7 @@ only the calls that failed for that reason are re-sent, so nothing runs twice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,11 @@ ScriptCall = tuple[Script, Sequence[str], Sequence[Any]]
 DEFAULT_NODE_TIMEOUT = 2.0
 """Seconds a node may take to answer one command before it counts as unavailable."""
 
+DOWN_FOR = 1.0
+"""Seconds a node that just timed out is answered for without asking it: calls fail at once instead of
+each waiting out the timeout of a frozen or partitioned node; the first call after that probes it
+again. (A refused connection fails fast by itself, so it does not trip this.)"""
+
 
 class NodeClient:
     """Connections to one node. Open with `open()`, close with `aclose()` (or use `async with`)."""
@@ -31,6 +37,7 @@ class NodeClient:
         host, _, port = address.rpartition(":")
         self.id = node_id
         self.address = address
+        self._down_until = 0.0
         self._redis = aioredis.Redis(
             host=host,
             port=int(port),
@@ -56,6 +63,7 @@ class NodeClient:
 
     async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Runs scripts in one pipelined round trip, results in order; raises `NodeUnavailable`."""
+        self._check_up()
         results = await self._pipeline(calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, rexc.NoScriptError)]
         if missing:
@@ -69,22 +77,24 @@ class NodeClient:
 
     async def command(self, *args: Any) -> Any:
         """One plain command (reads and admin); raises `NodeUnavailable`."""
+        self._check_up()
         try:
             return await self._redis.execute_command(*args)
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise NodeUnavailable(self.id, f"{self.address} unreachable: {exc}") from exc
+            raise self._went_down(exc) from exc
         except rexc.ResponseError as exc:
             raise NodeUnavailable(self.id, f"refused {args[0]}: {exc}") from exc
 
     async def commands(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Plain commands in one pipelined round trip; raises `NodeUnavailable`."""
+        self._check_up()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for args in commands:
                     pipe.execute_command(*args)
                 return await pipe.execute()
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise NodeUnavailable(self.id, f"{self.address} unreachable: {exc}") from exc
+            raise self._went_down(exc) from exc
         except rexc.ResponseError as exc:
             raise NodeUnavailable(self.id, f"refused a command: {exc}") from exc
 
@@ -98,4 +108,13 @@ class NodeClient:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 return await pipe.execute(raise_on_error=False)
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise NodeUnavailable(self.id, f"{self.address} unreachable: {exc}") from exc
+            raise self._went_down(exc) from exc
+
+    def _check_up(self) -> None:
+        if self._down_until and time.monotonic() < self._down_until:
+            raise NodeUnavailable(self.id, f"{self.address} failed moments ago; retry shortly")
+
+    def _went_down(self, exc: BaseException) -> NodeUnavailable:
+        if isinstance(exc, (rexc.TimeoutError, TimeoutError)):
+            self._down_until = time.monotonic() + DOWN_FOR
+        return NodeUnavailable(self.id, f"{self.address} unreachable: {exc}")

@@ -64,6 +64,9 @@ class Cluster:
     def __init__(self, nodes: Mapping[str, NodeClient], slots: SlotTable) -> None:
         self.nodes = dict(nodes)
         self.slots = slots
+        self.last_sizes: dict[tuple[str, str, str], int] = {}
+        """Shard sizes as last read, by (board, descriptor, shard id): what reads use for the shards
+        of a node that is down (see `_reads._count`)."""
 
     def node(self, node_id: str) -> NodeClient:
         try:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shard_map import NotFound
+from shard_map import NodeUnavailable, NotFound
 
 from ._keys import IndexEntry, descriptor_key, shard_key
 from ._layout import BoardLayout, Cluster
@@ -56,12 +56,23 @@ async def _count(
         return answer
 
     nodes = list(layout.by_node.items())
-    answers = await asyncio.gather(*(ask(n, shards) for n, shards in nodes))
+    answers = await asyncio.gather(*(ask(n, shards) for n, shards in nodes), return_exceptions=True)
     sizes: dict[str, int] = {}
     results = [0] * len(queries)
     for (node_id, shards), answer in zip(nodes, answers):
+        if isinstance(answer, NodeUnavailable) and node_id not in per_node:
+            # Only sizes were wanted from this node: while it is down nothing can change its shards,
+            # so the sizes last read are still exact and the rest of the cluster keeps serving.
+            known = [cluster.last_sizes.get((layout.board, layout.descriptors[s.id], s.id)) for s in shards]
+            if None in known:
+                raise answer
+            sizes.update({s.id: int(n) for s, n in zip(shards, known)})  # type: ignore[arg-type]
+            continue
+        if isinstance(answer, BaseException):
+            raise answer
         for s, card in zip(shards, answer[1 : 1 + len(shards)]):
             sizes[s.id] = int(card)
+            cluster.last_sizes[(layout.board, layout.descriptors[s.id], s.id)] = int(card)
         for i, value in zip(per_node.get(node_id, ()), answer[1 + len(shards) :]):
             results[i] = int(value)
     return sizes, results
