@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -64,11 +65,26 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
         os._exit(1)
 
 
+_PORT_RANGE = (20000, 32767)
+"""Below Linux's ephemeral range (32768-60999): a port picked here is not also handed to some
+outgoing connection between our check and the server's bind, as a port from bind(0) can be."""
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (another process may take it before you do)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, never the same one twice per process."""
+    for _ in range(1000):
+        port = random.randint(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
 def _shipped(package: str, relative: str) -> Path | None:

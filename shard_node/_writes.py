@@ -160,8 +160,8 @@ def _raise_or_collect(
 
 
 def _committed(user_id: str, raw: list[object]) -> _Committed:
-    kind, score, version, applied, home, from_, to = raw
-    entry = IndexEntry(user_id, int(score), int(version), str(home), str(from_), str(to)) if home else None
+    kind, score, version, applied, home, from_, to, current = raw
+    entry = IndexEntry(user_id, int(current), int(version), str(home), str(from_), str(to)) if home else None
     return _Committed(str(kind), int(score), bool(applied), entry)
 
 
@@ -175,12 +175,13 @@ async def _write_shards(
 ) -> None:
     """DESIGN.md write path steps 3 and 4 for each member's final state in this call.
 
-    Duplicates are written too: the first call may have died between its index commit and its
-    shard write, and re-writing the same absolute (score, version) is harmless.
+    Every member the call touched is written, applied or not: an earlier call may have died between
+    its index commit and its shard write (leaving no intent when the member did not cross a
+    boundary), and re-writing the same absolute (score, version) is a no-op when nothing was lost.
     """
     final: dict[str, IndexEntry] = {}
     for c in committed:
-        if c.entry is not None and (c.applied or c.kind == "dup"):
+        if c.entry is not None:
             final[c.entry.user_id] = c.entry
     moves = [e for e in final.values() if e.moving]
     if moves:

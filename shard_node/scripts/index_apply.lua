@@ -6,7 +6,8 @@
 -- All or nothing: if any update meets a pending move, a reused request id with another value, or an
 -- overflow, nothing is written and {'abort', {i, kind, ...}, ...} comes back. Otherwise (and always in
 -- 'check' mode, which never writes) {'ok', {kind, score, ver, applied, home, from, to}, ...} per update,
--- kind 'new' | 'upd' | 'dup'; for 'dup' the score is the first call's and the rest the current entry.
+-- kind 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
+-- member's current entry: {kind, score, ver, applied, home, from, to, entry score}.
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local nb = tonumber(ARGV[4])
 local bounds, ids = {}, {}
@@ -71,9 +72,9 @@ for i = 1, (#ARGV - first + 1) / 3 do
     table.insert(aborts, {i, 'conflict'})
   elseif rec then
     if e.absent then
-      table.insert(results, {'dup', rec.score, 0, 0, '', '', ''})
+      table.insert(results, {'dup', rec.score, 0, 0, '', '', '', 0})
     else
-      table.insert(results, {'dup', rec.score, e.ver, 0, e.home, e.from, e.to})
+      table.insert(results, {'dup', rec.score, e.ver, 0, e.home, e.from, e.to, e.score})
     end
   else
     local v = tonumber(value)
@@ -110,7 +111,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
         if #pushed[rk] == 0 then table.insert(pushed_order, rk) end
         table.insert(pushed[rk], {ts = now, value = value, score = new, rid = rid})
       end
-      table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to})
+      table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score})
     end
   end
 end
