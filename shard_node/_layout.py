@@ -65,8 +65,10 @@ class Cluster:
         self.nodes = dict(nodes)
         self.slots = slots
         self.last_sizes: dict[tuple[str, str, str], int] = {}
-        """Shard sizes as last read, by (board, descriptor, shard id): what reads use for the shards
-        of a node that is down (see `_reads._count`)."""
+        """Shard sizes as last seen by this router (every read, and every change it makes), by
+        (board, descriptor, shard id): what reads use for the shards of a node that is down or frozen
+        (see `_reads._count`). Exact for this router's own writes; writes other routers made to that
+        node just before it went down are missing until it is back."""
 
     def node(self, node_id: str) -> NodeClient:
         try:

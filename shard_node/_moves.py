@@ -61,6 +61,7 @@ async def shard_call(
     node = shard_node(cluster, layout, shard_id)
     result = await node.run(script, shard_keys(layout.board, shard_id), [layout.descriptors[shard_id], *args])
     check_fence(node, layout, shard_id, result)
+    record_size(cluster, layout, shard_id, result)
     return result
 
 
@@ -88,6 +89,11 @@ def check_fence(node: NodeClient, layout: BoardLayout, shard_id: str, result: li
         f"shard {shard_id} of {layout.board!r} is {actual or 'absent'!r} there, "
         f"map epoch {layout.map.epoch} expects {expected!r}",
     )
+
+
+def record_size(cluster: Cluster, layout: BoardLayout, shard_id: str, result: list[object]) -> None:
+    """Remembers the size a shard script reported after changing the shard (see `Cluster.last_sizes`)."""
+    cluster.last_sizes[(layout.board, layout.descriptors[shard_id], shard_id)] = int(result[1])  # type: ignore[call-overload]
 
 
 def _step(hook: StepHook | None, name: str) -> None:

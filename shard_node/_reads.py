@@ -18,6 +18,10 @@ from ._moves import check_fence, shard_call
 from ._scripts import SHARD_APPLY, SHARD_COUNT, SHARD_PAGE
 
 
+SIZE_WAIT = 0.5
+"""Seconds a node is waited for when only its shard sizes are wanted and last-known sizes exist."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     user_id: str
@@ -55,16 +59,26 @@ async def _count(
             check_fence(node, layout, shards[int(answer[1]) - 1].id, [answer[0], answer[2]])
         return answer
 
+    async def ask_sizes_only(node_id: str, shards: tuple) -> list[object]:
+        # Sizes alone may come from `last_sizes`, so a slow node is not waited for past SIZE_WAIT:
+        # a frozen node must not hold up calls that need nothing else from it.
+        return await asyncio.wait_for(ask(node_id, shards), SIZE_WAIT)
+
     nodes = list(layout.by_node.items())
-    answers = await asyncio.gather(*(ask(n, shards) for n, shards in nodes), return_exceptions=True)
+    answers = await asyncio.gather(
+        *((ask if n in per_node else ask_sizes_only)(n, shards) for n, shards in nodes), return_exceptions=True
+    )
     sizes: dict[str, int] = {}
     results = [0] * len(queries)
     for (node_id, shards), answer in zip(nodes, answers):
-        if isinstance(answer, NodeUnavailable) and node_id not in per_node:
+        if isinstance(answer, (NodeUnavailable, TimeoutError)) and node_id not in per_node:
             # Only sizes were wanted from this node: while it is down nothing can change its shards,
-            # so the sizes last read are still exact and the rest of the cluster keeps serving.
+            # so the sizes last seen are still right (as far as this router's own writes go; see
+            # `Cluster.last_sizes`) and the rest of the cluster keeps serving.
             known = [cluster.last_sizes.get((layout.board, layout.descriptors[s.id], s.id)) for s in shards]
             if None in known:
+                if isinstance(answer, TimeoutError):
+                    raise NodeUnavailable(node_id, f"did not report shard sizes within {SIZE_WAIT}s") from answer
                 raise answer
             sizes.update({s.id: int(n) for s, n in zip(shards, known)})  # type: ignore[arg-type]
             continue

@@ -11,7 +11,7 @@ from shard_map import OutOfRange, RequestIdConflict, StaleMap
 from ._client import NodeClient
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, check_fence, finish_move, shard_keys
+from ._moves import StepHook, _step, check_fence, finish_move, record_size, shard_keys
 from ._reads import rank_of_scores
 from ._scripts import INDEX_APPLY, INDEX_REMOVE, SHARD_APPLY
 
@@ -213,6 +213,7 @@ async def _write_groups(
         ]
         for shard_id, result in zip(shard_ids, await node.run_many(calls)):
             check_fence(node, layout, shard_id, result)
+            record_size(cluster, layout, shard_id, result)
 
     await asyncio.gather(*(write(n, s) for n, s in by_node.items()))
 

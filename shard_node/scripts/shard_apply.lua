@@ -1,7 +1,7 @@
 -- DESIGN.md write path step 3: absolute, versioned writes into one shard, fenced by its descriptor.
 -- KEYS: zset, versions hash, descriptor. ARGV: expected descriptor, then (user, stored score, ver)...
--- Returns {'stale', actual descriptor} or {'ok', c1, c2, ...}: ci = members strictly better than
--- update i's stored score after the writes (its rank inside the shard, minus one).
+-- Returns {'stale', actual descriptor} or {'ok', size, c1, c2, ...}: size = the shard's members after
+-- the writes, ci = members strictly better than update i's stored score (its rank inside, minus one).
 local d = redis.call('GET', KEYS[3])
 if d ~= ARGV[1] then return {'stale', d or ''} end
 for i = 2, #ARGV, 3 do
@@ -11,7 +11,7 @@ for i = 2, #ARGV, 3 do
     redis.call('HSET', KEYS[2], user, ver)
   end
 end
-local out = {'ok'}
+local out = {'ok', redis.call('ZCARD', KEYS[1])}
 for i = 2, #ARGV, 3 do
   table.insert(out, redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[i + 1]))
 end

@@ -1,7 +1,7 @@
 -- DESIGN.md write path step 4 (source side) and RemoveMember: drop members whose stored version is
 -- not newer than the given one, leaving a tombstone '~ver' so a late older write cannot bring them back.
 -- KEYS: zset, versions hash, descriptor. ARGV: expected descriptor, then (user, ver)...
--- Returns {'stale', actual descriptor} or {'ok', removed count}.
+-- Returns {'stale', actual descriptor} or {'ok', size after, removed count}.
 local d = redis.call('GET', KEYS[3])
 if d ~= ARGV[1] then return {'stale', d or ''} end
 local removed = 0
@@ -12,4 +12,4 @@ for i = 2, #ARGV, 2 do
     redis.call('HSET', KEYS[2], user, string.format('~%d', ver))
   end
 end
-return {'ok', removed}
+return {'ok', redis.call('ZCARD', KEYS[1]), removed}

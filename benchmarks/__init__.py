@@ -1,0 +1,1 @@
+"""Measurements of rankshard through its public surfaces (gRPC and the CLI)."""

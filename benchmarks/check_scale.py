@@ -1,0 +1,74 @@
+"""How long `rankshard check` takes on a big board: ``python -m benchmarks.check_scale --members 1000000``.
+
+Starts a local cluster in a temporary folder, loads the board through BatchUpdateScores (the public
+API), then times `rankshard check` and `rankshard repair` (which, on a sound board, is a full scan too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from cli._cluster import LocalCluster
+from cli._local import free_port
+from rankshard.v1 import leaderboard_pb2 as pb
+from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
+
+BATCH = 1000
+IN_FLIGHT = 4
+
+
+async def load(address: str, members: int, seed: int) -> float:
+    rng = random.Random(seed)
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.LeaderboardStub(channel)
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        for start in range(0, members, BATCH):
+            queue.put_nowait(start)
+
+        async def worker() -> None:
+            while not queue.empty():
+                start = queue.get_nowait()
+                assert start is not None
+                updates = [pb.ScoreUpdate(user_id=f"user-{i:09d}", score=int(rng.expovariate(1 / 1000)))
+                           for i in range(start, min(members, start + BATCH))]
+                await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard="global", updates=updates), timeout=60)
+                done = start + len(updates)
+                if done % 100_000 < BATCH:
+                    print(f"  loaded {done:,} in {time.monotonic() - started:.0f}s", file=sys.stderr)
+
+        await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return time.monotonic() - started
+
+
+def timed(*args: str) -> tuple[float, str]:
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
+    return time.monotonic() - started, (out.stdout + out.stderr).strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--members", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rankshard-check-") as tmp:
+        with LocalCluster(Path(tmp), nodes=2, shards=8, port=free_port(), fast=True) as cluster:
+            seconds = asyncio.run(load(cluster.address, args.members, args.seed))
+            print(f"loaded {args.members:,} members in {seconds:.1f}s ({args.members / seconds:,.0f}/s)")
+            for command in (["check", "-l", "global"], ["repair", "-l", "global"]):
+                took, last = timed("--control-plane", cluster.control_plane, *command)
+                print(f"rankshard {' '.join(command)}: {took:.1f}s  ({last})")
+
+
+if __name__ == "__main__":
+    main()
