@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,8 +20,6 @@ from pathlib import Path
 
 import grpc
 
-from cli._cluster import LocalCluster
-from cli._local import free_port
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
@@ -62,12 +63,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rankshard-check-") as tmp:
-        with LocalCluster(Path(tmp), nodes=2, shards=8, port=free_port(), fast=True) as cluster:
-            seconds = asyncio.run(load(cluster.address, args.members, args.seed))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        up = subprocess.Popen(
+            [sys.executable, "-m", "cli", "--data-dir", tmp, "cluster", "up", "--shards", "8", "--port", str(port)],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "RANKSHARD_PG_FAST": "1"},
+        )
+        try:
+            assert up.stdout is not None
+            dsn = ""
+            for line in up.stdout:
+                if "control plane" in line:
+                    dsn = line.split()[-1]
+                if "router listening on" in line:
+                    break
+            seconds = asyncio.run(load(f"127.0.0.1:{port}", args.members, args.seed))
             print(f"loaded {args.members:,} members in {seconds:.1f}s ({args.members / seconds:,.0f}/s)")
             for command in (["check", "-l", "global"], ["repair", "-l", "global"]):
-                took, last = timed("--control-plane", cluster.control_plane, *command)
+                took, last = timed("--control-plane", dsn, *command)
                 print(f"rankshard {' '.join(command)}: {took:.1f}s  ({last})")
+        finally:
+            up.send_signal(signal.SIGTERM)
+            up.wait(60)
 
 
 if __name__ == "__main__":
