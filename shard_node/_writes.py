@@ -54,7 +54,12 @@ async def apply_updates(
     Raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]`` (nothing applied when all the
     updates' index slots live on one node; see `_commit`), `StaleMap`, `NodeError`.
     """
-    committed = await _commit(cluster, layout, updates, on_step)
+    try:
+        committed = await _commit(cluster, layout, updates, on_step)
+    except _PartlyApplied as partly:
+        # Some index nodes committed before another refused: their members' shards must follow.
+        await _write_shards(cluster, layout, partly.committed, on_step)
+        raise partly.error from None
     await _write_shards(cluster, layout, committed, on_step)
     ranks, _ = await rank_of_scores(cluster, layout, [c.score for c in committed])
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
@@ -103,15 +108,23 @@ async def _commit(
             *(_run_index(by_node[n], layout, updates, mode) for n in sorted(pending))
         )
         intents: list[IndexEntry] = []
+        refused: RequestIdConflict | OutOfRange | None = None
         for node_id, answer in zip(sorted(pending), answers):
             _, positions, _ = by_node[node_id]
             if answer[0] == "abort":
                 partial = mode == "apply" and len(by_node) > 1
-                intents += _raise_or_collect(answer[1:], positions, updates, partial)
+                try:
+                    intents += _raise_or_collect(answer[1:], positions, updates, partial)
+                except (RequestIdConflict, OutOfRange) as error:
+                    if mode == "check":
+                        raise
+                    refused = refused or error
             elif mode == "apply":
                 for i, raw in zip(positions, answer[1:]):
                     results[i] = _committed(updates[i].user_id, raw)
                 pending.discard(node_id)
+        if refused is not None:
+            raise _PartlyApplied(refused, [r for r in results if r is not None])
         if not pending:
             break
         if intents:
@@ -216,6 +229,14 @@ async def _write_groups(
             record_size(cluster, layout, shard_id, result)
 
     await asyncio.gather(*(write(n, s) for n, s in by_node.items()))
+
+
+class _PartlyApplied(Exception):
+    """Inside this module only: a node refused after others had committed their share."""
+
+    def __init__(self, error: RequestIdConflict | OutOfRange, committed: list[_Committed]) -> None:
+        self.error = error
+        self.committed = committed
 
 
 def _contended(user_id: str) -> StaleMap:
