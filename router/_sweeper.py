@@ -31,4 +31,4 @@ async def sweep_forever(catalog: Catalog, interval: float = DEFAULT_INTERVAL, mi
                 log.warning("sweep of %r failed: %s", layout.board, exc)
                 continue
             if finished:
-                log.warning("sweeper finished %d abandoned move(s) on %r", finished, layout.board)
+                log.warning("sweeper finished %d abandoned write(s) or move(s) on %r", finished, layout.board)

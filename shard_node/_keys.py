@@ -7,8 +7,9 @@ contain one, so no two boards' keys collide and ``rs:i:{b}/*`` matches one board
   or ``~ver`` for a removed member (a tombstone keeps versions monotonic if the member comes back).
   Users are spread over ``INDEX_BUCKETS`` small hashes per slot so each stays compact (listpack).
 - ``rs:r:{b}/{u}``            list  the member's last 8 request ids ``ts|value|score|rid`` (1 h TTL)
-- ``rs:m:{b}/``             zset  on each index node: users with a pending move or removal -> ms
-  when it was recorded; the sweeper rolls forward those older than a few seconds.
+- ``rs:m:{b}/``             zset  on each index node: users with a write, move or removal committed
+  on the index but not yet confirmed done in the shards -> ms of the commit; the sweeper finishes
+  those older than a few seconds (a writer that crashed or lost its node in between).
 - ``rs:z:{b}/{s}``            zset  the shard's members; stored score = score, negated on descending
   boards, so ascending order is best-first and ties fall in user-id order.
 - ``rs:v:{b}/{s}``            hash  user -> version of the member's last write to this shard; ``~ver``

@@ -1,5 +1,5 @@
-"""The sweeper: rolls forward moves a crashed writer left behind, without waiting for the member's
-next write (DESIGN.md failure model, "router killed mid-write")."""
+"""The sweeper: finishes writes and moves a crashed writer left behind, without waiting for the
+member's next write (DESIGN.md failure model, "router killed mid-write")."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from shard_map import NodeError
 from ._client import NodeClient
 from ._keys import IndexEntry, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import finish_move
-from ._scripts import INDEX_MOVE, INDEX_STALE_MOVES
+from ._moves import finish_move, shard_call
+from ._scripts import INDEX_MOVE, INDEX_STALE_MOVES, SHARD_APPLY
 
 log = logging.getLogger("rankshard.sweeper")
+
+_GONE = 2**62
+"""The version passed when forgetting a member with no entry: no live version is above it."""
 
 DEFAULT_MIN_AGE_MS = 5000
 """A move this old is abandoned: a live writer finishes its move within its call's deadline."""
@@ -23,7 +26,7 @@ DEFAULT_MIN_AGE_MS = 5000
 async def sweep_board(
     cluster: Cluster, layout: BoardLayout, *, min_age_ms: int = DEFAULT_MIN_AGE_MS, limit: int = 200
 ) -> int:
-    """Finishes the board's moves recorded over `min_age_ms` ago; returns how many it finished.
+    """Finishes the board's writes and moves committed over `min_age_ms` ago; returns how many.
 
     A node that cannot be reached is skipped (its moves wait for the next sweep); nothing is raised
     for it. Safe to run from every router at once: each step of a move is idempotent.
@@ -48,11 +51,15 @@ async def _sweep_node(
 
 
 async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
+    """Finishes one marked member: its move, or its plain shard write (re-sent: a no-op if it landed)."""
     node, key = cluster.index_of(layout.board, user)
     entry = IndexEntry.parse(user, await node.command("HGET", key, user))
     if entry is not None and entry.moving:
         await finish_move(cluster, layout, entry)
         return 1
-    # Finished by someone between the scan and now, or the member is gone: just forget it.
-    await node.run(INDEX_MOVE, [key, moves_key(layout.board)], ["forget", user, 0, "", ""])
-    return 0
+    if entry is not None:
+        args = [user, layout.stored(entry.score), entry.version]
+        await shard_call(cluster, layout, SHARD_APPLY, entry.home, args)
+    version = _GONE if entry is None else entry.version
+    await node.run(INDEX_MOVE, [key, moves_key(layout.board)], ["forget", user, version, "", ""])
+    return 0 if entry is None else 1

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 from shard_map import OutOfRange, RequestIdConflict, StaleMap
 
-from ._client import NodeClient
+from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import StepHook, _step, check_fence, finish_move, record_size, shard_keys
 from ._reads import rank_of_scores
-from ._scripts import INDEX_APPLY, INDEX_REMOVE, SHARD_APPLY
+from ._scripts import INDEX_APPLY, INDEX_MOVE, INDEX_REMOVE, SHARD_APPLY
 
 _MAX_ROUNDS = 8
 """Index attempts per call: each lost round means another writer's move had to be finished first."""
@@ -61,7 +61,10 @@ async def apply_updates(
         await _write_shards(cluster, layout, partly.committed, on_step)
         raise partly.error from None
     await _write_shards(cluster, layout, committed, on_step)
-    ranks, _ = await rank_of_scores(cluster, layout, [c.score for c in committed])
+    (ranks, _), _ = await asyncio.gather(
+        rank_of_scores(cluster, layout, [c.score for c in committed]),
+        _forget_written(cluster, layout, committed),
+    )
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
 
 
@@ -207,6 +210,20 @@ async def _write_shards(
         _write_groups(cluster, layout, by_shard),
         *(finish_move(cluster, layout, e, on_step) for e in moves),
     )
+
+
+async def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
+    """Clears the pending-write marks of members whose shard write is done (moves clear their own)."""
+    done: dict[str, IndexEntry] = {}
+    for c in committed:
+        if c.applied and c.entry is not None and not c.entry.moving:
+            done[c.entry.user_id] = c.entry
+    by_node: dict[str, list[ScriptCall]] = {}
+    for entry in done.values():
+        node, key = cluster.index_of(layout.board, entry.user_id)
+        args = ["forget", entry.user_id, entry.version, "", ""]
+        by_node.setdefault(node.id, []).append((INDEX_MOVE, [key, moves_key(layout.board)], args))
+    await asyncio.gather(*(cluster.node(n).run_many(calls) for n, calls in by_node.items()))
 
 
 async def _write_groups(

@@ -211,10 +211,7 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("healer", [
-    pytest.param("sweeper", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "BUG: an update that stays in its shard records no intent, so when its writer dies between the index "
-        "commit (write path step 2) and the shard write (step 3) the sweeper cannot see it; index and shard "
-        "disagree until the member's next write or `rankshard repair`"))),
+    "sweeper",
     "repair",
 ])
 def test_a_writer_lost_between_index_commit_and_shard_write_is_healed_without_another_write(

@@ -1,6 +1,8 @@
 -- DESIGN.md write path step 2: the commit point of a batch of updates on one index node.
 -- KEYS[2i-1], KEYS[2i]: the index hash and the request-id list of update i; the last key: the node's
--- pending-moves zset of the board (user -> ms when the move was recorded), which the sweeper reads.
+-- pending-writes zset of the board (user -> ms of the commit). Every member this call changes is
+-- marked there until its shard write (or move) is done, so the sweeper can finish what a crashed
+-- writer left, whether or not it crossed a boundary.
 -- ARGV: mode ('apply' | 'check'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
 --       nb, nb boundaries, nb+1 shard ids (ascending), then per update: user, value, request id ('' none).
 -- All or nothing: if any update meets a pending move, a reused request id with another value, or an
@@ -122,7 +124,7 @@ local moves_key = KEYS[#KEYS]
 for _, w in ipairs(order) do
   local e = entries[w[3]]
   redis.call('HSET', w[1], w[2], format_entry(e))
-  if fresh[w[3]] then redis.call('ZADD', moves_key, now, w[2]) end
+  redis.call('ZADD', moves_key, now, w[2])
 end
 for _, rk in ipairs(pushed_order) do
   for _, rec in ipairs(pushed[rk]) do

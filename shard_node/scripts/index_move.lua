@@ -4,12 +4,12 @@
 -- 'home' points the entry at the destination; 'done' clears the intent (or, for a removal, to == '',
 -- leaves the tombstone '~ver') and forgets the pending move. Returns 1 when applied, 0 when the entry
 -- no longer has this intent (another router finished it, or a newer version exists): both mean
--- "nothing left to do here". 'forget' drops the user from the pending-moves zset unless a move is
--- pending (the sweeper's cleanup of an entry some router finished between its scan and this call).
+-- "nothing left to do here". 'forget' drops the user's pending-write mark once the write of version
+-- ver reached its shard, unless a move is pending or a newer version (whose writer owns the mark) exists.
 local step, user, ver, from, to = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local e = parse_entry(redis.call('HGET', KEYS[1], user))
 if step == 'forget' then
-  if e and e.from ~= '' then return 0 end
+  if e and (e.from ~= '' or e.ver > ver) then return 0 end
   return redis.call('ZREM', KEYS[2], user)
 end
 if not e or e.ver ~= ver or e.from ~= from or e.to ~= to then return 0 end
