@@ -11,7 +11,7 @@ from shard_map import OutOfRange, RequestIdConflict, StaleMap
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, check_fence, finish_move, record_size, shard_keys
+from ._moves import StepHook, _step, check_fence, finish_move, record_size, shard_keys, shard_node
 from ._reads import rank_of_scores
 from ._scripts import INDEX_APPLY, INDEX_MOVE, INDEX_REMOVE, SHARD_APPLY
 
@@ -231,9 +231,7 @@ async def _write_groups(
 ) -> None:
     by_node: dict[str, list[str]] = {}
     for shard_id in by_shard:
-        if shard_id not in layout.shards:
-            raise StaleMap("?", f"shard {shard_id} of {layout.board!r} is not in map epoch {layout.map.epoch}")
-        by_node.setdefault(layout.shards[shard_id].node, []).append(shard_id)
+        by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append(shard_id)
 
     async def write(node_id: str, shard_ids: list[str]) -> None:
         node = cluster.node(node_id)

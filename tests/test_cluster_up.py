@@ -14,31 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cli._local import free_port
+from cli._local import _alive, _descendants, free_port
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
-
-
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found |= {child} | _descendants(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 _readers: dict[int, threading.Thread] = {}
@@ -73,7 +53,7 @@ def _up(data_dir: Path, port: int) -> subprocess.Popen[str]:
 
 
 def _stop(proc: subprocess.Popen[str]) -> set[int]:
-    children = _descendants(proc.pid)
+    children = set(_descendants(proc.pid))
     assert children, "cluster up started no processes"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
