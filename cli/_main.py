@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ._bench import bench
 from ._cluster import LocalCluster, wait_for_signal_or_death
 from ._demo import demo
 from ._doctor import check, repair
@@ -82,3 +83,4 @@ main.add_command(shards)
 main.add_command(nodes)
 main.add_command(check)
 main.add_command(repair)
+main.add_command(bench)

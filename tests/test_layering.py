@@ -13,7 +13,7 @@ ALLOWED = {
     "shard_map": set(),
     "shard_node": {"shard_map"},
     "router": {"shard_map", "shard_node", "rankshard"},
-    "cli": {"shard_map", "shard_node", "rankshard"},
+    "cli": {"shard_map", "shard_node", "rankshard", "benchmarks"},
     "benchmarks": {"rankshard"},
 }
 

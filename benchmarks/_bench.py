@@ -1,0 +1,168 @@
+"""The test bench: the processes of one run (load generators, the echo floor, a cluster) and `measure`,
+which runs one phase across the load-generator processes and accounts the servers' CPU time for it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from rankshard.v1 import admin_pb2 as apb
+from rankshard.v1 import admin_pb2_grpc as apb_grpc
+
+from ._hist import Histogram
+from ._loadgen import Share, merge, run_share, warm
+from ._model import Profile
+from ._procs import Cluster, Spawned, cpu_seconds, free_port
+
+Progress = Callable[[str], None]
+_START_MARGIN = 0.4
+"""Seconds between handing a phase to the load generators and its start, so all start together."""
+
+
+def print_progress(message: str) -> None:
+    print(f"rankshard bench: {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """Every process of a run; use as a context manager (everything started is stopped on exit)."""
+
+    def __init__(self, profile: Profile, workdir: Path, progress: Progress = print_progress, seed: int = 1,
+                 event_loop: str = "uvloop") -> None:
+        self.profile = profile
+        self.workdir = workdir
+        self.progress = progress
+        self.seed = seed
+        self.event_loop = event_loop
+        self.pool: ProcessPoolExecutor | None = None
+        self.echo: Spawned | None = None
+        self.cluster: Cluster | None = None
+
+    def __enter__(self) -> Bench:
+        try:
+            self.progress(f"starting {self.profile.loaders} load generators, the echo server and a cluster "
+                          f"({self.profile.nodes} nodes)")
+            self.pool = ProcessPoolExecutor(self.profile.loaders, mp_context=get_context("spawn"))
+            warmed = [self.pool.submit(warm) for _ in range(self.profile.loaders)]
+            port = free_port()
+            self.echo = Spawned([sys.executable, "-m", "benchmarks._echo", "--port", str(port),
+                                 "--loop", self.event_loop], "echo listening", self.workdir / "echo.log")
+            self.echo_address = f"127.0.0.1:{port}"
+            self.cluster = Cluster(self.workdir / "cluster", nodes=self.profile.nodes, port=free_port())
+            for f in warmed:
+                f.result()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.echo is not None:
+            self.echo.stop()
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    @property
+    def router_address(self) -> str:
+        assert self.cluster is not None
+        return self.cluster.address
+
+    def admin(self) -> apb_grpc.AdminStub:
+        return apb_grpc.AdminStub(grpc.insecure_channel(self.router_address))
+
+    def create_board(self, name: str, boundaries: Sequence[int]) -> None:
+        channel = grpc.insecure_channel(self.router_address)
+        try:
+            apb_grpc.AdminStub(channel).CreateLeaderboard(
+                apb.LeaderboardConfig(name=name, boundaries=list(boundaries)), timeout=30)
+        finally:
+            channel.close()
+
+    def shard_map(self, board: str) -> apb.ShardMap:
+        channel = grpc.insecure_channel(self.router_address)
+        try:
+            return apb_grpc.AdminStub(channel).GetShardMap(apb.GetShardMapRequest(leaderboard=board), timeout=60)
+        finally:
+            channel.close()
+
+    def run_in_pool(self, fn: Callable[..., Any], arg_sets: Sequence[tuple[Any, ...]]) -> list[Any]:
+        assert self.pool is not None
+        futures = [self.pool.submit(fn, *args) for args in arg_sets]
+        return [f.result() for f in futures]
+
+    def measure(self, name: str, target: str, board: str, mix: dict[str, float], *, rate: float = 0.0,
+                seconds: float | None = None, concurrency: int | None = None, channels: int = 1,
+                population: int = 1000, **share: Any) -> dict[str, Any]:
+        """Runs one phase: open loop at `rate` calls/s when given, else closed loop with `concurrency`
+        calls in flight, from every load generator; `target` is 'echo' or 'router'. Returns the phase's
+        figures, the target's CPU time included."""
+        assert self.pool is not None and self.cluster is not None
+        seconds = seconds or self.profile.phase_seconds
+        loaders = self.profile.loaders
+        concurrency = concurrency or self.profile.in_flight
+        address = self.echo_address if target == "echo" else self.router_address
+        start_at = time.time() + _START_MARGIN
+        shares = [Share(address=address, board=board, mix=mix, start_at=start_at, duration=seconds,
+                        rate=rate / loaders, concurrency=max(1, concurrency // loaders), channels=channels,
+                        population=population, seed=self.seed * 100 + i, model=self.profile.model, **share)
+                  for i in range(loaders)]
+        futures: list[Future[dict[str, object]]] = [self.pool.submit(run_share, s) for s in shares]
+        pids = self._pids(target)
+        _sleep_until(start_at)
+        cpu0, node0 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_seconds()
+        self._countdown(name, start_at, seconds)
+        cpu1, node1 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_seconds()
+        merged = merge([f.result() for f in futures])
+        return _figures(name, target, rate, seconds, merged, cpu1 - cpu0, node1 - node0, len(pids))
+
+    def _pids(self, target: str) -> list[int]:
+        assert self.echo is not None and self.cluster is not None
+        return [self.echo.pid] if target == "echo" else self.cluster.router_pids()
+
+    def _countdown(self, name: str, start_at: float, seconds: float) -> None:
+        end = start_at + seconds
+        tty = sys.stderr.isatty()
+        while (left := end - time.time()) > 0:
+            if tty:
+                print(f"\r  {name}: {seconds - left:5.1f}/{seconds:.0f} s ", end="", file=sys.stderr, flush=True)
+            time.sleep(min(0.5, left))
+        if tty:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def _sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
+
+
+def _figures(name: str, target: str, rate: float, seconds: float, merged: dict[str, Any], server_cpu: float,
+             node_cpu: float, processes: int) -> dict[str, Any]:
+    kinds = {}
+    all_hist = Histogram()
+    calls = items = 0
+    for kind, k in merged["kinds"].items():
+        all_hist.merge(k["hist"])
+        calls += k["calls"]
+        items += k["items"]
+        kinds[kind] = {"calls": k["calls"], "items": k["items"], "calls_per_s": k["calls"] / seconds,
+                       "items_per_s": k["items"] / seconds, "latency": k["hist"].summary(),
+                       "hist": k["hist"].to_json()}
+    timeline = [{"t": t, "items_per_s": n, "p50_ms": h.percentile(50) / 1000, "p99_ms": h.percentile(99) / 1000}
+                for t, (n, h) in sorted(merged["timeline"].items()) if t < seconds]
+    return {
+        "name": name, "target": target, "loop": "open" if rate else "closed", "offered_per_s": rate,
+        "seconds": seconds, "calls": calls, "items": items,
+        "calls_per_s": calls / seconds, "items_per_s": items / seconds,
+        "latency": all_hist.summary(), "kinds": kinds, "errors": merged["errors"], "shed": merged["shed"],
+        "server_processes": processes, "server_cpu_s": server_cpu, "node_cpu_s": node_cpu,
+        "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
+        "items_per_server_core": items / server_cpu if server_cpu else 0.0,
+        "timeline": timeline,
+    }

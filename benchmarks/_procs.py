@@ -1,0 +1,170 @@
+"""The processes a benchmark run starts, through their command lines only, and the CPU time they use.
+
+A cluster is ``python -m cli cluster up`` (the same command an SRE runs), extra routers are
+``python -m router``, the echo floor is ``python -m benchmarks._echo``. Each dies with the benchmark
+(Linux parent-death signal) and `stop()` ends it; CPU time comes from /proc (Linux).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_us() -> None:
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free a moment ago, below Linux's ephemeral range (so no outgoing connection takes it)."""
+    for _ in range(1000):
+        port = random.randint(20000, 32767)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port in 20000..32767")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class Spawned:
+    """A child process that prints a line containing `ready` once it serves."""
+
+    def __init__(self, argv: list[str], ready: str, log: Path, timeout: float = 90.0,
+                 env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self._log = log.open("a")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     env={**os.environ, **(env or {})}, preexec_fn=_die_with_us)
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            if select.select([self.proc.stdout], [], [], 0.2)[0]:
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                self.lines.append(line.strip())
+                if ready in line:
+                    return
+            elif self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"{' '.join(argv[:4])} did not start (see {log}): {self.lines[-3:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+class Cluster:
+    """A local cluster from ``rankshard cluster up`` in `data_dir`: its DSN, node addresses and routers."""
+
+    def __init__(self, data_dir: Path, *, nodes: int, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "cluster", "up",
+                "--nodes", str(nodes), "--shards", "1", "--routers", "1", "--port", str(port)]
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.up = Spawned(argv, "router listening on", data_dir / "cluster-up.log", env={"RANKSHARD_PG_FAST": "1"})
+        self.control_plane = next(l.split()[-1] for l in self.up.lines if "control plane" in l)
+        nodes_line = next(l for l in self.up.lines if l.startswith("rankshard: nodes"))
+        self.nodes = nodes_line.split(" ", 2)[2].split(", ")
+        self.extra: list[Spawned] = []
+        self._clients: dict[str, redis.Redis] = {}
+
+    def router_pids(self) -> list[int]:
+        """The router processes serving the port: the one `cluster up` started, and extras."""
+        first = [pid for pid in _children(self.up.pid) if b"router" in _cmdline(pid)]
+        return first + [r.pid for r in self.extra]
+
+    def scale_routers(self, count: int) -> None:
+        """Starts or stops extra `python -m router` processes on the same port until `count` serve it."""
+        while 1 + len(self.extra) < count:
+            argv = [sys.executable, "-m", "router", "--control-plane", self.control_plane, "--port", str(self.port)]
+            log = self.data_dir / f"router-extra-{len(self.extra) + 1}.log"
+            self.extra.append(Spawned(argv, "router listening on", log))
+        while 1 + len(self.extra) > max(count, 1):
+            self.extra.pop().stop()
+
+    def node_cpu_seconds(self) -> float:
+        """CPU time every node has used so far, as the nodes themselves report it (INFO cpu)."""
+        total = 0.0
+        for address in self.nodes:
+            info = self.node(address).info("cpu")
+            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return total
+
+    def used_memory(self) -> int:
+        return sum(int(self.node(a).info("memory")["used_memory"]) for a in self.nodes)
+
+    def rss(self) -> int:
+        return sum(int(self.node(a).info("memory")["used_memory_rss"]) for a in self.nodes)
+
+    def node(self, address: str) -> redis.Redis:
+        """A plain client of node `address`, for INFO and the storage baselines."""
+        if address not in self._clients:
+            host, _, port = address.rpartition(":")
+            self._clients[address] = redis.Redis(host=host, port=int(port), socket_timeout=60)
+        return self._clients[address]
+
+    def stop(self) -> None:
+        for r in self.extra:
+            r.stop()
+        self.extra.clear()
+        for client in self._clients.values():
+            client.close()
+        self.up.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

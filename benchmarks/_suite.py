@@ -1,0 +1,188 @@
+"""The phases of ``rankshard bench``, in order, and the goals judged from them (ratios within one run)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._bench import Bench
+from ._capacity import Measured, plan
+from ._model import Profile
+from ._storage import CHUNK, bare_zset_bytes, preload, raw_baseline
+
+SIM_BOARD = "sim"
+SIM_LOAD = 0.6
+"""The simulation offers this share of the mix's measured capacity: busy, not overloaded."""
+LATENCY_LOAD = 0.7
+
+
+def run_suite(bench: Bench) -> dict[str, Any]:
+    """Runs every phase on `bench`'s processes; returns the whole result (JSON-ready)."""
+    p = bench.profile
+    started = time.time()
+    result: dict[str, Any] = {"profile": _profile_json(p), "started": started}
+    cmp_boards = {n: f"shards-{n}" for n in p.shard_counts}
+    sim_shards = max(p.shard_counts)
+    for n, board in cmp_boards.items():
+        bench.create_board(board, p.model.boundaries(n))
+    bench.create_board(SIM_BOARD, p.model.boundaries(sim_shards))
+    bench.progress(f"preloading {len(cmp_boards)} boards of {p.shard_population:,} members ({p.shard_counts} shards)")
+    for board in cmp_boards.values():
+        _load(bench, board, 0, p.shard_population)
+    result["memory"], result["preload"] = _memory(bench)
+
+    bench.progress("gRPC floor: the echo server")
+    echo = {kind: bench.measure(f"echo {kind}", "echo", "echo", {kind: 1.0}) for kind in ("update", "rank", "batch")}
+    result["echo"] = echo
+    bench.progress("raw storage: one process with redis-py")
+    node = bench.cluster.nodes[0]  # type: ignore[union-attr]
+    result["raw"] = {name: bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, piped)])[0]
+                     for name, piped in (("one_by_one", False), ("pipelined", True))}
+
+    result["shards"] = {}
+    for n, board in cmp_boards.items():
+        bench.progress(f"rankshard with {n} shard(s): UpdateScore, GetRank, BatchUpdateScores(100)")
+        result["shards"][str(n)] = {
+            kind: bench.measure(f"{n} shards {kind}", "router", board, {kind: 1.0}, population=p.shard_population)
+            for kind in ("update", "rank", "batch")}
+
+    result["latency"] = _latency(bench, echo, cmp_boards[max(p.shard_counts)])
+    result["scaling"] = _scaling(bench, cmp_boards[max(p.shard_counts)])
+    result["simulation"] = _simulation(bench)
+    shard_map = bench.shard_map(SIM_BOARD)
+    result["shard_balance"] = [{"id": s.id, "node": s.node, "members": s.members,
+                                "lower": s.lower if s.HasField("lower") else None,
+                                "upper": s.upper if s.HasField("upper") else None} for s in shard_map.shards]
+    result["capacity"] = _capacity(p, result)
+    result["goals"] = goals(result)
+    result["seconds"] = time.time() - started
+    return result
+
+
+def _profile_json(p: Profile) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    out = asdict(p)
+    out["peak_rates"] = {k: round(v) for k, v in p.model.peak_rates().items()}
+    return out
+
+
+def _load(bench: Bench, board: str, start: int, stop: int, request_ids: bool = True) -> float:
+    """Loads members start..stop-1 (CHUNK-aligned) through BatchUpdateScores from every load generator."""
+    p = bench.profile
+    chunks = list(range(start, stop, CHUNK))
+    shares = [chunks[i:: p.loaders] for i in range(p.loaders)]
+    t0 = time.perf_counter()
+    bench.run_in_pool(preload, [(bench.router_address, board, p.model, bench.seed, s, request_ids) for s in shares])
+    return time.perf_counter() - t0
+
+
+def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Loads the simulation board up to each of the profile's sizes and measures node memory per member
+    there against a bare sorted set of the same members and scores."""
+    p, cluster = bench.profile, bench.cluster
+    assert cluster is not None
+    base_used, base_rss = cluster.used_memory(), cluster.rss()
+    loaded, load_seconds, rows = 0, 0.0, []
+    for target in sorted(p.memory_at):
+        target = -(-target // CHUNK) * CHUNK
+        bench.progress(f"loading board {SIM_BOARD!r} to {target:,} members (BatchUpdateScores of {CHUNK})")
+        load_seconds += _load(bench, SIM_BOARD, loaded, target)
+        loaded = target
+        used, rss = cluster.used_memory() - base_used, cluster.rss() - base_rss
+        bare = bare_zset_bytes(cluster.node(cluster.nodes[0]), p.model, bench.seed, target)
+        rows.append({"members": target, "all_in_bytes": used, "all_in_per_member": used / target,
+                     "rss_per_member": rss / target, "bare_zset_per_member": bare["used_memory"] / target,
+                     "bare_zset_rss_per_member": bare["rss"] / target,
+                     "ratio_to_bare": used / bare["used_memory"] if bare["used_memory"] else 0.0})
+    return rows, {"members": loaded, "seconds": load_seconds, "members_per_s": loaded / load_seconds}
+
+
+def _latency(bench: Bench, echo: dict[str, Any], board: str) -> dict[str, Any]:
+    """p99 of echo and router at the same open-loop load: 70% of the echo server's closed-loop rate."""
+    out = {}
+    for kind in ("update", "rank"):
+        rate = LATENCY_LOAD * echo[kind]["calls_per_s"]
+        bench.progress(f"latency at {rate:,.0f} {kind} calls/s (70% of the echo floor), echo then router")
+        pop = bench.profile.shard_population
+        out[kind] = {"rate": rate,
+                     "echo": bench.measure(f"echo {kind} open", "echo", "echo", {kind: 1.0}, rate=rate),
+                     "router": bench.measure(f"router {kind} open", "router", board, {kind: 1.0}, rate=rate,
+                                             population=pop)}
+    return out
+
+
+def _scaling(bench: Bench, board: str) -> list[dict[str, Any]]:
+    """UpdateScore throughput with 1..N router processes sharing one port (SO_REUSEPORT)."""
+    assert bench.cluster is not None
+    rows = []
+    for n in bench.profile.router_processes:
+        bench.progress(f"{n} router process(es) on one port")
+        bench.cluster.scale_routers(n)
+        m = bench.measure(f"{n} routers update", "router", board, {"update": 1.0}, channels=4 * n,
+                          population=bench.profile.shard_population)
+        rows.append({"routers": n, "calls_per_s": m["calls_per_s"], "calls_per_router_core": m["calls_per_server_core"],
+                     "router_cpu_s": m["server_cpu_s"], "p99_ms": m["latency"]["p99_ms"]})
+    bench.cluster.scale_routers(1)
+    return rows
+
+
+def _simulation(bench: Bench) -> dict[str, Any]:
+    """The model's call mix on the big board: its capacity here (closed loop), then `duration` seconds
+    open loop at SIM_LOAD of that, new players arriving."""
+    p = bench.profile
+    mix = p.model.mix()
+    pop = max(p.memory_at)
+    new = p.model.new_player_share / p.model.games_per_user_per_day
+    bench.progress("traffic mix: capacity here (closed loop)")
+    capacity = bench.measure("mix capacity", "router", SIM_BOARD, mix, population=pop, new_player_share=new)
+    rate = SIM_LOAD * capacity["calls_per_s"]
+    bench.progress(f"traffic simulation: {p.duration:.0f} s open loop at {rate:,.0f} calls/s")
+    run = bench.measure("simulation", "router", SIM_BOARD, mix, rate=rate, seconds=p.duration, population=pop,
+                        new_player_share=new)
+    full = sum(p.model.peak_rates().values())
+    return {"mix": mix, "capacity": capacity, "run": run, "scale": rate / full}
+
+
+def _capacity(p: Profile, result: dict[str, Any]) -> dict[str, Any]:
+    run = result["simulation"]["run"]
+    batch = result["shards"][str(max(p.shard_counts))]["batch"]
+    calls = max(run["calls"], 1)
+    measured = Measured(
+        router_cpu_per_call=run["server_cpu_s"] / calls,
+        node_cpu_per_call=run["node_cpu_s"] / calls,
+        bytes_per_member=result["memory"][-1]["all_in_per_member"],
+        router_cpu_per_batched_update=batch["server_cpu_s"] / max(batch["items"], 1),
+    )
+    return plan(p.model, measured)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal of the issue as measured/baseline ratio, its target, and whether it was met."""
+    echo, shards, lat = result["echo"], result["shards"], result["latency"]
+    counts = sorted(shards, key=int)
+    few, many = shards[counts[0]], shards[counts[-1]]
+    rows = []
+    for kind, rpc in (("update", "UpdateScore"), ("rank", "GetRank")):
+        r = _ratio(many[kind]["calls_per_server_core"], echo[kind]["calls_per_server_core"])
+        rows.append({"goal": f"{rpc} calls per router core / echo per core", "value": r, "target": ">= 0.70",
+                     "met": r >= 0.70})
+        p99 = _ratio(lat[kind]["router"]["latency"]["p99_ms"], lat[kind]["echo"]["latency"]["p99_ms"])
+        rows.append({"goal": f"{rpc} p99 / echo p99 at {lat[kind]['rate']:,.0f}/s", "value": p99, "target": "<= 2.0",
+                     "met": p99 <= 2.0})
+    raw = result["raw"]["pipelined"]["updates_per_s"]
+    b = _ratio(many["batch"]["items_per_s"], raw)
+    rows.append({"goal": "BatchUpdateScores(100) updates/s / raw pipelined redis-py", "value": b, "target": ">= 0.80",
+                 "met": b >= 0.80})
+    for kind in ("update", "rank", "batch"):
+        s = _ratio(many[kind]["items_per_s"], few[kind]["items_per_s"])
+        rows.append({"goal": f"{kind} throughput, {counts[-1]} shards / {counts[0]}", "value": s,
+                     "target": "0.90-1.10", "met": 0.9 <= s <= 1.1})
+    for m in result["memory"]:
+        rows.append({"goal": f"memory all-in / bare sorted set at {m['members']:,} members", "value": m["ratio_to_bare"],
+                     "target": "<= 2.0", "met": m["ratio_to_bare"] <= 2.0})
+    return rows
