@@ -58,6 +58,8 @@ class Histogram:
         if not self.total:
             return 0
         rank = max(1, round(self.total * p / 100))
+        if rank >= self.total:
+            return self.max
         seen = 0
         for i in sorted(self.counts):
             seen += self.counts[i]

@@ -84,7 +84,7 @@ class _Runner:
         self.timeline: dict[int, tuple[int, Histogram]] = {}
         self.shed = 0
         self.seq = itertools.count()
-        self.tag = f"{os.getpid()}-{share.seed}"
+        self.tag = f"{os.getpid()}-{int(share.start_at * 1000)}"  # unique per phase: ids never repeat across phases
 
     async def run(self) -> dict[str, object]:
         s = self.share

@@ -56,22 +56,28 @@ class Spawned:
                  env: dict[str, str] | None = None) -> None:
         self.lines: list[str] = []
         self._log = log.open("a")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, bufsize=0,
                                      env={**os.environ, **(env or {})}, preexec_fn=_die_with_us)
-        deadline = time.monotonic() + timeout
+        if not self._wait_for(ready, time.monotonic() + timeout):
+            self.stop()
+            raise RuntimeError(f"{' '.join(argv[:4])} did not start (see {log}): {self.lines[-3:]}")
+
+    def _wait_for(self, ready: str, deadline: float) -> bool:
+        # Raw reads, not readline: a buffered reader can hold the awaited line while select sees nothing.
         assert self.proc.stdout is not None
+        fd, pending = self.proc.stdout.fileno(), b""
         while time.monotonic() < deadline:
-            if select.select([self.proc.stdout], [], [], 0.2)[0]:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                self.lines.append(line.strip())
-                if ready in line:
-                    return
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return False
+                *lines, pending = (pending + chunk).split(b"\n")
+                self.lines += [line.decode(errors="replace").strip() for line in lines]
+                if any(ready in line for line in self.lines):
+                    return True
             elif self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"{' '.join(argv[:4])} did not start (see {log}): {self.lines[-3:]}")
+                return False
+        return False
 
     @property
     def pid(self) -> int:

@@ -1,0 +1,161 @@
+"""`rankshard bench`: the traffic model, the histogram, the capacity plan, and a smoke run end to end.
+
+The smoke run asserts that a real run produces a well-formed report and stops what it started, never
+any speed: a benchmark is not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks import PROFILES, TrafficModel
+from benchmarks._capacity import GIB, Headroom, Measured, plan
+from benchmarks._hist import Histogram
+from benchmarks._loadgen import merge
+from benchmarks._report import PLOTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_default_model_peaks_near_290k_updates_a_second() -> None:
+    rates = TrafficModel().peak_rates()
+    assert 285_000 < rates["update"] < 295_000
+    assert rates["rank"] == rates["update"] and rates["top"] == rates["update"]
+    assert rates["around"] == pytest.approx(0.2 * rates["update"])
+    assert sum(TrafficModel().mix().values()) == pytest.approx(1.0)
+
+
+def test_bad_model_parameters_name_the_field() -> None:
+    with pytest.raises(ValueError, match="dau"):
+        TrafficModel(dau=0)
+    with pytest.raises(ValueError, match="new_player_share"):
+        TrafficModel(new_player_share=1.5)
+
+
+def test_boundaries_cut_the_score_distribution_into_equal_populations() -> None:
+    model = TrafficModel()
+    cuts = model.boundaries(8)
+    assert cuts == sorted(set(cuts)) and len(cuts) == 7
+    rng = random.Random(99)  # a different sample than the one the cuts came from
+    counts = [0] * 8
+    for _ in range(40_000):
+        score = model.sample_score(rng)
+        counts[sum(score >= c for c in cuts)] += 1
+    assert max(counts) < 1.15 * min(counts), counts
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**8), min_size=1, max_size=400),
+       st.sampled_from([50, 90, 99, 99.9]))
+def test_histogram_percentiles_are_within_a_thirty_second_of_the_exact_value(values: list[int], p: float) -> None:
+    h = Histogram()
+    for v in values:
+        h.record(v)
+    exact = sorted(values)[max(1, round(len(values) * p / 100)) - 1]
+    assert abs(h.percentile(p) - exact) <= exact / 32 + 1
+    assert h.percentile(100) == max(values)
+
+
+def test_histograms_merge_like_one_histogram_of_everything() -> None:
+    a, b, both = Histogram(), Histogram(), Histogram()
+    for i in range(1, 5000, 7):
+        (a if i % 2 else b).record(i)
+        both.record(i)
+    merged = Histogram.from_json(a.to_json()).merge(Histogram.from_json(b.to_json()))
+    assert merged.counts == both.counts and merged.total == both.total and merged.max == both.max
+
+
+def test_load_generator_results_merge_across_processes() -> None:
+    def one(calls: int, second: int) -> dict[str, object]:
+        h = Histogram()
+        for i in range(calls):
+            h.record(1000 + i)
+        return {"kinds": {"update": {"calls": calls, "items": calls, "hist": h.to_json()}},
+                "errors": {"UNAVAILABLE": 1}, "shed": 2,
+                "timeline": {str(second): {"items": calls, "hist": h.to_json()}}}
+
+    m = merge([one(10, 0), one(5, 0), one(3, 1)])
+    assert m["kinds"]["update"]["calls"] == 18 and m["kinds"]["update"]["hist"].total == 18
+    assert m["errors"] == {"UNAVAILABLE": 3} and m["shed"] == 6
+    assert m["timeline"][0][0] == 15 and m["timeline"][1][0] == 3
+
+
+def test_capacity_plan_is_bound_by_whichever_of_cpu_and_memory_needs_more_nodes() -> None:
+    model = TrafficModel()
+    calls = sum(model.peak_rates().values())
+    cpu_bound = plan(model, Measured(router_cpu_per_call=1e-3, node_cpu_per_call=1e-4, bytes_per_member=100),
+                     Headroom(router_utilisation=0.5, node_utilisation=0.5, node_memory_gib=25, replicas=1))
+    assert cpu_bound["router_cores"] == -(-round(calls * 1e-3 / 0.5 * 1e6) // 10**6)
+    assert cpu_bound["bound_by"] == "node cpu"
+    assert cpu_bound["nodes_with_replicas"] == 2 * cpu_bound["primary_nodes"]
+    memory_bound = plan(model, Measured(router_cpu_per_call=1e-3, node_cpu_per_call=1e-7, bytes_per_member=200))
+    assert memory_bound["bound_by"] == "memory"
+    assert memory_bound["primary_nodes"] == -(-500_000_000 * 200 // (25 * GIB))
+
+
+def test_profiles_model_a_500m_dau_game() -> None:
+    assert PROFILES["500m-dau"].model.dau == 500_000_000
+    assert 1_000_000 in PROFILES["500m-dau"].memory_at and 5_000_000 in PROFILES["500m-dau"].memory_at
+
+
+def _processes_under(folder: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")).is_relative_to(folder):
+                found.append(f"{proc.name}: {(proc / 'cmdline').read_bytes()[:120]!r}")
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "TMPDIR": str(work), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "cli", "bench", "--profile", "smoke", "--out", str(out)],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _processes_under(tmp_path) == []
+    assert list(work.iterdir()) == []  # the run's temporary folder is gone
+
+    result = json.loads((out / "result.json").read_text())
+    profile = PROFILES["smoke"]
+    goals = result["goals"]
+    assert {"goal", "value", "target", "met"} <= set(goals[0])
+    assert any("UpdateScore calls per router core" in g["goal"] for g in goals)
+    assert any("BatchUpdateScores(100)" in g["goal"] for g in goals)
+    assert [m["members"] for m in result["memory"]] == sorted(profile.memory_at)
+    assert all(m["all_in_per_member"] > 0 and m["bare_zset_per_member"] > 0 for m in result["memory"])
+    for kind in ("update", "rank", "batch"):
+        assert result["echo"][kind]["calls"] > 0
+        for n in profile.shard_counts:
+            measured = result["shards"][str(n)][kind]
+            assert measured["calls"] > 0 and measured["errors"] == {}, measured["errors"]
+    assert result["raw"]["pipelined"]["updates_per_s"] > 0
+    run = result["simulation"]["run"]
+    assert run["errors"] == {} and set(run["kinds"]) == {"update", "rank", "top", "around"}
+    assert run["timeline"] and all(p["items_per_s"] >= 0 for p in run["timeline"])
+    shard_members = sum(s["members"] for s in result["shard_balance"])
+    assert shard_members >= max(profile.memory_at)  # preloaded members plus the new players who arrived
+    plan_ = result["capacity"]
+    assert plan_["router_cores"] >= 1 and plan_["primary_nodes"] >= 1
+    assert plan_["peak_calls_per_s"]["update"] == round(TrafficModel().peak_rates()["update"])
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Goals", "## Capacity plan", "## Throughput", "## Memory per member", "## Traffic simulation"):
+        assert heading in report
+    for name in PLOTS:
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, name
+    assert "| capacity plan |" in done.stdout and "router cores" in done.stdout
