@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test proto cluster clean
+.PHONY: demo test bench proto cluster clean
 
 $(BIN)/rankshard: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,9 @@ demo: $(BIN)/rankshard
 
 test: $(BIN)/rankshard
 	$(BIN)/pytest
+
+bench: $(BIN)/rankshard
+	$(BIN)/rankshard bench --profile 500m-dau --duration 60 --out bench-results
 
 cluster: $(BIN)/rankshard
 	$(BIN)/rankshard cluster up

@@ -67,8 +67,10 @@ def capacity_table(result: dict[str, Any]) -> str:
     rows = [
         ("peak calls/s at full scale", f"{c['peak_total_calls_per_s']:,} ({rates})"),
         ("board members", f"{c['board_members']:,}"),
-        ("router CPU per call of the mix (measured)", f"{m['router_cpu_per_call'] * 1e6:,.0f} µs"),
-        ("node CPU per call of the mix (measured)", f"{m['node_cpu_per_call'] * 1e6:,.1f} µs"),
+        ("router CPU per call of the mix (measured)",
+         f"{m['router_cpu_per_call'] * 1e6:,.0f} µs ({_per_core(m['router_cpu_per_call'])} calls/s per router core)"),
+        ("node CPU per call of the mix (measured)",
+         f"{m['node_cpu_per_call'] * 1e6:,.1f} µs ({_per_core(m['node_cpu_per_call'])} calls/s per node core)"),
         ("node memory per member, all in (measured)", f"{m['bytes_per_member']:,.0f} B"),
         (f"router cores at {h['router_utilisation']:.0%} busy", f"{c['router_cores']:,}"),
     ]
@@ -82,6 +84,10 @@ def capacity_table(result: dict[str, Any]) -> str:
         ("data / with replicas", f"{c['data_gib']:,} GiB / {c['memory_gib_with_replicas']:,} GiB"),
     ]
     return "\n".join(["| capacity plan | |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
+
+
+def _per_core(cpu_per_call: float) -> str:
+    return f"{1 / cpu_per_call:,.0f}" if cpu_per_call else "n/a"
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -67,13 +67,24 @@ def _profile_json(p: Profile) -> dict[str, Any]:
     return out
 
 
+_LOAD_ROUND = 200
+"""Chunks per round of loading: progress is reported after each."""
+
+
 def _load(bench: Bench, board: str, start: int, stop: int, request_ids: bool = True) -> float:
     """Loads members start..stop-1 (CHUNK-aligned) through BatchUpdateScores from every load generator."""
     p = bench.profile
     chunks = list(range(start, stop, CHUNK))
-    shares = [chunks[i:: p.loaders] for i in range(p.loaders)]
     t0 = time.perf_counter()
-    bench.run_in_pool(preload, [(bench.router_address, board, p.model, bench.seed, s, request_ids) for s in shares])
+    for r in range(0, len(chunks), _LOAD_ROUND):
+        round_ = chunks[r: r + _LOAD_ROUND]
+        shares = [round_[i:: p.loaders] for i in range(p.loaders)]
+        bench.run_in_pool(preload, [(bench.router_address, board, p.model, bench.seed, s, request_ids)
+                                    for s in shares if s])
+        done = min(stop, round_[-1] + CHUNK)
+        if done < stop:
+            took = time.perf_counter() - t0
+            bench.progress(f"  {board}: {done:,} of {stop:,} members ({(done - start) / took:,.0f}/s)")
     return time.perf_counter() - t0
 
 
