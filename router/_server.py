@@ -56,7 +56,8 @@ async def running_router(
         cluster = await connect_cluster(control_plane)
         catalog = Catalog(control_plane, cluster)
         server = grpc.aio.server(options=_OPTIONS)
-        add_service(server, LeaderboardService(catalog, on_step), LEADERBOARD, leaderboard_pb2)
+        leaderboard = LeaderboardService(catalog, on_step)
+        add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2)
         add_service(server, AdminService(catalog), ADMIN, admin_pb2)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -77,6 +78,7 @@ async def running_router(
             for name in ("", *SERVICE_NAMES):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.stop(grace=2.0)
+            await leaderboard.aclose()
             for task in tasks:
                 task.cancel()
             for task in tasks:

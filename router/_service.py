@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
 
-from shard_map import StaleMap
+from shard_map import OutOfRange, RequestIdConflict, StaleMap
 from shard_node import (
     BoardLayout,
     Entry,
     StepHook,
+    Update,
+    UpdateOutcome,
     apply_updates,
     get_around,
-    get_rank,
     get_ranks,
     get_top,
+    rank_of_scores,
+    read_entry,
     remove_member,
 )
 
@@ -25,6 +29,7 @@ from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
 from . import _validate as validate
 from ._catalog import Catalog
+from ._coalesce import Coalescer
 from ._status import handler
 
 T = TypeVar("T")
@@ -37,11 +42,22 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         self.cluster = catalog.cluster
         self.on_step = on_step
         """Test-only hook into the boundary-crossing protocol (see shard_node.MOVE_STEPS)."""
+        # Keyed by index node as well as board: a batch on one index node is all or nothing, so a
+        # refused update can be retried alone without the others having been applied (see _update_batch).
+        self._updates: Coalescer[tuple[str, str], Update, UpdateOutcome] = Coalescer(self._update_batch)
+        self._ranks: Coalescer[str, str, tuple[Entry, int]] = Coalescer(self._rank_batch)
+        self._pages: Coalescer[tuple[str, int, int], None, tuple[list[Entry], int]] = Coalescer(self._page_once)
+
+    async def aclose(self) -> None:
+        """Waits for the coalesced batches under way."""
+        for coalescer in (self._updates, self._ranks, self._pages):
+            await coalescer.aclose()
 
     @handler
     async def UpdateScore(self, request: pb.UpdateScoreRequest, context: grpc.aio.ServicerContext) -> pb.UpdateScoreResponse:
         board, update = validate.update(request)
-        (outcome,) = await self._write(board, lambda lay: apply_updates(self.cluster, lay, [update], self.on_step))
+        index_node, _ = self.cluster.index_of(board, update.user_id)
+        outcome = await self._updates.submit((board, index_node.id), update)
         return pb.UpdateScoreResponse(score=outcome.score, rank=outcome.rank, applied=outcome.applied)
 
     @handler
@@ -55,7 +71,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
     @handler
     async def GetRank(self, request: pb.GetRankRequest, context: grpc.aio.ServicerContext) -> pb.GetRankResponse:
         board, user = validate.member(request)
-        entry, total = await self._read(board, lambda lay: get_rank(self.cluster, lay, user))
+        entry, total = await self._ranks.submit(board, user)
         percentile = 100.0 * (total - entry.rank) / total if total else 0.0
         return pb.GetRankResponse(entry=_entry(entry), total=total, percentile=percentile)
 
@@ -68,7 +84,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
     @handler
     async def GetTop(self, request: pb.GetTopRequest, context: grpc.aio.ServicerContext) -> pb.GetTopResponse:
         board, offset, limit = validate.page(request)
-        entries, total = await self._read(board, lambda lay: get_top(self.cluster, lay, offset, limit))
+        entries, total = await self._pages.submit((board, offset, limit), None)
         return pb.GetTopResponse(entries=[_entry(e) for e in entries], total=total)
 
     @handler
@@ -83,6 +99,37 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         board, user = validate.member(request)
         removed = await self._write(board, lambda lay: remove_member(self.cluster, lay, user, self.on_step))
         return pb.RemoveMemberResponse(removed=removed)
+
+    async def _update_batch(self, key: tuple[str, str], updates: list[Update]) -> Sequence[UpdateOutcome | BaseException]:
+        """Concurrent UpdateScore calls whose users share an index node, applied as one batch."""
+        board, _ = key
+        try:
+            return await self._write(board, lambda lay: apply_updates(self.cluster, lay, updates, self.on_step))
+        except (RequestIdConflict, OutOfRange):
+            if len(updates) == 1:
+                raise
+        # One update was refused and, the batch being on one index node, nothing was applied: each
+        # runs alone, so only the refused call fails, with its own field named.
+        alone = await asyncio.gather(
+            *(self._write(board, lambda lay, u=u: apply_updates(self.cluster, lay, [u], self.on_step)) for u in updates),
+            return_exceptions=True,
+        )
+        return [r if isinstance(r, BaseException) else r[0] for r in alone]
+
+    async def _rank_batch(self, board: str, users: list[str]) -> list[tuple[Entry, int] | BaseException]:
+        """Concurrent GetRank calls of one board: index entries read together, ranks in one count round."""
+        found = await self._read(board, lambda lay: asyncio.gather(
+            *(read_entry(self.cluster, lay, u) for u in users), return_exceptions=True))
+        known = [e for e in found if not isinstance(e, BaseException)]
+        ranks, total = await self._read(board, lambda lay: rank_of_scores(self.cluster, lay, [e.score for e in known]))
+        rank_of = iter(ranks)
+        return [e if isinstance(e, BaseException) else (Entry(e.user_id, e.score, next(rank_of)), total) for e in found]
+
+    async def _page_once(self, key: tuple[str, int, int], waiting: list[None]) -> list[tuple[list[Entry], int]]:
+        """Identical GetTop calls in flight together share one read (it starts after all of them did)."""
+        board, offset, limit = key
+        page = await self._read(board, lambda lay: get_top(self.cluster, lay, offset, limit))
+        return [page] * len(waiting)
 
     async def _read(self, board: str, read: Callable[[BoardLayout], Awaitable[T]]) -> T:
         """Runs an idempotent read, reloading the map and retrying when a node says it is stale."""
