@@ -1,10 +1,13 @@
-"""Request coalescing: the calls that arrive for one key during one event-loop iteration run as one batch.
+"""Request coalescing: calls that arrive for one key while its batches are under way run as one batch.
 
 A router under load has many calls in flight; run one by one, each pays its own node round trips, Lua
 calls and Python bookkeeping. Grouped, `UpdateScore` calls become one index-script call per index node
 and one shard write per node, and `GetRank` calls one pipelined read per node, which is most of what
-a router core can gain (DESIGN.md: batching and pipelining per node). A call alone in its iteration
-still runs at once: the batch is flushed by the loop's next callback, not by a timer.
+a router core can gain (DESIGN.md: batching and pipelining per node).
+
+Batching is natural, not timed (group commit): a key runs at most `max_in_flight` batches at once; calls
+arriving meanwhile wait for a batch to finish and then go together as the next one. An idle router
+runs each call at once (no added latency); a loaded one makes bigger batches the more it is loaded.
 """
 
 from __future__ import annotations
@@ -28,34 +31,46 @@ class Coalescer(Generic[K, I, R]):
     cancel the others' work. `aclose` waits for the batches under way.
     """
 
-    def __init__(self, run: BatchRunner[K, I, R], max_batch: int = 1000) -> None:
+    def __init__(self, run: BatchRunner[K, I, R], max_batch: int = 1000, max_in_flight: int = 2) -> None:
         self._run = run
         self._max = max_batch
-        self._open: dict[K, list[tuple[I, asyncio.Future[R]]]] = {}
+        self._max_in_flight = max_in_flight
+        self._waiting: dict[K, list[tuple[I, asyncio.Future[R]]]] = {}
+        self._running: dict[K, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, key: K, item: I) -> R:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        batch = self._open.get(key)
-        if batch is None:
-            batch = self._open[key] = []
-            loop.call_soon(self._flush, key, batch)
-        batch.append((item, future))
-        if len(batch) >= self._max:
-            self._flush(key, batch)
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(key, [])
+        waiting.append((item, future))
+        if self._running.get(key, 0) < self._max_in_flight or len(waiting) >= self._max:
+            self._start(key)
         # Shielded: a caller cancelled by its deadline must not cancel the future the batch will set.
         return await asyncio.shield(future)
 
-    def _flush(self, key: K, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
-        if self._open.get(key) is not batch:
-            return  # already flushed when it filled up
-        del self._open[key]
+    def _start(self, key: K) -> None:
+        waiting = self._waiting.pop(key, [])
+        batch, rest = waiting[: self._max], waiting[self._max :]
+        if rest:
+            self._waiting[key] = rest
+        if not batch:
+            return
+        self._running[key] = self._running.get(key, 0) + 1
         task = asyncio.get_running_loop().create_task(self._execute(key, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, key: K, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        try:
+            await self._answer(key, batch)
+        finally:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+            if key in self._waiting:
+                self._start(key)
+
+    async def _answer(self, key: K, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         try:
             results = await self._run(key, [item for item, _ in batch])
         except Exception as exc:
