@@ -32,11 +32,6 @@ DOWN_FOR = 1.0
 each waiting out the timeout of a frozen or partitioned node; the first call after that probes it
 again. (A refused connection fails fast by itself, so it does not trip this.)"""
 
-CONNECTIONS = 1
-"""Connections per node. Auto-pipelining makes one connection carry every concurrent caller; more
-only add system calls (measured: see the commit that set this)."""
-
-
 class NodeClient:
     """Connections to one node, opened on first use and again after they break. Close with `aclose()`
     (or use `async with`)."""
@@ -47,8 +42,8 @@ class NodeClient:
         self.address = address
         self._host, self._port, self._timeout = host, int(port), timeout
         self._down_until = 0.0
-        self._connections: list[NodeConnection | None] = [None] * CONNECTIONS
-        self._turn = 0
+        # One connection: it pipelines every concurrent caller, and 2 or 4 measured no faster.
+        self._connection: NodeConnection | None = None
         self._connecting = asyncio.Lock()
 
     async def __aenter__(self) -> NodeClient:
@@ -60,10 +55,9 @@ class NodeClient:
     async def aclose(self) -> None:
         """Closes every connection; commands still waiting fail with `NodeUnavailable`. The client may be
         used again afterwards: it reconnects."""
-        for i, connection in enumerate(self._connections):
-            if connection is not None:
-                connection.close(ConnectionResetError, "client closed")
-            self._connections[i] = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close(ConnectionResetError, "client closed")
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Runs one script; raises `NodeUnavailable`."""
@@ -119,23 +113,22 @@ class NodeClient:
         return replies
 
     async def _send(self, payload: bytes, replies: int) -> Any:
-        turn = self._turn = (self._turn + 1) % CONNECTIONS
-        connection = self._connections[turn]
+        connection = self._connection
         try:
             if connection is None or not connection.is_open:
-                connection = await self._connect(turn)
+                connection = await self._connect()
             return await connection.send(payload, replies)
         except OSError as exc:  # ConnectionError, TimeoutError, refused, unreachable
             raise self._went_down(exc) from exc
 
-    async def _connect(self, turn: int) -> NodeConnection:
+    async def _connect(self) -> NodeConnection:
         # One caller connects; the others queued on the lock then find the new connection open.
         async with self._connecting:
-            connection = self._connections[turn]
+            self._check_up()  # an attempt we queued behind just timed out: do not wait out another
+            connection = self._connection
             if connection is None or not connection.is_open:
-                connection = self._connections[turn] = await NodeConnection.open(
-                    self._host, self._port, self._timeout
-                )
+                connection = await NodeConnection.open(self._host, self._port, self._timeout)
+                self._connection = connection
             return connection
 
     def _check_serving(self, reply: ReplyError) -> None:
