@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from shard_map import RankshardError
 
@@ -34,11 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(CRASH_ENV):
         options["on_step"] = _crash_at(os.environ[CRASH_ENV])
     try:
-        asyncio.run(serve(args.control_plane, args.host, args.port, **options))
+        _run(serve(args.control_plane, args.host, args.port, **options))
     except RankshardError as exc:
         print(f"rankshard router: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs `main` on uvloop when it is installed (measured: more calls/s), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _crash_at(spec: str):  # type: ignore[no-untyped-def]
