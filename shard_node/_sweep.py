@@ -12,7 +12,7 @@ from ._client import NodeClient
 from ._keys import IndexEntry, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import finish_move, shard_call
-from ._scripts import INDEX_MOVE, INDEX_STALE_MOVES, SHARD_APPLY
+from ._scripts import INDEX_FORGET, INDEX_STALE_MOVES, SHARD_APPLY
 
 log = logging.getLogger("rankshard.sweeper")
 
@@ -61,5 +61,5 @@ async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
         args = [user, layout.stored(entry.score), entry.version]
         await shard_call(cluster, layout, SHARD_APPLY, entry.home, args)
     version = _GONE if entry is None else entry.version
-    await node.run(INDEX_MOVE, [key, moves_key(layout.board)], ["forget", user, version, "", ""])
+    await node.run(INDEX_FORGET, [key, moves_key(layout.board)], [user, version])
     return 0 if entry is None else 1
