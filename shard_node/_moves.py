@@ -14,14 +14,14 @@ A crash between any two steps leaves the intent in the index, and the next write
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from shard_map import ShardFrozen, StaleMap
+from shard_map import ShardFrozen, StaleMap, user_hash
 
-from ._client import NodeClient
-from ._keys import IndexEntry, descriptor_key, descriptor_state, moves_key, shard_key, versions_key
+from ._client import NodeClient, ScriptCall
+from ._keys import IndexEntry, descriptor_state, moves_key, versions_key
 from ._layout import BoardLayout, Cluster
-from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, Script
+from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE
 
 StepHook = Callable[[str], None]
 """Test-only: called with a step name right after that step is durable; raising simulates a crash."""
@@ -44,25 +44,37 @@ async def finish_move(
     intent = (entry.user_id, entry.version, entry.from_, entry.to)
     if entry.to:
         stored = layout.stored(entry.score)
-        await shard_call(cluster, layout, SHARD_APPLY, entry.to, [entry.user_id, stored, entry.version])
+        await shard_call(cluster, layout, entry.to, apply_call(layout, entry.to, [entry.user_id, stored, entry.version]))
         _step(on_step, "destination_written")
         await index_node.run(INDEX_MOVE, index_keys, ["home", *intent])
         _step(on_step, "home_switched")
-    await shard_call(cluster, layout, SHARD_REMOVE, entry.from_, [entry.user_id, entry.version])
+    await shard_call(cluster, layout, entry.from_, remove_call(layout, entry.from_, [entry.user_id, entry.version]))
     _step(on_step, "source_removed")
     await index_node.run(INDEX_MOVE, index_keys, ["done", *intent])
     _step(on_step, "intent_cleared")
 
 
-async def shard_call(
-    cluster: Cluster, layout: BoardLayout, script: Script, shard_id: str, args: list[object]
-) -> list[object]:
-    """Runs a fenced shard script on the shard's node; raises `StaleMap`, `ShardFrozen`, `NodeError`."""
+async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call: ScriptCall) -> list[object]:
+    """Runs a fenced shard script (`apply_call`, `remove_call`) on the shard's node; raises `StaleMap`,
+    `ShardFrozen`, `NodeError`."""
     node = shard_node(cluster, layout, shard_id)
-    result = await node.run(script, shard_keys(layout.board, shard_id), [layout.descriptors[shard_id], *args])
+    result = await node.run(*call)
     check_fence(node, layout, shard_id, result)
     record_size(cluster, layout, shard_id, result)
     return result
+
+
+def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, rewrite: bool = False) -> ScriptCall:
+    """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard; `rewrite` (repair
+    only) also rewrites a member at the version its node has registered."""
+    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in writes[::3])]  # type: ignore[arg-type]
+    return SHARD_APPLY, keys, [layout.descriptors[shard_id], "rewrite" if rewrite else "write", *writes]
+
+
+def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:
+    """SHARD_REMOVE of `removals` = (user, version)... from the shard."""
+    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in removals[::2])]  # type: ignore[arg-type]
+    return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *removals]
 
 
 def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClient:
@@ -70,10 +82,6 @@ def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClie
     if shard is None:
         raise StaleMap("?", f"shard {shard_id} of {layout.board!r} is not in map epoch {layout.map.epoch}")
     return cluster.node(shard.node)
-
-
-def shard_keys(board: str, shard_id: str) -> list[str]:
-    return [shard_key(board, shard_id), versions_key(board, shard_id), descriptor_key(board, shard_id)]
 
 
 def check_fence(node: NodeClient, layout: BoardLayout, shard_id: str, result: list[object]) -> None:

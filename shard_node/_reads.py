@@ -15,8 +15,8 @@ from shard_map import NodeUnavailable, NotFound
 from ._client import ScriptCall
 from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
-from ._moves import check_fence, shard_call
-from ._scripts import SHARD_APPLY, SHARD_COUNT, SHARD_PAGE
+from ._moves import apply_call, check_fence, shard_call
+from ._scripts import SHARD_COUNT, SHARD_PAGE
 
 
 SIZE_WAIT = 0.5
@@ -208,7 +208,7 @@ async def get_around(
             break
         # The index committed but the shard write never happened (a crashed writer): heal it.
         args = [user_id, layout.stored(entry.score), entry.version]
-        await shard_call(cluster, layout, SHARD_APPLY, entry.home, args)
+        await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args))
     else:
         raise NotFound(f"user {user_id!r} is not in its shard {entry.home} of {layout.board!r}")
     at = _better_sums(layout, sizes)[entry.home] + position

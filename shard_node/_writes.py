@@ -6,14 +6,14 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shard_map import OutOfRange, RequestIdConflict, StaleMap
+from shard_map import OutOfRange, RequestIdConflict, StaleMap, user_hash
 
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, check_fence, finish_move, record_size, shard_keys, shard_node
+from ._moves import StepHook, _step, apply_call, check_fence, finish_move, record_size, shard_node
 from ._reads import rank_after, rank_of_scores
-from ._scripts import INDEX_APPLY, INDEX_FORGET, INDEX_REMOVE, SHARD_APPLY
+from ._scripts import INDEX_APPLY, INDEX_FORGET, INDEX_REMOVE
 
 _MAX_ROUNDS = 8
 """Index attempts per call: each lost round means another writer's move had to be finished first."""
@@ -98,7 +98,7 @@ async def _commit(
         node, key = cluster.index_of(layout.board, update.user_id)
         _, positions, keys = by_node.setdefault(node.id, (node, [], []))
         positions.append(i)
-        keys += (key, dedup_key(layout.board, update.user_id))
+        keys += (key, dedup_key(layout.board, user_hash(update.user_id)))
     results: list[_Committed | None] = [None] * len(updates)
     pending = set(by_node)
     checked = len(by_node) == 1
@@ -246,7 +246,7 @@ async def _write_groups(
     shard_ids: dict[str, list[str]] = {}
     for shard_id, args in by_shard.items():
         node_id = shard_node(cluster, layout, shard_id).id
-        calls.setdefault(node_id, []).append((SHARD_APPLY, shard_keys(layout.board, shard_id), [layout.descriptors[shard_id], *args]))
+        calls.setdefault(node_id, []).append(apply_call(layout, shard_id, args))
         shard_ids.setdefault(node_id, []).append(shard_id)
     if scores:
         ranks, _, answers = await rank_after(cluster, layout, scores, calls)
