@@ -19,7 +19,7 @@ class BoardLayout:
     map: ShardMap
     descending: bool = field(init=False)
     index_args: tuple[str, ...] = field(init=False)
-    """Arguments of the index script that describe the map: nb, the cut points, the shard ids."""
+    """Arguments of the index script that describe the map: the cut points and the shard ids."""
     shards: Mapping[str, Shard] = field(init=False)
     descriptors: Mapping[str, str] = field(init=False)
     best_first: tuple[Shard, ...] = field(init=False)
@@ -37,11 +37,7 @@ class BoardLayout:
             by_node.setdefault(shard.node, []).append(shard)
         derived = {
             "descending": self.config.descending,
-            "index_args": (
-                str(len(m.boundaries)),
-                *map(str, m.boundaries),
-                *(s.id for s in m.shards),
-            ),
+            "index_args": (" ".join(map(str, m.boundaries)) + "|" + " ".join(s.id for s in m.shards),),
             "shards": {s.id: s for s in m.shards},
             "descriptors": {s.id: descriptor(s) for s in m.shards},
             "best_first": best,
@@ -78,7 +74,7 @@ class CountCall:
         keys: list[str] = []
         for s in shards:
             keys += (shard_key(board, s.id), descriptor_key(board, s.id))
-        args = (len(shards), *(descriptor(s) for s in shards))
+        args = ("\n".join(descriptor(s) for s in shards),)
         return cls(tuple(shards), tuple(keys), args, {s.id: p for p, s in enumerate(shards, 1)})
 
 

@@ -5,18 +5,20 @@
 -- marked there until its shard write (or move) is done, so the sweeper can finish what a crashed
 -- writer left, whether or not it crossed a boundary.
 -- ARGV: mode ('apply' | 'check'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
---       nb, nb boundaries, nb+1 shard ids (ascending), then per update: user, value, request id ('' none).
+--       the map 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending; one argument, so a
+--       board with many shards costs no more to send), then per update: user, value, request id ('' none).
 -- All or nothing: if any update meets a pending move, a reused request id with another value, or an
 -- overflow, nothing is written and {'abort', {i, kind, ...}, ...} comes back. Otherwise (and always in
 -- 'check' mode, which never writes) {'ok', {kind, score, ver, applied, home, from, to}, ...} per update,
 -- kind 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
 -- member's current entry: {kind, score, ver, applied, home, from, to, entry score}.
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local nb = tonumber(ARGV[4])
 local bounds, ids = {}, {}
-for i = 1, nb do bounds[i] = tonumber(ARGV[4 + i]) end
-for i = 1, nb + 1 do ids[i] = ARGV[4 + nb + i] end
-local first = 5 + 2 * nb + 1
+local cuts, names = string.match(ARGV[4], '^([^|]*)|(.*)$')
+for b in string.gmatch(cuts, '%S+') do table.insert(bounds, tonumber(b)) end
+for id in string.gmatch(names, '%S+') do table.insert(ids, id) end
+local nb = #bounds
+local first = 5
 -- _keys.py: DEDUP_WINDOW_MS, DEDUP_GEN_MS, DEDUP_DEPTH.
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 local t = redis.call('TIME')
