@@ -14,6 +14,7 @@ A crash between any two steps leaves the intent in the index, and the next write
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from shard_map import ShardFrozen, StaleMap, user_hash
@@ -39,19 +40,60 @@ async def finish_move(
     cluster: Cluster, layout: BoardLayout, entry: IndexEntry, on_step: StepHook | None = None
 ) -> None:
     """Carries `entry`'s pending move to the end; raises `NodeError` subclasses."""
-    index_node, index_key = cluster.index_of(layout.board, entry.user_id)
-    index_keys = [index_key, moves_key(layout.board)]
-    intent = (entry.user_id, entry.version, entry.from_, entry.to)
-    if entry.to:
-        stored = layout.stored(entry.score)
-        await shard_call(cluster, layout, entry.to, apply_call(layout, entry.to, [entry.user_id, stored, entry.version]))
+    await finish_moves(cluster, layout, [entry], on_step)
+
+
+async def finish_moves(
+    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], on_step: StepHook | None = None
+) -> None:
+    """Carries the pending moves of `entries` (distinct members) to the end together: each of the
+    four steps for all of them at once, one pipelined round trip per node, before the next step.
+    Raises `NodeError` subclasses; moves a failed step left are rolled forward like any other."""
+    moving = [e for e in entries if e.to]
+    if moving:
+        await _shard_step(cluster, layout, moving, "to")
         _step(on_step, "destination_written")
-        await index_node.run(INDEX_MOVE, index_keys, ["home", *intent])
+        await _index_step(cluster, layout, moving, "home")
         _step(on_step, "home_switched")
-    await shard_call(cluster, layout, entry.from_, remove_call(layout, entry.from_, [entry.user_id, entry.version]))
+    await _shard_step(cluster, layout, entries, "from")
     _step(on_step, "source_removed")
-    await index_node.run(INDEX_MOVE, index_keys, ["done", *intent])
+    await _index_step(cluster, layout, entries, "done")
     _step(on_step, "intent_cleared")
+
+
+async def _shard_step(
+    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], side: str
+) -> None:
+    """Step 1 (`side` 'to': write the destinations) or step 3 ('from': remove from the sources)."""
+    by_shard: dict[str, list[object]] = {}
+    for e in entries:
+        if side == "to":
+            by_shard.setdefault(e.to, []).extend((e.user_id, layout.stored(e.score), e.version))
+        else:
+            by_shard.setdefault(e.from_, []).extend((e.user_id, e.version))
+    by_node: dict[str, list[tuple[str, ScriptCall]]] = {}
+    for shard_id, args in by_shard.items():
+        call = apply_call(layout, shard_id, args) if side == "to" else remove_call(layout, shard_id, args)
+        by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
+
+    async def run(node_id: str, calls: list[tuple[str, ScriptCall]]) -> None:
+        node = cluster.node(node_id)
+        for (shard_id, _), result in zip(calls, await node.run_many([c for _, c in calls])):
+            check_fence(node, layout, shard_id, result)
+            record_size(cluster, layout, shard_id, result)
+
+    await asyncio.gather(*(run(n, calls) for n, calls in by_node.items()))
+
+
+async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: str) -> None:
+    """Step 2 ('home': compare-and-set the index's shard) or step 4 ('done': clear the intent)."""
+    by_node: dict[str, tuple[NodeClient, list[ScriptCall]]] = {}
+    moves = moves_key(layout.board)
+    for e in entries:
+        node, key = cluster.index_of(layout.board, e.user_id)
+        call = (INDEX_MOVE, [key, moves], [step, e.user_id, e.version, e.from_, e.to])
+        by_node.setdefault(node.id, (node, []))[1].append(call)
+    await asyncio.gather(*(node.run_many(calls) for node, calls in by_node.values()))
 
 
 async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call: ScriptCall) -> list[object]:

@@ -11,7 +11,7 @@ from shard_map import OutOfRange, RequestIdConflict, StaleMap, user_hash
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, apply_call, check_fence, finish_move, record_size, shard_node
+from ._moves import StepHook, _step, apply_call, check_fence, finish_move, finish_moves, record_size, shard_node
 from ._reads import rank_after, rank_of_scores
 from ._scripts import INDEX_APPLY, INDEX_REMOVE
 
@@ -128,7 +128,7 @@ async def _commit(
         if not pending:
             break
         if intents:
-            await asyncio.gather(*(finish_move(cluster, layout, e, on_step) for e in intents))
+            await finish_moves(cluster, layout, _distinct(intents), on_step)
         elif mode == "check":
             checked = True
     else:
@@ -218,7 +218,7 @@ async def _write_shards(
         return await _write_groups(cluster, layout, by_shard, scores)
     await asyncio.gather(
         _write_groups(cluster, layout, by_shard),
-        *(finish_move(cluster, layout, e, on_step) for e in moves),
+        finish_moves(cluster, layout, moves, on_step),
     )
     return (await rank_of_scores(cluster, layout, scores))[0] if rank else []
 
@@ -255,6 +255,11 @@ async def _write_groups(
             check_fence(node, layout, shard_id, result)  # type: ignore[arg-type]
             record_size(cluster, layout, shard_id, result)  # type: ignore[arg-type]
     return ranks
+
+
+def _distinct(entries: list[IndexEntry]) -> list[IndexEntry]:
+    """One entry per member (a batch may meet the same member's intent more than once)."""
+    return list({e.user_id: e for e in entries}.values())
 
 
 class _PartlyApplied(Exception):
