@@ -67,6 +67,7 @@ class CountCall:
 
     shards: tuple[Shard, ...]
     keys: tuple[str, ...]
+    """Empty: SHARD_COUNT takes the key names packed in its first argument."""
     args: tuple[object, ...]
     position: Mapping[str, int]
 
@@ -75,8 +76,8 @@ class CountCall:
         keys: list[str] = []
         for s in shards:
             keys += (shard_key(board, s.id), descriptor_key(board, s.id))
-        args = ("\n".join(descriptor(s) for s in shards),)
-        return cls(tuple(shards), tuple(keys), args, {s.id: p for p, s in enumerate(shards, 1)})
+        args = (" ".join(keys), "\n".join(descriptor(s) for s in shards))
+        return cls(tuple(shards), (), args, {s.id: p for p, s in enumerate(shards, 1)})
 
 
 class Cluster:
