@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 from shard_map import NUM_SLOTS, BoardConfig, NodeUnavailable, Shard, ShardMap, SlotTable, user_hash
 
-from ._client import NodeClient, ScriptCall
-from ._keys import descriptor, descriptor_key, index_key, moves_key, shard_key
-from ._scripts import INDEX_FORGET
+from ._client import NodeClient
+from ._keys import descriptor, descriptor_key, index_key, shard_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +90,6 @@ class Cluster:
         (board, descriptor, shard id): what reads use for the shards of a node that is down or frozen
         (see `_reads._count`). Exact for this router's own writes; writes other routers made to that
         node just before it went down are missing until it is back."""
-        self._forgets: dict[str, dict[str, dict[str, tuple[str, int]]]] = {}
-        """Pending-write marks whose shard writes are confirmed, to clear: by index node, board, user ->
-        (index key, version). They ride in the next script round trip to that node (`take_forgets`);
-        one lost (a crash, a node error) only leaves a mark the sweeper settles with a no-op rewrite."""
 
     def node(self, node_id: str) -> NodeClient:
         try:
@@ -107,31 +102,6 @@ class Cluster:
         h = user_hash(user_id)
         return self.node(self.slots.node_for(h % NUM_SLOTS)), index_key(board, h)
 
-    def forget_later(self, node_id: str, board: str, user_id: str, key: str, version: int) -> None:
-        """Queues clearing `user_id`'s pending-write mark on its index node `node_id` (see `_forgets`)."""
-        self._forgets.setdefault(node_id, {}).setdefault(board, {})[user_id] = (key, version)
-
-    def take_forgets(self, node_id: str) -> list[ScriptCall]:
-        """The INDEX_FORGET calls queued for `node_id` (one per board), now owned by the caller."""
-        calls: list[ScriptCall] = []
-        for board, marks in self._forgets.pop(node_id, {}).items():
-            keys = [key for key, _ in marks.values()]
-            args: list[object] = []
-            for user, (_, version) in marks.items():
-                args += (user, version)
-            calls.append((INDEX_FORGET, [*keys, moves_key(board)], args))
-        return calls
-
-    async def flush_forgets(self) -> None:
-        """Sends every queued mark clearing now; a node that fails keeps its marks for the sweeper."""
-        for node_id in list(self._forgets):
-            calls = self.take_forgets(node_id)
-            try:
-                await self.node(node_id).run_many(calls)
-            except NodeUnavailable:
-                pass
-
     async def aclose(self) -> None:
-        await self.flush_forgets()
         for client in self.nodes.values():
             await client.aclose()

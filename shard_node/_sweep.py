@@ -40,9 +40,7 @@ async def _sweep_node(
     cluster: Cluster, layout: BoardLayout, node: NodeClient, min_age_ms: int, limit: int
 ) -> int:
     try:
-        # This router's own finished writes first, so their marks are not taken for abandoned ones.
-        calls = [*cluster.take_forgets(node.id), (INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])]
-        users = (await node.run_many(calls))[-1]
+        users = await node.run(INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])
         finished = 0
         for user in users:
             finished += await _settle(cluster, layout, str(user))

@@ -13,7 +13,7 @@ from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import StepHook, _step, apply_call, check_fence, finish_move, finish_moves, record_size, shard_node
 from ._reads import rank_after, rank_of_scores
-from ._scripts import INDEX_APPLY, INDEX_REMOVE
+from ._scripts import INDEX_APPLY, INDEX_FORGET, INDEX_REMOVE
 
 _MAX_ROUNDS = 8
 """Index attempts per call: each lost round means another writer's move had to be finished first."""
@@ -61,7 +61,7 @@ async def apply_updates(
         await _write_shards(cluster, layout, partly.committed, on_step)
         raise partly.error from None
     ranks = await _write_shards(cluster, layout, committed, on_step, rank=True)
-    _forget_written(cluster, layout, committed)
+    await _forget_written(cluster, layout, committed)
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
 
 
@@ -105,7 +105,7 @@ async def _commit(
     for _ in range(_MAX_ROUNDS):
         mode = "apply" if checked else "check"
         answers = await asyncio.gather(
-            *(_run_index(cluster, by_node[n], layout, updates, mode) for n in sorted(pending))
+            *(_run_index(by_node[n], layout, updates, mode) for n in sorted(pending))
         )
         intents: list[IndexEntry] = []
         refused: RequestIdConflict | OutOfRange | None = None
@@ -137,7 +137,6 @@ async def _commit(
 
 
 async def _run_index(
-    cluster: Cluster,
     group: tuple[NodeClient, list[int], list[str]],
     layout: BoardLayout,
     updates: Sequence[Update],
@@ -149,9 +148,7 @@ async def _run_index(
     for i in positions:
         u = updates[i]
         args += (u.user_id, u.value, u.request_id)
-    # Marks this router is done with ride along, ahead of the commit (see `Cluster.take_forgets`).
-    answers = await node.run_many([*cluster.take_forgets(node.id), (INDEX_APPLY, [*keys, moves_key(layout.board)], args)])
-    return answers[-1]
+    return await node.run(INDEX_APPLY, [*keys, moves_key(layout.board)], args)
 
 
 def _raise_or_collect(
@@ -223,13 +220,21 @@ async def _write_shards(
     return (await rank_of_scores(cluster, layout, scores))[0] if rank else []
 
 
-def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
-    """Queues clearing the pending-write marks of members whose shard write is done (moves clear
-    their own); the next round trip to each index node carries them (`Cluster.take_forgets`)."""
+async def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
+    """Clears the pending-write marks of members whose shard write is done (moves clear their own):
+    one script call per index node."""
+    done: dict[str, IndexEntry] = {}
     for c in committed:
         if c.applied and c.entry is not None and not c.entry.moving:
-            node, key = cluster.index_of(layout.board, c.entry.user_id)
-            cluster.forget_later(node.id, layout.board, c.entry.user_id, key, c.entry.version)
+            done[c.entry.user_id] = c.entry
+    by_node: dict[str, tuple[NodeClient, list[str], list[object]]] = {}
+    for entry in done.values():
+        node, key = cluster.index_of(layout.board, entry.user_id)
+        _, keys, args = by_node.setdefault(node.id, (node, [], []))
+        keys.append(key)
+        args += (entry.user_id, entry.version)
+    moves = moves_key(layout.board)
+    await asyncio.gather(*(node.run(INDEX_FORGET, [*keys, moves], args) for node, keys, args in by_node.values()))
 
 
 async def _write_groups(
