@@ -109,13 +109,15 @@ async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call:
 def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, rewrite: bool = False) -> ScriptCall:
     """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard; `rewrite` (repair
     only) also rewrites a member at the version its node has registered."""
-    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in writes[::3])]  # type: ignore[arg-type]
+    users = writes[::3]
+    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in users)]  # type: ignore[arg-type]
     return SHARD_APPLY, keys, [layout.descriptors[shard_id], "rewrite" if rewrite else "write", *writes]
 
 
 def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:
     """SHARD_REMOVE of `removals` = (user, version)... from the shard."""
-    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in removals[::2])]  # type: ignore[arg-type]
+    users = removals[::2]
+    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in users)]  # type: ignore[arg-type]
     return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *removals]
 
 
