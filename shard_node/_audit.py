@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from shard_map import Shard, tiling_problems
 
 from ._client import NodeClient
-from ._keys import IndexEntry, descriptor_key, index_pattern, shard_key
+from ._keys import IndexEntry, descriptor_key, index_pattern, shard_data_pattern, shard_key
 from ._layout import BoardLayout, Cluster
 from ._reads import rank_of_scores
 
@@ -126,7 +126,7 @@ async def _stray_keys(cluster: Cluster, layout: BoardLayout) -> list[Finding]:
     """Shard data of this board on a node that does not own that shard (leftovers of moves)."""
     found = []
     for node_id, node in cluster.nodes.items():
-        async for keys in _scan_keys(node, f"rs:[zvd]:{layout.board}/*"):
+        async for keys in _scan_keys(node, shard_data_pattern(layout.board)):
             for key in keys:
                 shard_id = key.rsplit("/", 1)[1]
                 owner = layout.shards.get(shard_id)

@@ -1,19 +1,34 @@
 """Every Redis key and stored value format rankshard uses on a node, in one place.
 
-Keys (``b`` board, ``s`` shard id, ``u`` user id). A ``/`` ends the board name: board names cannot
-contain one, so no two boards' keys collide and ``rs:i:{b}/*`` matches one board's keys only.
+Keys (``b`` board, ``s`` shard id, ``h`` the user's `user_hash`). A ``/`` ends the board name: board
+names cannot contain one, so no two boards' keys collide and ``rs:i:{b}/*`` matches one board's keys only.
+
+Per-user data lives in many small hashes rather than one key per user or one big hash: Valkey keeps a
+hash of up to 128 short entries as a listpack, about 18 B per entry against about 54 B in a big hash
+and over 100 B for a key of its own (see PERF-NOTES). Bucket counts aim at tens of entries per hash
+for boards of 10^5..10^6 members; a bigger board's buckets turn into ordinary hashes (more memory,
+same behaviour).
 
 - ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to`` (see `IndexEntry`),
   or ``~ver`` for a removed member (a tombstone keeps versions monotonic if the member comes back).
-  Users are spread over ``INDEX_BUCKETS`` small hashes per slot so each stays compact (listpack).
-- ``rs:r:{b}/{u}``            list  the member's last 8 request ids ``ts|value|score|rid`` (1 h TTL)
+  ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % INDEX_BUCKETS``.
+- ``rs:r:{b}/{bucket}:{gen}``  hash  on the index node: user -> the member's last request ids (at most
+  ``DEDUP_DEPTH``), oldest first, each ``ts|value|score|len|rid`` with ``ts`` in ms since the start of
+  generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``.
+  ``bucket = h % DEDUP_BUCKETS``. A member's records sit in one generation, the one of its last update
+  with a request id; the hash expires ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle
+  for an hour costs no dedup memory once that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).
+  The router names ``rs:r:{b}/{bucket}``; the index script appends the generations it reads and writes.
 - ``rs:m:{b}/``             zset  on each index node: users with a write, move or removal committed
   on the index but not yet confirmed done in the shards -> ms of the commit; the sweeper finishes
   those older than a few seconds (a writer that crashed or lost its node in between).
 - ``rs:z:{b}/{s}``            zset  the shard's members; stored score = score, negated on descending
   boards, so ascending order is best-first and ties fall in user-id order.
-- ``rs:v:{b}/{s}``            hash  user -> version of the member's last write to this shard; ``~ver``
-  after removal (a tombstone, so a late older write cannot resurrect the member).
+- ``rs:v:{b}/{bucket}``       hash  on each node holding shards of the board: user -> the version of the
+  member's last write to any shard of the board on this node; ``~ver`` after a removal (a tombstone,
+  so a late older write cannot resurrect the member). ``bucket = h % VERSION_BUCKETS``. One register
+  for all the node's shards: versions of a member only grow, and every write or removal a register
+  refuses has been overtaken by a newer version of that member.
 - ``rs:d:{b}/{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence.
 """
 
@@ -23,9 +38,13 @@ from dataclasses import dataclass
 
 from shard_map import NUM_SLOTS, Shard
 
-INDEX_BUCKETS = 64
+INDEX_BUCKETS = 16
+VERSION_BUCKETS = 8192
+DEDUP_BUCKETS = 8192
 DEDUP_DEPTH = 8
 DEDUP_WINDOW_MS = 3_600_000
+DEDUP_GEN_MS = 300_000
+"""The last three are also spelled out in ``scripts/index_apply.lua``."""
 
 
 def index_key(board: str, user_hash: int) -> str:
@@ -38,8 +57,9 @@ def index_pattern(board: str) -> str:
     return f"rs:i:{board}/*"
 
 
-def dedup_key(board: str, user_id: str) -> str:
-    return f"rs:r:{board}/{user_id}"
+def dedup_key(board: str, user_hash: int) -> str:
+    """The stem of the user's request-id hashes: the index script appends ``:{gen}``."""
+    return f"rs:r:{board}/{user_hash % DEDUP_BUCKETS}"
 
 
 def moves_key(board: str) -> str:
@@ -50,8 +70,13 @@ def shard_key(board: str, shard_id: str) -> str:
     return f"rs:z:{board}/{shard_id}"
 
 
-def versions_key(board: str, shard_id: str) -> str:
-    return f"rs:v:{board}/{shard_id}"
+def versions_key(board: str, user_hash: int) -> str:
+    return f"rs:v:{board}/{user_hash % VERSION_BUCKETS}"
+
+
+def shard_data_pattern(board: str) -> str:
+    """Keys that belong to one shard of `board` (zsets and descriptors); the shard id ends the key."""
+    return f"rs:[zd]:{board}/*"
 
 
 def descriptor_key(board: str, shard_id: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from shard_map import NUM_SLOTS, BoardConfig, NodeUnavailable, Shard, ShardMap, SlotTable, user_hash
 
 from ._client import NodeClient
-from ._keys import descriptor, index_key
+from ._keys import descriptor, descriptor_key, index_key, shard_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,11 +19,15 @@ class BoardLayout:
     map: ShardMap
     descending: bool = field(init=False)
     index_args: tuple[str, ...] = field(init=False)
-    """Arguments of the index script that describe the map: nb, the cut points, the shard ids."""
+    """Arguments of the index script that describe the map: the cut points and the shard ids."""
     shards: Mapping[str, Shard] = field(init=False)
     descriptors: Mapping[str, str] = field(init=False)
     best_first: tuple[Shard, ...] = field(init=False)
     by_node: Mapping[str, tuple[Shard, ...]] = field(init=False)
+    count_calls: Mapping[str, CountCall] = field(init=False)
+    """Per node, the fixed part of its SHARD_COUNT call (see `_reads._count`)."""
+    fenced_keys: Mapping[str, tuple[str, str]] = field(init=False)
+    """Per shard, the keys every fenced shard script starts with: the zset and the descriptor."""
 
     def __post_init__(self) -> None:
         m = self.map
@@ -33,15 +37,13 @@ class BoardLayout:
             by_node.setdefault(shard.node, []).append(shard)
         derived = {
             "descending": self.config.descending,
-            "index_args": (
-                str(len(m.boundaries)),
-                *map(str, m.boundaries),
-                *(s.id for s in m.shards),
-            ),
+            "index_args": (" ".join(map(str, m.boundaries)) + "|" + " ".join(s.id for s in m.shards),),
             "shards": {s.id: s for s in m.shards},
             "descriptors": {s.id: descriptor(s) for s in m.shards},
             "best_first": best,
             "by_node": {node: tuple(shards) for node, shards in by_node.items()},
+            "count_calls": {node: CountCall.of(self.board, shards) for node, shards in by_node.items()},
+            "fenced_keys": {s.id: (shard_key(self.board, s.id), descriptor_key(self.board, s.id)) for s in m.shards},
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -56,6 +58,25 @@ class BoardLayout:
 
     def unstored(self, stored: int) -> int:
         return -stored if self.descending else stored
+
+
+@dataclass(frozen=True, slots=True)
+class CountCall:
+    """The part of a node's SHARD_COUNT call that only the map decides: keys, descriptors, positions."""
+
+    shards: tuple[Shard, ...]
+    keys: tuple[str, ...]
+    """Empty: SHARD_COUNT takes the key names packed in its first argument."""
+    args: tuple[object, ...]
+    position: Mapping[str, int]
+
+    @classmethod
+    def of(cls, board: str, shards: list[Shard]) -> CountCall:
+        keys: list[str] = []
+        for s in shards:
+            keys += (shard_key(board, s.id), descriptor_key(board, s.id))
+        args = (" ".join(keys), "\n".join(descriptor(s) for s in shards))
+        return cls(tuple(shards), (), args, {s.id: p for p, s in enumerate(shards, 1)})
 
 
 class Cluster:

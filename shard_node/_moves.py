@@ -14,14 +14,15 @@ A crash between any two steps leaves the intent in the index, and the next write
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
 
-from shard_map import ShardFrozen, StaleMap
+from shard_map import ShardFrozen, StaleMap, user_hash
 
-from ._client import NodeClient
-from ._keys import IndexEntry, descriptor_key, descriptor_state, moves_key, shard_key, versions_key
+from ._client import NodeClient, ScriptCall
+from ._keys import IndexEntry, descriptor_state, moves_key, versions_key
 from ._layout import BoardLayout, Cluster
-from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, Script
+from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE
 
 StepHook = Callable[[str], None]
 """Test-only: called with a step name right after that step is durable; raising simulates a crash."""
@@ -39,30 +40,85 @@ async def finish_move(
     cluster: Cluster, layout: BoardLayout, entry: IndexEntry, on_step: StepHook | None = None
 ) -> None:
     """Carries `entry`'s pending move to the end; raises `NodeError` subclasses."""
-    index_node, index_key = cluster.index_of(layout.board, entry.user_id)
-    index_keys = [index_key, moves_key(layout.board)]
-    intent = (entry.user_id, entry.version, entry.from_, entry.to)
-    if entry.to:
-        stored = layout.stored(entry.score)
-        await shard_call(cluster, layout, SHARD_APPLY, entry.to, [entry.user_id, stored, entry.version])
+    await finish_moves(cluster, layout, [entry], on_step)
+
+
+async def finish_moves(
+    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], on_step: StepHook | None = None
+) -> None:
+    """Carries the pending moves of `entries` (distinct members) to the end together: each of the
+    four steps for all of them at once, one pipelined round trip per node, before the next step.
+    Raises `NodeError` subclasses; moves a failed step left are rolled forward like any other."""
+    moving = [e for e in entries if e.to]
+    if moving:
+        await _shard_step(cluster, layout, moving, "to")
         _step(on_step, "destination_written")
-        await index_node.run(INDEX_MOVE, index_keys, ["home", *intent])
+        await _index_step(cluster, layout, moving, "home")
         _step(on_step, "home_switched")
-    await shard_call(cluster, layout, SHARD_REMOVE, entry.from_, [entry.user_id, entry.version])
+    await _shard_step(cluster, layout, entries, "from")
     _step(on_step, "source_removed")
-    await index_node.run(INDEX_MOVE, index_keys, ["done", *intent])
+    await _index_step(cluster, layout, entries, "done")
     _step(on_step, "intent_cleared")
 
 
-async def shard_call(
-    cluster: Cluster, layout: BoardLayout, script: Script, shard_id: str, args: list[object]
-) -> list[object]:
-    """Runs a fenced shard script on the shard's node; raises `StaleMap`, `ShardFrozen`, `NodeError`."""
+async def _shard_step(
+    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], side: str
+) -> None:
+    """Step 1 (`side` 'to': write the destinations) or step 3 ('from': remove from the sources)."""
+    by_shard: dict[str, list[object]] = {}
+    for e in entries:
+        if side == "to":
+            by_shard.setdefault(e.to, []).extend((e.user_id, layout.stored(e.score), e.version))
+        else:
+            by_shard.setdefault(e.from_, []).extend((e.user_id, e.version))
+    by_node: dict[str, list[tuple[str, ScriptCall]]] = {}
+    for shard_id, args in by_shard.items():
+        call = apply_call(layout, shard_id, args) if side == "to" else remove_call(layout, shard_id, args)
+        by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
+
+    async def run(node_id: str, calls: list[tuple[str, ScriptCall]]) -> None:
+        node = cluster.node(node_id)
+        for (shard_id, _), result in zip(calls, await node.run_many([c for _, c in calls])):
+            check_fence(node, layout, shard_id, result)
+            record_size(cluster, layout, shard_id, result)
+
+    await asyncio.gather(*(run(n, calls) for n, calls in by_node.items()))
+
+
+async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: str) -> None:
+    """Step 2 ('home': compare-and-set the index's shard) or step 4 ('done': clear the intent)."""
+    by_node: dict[str, tuple[NodeClient, list[ScriptCall]]] = {}
+    moves = moves_key(layout.board)
+    for e in entries:
+        node, key = cluster.index_of(layout.board, e.user_id)
+        call = (INDEX_MOVE, [key, moves], [step, e.user_id, e.version, e.from_, e.to])
+        by_node.setdefault(node.id, (node, []))[1].append(call)
+    await asyncio.gather(*(node.run_many(calls) for node, calls in by_node.values()))
+
+
+async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call: ScriptCall) -> list[object]:
+    """Runs a fenced shard script (`apply_call`, `remove_call`) on the shard's node; raises `StaleMap`,
+    `ShardFrozen`, `NodeError`."""
     node = shard_node(cluster, layout, shard_id)
-    result = await node.run(script, shard_keys(layout.board, shard_id), [layout.descriptors[shard_id], *args])
+    result = await node.run(*call)
     check_fence(node, layout, shard_id, result)
     record_size(cluster, layout, shard_id, result)
     return result
+
+
+def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, rewrite: bool = False) -> ScriptCall:
+    """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard; `rewrite` (repair
+    only) also rewrites a member at the version its node has registered."""
+    users = writes[::3]
+    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in users)]  # type: ignore[arg-type]
+    return SHARD_APPLY, keys, [layout.descriptors[shard_id], "rewrite" if rewrite else "write", *writes]
+
+
+def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:
+    """SHARD_REMOVE of `removals` = (user, version)... from the shard."""
+    users = removals[::2]
+    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in users)]  # type: ignore[arg-type]
+    return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *removals]
 
 
 def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClient:
@@ -70,10 +126,6 @@ def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClie
     if shard is None:
         raise StaleMap("?", f"shard {shard_id} of {layout.board!r} is not in map epoch {layout.map.epoch}")
     return cluster.node(shard.node)
-
-
-def shard_keys(board: str, shard_id: str) -> list[str]:
-    return [shard_key(board, shard_id), versions_key(board, shard_id), descriptor_key(board, shard_id)]
 
 
 def check_fence(node: NodeClient, layout: BoardLayout, shard_id: str, result: list[object]) -> None:

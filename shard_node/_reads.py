@@ -7,15 +7,16 @@ instead of a wrong answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shard_map import NodeUnavailable, NotFound
 
-from ._keys import IndexEntry, descriptor_key, shard_key
+from ._client import ScriptCall
+from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
-from ._moves import check_fence, shard_call
-from ._scripts import SHARD_APPLY, SHARD_COUNT, SHARD_PAGE
+from ._moves import apply_call, check_fence, shard_call
+from ._scripts import SHARD_COUNT, SHARD_PAGE
 
 
 SIZE_WAIT = 0.5
@@ -40,38 +41,59 @@ async def _count(
     cluster: Cluster, layout: BoardLayout, queries: Sequence[_Query] = ()
 ) -> tuple[dict[str, int], list[int]]:
     """Every shard's size, and the answers to `queries`, in one round trip per node."""
+    sizes, results, _ = await count_after(cluster, layout, queries)
+    return sizes, results
+
+
+async def count_after(
+    cluster: Cluster,
+    layout: BoardLayout,
+    queries: Sequence[_Query] = (),
+    before: Mapping[str, Sequence[ScriptCall]] | None = None,
+) -> tuple[dict[str, int], list[int], dict[str, list[object]]]:
+    """Like `_count`, with `before[node]` pipelined ahead of that node's count in the same round trip.
+
+    Returns the sizes, the query answers and, per node of `before`, the answers of its calls (their
+    fences are not checked here). A node that has calls in `before` or queries must answer.
+    """
+    before = before or {}
     per_node: dict[str, list[int]] = {}
     for i, q in enumerate(queries):
         per_node.setdefault(layout.shards[q.shard_id].node, []).append(i)
+    prefixes: dict[str, list[object]] = {}
 
-    async def ask(node_id: str, shards: tuple) -> list[object]:
+    async def ask(node_id: str) -> list[object]:
         node = cluster.node(node_id)
-        position = {s.id: p for p, s in enumerate(shards, 1)}
-        keys: list[str] = []
-        for s in shards:
-            keys += (shard_key(layout.board, s.id), descriptor_key(layout.board, s.id))
-        args: list[object] = [len(shards), *(layout.descriptors[s.id] for s in shards)]
+        call = layout.count_calls[node_id]
+        args = list(call.args)
         for i in per_node.get(node_id, ()):
             q = queries[i]
-            args += (q.kind, position[q.shard_id], q.arg)
-        answer = await node.run(SHARD_COUNT, keys, args)
+            args += (q.kind, call.position[q.shard_id], q.arg)
+        prefix = before.get(node_id)
+        if prefix:
+            answers = await node.run_many([*prefix, (SHARD_COUNT, call.keys, args)])
+            prefixes[node_id] = answers[:-1]
+            answer = answers[-1]
+        else:
+            answer = await node.run(SHARD_COUNT, call.keys, args)
         if answer[0] == "stale":
-            check_fence(node, layout, shards[int(answer[1]) - 1].id, [answer[0], answer[2]])
+            check_fence(node, layout, call.shards[int(answer[1]) - 1].id, [answer[0], answer[2]])
         return answer
 
-    async def ask_sizes_only(node_id: str, shards: tuple) -> list[object]:
+    async def ask_sizes_only(node_id: str) -> list[object]:
         # Sizes alone may come from `last_sizes`, so a slow node is not waited for past SIZE_WAIT:
         # a frozen node must not hold up calls that need nothing else from it.
-        return await asyncio.wait_for(ask(node_id, shards), SIZE_WAIT)
+        return await asyncio.wait_for(ask(node_id), SIZE_WAIT)
 
     nodes = list(layout.by_node.items())
+    needed = per_node.keys() | before.keys()
     answers = await asyncio.gather(
-        *((ask if n in per_node else ask_sizes_only)(n, shards) for n, shards in nodes), return_exceptions=True
+        *((ask if n in needed else ask_sizes_only)(n) for n, _ in nodes), return_exceptions=True
     )
     sizes: dict[str, int] = {}
     results = [0] * len(queries)
     for (node_id, shards), answer in zip(nodes, answers):
-        if isinstance(answer, (NodeUnavailable, TimeoutError)) and node_id not in per_node:
+        if isinstance(answer, (NodeUnavailable, TimeoutError)) and node_id not in needed:
             # Only sizes were wanted from this node: while it is down nothing can change its shards,
             # so the sizes last seen are still right (as far as this router's own writes go; see
             # `Cluster.last_sizes`) and the rest of the cluster keeps serving.
@@ -89,7 +111,7 @@ async def _count(
             cluster.last_sizes[(layout.board, layout.descriptors[s.id], s.id)] = int(card)
         for i, value in zip(per_node.get(node_id, ()), answer[1 + len(shards) :]):
             results[i] = int(value)
-    return sizes, results
+    return sizes, results, prefixes
 
 
 def _better_sums(layout: BoardLayout, sizes: dict[str, int]) -> dict[str, int]:
@@ -114,11 +136,22 @@ async def rank_of_scores(
     Rank = 1 + members of every better shard + members of the score's shard with a strictly
     better score (DESIGN.md read path).
     """
+    ranks, total, _ = await rank_after(cluster, layout, scores)
+    return ranks, total
+
+
+async def rank_after(
+    cluster: Cluster,
+    layout: BoardLayout,
+    scores: Sequence[int],
+    before: Mapping[str, Sequence[ScriptCall]] | None = None,
+) -> tuple[list[int], int, dict[str, list[object]]]:
+    """`rank_of_scores` counted right after `before` (see `count_after`), in the same round trip."""
     shards = [layout.map.shard_for(s).id for s in scores]
     queries = [_Query("b", sid, layout.stored(s)) for sid, s in zip(shards, scores)]
-    sizes, better = await _count(cluster, layout, queries)
+    sizes, better, prefixes = await count_after(cluster, layout, queries, before)
     sums = _better_sums(layout, sizes)
-    return [1 + sums[sid] + b for sid, b in zip(shards, better)], sum(sizes.values())
+    return [1 + sums[sid] + b for sid, b in zip(shards, better)], sum(sizes.values()), prefixes
 
 
 async def read_entry(cluster: Cluster, layout: BoardLayout, user_id: str) -> IndexEntry:
@@ -175,7 +208,7 @@ async def get_around(
             break
         # The index committed but the shard write never happened (a crashed writer): heal it.
         args = [user_id, layout.stored(entry.score), entry.version]
-        await shard_call(cluster, layout, SHARD_APPLY, entry.home, args)
+        await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args))
     else:
         raise NotFound(f"user {user_id!r} is not in its shard {entry.home} of {layout.board!r}")
     at = _better_sums(layout, sizes)[entry.home] + position
@@ -232,7 +265,7 @@ async def _read_pages(
         calls = []
         for i in indexes:
             shard_id, first, last, _ = pages[i]
-            keys = [shard_key(layout.board, shard_id), descriptor_key(layout.board, shard_id)]
+            keys = layout.fenced_keys[shard_id]
             calls.append((SHARD_PAGE, keys, [layout.descriptors[shard_id], first, last]))
         answers = await node.run_many(calls)
         for i, answer in zip(indexes, answers):

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._audit import Finding, scan_board
+from shard_map import user_hash
+
 from ._keys import IndexEntry, descriptor_key, versions_key
 from ._layout import BoardLayout, Cluster
-from ._moves import finish_move, shard_call
-from ._scripts import SHARD_APPLY, SHARD_REMOVE
+from ._moves import apply_call, finish_move, remove_call, shard_call
 
 _FIXED_BY_REWRITE = {"missing", "score-mismatch"}
 _FIXED_BY_REMOVAL = {"wrong-shard", "orphan"}
@@ -55,7 +56,7 @@ async def repair_board(cluster: Cluster, layout: BoardLayout) -> RepairReport:
         if finding.kind in _FIXED_BY_REWRITE:
             entry = scan.entries[finding.user]  # type: ignore[index]
             args = [entry.user_id, layout.stored(entry.score), entry.version]
-            await shard_call(cluster, layout, SHARD_APPLY, entry.home, args)
+            await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args, rewrite=True))
             report.members_rewritten += 1
         elif finding.kind in _FIXED_BY_REMOVAL:
             await _remove_copy(cluster, layout, scan.entries.get(finding.user or ""), finding)
@@ -69,8 +70,8 @@ async def _remove_copy(cluster: Cluster, layout: BoardLayout, entry: IndexEntry 
     shard_id, user = finding.shard, finding.user
     assert shard_id is not None and user is not None
     node = cluster.node(layout.shards[shard_id].node)
-    stored = await node.command("HGET", versions_key(layout.board, shard_id), user)
+    stored = await node.command("HGET", versions_key(layout.board, user_hash(user)), user)
     version = int(str(stored).lstrip("~")) if stored else 0
     if entry is not None:
         version = max(version, entry.version)
-    await shard_call(cluster, layout, SHARD_REMOVE, shard_id, [user, version])
+    await shard_call(cluster, layout, shard_id, remove_call(layout, shard_id, [user, version]))

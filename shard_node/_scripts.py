@@ -26,6 +26,7 @@ def _load(name: str) -> Script:
 
 INDEX_APPLY = _load("index_apply")
 INDEX_MOVE = _load("index_move")
+INDEX_FORGET = _load("index_forget")
 INDEX_REMOVE = _load("index_remove")
 INDEX_STALE_MOVES = _load("index_stale_moves")
 SHARD_APPLY = _load("shard_apply")
@@ -33,4 +34,7 @@ SHARD_REMOVE = _load("shard_remove")
 SHARD_COUNT = _load("shard_count")
 SHARD_PAGE = _load("shard_page")
 
-ALL = (INDEX_APPLY, INDEX_MOVE, INDEX_REMOVE, INDEX_STALE_MOVES, SHARD_APPLY, SHARD_REMOVE, SHARD_COUNT, SHARD_PAGE)
+ALL = (
+    INDEX_APPLY, INDEX_MOVE, INDEX_FORGET, INDEX_REMOVE, INDEX_STALE_MOVES,
+    SHARD_APPLY, SHARD_REMOVE, SHARD_COUNT, SHARD_PAGE,
+)

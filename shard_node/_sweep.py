@@ -11,8 +11,8 @@ from shard_map import NodeError
 from ._client import NodeClient
 from ._keys import IndexEntry, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import finish_move, shard_call
-from ._scripts import INDEX_MOVE, INDEX_STALE_MOVES, SHARD_APPLY
+from ._moves import apply_call, finish_move, shard_call
+from ._scripts import INDEX_FORGET, INDEX_STALE_MOVES
 
 log = logging.getLogger("rankshard.sweeper")
 
@@ -59,7 +59,7 @@ async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
         return 1
     if entry is not None:
         args = [user, layout.stored(entry.score), entry.version]
-        await shard_call(cluster, layout, SHARD_APPLY, entry.home, args)
+        await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args))
     version = _GONE if entry is None else entry.version
-    await node.run(INDEX_MOVE, [key, moves_key(layout.board)], ["forget", user, version, "", ""])
+    await node.run(INDEX_FORGET, [key, moves_key(layout.board)], [user, version])
     return 0 if entry is None else 1

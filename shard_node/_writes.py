@@ -6,14 +6,14 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shard_map import OutOfRange, RequestIdConflict, StaleMap
+from shard_map import OutOfRange, RequestIdConflict, StaleMap, user_hash
 
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, check_fence, finish_move, record_size, shard_keys, shard_node
-from ._reads import rank_of_scores
-from ._scripts import INDEX_APPLY, INDEX_MOVE, INDEX_REMOVE, SHARD_APPLY
+from ._moves import StepHook, _step, apply_call, check_fence, finish_move, finish_moves, record_size, shard_node
+from ._reads import rank_after, rank_of_scores
+from ._scripts import INDEX_APPLY, INDEX_FORGET, INDEX_REMOVE
 
 _MAX_ROUNDS = 8
 """Index attempts per call: each lost round means another writer's move had to be finished first."""
@@ -60,11 +60,8 @@ async def apply_updates(
         # Some index nodes committed before another refused: their members' shards must follow.
         await _write_shards(cluster, layout, partly.committed, on_step)
         raise partly.error from None
-    await _write_shards(cluster, layout, committed, on_step)
-    (ranks, _), _ = await asyncio.gather(
-        rank_of_scores(cluster, layout, [c.score for c in committed]),
-        _forget_written(cluster, layout, committed),
-    )
+    ranks = await _write_shards(cluster, layout, committed, on_step, rank=True)
+    await _forget_written(cluster, layout, committed)
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
 
 
@@ -101,7 +98,7 @@ async def _commit(
         node, key = cluster.index_of(layout.board, update.user_id)
         _, positions, keys = by_node.setdefault(node.id, (node, [], []))
         positions.append(i)
-        keys += (key, dedup_key(layout.board, update.user_id))
+        keys += (key, dedup_key(layout.board, user_hash(update.user_id)))
     results: list[_Committed | None] = [None] * len(updates)
     pending = set(by_node)
     checked = len(by_node) == 1
@@ -131,7 +128,7 @@ async def _commit(
         if not pending:
             break
         if intents:
-            await asyncio.gather(*(finish_move(cluster, layout, e, on_step) for e in intents))
+            await finish_moves(cluster, layout, _distinct(intents), on_step)
         elif mode == "check":
             checked = True
     else:
@@ -187,13 +184,20 @@ def _entry(user_id: str, fields: list[object]) -> IndexEntry:
 
 
 async def _write_shards(
-    cluster: Cluster, layout: BoardLayout, committed: list[_Committed], on_step: StepHook | None
-) -> None:
-    """DESIGN.md write path steps 3 and 4 for each member's final state in this call.
+    cluster: Cluster,
+    layout: BoardLayout,
+    committed: list[_Committed],
+    on_step: StepHook | None,
+    rank: bool = False,
+) -> list[int]:
+    """DESIGN.md write path steps 3 and 4 for each member's final state in this call; with `rank`,
+    then step 5: the ranks of the committed scores (else an empty list).
 
     Every member the call touched is written, applied or not: an earlier call may have died between
     its index commit and its shard write (leaving no intent when the member did not cross a
     boundary), and re-writing the same absolute (score, version) is a no-op when nothing was lost.
+    Without a boundary crossing the counts ride in the shard writes' round trip, right behind each
+    node's writes; a crossing takes several steps, so its ranks are counted once it is done.
     """
     final: dict[str, IndexEntry] = {}
     for c in committed:
@@ -206,44 +210,61 @@ async def _write_shards(
     for e in final.values():
         if not e.moving:
             by_shard.setdefault(e.home, []).extend((e.user_id, layout.stored(e.score), e.version))
+    scores = [c.score for c in committed]
+    if rank and not moves:
+        return await _write_groups(cluster, layout, by_shard, scores)
     await asyncio.gather(
         _write_groups(cluster, layout, by_shard),
-        *(finish_move(cluster, layout, e, on_step) for e in moves),
+        finish_moves(cluster, layout, moves, on_step),
     )
+    return (await rank_of_scores(cluster, layout, scores))[0] if rank else []
 
 
 async def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
-    """Clears the pending-write marks of members whose shard write is done (moves clear their own)."""
+    """Clears the pending-write marks of members whose shard write is done (moves clear their own):
+    one script call per index node."""
     done: dict[str, IndexEntry] = {}
     for c in committed:
         if c.applied and c.entry is not None and not c.entry.moving:
             done[c.entry.user_id] = c.entry
-    by_node: dict[str, list[ScriptCall]] = {}
+    by_node: dict[str, tuple[NodeClient, list[str], list[object]]] = {}
     for entry in done.values():
         node, key = cluster.index_of(layout.board, entry.user_id)
-        args = ["forget", entry.user_id, entry.version, "", ""]
-        by_node.setdefault(node.id, []).append((INDEX_MOVE, [key, moves_key(layout.board)], args))
-    await asyncio.gather(*(cluster.node(n).run_many(calls) for n, calls in by_node.items()))
+        _, keys, args = by_node.setdefault(node.id, (node, [], []))
+        keys.append(key)
+        args += (entry.user_id, entry.version)
+    moves = moves_key(layout.board)
+    await asyncio.gather(*(node.run(INDEX_FORGET, [*keys, moves], args) for node, keys, args in by_node.values()))
 
 
 async def _write_groups(
-    cluster: Cluster, layout: BoardLayout, by_shard: dict[str, list[object]]
-) -> None:
-    by_node: dict[str, list[str]] = {}
-    for shard_id in by_shard:
-        by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append(shard_id)
-
-    async def write(node_id: str, shard_ids: list[str]) -> None:
+    cluster: Cluster, layout: BoardLayout, by_shard: dict[str, list[object]], scores: Sequence[int] = ()
+) -> list[int]:
+    """One SHARD_APPLY per shard, pipelined per node; then the ranks of `scores`, counted behind
+    each node's writes in the same round trip (DESIGN.md read path)."""
+    calls: dict[str, list[ScriptCall]] = {}
+    shard_ids: dict[str, list[str]] = {}
+    for shard_id, args in by_shard.items():
+        node_id = shard_node(cluster, layout, shard_id).id
+        calls.setdefault(node_id, []).append(apply_call(layout, shard_id, args))
+        shard_ids.setdefault(node_id, []).append(shard_id)
+    if scores:
+        ranks, _, answers = await rank_after(cluster, layout, scores, calls)
+    else:
+        ranks = []
+        node_ids = list(calls)
+        answers = dict(zip(node_ids, await asyncio.gather(*(cluster.node(n).run_many(calls[n]) for n in node_ids))))
+    for node_id, shards in shard_ids.items():
         node = cluster.node(node_id)
-        calls = [
-            (SHARD_APPLY, shard_keys(layout.board, s), [layout.descriptors[s], *by_shard[s]])
-            for s in shard_ids
-        ]
-        for shard_id, result in zip(shard_ids, await node.run_many(calls)):
-            check_fence(node, layout, shard_id, result)
-            record_size(cluster, layout, shard_id, result)
+        for shard_id, result in zip(shards, answers[node_id]):
+            check_fence(node, layout, shard_id, result)  # type: ignore[arg-type]
+            record_size(cluster, layout, shard_id, result)  # type: ignore[arg-type]
+    return ranks
 
-    await asyncio.gather(*(write(n, s) for n, s in by_node.items()))
+
+def _distinct(entries: list[IndexEntry]) -> list[IndexEntry]:
+    """One entry per member (a batch may meet the same member's intent more than once)."""
+    return list({e.user_id: e for e in entries}.values())
 
 
 class _PartlyApplied(Exception):

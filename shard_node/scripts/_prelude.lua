@@ -12,7 +12,7 @@ local function format_entry(e)
   return string.format('%d|%d|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to)
 end
 
--- The version in a shard's versions hash ("ver", or "~ver" after removal), 0 when there is none.
+-- A registered version in a versions hash ("ver", or "~ver" after removal), 0 when there is none.
 local function version_of(raw)
   if not raw then return 0 end
   if string.sub(raw, 1, 1) == '~' then return tonumber(string.sub(raw, 2)) end

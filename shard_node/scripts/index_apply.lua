@@ -1,24 +1,29 @@
 -- DESIGN.md write path step 2: the commit point of a batch of updates on one index node.
--- KEYS[2i-1], KEYS[2i]: the index hash and the request-id list of update i; the last key: the node's
+-- KEYS[2i-1], KEYS[2i]: the index hash of update i and the stem of its request-id hashes (the
+-- generations ':gen' are appended here; see _keys.py); the last key: the node's
 -- pending-writes zset of the board (user -> ms of the commit). Every member this call changes is
 -- marked there until its shard write (or move) is done, so the sweeper can finish what a crashed
 -- writer left, whether or not it crossed a boundary.
 -- ARGV: mode ('apply' | 'check'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
---       nb, nb boundaries, nb+1 shard ids (ascending), then per update: user, value, request id ('' none).
+--       the map 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending; one argument, so a
+--       board with many shards costs no more to send), then per update: user, value, request id ('' none).
 -- All or nothing: if any update meets a pending move, a reused request id with another value, or an
 -- overflow, nothing is written and {'abort', {i, kind, ...}, ...} comes back. Otherwise (and always in
 -- 'check' mode, which never writes) {'ok', {kind, score, ver, applied, home, from, to}, ...} per update,
 -- kind 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
 -- member's current entry: {kind, score, ver, applied, home, from, to, entry score}.
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local nb = tonumber(ARGV[4])
 local bounds, ids = {}, {}
-for i = 1, nb do bounds[i] = tonumber(ARGV[4 + i]) end
-for i = 1, nb + 1 do ids[i] = ARGV[4 + nb + i] end
-local first = 5 + 2 * nb + 1
-local WINDOW_MS = 3600000
+local cuts, names = string.match(ARGV[4], '^([^|]*)|(.*)$')
+for b in string.gmatch(cuts, '%S+') do table.insert(bounds, tonumber(b)) end
+for id in string.gmatch(names, '%S+') do table.insert(ids, id) end
+local nb = #bounds
+local first = 5
+-- _keys.py: DEDUP_WINDOW_MS, DEDUP_GEN_MS, DEDUP_DEPTH.
+local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gen = math.floor(now / GEN_MS)
 
 local function target(score)
   local lo, hi = 1, nb + 1
@@ -29,7 +34,7 @@ local function target(score)
   return ids[lo]
 end
 
--- Working state of this call: entries by key..user, records by request-id list.
+-- Working state of this call: entries by key..user, request-id records by stem..user.
 local entries, fresh, written, order = {}, {}, {}, {}
 local records, pushed, pushed_order = {}, {}, {}
 local function load_entry(ik, user)
@@ -43,19 +48,36 @@ local function load_entry(ik, user)
   end
   return k, entries[k]
 end
-local function find_record(rk, rid)
-  if records[rk] == nil then
-    records[rk] = {}
-    for _, raw in ipairs(redis.call('LRANGE', rk, 0, 7)) do
-      local ts, v, s, r = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(.*)$')
-      table.insert(records[rk], {ts = tonumber(ts), value = v, score = tonumber(s), rid = r})
+-- A member's stored request ids, oldest first: its field in the generations that can still hold
+-- records younger than WINDOW_MS (normally one of them has it), recent ones only, the last DEPTH.
+local function load_records(rk, user)
+  local list, holders = {}, {}
+  for g = gen - math.ceil(WINDOW_MS / GEN_MS), gen do
+    local key = rk .. ':' .. g
+    local raw = redis.call('HGET', key, user)
+    if raw then
+      table.insert(holders, key)
+      local pos, base = 1, g * GEN_MS
+      while pos <= #raw do
+        local ts, v, s, n, at = string.match(raw, '^(-?%d+)|([^|]*)|([^|]*)|(%d+)|()', pos)
+        local r = string.sub(raw, at, at + tonumber(n) - 1)
+        pos = at + tonumber(n)
+        ts = base + tonumber(ts)
+        if ts >= now - WINDOW_MS then table.insert(list, {ts = ts, value = v, score = tonumber(s), rid = r}) end
+      end
     end
   end
+  while #list > DEPTH do table.remove(list, 1) end
+  return {list = list, holders = holders}
+end
+local function find_record(rk, user, rid)
+  local slot = rk .. '\0' .. user
+  if records[slot] == nil then records[slot] = load_records(rk, user) end
   -- Newest first: records pushed by this call sit at the end of `pushed`.
-  local mine = pushed[rk] or {}
+  local mine = pushed[slot] or {}
   for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
-  for _, rec in ipairs(records[rk]) do
-    if rec.rid == rid and rec.ts >= now - WINDOW_MS then return rec end
+  for _, rec in ipairs(records[slot].list) do
+    if rec.rid == rid then return rec end
   end
   return nil
 end
@@ -67,7 +89,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
   local ik, rk = KEYS[2 * i - 1], KEYS[2 * i]
   local k, e = load_entry(ik, user)
   local rec = nil
-  if rid ~= '' then rec = find_record(rk, rid) end
+  if rid ~= '' then rec = find_record(rk, user, rid) end
   if not e.absent and e.from ~= '' and not fresh[k] then
     table.insert(aborts, {i, 'intent', user, e.score, e.ver, e.home, e.from, e.to})
   elseif rec and rec.value ~= value then
@@ -109,9 +131,9 @@ for i = 1, (#ARGV - first + 1) / 3 do
         if not written[k] then written[k] = true; table.insert(order, {ik, user, k}) end
       end
       if rid ~= '' then
-        pushed[rk] = pushed[rk] or {}
-        if #pushed[rk] == 0 then table.insert(pushed_order, rk) end
-        table.insert(pushed[rk], {ts = now, value = value, score = new, rid = rid})
+        local slot = rk .. '\0' .. user
+        if pushed[slot] == nil then pushed[slot] = {}; table.insert(pushed_order, {rk, user, slot}) end
+        table.insert(pushed[slot], {ts = now, value = value, score = new, rid = rid})
       end
       table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score})
     end
@@ -126,11 +148,23 @@ for _, w in ipairs(order) do
   redis.call('HSET', w[1], w[2], format_entry(e))
   redis.call('ZADD', moves_key, now, w[2])
 end
-for _, rk in ipairs(pushed_order) do
-  for _, rec in ipairs(pushed[rk]) do
-    redis.call('LPUSH', rk, string.format('%d|%s|%d|%s', rec.ts, rec.value, rec.score, rec.rid))
+-- Each member's records move to the current generation: older generations' hashes then only hold
+-- members idle since, and expire WINDOW_MS after their generation ended.
+for _, p in ipairs(pushed_order) do
+  local rk, user, slot = p[1], p[2], p[3]
+  local all = {}
+  for _, rec in ipairs(records[slot].list) do table.insert(all, rec) end
+  for _, rec in ipairs(pushed[slot]) do table.insert(all, rec) end
+  local parts, base = {}, gen * GEN_MS
+  for j = math.max(1, #all - DEPTH + 1), #all do
+    local rec = all[j]
+    table.insert(parts, string.format('%d|%s|%d|%d|%s', rec.ts - base, rec.value, rec.score, #rec.rid, rec.rid))
   end
-  redis.call('LTRIM', rk, 0, 7)
-  redis.call('PEXPIRE', rk, WINDOW_MS)
+  local key = rk .. ':' .. gen
+  for _, holder in ipairs(records[slot].holders) do
+    if holder ~= key then redis.call('HDEL', holder, user) end
+  end
+  redis.call('HSET', key, user, table.concat(parts))
+  redis.call('PEXPIREAT', key, base + GEN_MS + WINDOW_MS)
 end
 return results

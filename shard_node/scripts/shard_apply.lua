@@ -1,18 +1,23 @@
 -- DESIGN.md write path step 3: absolute, versioned writes into one shard, fenced by its descriptor.
--- KEYS: zset, versions hash, descriptor. ARGV: expected descriptor, then (user, stored score, ver)...
+-- KEYS: zset, descriptor, then the versions hash of each update's user (see _keys.py).
+-- ARGV: expected descriptor, mode, then (user, stored score, ver)... Mode 'write' writes an update only
+-- if its ver is newer than the user's registered version; 'rewrite' (repair, rebuilding a shard from
+-- the authoritative index) also when it equals it, so a member whose shard data was lost while the
+-- register survived comes back.
 -- Returns {'stale', actual descriptor} or {'ok', size, c1, c2, ...}: size = the shard's members after
 -- the writes, ci = members strictly better than update i's stored score (its rank inside, minus one).
-local d = redis.call('GET', KEYS[3])
+local d = redis.call('GET', KEYS[2])
 if d ~= ARGV[1] then return {'stale', d or ''} end
-for i = 2, #ARGV, 3 do
-  local user, ver = ARGV[i], tonumber(ARGV[i + 2])
-  if ver > version_of(redis.call('HGET', KEYS[2], user)) then
+local slack = ARGV[2] == 'rewrite' and 1 or 0
+for i = 3, #ARGV, 3 do
+  local user, ver, vkey = ARGV[i], tonumber(ARGV[i + 2]), KEYS[2 + i / 3]
+  if ver + slack > version_of(redis.call('HGET', vkey, user)) then
     redis.call('ZADD', KEYS[1], ARGV[i + 1], user)
-    redis.call('HSET', KEYS[2], user, ver)
+    redis.call('HSET', vkey, user, ver)
   end
 end
 local out = {'ok', redis.call('ZCARD', KEYS[1])}
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   table.insert(out, redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[i + 1]))
 end
 return out
