@@ -8,13 +8,14 @@ from typing import TypeVar
 
 import grpc
 
-from shard_map import OutOfRange, RequestIdConflict, StaleMap
+from shard_map import StaleMap
 from shard_node import (
     BoardLayout,
     Entry,
     StepHook,
     Update,
     UpdateOutcome,
+    apply_each,
     apply_updates,
     get_around,
     get_ranks,
@@ -42,8 +43,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         self.cluster = catalog.cluster
         self.on_step = on_step
         """Test-only hook into the boundary-crossing protocol (see shard_node.MOVE_STEPS)."""
-        # Keyed by index node as well as board: a batch on one index node is all or nothing, so a
-        # refused update can be retried alone without the others having been applied (see _update_batch).
+        # Keyed by index node as well as board: a batch on one index node commits in one script call.
         self._updates: Coalescer[tuple[str, str], Update, UpdateOutcome] = Coalescer(self._update_batch)
         self._ranks: Coalescer[str, str, tuple[Entry, int]] = Coalescer(self._rank_batch)
         self._pages: Coalescer[tuple[str, int, int], None, tuple[list[Entry], int]] = Coalescer(self._page_once)
@@ -100,21 +100,13 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         removed = await self._write(board, lambda lay: remove_member(self.cluster, lay, user, self.on_step))
         return pb.RemoveMemberResponse(removed=removed)
 
-    async def _update_batch(self, key: tuple[str, str], updates: list[Update]) -> Sequence[UpdateOutcome | BaseException]:
-        """Concurrent UpdateScore calls whose users share an index node, applied as one batch."""
+    async def _update_batch(
+        self, key: tuple[str, str], updates: list[Update]
+    ) -> Sequence[UpdateOutcome | BaseException]:
+        """Concurrent UpdateScore calls whose users share an index node, applied together; each call
+        still stands alone: one refused (its request id reused with another score) fails only itself."""
         board, _ = key
-        try:
-            return await self._write(board, lambda lay: apply_updates(self.cluster, lay, updates, self.on_step))
-        except (RequestIdConflict, OutOfRange):
-            if len(updates) == 1:
-                raise
-        # One update was refused and, the batch being on one index node, nothing was applied: each
-        # runs alone, so only the refused call fails, with its own field named.
-        alone = await asyncio.gather(
-            *(self._write(board, lambda lay, u=u: apply_updates(self.cluster, lay, [u], self.on_step)) for u in updates),
-            return_exceptions=True,
-        )
-        return [r if isinstance(r, BaseException) else r[0] for r in alone]
+        return await self._write(board, lambda lay: apply_each(self.cluster, lay, updates, self.on_step))
 
     async def _rank_batch(self, board: str, users: list[str]) -> list[tuple[Entry, int] | BaseException]:
         """Concurrent GetRank calls of one board: index entries read together, ranks in one count round."""

@@ -57,10 +57,33 @@ async def apply_updates(
     try:
         committed = await _commit(cluster, layout, updates, on_step)
     except _PartlyApplied as partly:
-        # Some index nodes committed before another refused: their members' shards must follow.
+        # Some updates committed before another was refused: their members' shards must follow.
         await _write_shards(cluster, layout, partly.committed, on_step)
         raise partly.error from None
-    ranks = await _write_shards(cluster, layout, committed, on_step, rank=True)
+    return await _finish(cluster, layout, committed, on_step)  # type: ignore[arg-type]
+
+
+async def apply_each(
+    cluster: Cluster,
+    layout: BoardLayout,
+    updates: Sequence[Update],
+    on_step: StepHook | None = None,
+) -> list[UpdateOutcome | RequestIdConflict | OutOfRange]:
+    """Like `apply_updates`, but each update stands on its own (unary calls answered together): a
+    refused one is answered with its error, naming the field alone, and the others are applied.
+
+    Raises `StaleMap`, `NodeError` for the whole batch.
+    """
+    answers = await _commit(cluster, layout, updates, on_step, each=True)
+    outcomes = iter(await _finish(cluster, layout, [a for a in answers if isinstance(a, _Committed)], on_step))
+    return [next(outcomes) if isinstance(a, _Committed) else a for a in answers]
+
+
+async def _finish(
+    cluster: Cluster, layout: BoardLayout, committed: list[_Committed], on_step: StepHook | None
+) -> list[UpdateOutcome]:
+    """Steps 3 to 5 of the write path for committed updates, then their pending-write marks cleared."""
+    ranks = await _write_shards(cluster, layout, committed, on_step, rank=True) if committed else []
     await _forget_written(cluster, layout, committed)
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
 
@@ -86,90 +109,101 @@ async def remove_member(
 
 
 async def _commit(
-    cluster: Cluster, layout: BoardLayout, updates: Sequence[Update], on_step: StepHook | None
-) -> list[_Committed]:
-    """Runs the index script for every update (DESIGN.md write path step 2).
+    cluster: Cluster, layout: BoardLayout, updates: Sequence[Update], on_step: StepHook | None, each: bool = False
+) -> list[_Committed | RequestIdConflict | OutOfRange]:
+    """Runs the index script for every update (DESIGN.md write path step 2); one answer per update.
 
-    Each node's share is all-or-nothing. When the batch spans several index nodes, a read-only
-    'check' round first makes a bad update fail the whole call before any node applies anything.
+    A member caught mid-move (another writer's move) holds back only its own updates: that move is
+    finished and they are sent again, while the rest of the batch is applied. A refused update (a
+    reused request id with another value, an overflow) fails the whole batch before anything is
+    applied (with several index nodes a read-only 'check' round runs first), unless `each`: then it is
+    that update's answer alone (unary calls the router coalesced).
     """
-    by_node: dict[str, tuple[NodeClient, list[int], list[str]]] = {}
+    keys: list[tuple[str, str]] = []
+    by_node: dict[str, tuple[NodeClient, list[int]]] = {}
     for i, update in enumerate(updates):
         node, key = cluster.index_of(layout.board, update.user_id)
-        _, positions, keys = by_node.setdefault(node.id, (node, [], []))
-        positions.append(i)
-        keys += (key, dedup_key(layout.board, user_hash(update.user_id)))
-    results: list[_Committed | None] = [None] * len(updates)
-    pending = set(by_node)
-    checked = len(by_node) == 1
+        keys.append((key, dedup_key(layout.board, user_hash(update.user_id))))
+        by_node.setdefault(node.id, (node, []))[1].append(i)
+    todo = {node_id: positions for node_id, (_, positions) in by_node.items()}
+    results: list[_Committed | RequestIdConflict | OutOfRange | None] = [None] * len(updates)
+    checked = each or len(by_node) == 1
     for _ in range(_MAX_ROUNDS):
-        mode = "apply" if checked else "check"
+        mode = "each" if each else "apply" if checked else "check"
+        nodes = sorted(todo)
         answers = await asyncio.gather(
-            *(_run_index(by_node[n], layout, updates, mode) for n in sorted(pending))
+            *(_run_index(by_node[n][0], layout, updates, keys, todo[n], mode) for n in nodes)
         )
         intents: list[IndexEntry] = []
-        refused: RequestIdConflict | OutOfRange | None = None
-        for node_id, answer in zip(sorted(pending), answers):
-            _, positions, _ = by_node[node_id]
+        refused: tuple[list[object], list[int]] | None = None
+        for node_id, answer in zip(nodes, answers):
+            positions = todo[node_id]
             if answer[0] == "abort":
-                partial = mode == "apply" and len(by_node) > 1
-                try:
-                    intents += _raise_or_collect(answer[1:], positions, updates, partial)
-                except (RequestIdConflict, OutOfRange) as error:
-                    if mode == "check":
-                        raise
-                    refused = refused or error
-            elif mode == "apply":
-                for i, raw in zip(positions, answer[1:]):
+                refused = refused or (answer[1], positions)
+                continue
+            held = []
+            for i, raw in zip(positions, answer[1:]):
+                if raw[0] == "intent":
+                    intents.append(_entry(str(raw[1]), raw[2:]))
+                    held.append(i)
+                elif raw[0] == "refused":
+                    results[i] = _refusal([1, raw[1]], [0], [updates[i]], False)
+                elif mode != "check":
                     results[i] = _committed(updates[i].user_id, raw)
-                pending.discard(node_id)
+            if mode != "check":
+                if held:
+                    todo[node_id] = held
+                else:
+                    del todo[node_id]
         if refused is not None:
-            raise _PartlyApplied(refused, [r for r in results if r is not None])
-        if not pending:
+            # Judged once every node's answer is in: another node may have committed its share this round.
+            committed = [r for r in results if isinstance(r, _Committed)]
+            error = _refusal(*refused, updates, bool(committed))
+            if not committed:
+                raise error
+            raise _PartlyApplied(error, committed)
+        checked = True
+        if not todo:
             break
         if intents:
             await finish_moves(cluster, layout, _distinct(intents), on_step)
-        elif mode == "check":
-            checked = True
     else:
-        raise _contended(updates[0].user_id)
+        raise _contended(updates[min(p[0] for p in todo.values())].user_id)
     return [r for r in results if r is not None]
 
 
 async def _run_index(
-    group: tuple[NodeClient, list[int], list[str]],
+    node: NodeClient,
     layout: BoardLayout,
     updates: Sequence[Update],
+    keys: Sequence[tuple[str, str]],
+    positions: list[int],
     mode: str,
 ) -> list[object]:
-    node, positions, keys = group
     config = layout.config
     args: list[object] = [mode, int(config.operator), int(layout.descending), *layout.index_args]
+    call_keys: list[str] = []
     for i in positions:
         u = updates[i]
         args += (u.user_id, u.value, u.request_id)
-    return await node.run(INDEX_APPLY, [*keys, moves_key(layout.board)], args)
+        call_keys += keys[i]
+    return await node.run(INDEX_APPLY, [*call_keys, moves_key(layout.board)], args)
 
 
-def _raise_or_collect(
-    aborts: list[list[object]], positions: list[int], updates: Sequence[Update], partial: bool
-) -> list[IndexEntry]:
-    """Raises the first client error among `aborts`; otherwise returns the pending moves met."""
-    intents = []
-    for abort in aborts:
-        pos = positions[int(abort[0]) - 1]
-        field = "request_id" if abort[1] == "conflict" else "score"
-        name = f"updates[{pos}].{field}" if len(updates) > 1 else field
-        note = "; updates on other index nodes were applied" if partial else "; nothing was applied"
-        if abort[1] == "conflict":
-            raise RequestIdConflict(
-                f"{name}: {updates[pos].request_id!r} was used for user {updates[pos].user_id!r} "
-                f"with a different score{note}"
-            )
-        if abort[1] == "overflow":
-            raise OutOfRange(name, f"the result would leave ±(2^53 - 1){note}")
-        intents.append(_entry(str(abort[2]), abort[3:]))
-    return intents
+def _refusal(
+    abort: list[object], positions: list[int], updates: Sequence[Update], applied: bool
+) -> RequestIdConflict | OutOfRange:
+    """The client error of an index script's refusal `abort` = [i, kind] (i: 1-based among `positions`)."""
+    pos = positions[int(abort[0]) - 1]  # type: ignore[call-overload]
+    field = "request_id" if abort[1] == "conflict" else "score"
+    name = f"updates[{pos}].{field}" if len(updates) > 1 else field
+    note = "; other updates of this call were applied" if applied else "; nothing was applied"
+    if abort[1] == "conflict":
+        return RequestIdConflict(
+            f"{name}: {updates[pos].request_id!r} was used for user {updates[pos].user_id!r} "
+            f"with a different score{note}"
+        )
+    return OutOfRange(name, f"the result would leave ±(2^53 - 1){note}")
 
 
 def _committed(user_id: str, raw: list[object]) -> _Committed:

@@ -4,14 +4,18 @@
 -- pending-writes zset of the board (user -> ms of the commit). Every member this call changes is
 -- marked there until its shard write (or move) is done, so the sweeper can finish what a crashed
 -- writer left, whether or not it crossed a boundary.
--- ARGV: mode ('apply' | 'check'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
+-- ARGV: mode ('apply' | 'check' | 'each'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
 --       the map 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending; one argument, so a
 --       board with many shards costs no more to send), then per update: user, value, request id ('' none).
--- All or nothing: if any update meets a pending move, a reused request id with another value, or an
--- overflow, nothing is written and {'abort', {i, kind, ...}, ...} comes back. Otherwise (and always in
--- 'check' mode, which never writes) {'ok', {kind, score, ver, applied, home, from, to}, ...} per update,
--- kind 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
--- member's current entry: {kind, score, ver, applied, home, from, to, entry score}.
+-- A member with a pending move (another writer's, not finished) blocks only its own updates: they come
+-- back as {'intent', user, score, ver, home, from, to} for the router to finish that move and send them
+-- again, and the other updates go ahead (one hot member must not hold a whole batch back).
+-- A reused request id with another value, or an overflow: in 'apply' and 'check' mode nothing is
+-- written and {'abort', {i, kind}, ...} comes back (a batch is all or nothing); in 'each' mode (unary
+-- calls coalesced by the router, each its own request) only that update is refused, as {'refused', kind}.
+-- Otherwise {'ok', result per update}, nothing written in 'check' mode: {kind, score, ver, applied, home,
+-- from, to, entry score}, kind 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's),
+-- the rest describe the member's entry after the call.
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local bounds, ids = {}, {}
 local cuts, names = string.match(ARGV[4], '^([^|]*)|(.*)$')
@@ -35,7 +39,7 @@ local function target(score)
 end
 
 -- Working state of this call: entries by key..user, request-id records by stem..user.
-local entries, fresh, written, order = {}, {}, {}, {}
+local entries, fresh, written, order, blocked = {}, {}, {}, {}, {}
 local records, pushed, pushed_order = {}, {}, {}
 local function load_entry(ik, user)
   local k = ik .. '\0' .. user
@@ -83,6 +87,9 @@ local function find_record(rk, user, rid)
 end
 
 local results, aborts = {'ok'}, {'abort'}
+local function refuse(i, kind)
+  if mode == 'each' then table.insert(results, {'refused', kind}) else table.insert(aborts, {i, kind}) end
+end
 for i = 1, (#ARGV - first + 1) / 3 do
   local a = first + (i - 1) * 3
   local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
@@ -90,10 +97,11 @@ for i = 1, (#ARGV - first + 1) / 3 do
   local k, e = load_entry(ik, user)
   local rec = nil
   if rid ~= '' then rec = find_record(rk, user, rid) end
-  if not e.absent and e.from ~= '' and not fresh[k] then
-    table.insert(aborts, {i, 'intent', user, e.score, e.ver, e.home, e.from, e.to})
+  if blocked[k] or (not e.absent and e.from ~= '' and not fresh[k]) then
+    blocked[k] = true
+    table.insert(results, {'intent', user, e.score, e.ver, e.home, e.from, e.to})
   elseif rec and rec.value ~= value then
-    table.insert(aborts, {i, 'conflict'})
+    refuse(i, 'conflict')
   elseif rec then
     if e.absent then
       table.insert(results, {'dup', rec.score, 0, 0, '', '', '', 0})
@@ -110,7 +118,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
       end
     end
     if math.abs(new) > MAX_SCORE then
-      table.insert(aborts, {i, 'overflow'})
+      refuse(i, 'overflow')
     else
       local kind = 'upd'
       if applied == 1 then
@@ -141,7 +149,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
 end
 
 if #aborts > 1 then return aborts end
-if mode ~= 'apply' then return results end
+if mode == 'check' then return results end
 local moves_key = KEYS[#KEYS]
 for _, w in ipairs(order) do
   local e = entries[w[3]]
