@@ -93,9 +93,12 @@ def _per_core(cpu_per_call: float) -> str:
 def markdown(result: dict[str, Any]) -> str:
     p, sim = result["profile"], result["simulation"]
     run = sim["run"]
-    mem = ["| members | all-in B/member | bare zset B/member | ratio | RSS B/member |", "|---|---|---|---|---|"]
+    share = result["preload"]["active_hour_share"]
+    mem = [f"| members | stored B/member | all in, {share:.0%} active in the hour | every member active "
+           "| bare zset B/member | ratio (all in / bare) | RSS B/member |", "|---|---|---|---|---|---|---|"]
     for m in result["memory"]:
-        mem.append(f"| {m['members']:,} | {m['all_in_per_member']:.0f} | {m['bare_zset_per_member']:.0f} "
+        mem.append(f"| {m['members']:,} | {m['stored_per_member']:.0f} | {m['all_in_per_member']:.0f} "
+                   f"| {m['every_member_active_per_member']:.0f} | {m['bare_zset_per_member']:.0f} "
                    f"| {m['ratio_to_bare']:.2f} | {m['rss_per_member']:.0f} |")
     scale = ["| router processes | UpdateScore calls/s | per router core | p99 ms |", "|---|---|---|---|"]
     for s in result["scaling"]:
@@ -117,7 +120,9 @@ def markdown(result: dict[str, Any]) -> str:
         "## Throughput, side by side (closed loop)\n\n" + throughput_table(result),
         "## Latency at the same offered load (open loop)\n\n" + "\n".join(lat),
         "## Memory per member\n\n" + "\n".join(mem)
-        + f"\n\nLoaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s through BatchUpdateScores.",
+        + f"\n\nStored: index, shard and version registers. A request-id record costs "
+        f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for an hour "
+        f"hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s through BatchUpdateScores.",
         "## Router processes on one port\n\n" + "\n".join(scale),
         f"## Traffic simulation\n\n{run['seconds']:.0f} s open loop at {run['offered_per_s']:,.0f} calls/s "
         f"({sim['scale']:.2e} of the full-scale peak; {SIM_SHARE_NOTE}), completed {run['calls_per_s']:,.0f}/s, "

@@ -33,15 +33,18 @@ def chunk_scores(model: TrafficModel, seed: int, start: int) -> list[tuple[str, 
     return [(user_id(i), model.sample_score(rng)) for i in range(start, start + CHUNK)]
 
 
-def preload(address: str, board: str, model: TrafficModel, seed: int, chunks: list[int],
-            request_ids: bool, in_flight: int = 4) -> float:
-    """Writes the given chunks of members through BatchUpdateScores (OPERATOR_SET boards take the score
-    as is; on increment boards it is the first delta, the same thing for a new member); returns seconds."""
-    return asyncio.run(_preload(address, board, model, seed, chunks, request_ids, in_flight))
+def preload(address: str, board: str, model: TrafficModel, seed: int, chunks: list[int], probe: bool = False,
+            in_flight: int = 4) -> float:
+    """Writes the given chunks of members through BatchUpdateScores and returns the seconds it took.
+
+    Loading (on an increment board a new member's first delta is its score) sends no request ids. A
+    `probe` instead sends each member a zero delta with a request id, as a game backend's retried-safe
+    call would: the score stays, and the member now holds one request-id record."""
+    return asyncio.run(_preload(address, board, model, seed, chunks, probe, in_flight))
 
 
 async def _preload(address: str, board: str, model: TrafficModel, seed: int, chunks: list[int],
-                   request_ids: bool, in_flight: int) -> float:
+                   probe: bool, in_flight: int) -> float:
     started = time.perf_counter()
     queue = list(reversed(chunks))
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 16 << 20)]) as ch:
@@ -50,8 +53,16 @@ async def _preload(address: str, board: str, model: TrafficModel, seed: int, chu
         async def worker() -> None:
             while queue:
                 start = queue.pop()
-                updates = [pb.ScoreUpdate(user_id=u, score=s, request_id=f"load-{u}" if request_ids else "")
-                           for u, s in chunk_scores(model, seed, start)]
+                if probe:
+                    # Calls of 100, as a backend reporting matches would send: a request id costs the index
+                    # script a look at each of the member's record generations.
+                    for at in range(start, start + CHUNK, 100):
+                        updates = [pb.ScoreUpdate(user_id=user_id(i), score=0, request_id=f"match-{seed}-{i:012d}")
+                                   for i in range(at, at + 100)]
+                        await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates),
+                                                     timeout=120)
+                    continue
+                updates = [pb.ScoreUpdate(user_id=u, score=s) for u, s in chunk_scores(model, seed, start)]
                 await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates),
                                              timeout=120)
 
@@ -69,8 +80,17 @@ def bare_zset_bytes(node: redis.Redis, model: TrafficModel, seed: int, members: 
         node.zadd(_BARE_KEY, mapping)
     after = node.info("memory")
     node.delete(_BARE_KEY)
+    wait_lazy_free(node)
     return {"used_memory": int(after["used_memory"]) - int(before["used_memory"]),
             "rss": int(after["used_memory_rss"]) - int(before["used_memory_rss"])}
+
+
+def wait_lazy_free(node: redis.Redis, timeout: float = 120.0) -> None:
+    """Waits until the node has freed what deletions handed to its background thread (Valkey frees big
+    keys lazily), so the next used_memory reading is not shrinking under the measurement."""
+    deadline = time.monotonic() + timeout
+    while int(node.info("memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def raw_baseline(address: str, seconds: float, pipelined: bool, batch: int = 100, tasks: int = 50) -> dict[str, float]:

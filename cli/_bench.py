@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+import grpc
 
 from benchmarks import PROFILES, print_progress, run_bench
 from benchmarks._report import capacity_table, headline
@@ -48,6 +49,8 @@ def bench(profile_name: str, duration: float | None, members: int | None, dau: i
         result, paths = run_bench(profile, out_dir, command=command, progress=print_progress, seed=seed)
     except (RuntimeError, OSError) as exc:
         raise click.ClickException(f"bench failed: {exc}") from exc
+    except grpc.RpcError as exc:
+        raise click.ClickException(f"bench failed: a call was refused: {exc.code().name}: {exc.details()}") from exc
     click.echo(headline(result))
     click.echo()
     click.echo(capacity_table(result))

@@ -276,7 +276,11 @@ class LocalValkey(_ServerProcess):
         self._spawn([
             self.binary, "--bind", "127.0.0.1", "--port", str(self._port), "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", "",
-            "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.log_path)])
+            "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.log_path),
+            # rankshard spreads index entries, version registers and request-id records over small hashes;
+            # up to 1024 entries each stay listpacks (~18 B/entry, against ~54 B in a hashtable), which
+            # keeps boards of up to ~16M members per index and ~8M per node compact (shard_node._keys).
+            "--hash-max-listpack-entries", "1024"])
         self._wait_ready(self._answers_ping, deadline, "valkey")
 
     def pause(self) -> None:
