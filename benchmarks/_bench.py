@@ -75,9 +75,6 @@ class Bench:
         assert self.cluster is not None
         return self.cluster.address
 
-    def admin(self) -> apb_grpc.AdminStub:
-        return apb_grpc.AdminStub(grpc.insecure_channel(self.router_address))
-
     def create_board(self, name: str, boundaries: Sequence[int]) -> None:
         channel = grpc.insecure_channel(self.router_address)
         try:

@@ -103,10 +103,9 @@ class Profile:
 
     name: str
     model: TrafficModel = field(default_factory=TrafficModel)
-    population: int = 1_000_000
-    """Members preloaded on the simulated board before traffic starts."""
     memory_at: tuple[int, ...] = (1_000_000, 5_000_000)
-    """Member counts at which memory per member is measured (loading continues up to the largest)."""
+    """Member counts at which memory per member is measured; the simulated board is loaded to the largest
+    before traffic starts."""
     shard_counts: tuple[int, ...] = (1, 4, 16)
     shard_population: int = 100_000
     """Members on each board of the shard-count comparison."""
@@ -126,7 +125,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "500m-dau": Profile("500m-dau"),
     "smoke": Profile(
-        "smoke", population=3_000, memory_at=(2_000, 3_000), shard_counts=(1, 4), shard_population=1_000,
+        "smoke", memory_at=(2_000, 3_000), shard_counts=(1, 4), shard_population=1_000,
         router_processes=(1,), duration=2.0, phase_seconds=1.0, loaders=1, in_flight=16,
     ),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from ._bench import Bench
@@ -61,8 +62,6 @@ def run_suite(bench: Bench) -> dict[str, Any]:
 
 
 def _profile_json(p: Profile) -> dict[str, Any]:
-    from dataclasses import asdict
-
     out = asdict(p)
     out["peak_rates"] = {k: round(v) for k, v in p.model.peak_rates().items()}
     return out

@@ -101,11 +101,6 @@ def test_capacity_plan_is_bound_by_whichever_of_cpu_and_memory_needs_more_nodes(
     assert memory_bound["primary_nodes"] == -(-500_000_000 * 200 // (25 * GIB))
 
 
-def test_profiles_model_a_500m_dau_game() -> None:
-    assert PROFILES["500m-dau"].model.dau == 500_000_000
-    assert 1_000_000 in PROFILES["500m-dau"].memory_at and 5_000_000 in PROFILES["500m-dau"].memory_at
-
-
 def _processes_under(folder: Path) -> list[str]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
