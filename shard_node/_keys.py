@@ -9,14 +9,16 @@ and over 100 B for a key of its own (see PERF-NOTES). Bucket counts aim at tens 
 for boards of 10^5..10^6 members; a bigger board's buckets turn into ordinary hashes (more memory,
 same behaviour).
 
-- ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to`` (see `IndexEntry`),
+- ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to|rgen`` (see `IndexEntry`;
+  ``rgen``: the generation of the member's request-id records mod 100, '' for none, and absent from entries
+  written before it existed: then every generation is looked at),
   or ``~ver`` for a removed member (a tombstone keeps versions monotonic if the member comes back).
   ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % INDEX_BUCKETS``.
 - ``rs:r:{b}/{bucket}:{gen}``  hash  on the index node: user -> the member's last request ids (at most
   ``DEDUP_DEPTH``), oldest first, each ``ts|value|score|len|rid`` with ``ts`` in ms since the start of
   generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``.
   ``bucket = h % DEDUP_BUCKETS``. A member's records sit in one generation, the one of its last update
-  with a request id; the hash expires ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle
+  with a request id, which its index entry names (one lookup, not one per generation); the hash expires ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle
   for an hour costs no dedup memory once that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).
   The router names ``rs:r:{b}/{bucket}``; the index script appends the generations it reads and writes.
 - ``rs:m:{b}/``             zset  on each index node: users with a write, move or removal committed
@@ -122,5 +124,6 @@ class IndexEntry:
         """None for an absent or removed member."""
         if raw is None or raw.startswith("~"):
             return None
-        score, version, home, from_, to = raw.split("|", 4)
+        # A sixth field (where the member's request-id records are) is the index script's alone.
+        score, version, home, from_, to = raw.split("|", 5)[:5]
         return cls(user_id, int(score), int(version), home, from_, to)

@@ -1,15 +1,20 @@
 -- Shared by every rankshard script (the loader prepends this file). Formats: see shard_node/_keys.py.
 local MAX_SCORE = 9007199254740991
 
--- An index entry "score|ver|home|from|to"; nil for absent or removed ("~ver").
+-- An index entry "score|ver|home|from|to|rgen"; nil for absent or removed ("~ver"). rgen names the
+-- generation holding the member's request-id records ('' none; see index_apply); entries written before
+-- it existed have five fields: rgen nil, unknown (index_apply then looks in every generation).
 local function parse_entry(raw)
   if not raw or string.sub(raw, 1, 1) == '~' then return nil end
-  local s, v, h, f, t = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  return {score = tonumber(s), ver = tonumber(v), home = h, from = f, to = t}
+  local s, v, h, f, t, g = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)(.*)$')
+  local rgen = nil
+  if g ~= '' then rgen = string.sub(g, 2) end
+  return {score = tonumber(s), ver = tonumber(v), home = h, from = f, to = t, rgen = rgen}
 end
 
 local function format_entry(e)
-  return string.format('%d|%d|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to)
+  if e.rgen == nil then return string.format('%d|%d|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to) end
+  return string.format('%d|%d|%s|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to, e.rgen)
 end
 
 -- A registered version in a versions hash ("ver", or "~ver" after removal), 0 when there is none.

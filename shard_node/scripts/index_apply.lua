@@ -25,6 +25,8 @@ local nb = #bounds
 local first = 5
 -- _keys.py: DEDUP_WINDOW_MS, DEDUP_GEN_MS, DEDUP_DEPTH.
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
+-- An entry names its records' generation mod RGEN_MOD (two digits, not seven; > the window's 13 generations).
+local RGEN_MOD = 100
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gen = math.floor(now / GEN_MS)
@@ -46,17 +48,29 @@ local function load_entry(ik, user)
   if entries[k] == nil then
     local raw = redis.call('HGET', ik, user)
     local e = parse_entry(raw)
-    -- Absent, or removed: a tombstone "~ver" keeps the next incarnation's versions above the old.
-    if e == nil then e = {absent = true, ver = raw and tonumber(string.sub(raw, 2)) or 0} end
+    -- Absent, or removed: a tombstone "~ver" keeps the next incarnation's versions above the old. A
+    -- member never seen has no request-id records; a removed one may (rgen unknown).
+    if e == nil then
+      if raw then e = {absent = true, ver = tonumber(string.sub(raw, 2))} else e = {absent = true, ver = 0, rgen = ''} end
+    end
     entries[k] = e
   end
   return k, entries[k]
 end
--- A member's stored request ids, oldest first: its field in the generations that can still hold
--- records younger than WINDOW_MS (normally one of them has it), recent ones only, the last DEPTH.
-local function load_records(rk, user)
-  local list, holders = {}, {}
-  for g = gen - math.ceil(WINDOW_MS / GEN_MS), gen do
+-- A member's stored request ids, oldest first, recent ones only, the last DEPTH: its field in the
+-- generation its entry names (rgen), or when that is unknown in every generation that can still hold
+-- records younger than WINDOW_MS.
+local function load_records(rk, user, rgen)
+  local list, holders, gens = {}, {}, {}
+  local oldest = gen - math.ceil(WINDOW_MS / GEN_MS)
+  if rgen == nil then
+    for g = oldest, gen do table.insert(gens, g) end
+  elseif rgen ~= '' then
+    -- rgen is the generation mod RGEN_MOD: one generation of the window has that remainder.
+    local g = gen - (gen - tonumber(rgen)) % RGEN_MOD
+    if g >= oldest then gens[1] = g end
+  end
+  for _, g in ipairs(gens) do
     local key = rk .. ':' .. g
     local raw = redis.call('HGET', key, user)
     if raw then
@@ -74,9 +88,9 @@ local function load_records(rk, user)
   while #list > DEPTH do table.remove(list, 1) end
   return {list = list, holders = holders}
 end
-local function find_record(rk, user, rid)
+local function find_record(rk, user, rid, rgen)
   local slot = rk .. '\0' .. user
-  if records[slot] == nil then records[slot] = load_records(rk, user) end
+  if records[slot] == nil then records[slot] = load_records(rk, user, rgen) end
   -- Newest first: records pushed by this call sit at the end of `pushed`.
   local mine = pushed[slot] or {}
   for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
@@ -96,7 +110,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
   local ik, rk = KEYS[2 * i - 1], KEYS[2 * i]
   local k, e = load_entry(ik, user)
   local rec = nil
-  if rid ~= '' then rec = find_record(rk, user, rid) end
+  if rid ~= '' then rec = find_record(rk, user, rid, e.rgen) end
   if blocked[k] or (not e.absent and e.from ~= '' and not fresh[k]) then
     blocked[k] = true
     table.insert(results, {'intent', user, e.score, e.ver, e.home, e.from, e.to})
@@ -125,7 +139,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
         local tgt = target(new)
         if e.absent then
           kind = 'new'
-          e = {score = new, ver = e.ver + 1, home = tgt, from = '', to = ''}
+          e = {score = new, ver = e.ver + 1, home = tgt, from = '', to = '', rgen = e.rgen}
           entries[k] = e
         else
           if fresh[k] then
@@ -140,7 +154,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
       end
       if rid ~= '' then
         local slot = rk .. '\0' .. user
-        if pushed[slot] == nil then pushed[slot] = {}; table.insert(pushed_order, {rk, user, slot}) end
+        if pushed[slot] == nil then pushed[slot] = {}; table.insert(pushed_order, {rk, user, slot, k, ik}) end
         table.insert(pushed[slot], {ts = now, value = value, score = new, rid = rid})
       end
       table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score})
@@ -150,16 +164,11 @@ end
 
 if #aborts > 1 then return aborts end
 if mode == 'check' then return results end
-local moves_key = KEYS[#KEYS]
-for _, w in ipairs(order) do
-  local e = entries[w[3]]
-  redis.call('HSET', w[1], w[2], format_entry(e))
-  redis.call('ZADD', moves_key, now, w[2])
-end
--- Each member's records move to the current generation: older generations' hashes then only hold
--- members idle since, and expire WINDOW_MS after their generation ended.
+-- Each member's records move to the current generation, which its entry then names: older
+-- generations' hashes only hold members idle since, and expire WINDOW_MS after their generation ended.
+local rewrite = {}
 for _, p in ipairs(pushed_order) do
-  local rk, user, slot = p[1], p[2], p[3]
+  local rk, user, slot, k = p[1], p[2], p[3], p[4]
   local all = {}
   for _, rec in ipairs(records[slot].list) do table.insert(all, rec) end
   for _, rec in ipairs(pushed[slot]) do table.insert(all, rec) end
@@ -174,5 +183,17 @@ for _, p in ipairs(pushed_order) do
   end
   redis.call('HSET', key, user, table.concat(parts))
   redis.call('PEXPIREAT', key, base + GEN_MS + WINDOW_MS)
+  local e = entries[k]
+  if e.rgen ~= tostring(gen % RGEN_MOD) then
+    e.rgen = tostring(gen % RGEN_MOD)
+    -- An update that changed nothing (best mode) still moved the records: its entry must say where.
+    if not written[k] then table.insert(rewrite, {p[5], user, k}) end
+  end
 end
+local moves_key = KEYS[#KEYS]
+for _, w in ipairs(order) do
+  redis.call('HSET', w[1], w[2], format_entry(entries[w[3]]))
+  redis.call('ZADD', moves_key, now, w[2])
+end
+for _, w in ipairs(rewrite) do redis.call('HSET', w[1], w[2], format_entry(entries[w[3]])) end
 return results
