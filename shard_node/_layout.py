@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from shard_map import NUM_SLOTS, BoardConfig, NodeUnavailable, Shard, ShardMap, SlotTable, user_hash
 
 from ._client import NodeClient
+from ._forget import Forgets
 from ._keys import descriptor, descriptor_key, index_key, shard_key
 
 
@@ -90,6 +91,8 @@ class Cluster:
         (board, descriptor, shard id): what reads use for the shards of a node that is down or frozen
         (see `_reads._count`). Exact for this router's own writes; writes other routers made to that
         node just before it went down are missing until it is back."""
+        self.forgets = Forgets()
+        """Pending-write marks being cleared in the background (see `_forget`)."""
 
     def node(self, node_id: str) -> NodeClient:
         try:
@@ -103,5 +106,6 @@ class Cluster:
         return self.node(self.slots.node_for(h % NUM_SLOTS)), index_key(board, h)
 
     async def aclose(self) -> None:
+        await self.forgets.drain()
         for client in self.nodes.values():
             await client.aclose()

@@ -13,7 +13,7 @@ from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import StepHook, _step, apply_call, check_fence, finish_move, finish_moves, record_size, shard_node
 from ._reads import rank_after, rank_of_scores
-from ._scripts import INDEX_APPLY, INDEX_FORGET, INDEX_REMOVE
+from ._scripts import INDEX_APPLY, INDEX_REMOVE
 
 _MAX_ROUNDS = 8
 """Index attempts per call: each lost round means another writer's move had to be finished first."""
@@ -82,9 +82,10 @@ async def apply_each(
 async def _finish(
     cluster: Cluster, layout: BoardLayout, committed: list[_Committed], on_step: StepHook | None
 ) -> list[UpdateOutcome]:
-    """Steps 3 to 5 of the write path for committed updates, then their pending-write marks cleared."""
+    """Steps 3 to 5 of the write path for committed updates; their pending-write marks are then cleared
+    in the background."""
     ranks = await _write_shards(cluster, layout, committed, on_step, rank=True) if committed else []
-    await _forget_written(cluster, layout, committed)
+    _forget_written(cluster, layout, committed)
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
 
 
@@ -254,21 +255,16 @@ async def _write_shards(
     return (await rank_of_scores(cluster, layout, scores))[0] if rank else []
 
 
-async def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
-    """Clears the pending-write marks of members whose shard write is done (moves clear their own):
-    one script call per index node."""
+def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
+    """Hands the pending-write marks of members whose shard write is done (moves clear their own) to
+    the background clearing (see `_forget`): the caller's answer does not wait for them."""
     done: dict[str, IndexEntry] = {}
     for c in committed:
         if c.applied and c.entry is not None and not c.entry.moving:
             done[c.entry.user_id] = c.entry
-    by_node: dict[str, tuple[NodeClient, list[str], list[object]]] = {}
     for entry in done.values():
         node, key = cluster.index_of(layout.board, entry.user_id)
-        _, keys, args = by_node.setdefault(node.id, (node, [], []))
-        keys.append(key)
-        args += (entry.user_id, entry.version)
-    moves = moves_key(layout.board)
-    await asyncio.gather(*(node.run(INDEX_FORGET, [*keys, moves], args) for node, keys, args in by_node.values()))
+        cluster.forgets.add(node, layout.board, key, entry.user_id, entry.version)
 
 
 async def _write_groups(
