@@ -48,8 +48,9 @@ class Coalescer(Generic[K, I, R]):
         waiting.append((item, future))
         if self._running.get(key, 0) < self._max_in_flight or len(waiting) >= self._max:
             self._start(key)
-        # Shielded: a caller cancelled by its deadline must not cancel the future the batch will set.
-        return await asyncio.shield(future)
+        # A caller cancelled by its deadline cancels only its own future: the batch runs in its own
+        # task and skips answers nobody waits for.
+        return await future
 
     def _start(self, key: K) -> None:
         waiting = self._waiting.pop(key, [])

@@ -102,7 +102,10 @@ class Cluster:
 
     def index_of(self, board: str, user_id: str) -> tuple[NodeClient, str]:
         """The node owning `user_id`'s index slot, and the key of the hash holding its entry."""
-        h = user_hash(user_id)
+        return self.index_of_hash(board, user_hash(user_id))
+
+    def index_of_hash(self, board: str, h: int) -> tuple[NodeClient, str]:
+        """`index_of` for a user whose `user_hash` is `h`."""
         return self.node(self.slots.node_for(h % NUM_SLOTS)), index_key(board, h)
 
     async def aclose(self) -> None:

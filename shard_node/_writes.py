@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shard_map import OutOfRange, RequestIdConflict, StaleMap, user_hash
+from shard_map import Operator, OutOfRange, RequestIdConflict, StaleMap, user_hash
 
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
@@ -117,18 +117,21 @@ async def _commit(
     A member caught mid-move (another writer's move) holds back only its own updates: that move is
     finished and they are sent again, while the rest of the batch is applied. A refused update (a
     reused request id with another value, an overflow) fails the whole batch before anything is
-    applied (with several index nodes a read-only 'check' round runs first), unless `each`: then it is
-    that update's answer alone (unary calls the router coalesced).
+    applied (with several index nodes a read-only 'check' round runs first, unless no update can be
+    refused: none has a request id and the operator cannot overflow), unless `each`: then it is that
+    update's answer alone (unary calls the router coalesced).
     """
     keys: list[tuple[str, str]] = []
     by_node: dict[str, tuple[NodeClient, list[int]]] = {}
+    board = layout.board
     for i, update in enumerate(updates):
-        node, key = cluster.index_of(layout.board, update.user_id)
-        keys.append((key, dedup_key(layout.board, user_hash(update.user_id))))
+        h = user_hash(update.user_id)
+        node, key = cluster.index_of_hash(board, h)
+        keys.append((key, dedup_key(board, h)))
         by_node.setdefault(node.id, (node, []))[1].append(i)
     todo = {node_id: positions for node_id, (_, positions) in by_node.items()}
     results: list[_Committed | RequestIdConflict | OutOfRange | None] = [None] * len(updates)
-    checked = each or len(by_node) == 1
+    checked = each or len(by_node) == 1 or not _refusable(layout, updates)
     for _ in range(_MAX_ROUNDS):
         mode = "each" if each else "apply" if checked else "check"
         nodes = sorted(todo)
@@ -189,6 +192,12 @@ async def _run_index(
         args += (u.user_id, u.value, u.request_id)
         call_keys += keys[i]
     return await node.run(INDEX_APPLY, [*call_keys, moves_key(layout.board)], args)
+
+
+def _refusable(layout: BoardLayout, updates: Sequence[Update]) -> bool:
+    """Whether the index could refuse one of `updates`: a request id may have been used with another
+    value, an increment may overflow; best and set only ever keep a validated value."""
+    return layout.config.operator is Operator.INCREMENT or any(u.request_id for u in updates)
 
 
 def _refusal(
