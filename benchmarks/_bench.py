@@ -3,9 +3,10 @@ which runs one phase across the load-generator processes and accounts the server
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -89,6 +90,26 @@ class Bench:
             return apb_grpc.AdminStub(channel).GetShardMap(apb.GetShardMapRequest(leaderboard=board), timeout=60)
         finally:
             channel.close()
+
+    def import_members(self, board: str, lines: Iterable[str]) -> float:
+        """Loads `user_id,score` lines into `board` with ``rankshard leaderboards import`` (the bulk path an
+        SRE moving a leaderboard in would use); returns the seconds it took."""
+        assert self.cluster is not None
+        argv = [sys.executable, "-m", "cli", "--control-plane", self.cluster.control_plane,
+                "leaderboards", "import", board, "-"]
+        t0 = time.perf_counter()
+        with (self.workdir / "import.log").open("a") as log:
+            # Its progress lines go to our stderr, next to the bench's own.
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, text=True, encoding="utf-8")
+            assert proc.stdin is not None
+            try:
+                for line in lines:
+                    proc.stdin.write(line)
+                proc.stdin.close()
+            finally:
+                if proc.wait() != 0:
+                    raise RuntimeError(f"importing into {board!r} failed (see above, and {self.workdir / 'import.log'})")
+        return time.perf_counter() - t0
 
     def run_in_pool(self, fn: Callable[..., Any], arg_sets: Sequence[tuple[Any, ...]]) -> list[Any]:
         assert self.pool is not None

@@ -1,6 +1,6 @@
 """Loading members, and the storage baselines: raw redis-py against a node, and a bare sorted set's memory.
 
-`preload` and `raw_baseline` run inside load-generator processes (picklable arguments, JSON results).
+`probe_request_ids` and `raw_baseline` run inside load-generator processes (picklable arguments, JSON results).
 Scores are a pure function of (seed, member index), so the bare sorted set holds exactly the members
 and scores the board was loaded with.
 """
@@ -22,7 +22,7 @@ from ._loadgen import user_id
 from ._model import TrafficModel
 
 CHUNK = 1000
-"""Members per BatchUpdateScores call while preloading (the API's maximum)."""
+"""Members per unit of loading (and of the request-id probe)."""
 _BARE_KEY = "bench:bare-zset"
 _RAW_KEY = "bench:raw-zset"
 
@@ -33,18 +33,14 @@ def chunk_scores(model: TrafficModel, seed: int, start: int) -> list[tuple[str, 
     return [(user_id(i), model.sample_score(rng)) for i in range(start, start + CHUNK)]
 
 
-def preload(address: str, board: str, model: TrafficModel, seed: int, chunks: list[int], probe: bool = False,
-            in_flight: int = 4) -> float:
-    """Writes the given chunks of members through BatchUpdateScores and returns the seconds it took.
-
-    Loading (on an increment board a new member's first delta is its score) sends no request ids. A
-    `probe` instead sends each member a zero delta with a request id, as a game backend's retried-safe
-    call would: the score stays, and the member now holds one request-id record."""
-    return asyncio.run(_preload(address, board, model, seed, chunks, probe, in_flight))
+def probe_request_ids(address: str, board: str, seed: int, chunks: list[int], in_flight: int = 4) -> float:
+    """Sends each member of the given chunks a zero delta with a request id through BatchUpdateScores, as a
+    game backend's retry-safe call would (the score stays, and the member now holds one request-id
+    record); returns the seconds it took."""
+    return asyncio.run(_probe(address, board, seed, chunks, in_flight))
 
 
-async def _preload(address: str, board: str, model: TrafficModel, seed: int, chunks: list[int],
-                   probe: bool, in_flight: int) -> float:
+async def _probe(address: str, board: str, seed: int, chunks: list[int], in_flight: int) -> float:
     started = time.perf_counter()
     queue = list(reversed(chunks))
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 16 << 20)]) as ch:
@@ -53,18 +49,12 @@ async def _preload(address: str, board: str, model: TrafficModel, seed: int, chu
         async def worker() -> None:
             while queue:
                 start = queue.pop()
-                if probe:
-                    # Calls of 100, as a backend reporting matches would send: a request id costs the index
-                    # script a look at each of the member's record generations.
-                    for at in range(start, start + CHUNK, 100):
-                        updates = [pb.ScoreUpdate(user_id=user_id(i), score=0, request_id=f"match-{seed}-{i:012d}")
-                                   for i in range(at, at + 100)]
-                        await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates),
-                                                     timeout=120)
-                    continue
-                updates = [pb.ScoreUpdate(user_id=u, score=s) for u, s in chunk_scores(model, seed, start)]
-                await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates),
-                                             timeout=120)
+                # Calls of 100, as a backend reporting matches would send them.
+                for at in range(start, start + CHUNK, 100):
+                    updates = [pb.ScoreUpdate(user_id=user_id(i), score=0, request_id=f"match-{seed}-{i:012d}")
+                               for i in range(at, at + 100)]
+                    await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates),
+                                                 timeout=120)
 
         await asyncio.gather(*(worker() for _ in range(in_flight)))
     return time.perf_counter() - started

@@ -9,7 +9,7 @@ from typing import Any
 from ._bench import Bench
 from ._capacity import Measured, plan
 from ._model import Profile
-from ._storage import CHUNK, bare_zset_bytes, preload, raw_baseline
+from ._storage import CHUNK, bare_zset_bytes, chunk_scores, probe_request_ids, raw_baseline
 
 SIM_BOARD = "sim"
 SIM_LOAD = 0.6
@@ -67,26 +67,23 @@ def _profile_json(p: Profile) -> dict[str, Any]:
     return out
 
 
-_LOAD_ROUND = 200
-"""Chunks per round of loading: progress is reported after each."""
 DEDUP_PROBE = 100_000
 """Members sent a request id at the end of the memory phase, to measure what a request-id record costs."""
 
 
-def _load(bench: Bench, board: str, start: int, stop: int, probe: bool = False) -> float:
-    """Loads members start..stop-1 (CHUNK-aligned) through BatchUpdateScores from every load generator."""
+def _load(bench: Bench, board: str, start: int, stop: int) -> float:
+    """Loads members start..stop-1 (CHUNK-aligned) with ``rankshard leaderboards import``."""
     p = bench.profile
-    chunks = list(range(start, stop, CHUNK))
-    t0 = time.perf_counter()
-    for r in range(0, len(chunks), _LOAD_ROUND):
-        round_ = chunks[r: r + _LOAD_ROUND]
-        shares = [round_[i:: p.loaders] for i in range(p.loaders)]
-        bench.run_in_pool(preload, [(bench.router_address, board, p.model, bench.seed, s, probe) for s in shares if s])
-        done = min(stop, round_[-1] + CHUNK)
-        if done < stop:
-            took = time.perf_counter() - t0
-            bench.progress(f"  {board}: {done:,} of {stop:,} members ({(done - start) / took:,.0f}/s)")
-    return time.perf_counter() - t0
+    return bench.import_members(board, (f"{u},{s}\n" for at in range(start, stop, CHUNK)
+                                        for u, s in chunk_scores(p.model, bench.seed, at)))
+
+
+def _probe(bench: Bench, board: str, stop: int) -> None:
+    """Members 0..stop-1 (CHUNK-aligned) each get one request-id record, from every load generator."""
+    p = bench.profile
+    chunks = list(range(0, stop, CHUNK))
+    shares = [chunks[i:: p.loaders] for i in range(p.loaders)]
+    bench.run_in_pool(probe_request_ids, [(bench.router_address, board, bench.seed, s) for s in shares if s])
 
 
 def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -101,7 +98,7 @@ def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     loaded, load_seconds, rows = 0, 0.0, []
     for target in sorted(p.memory_at):
         target = -(-target // CHUNK) * CHUNK
-        bench.progress(f"loading board {SIM_BOARD!r} to {target:,} members (BatchUpdateScores of {CHUNK})")
+        bench.progress(f"loading board {SIM_BOARD!r} to {target:,} members (rankshard leaderboards import)")
         load_seconds += _load(bench, SIM_BOARD, loaded, target)
         loaded = target
         used, rss = cluster.used_memory() - base_used, cluster.rss() - base_rss
@@ -112,7 +109,7 @@ def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     probed = min(DEDUP_PROBE, loaded)
     bench.progress(f"request-id records: a zero update with a request id for {probed:,} members")
     before = cluster.used_memory()
-    _load(bench, SIM_BOARD, 0, probed, probe=True)
+    _probe(bench, SIM_BOARD, probed)
     record = (cluster.used_memory() - before) / probed
     share = p.model.active_hour_share
     for row in rows:

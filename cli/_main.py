@@ -10,6 +10,7 @@ from ._bench import bench
 from ._cluster import LocalCluster, wait_for_signal_or_death
 from ._demo import demo
 from ._doctor import check, repair
+from ._import import import_cmd
 from ._manage import leaderboards, nodes, parse_boundaries, shards
 from ._settings import default_data_dir
 
@@ -78,6 +79,7 @@ def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, bou
 
 main.add_command(cluster)
 main.add_command(demo)
+leaderboards.add_command(import_cmd)
 main.add_command(leaderboards)
 main.add_command(shards)
 main.add_command(nodes)

@@ -4,8 +4,8 @@
 -- if its ver is newer than the user's registered version; 'rewrite' (repair, rebuilding a shard from
 -- the authoritative index) also when it equals it, so a member whose shard data was lost while the
 -- register survived comes back.
--- Returns {'stale', actual descriptor} or {'ok', size, c1, c2, ...}: size = the shard's members after
--- the writes, ci = members strictly better than update i's stored score (its rank inside, minus one).
+-- Returns {'stale', actual descriptor} or {'ok', size}: size = the shard's members after the writes
+-- (ranks are counted by shard_count, behind these writes in the same round trip).
 local d = redis.call('GET', KEYS[2])
 if d ~= ARGV[1] then return {'stale', d or ''} end
 local slack = ARGV[2] == 'rewrite' and 1 or 0
@@ -16,8 +16,4 @@ for i = 3, #ARGV, 3 do
     redis.call('HSET', vkey, user, ver)
   end
 end
-local out = {'ok', redis.call('ZCARD', KEYS[1])}
-for i = 3, #ARGV, 3 do
-  table.insert(out, redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[i + 1]))
-end
-return out
+return {'ok', redis.call('ZCARD', KEYS[1])}

@@ -1,0 +1,52 @@
+"""Bulk loading of members new to a board: what `rankshard leaderboards import` runs.
+
+The same end state as their first `UpdateScore` (index entry at version 1, shard member, version
+register), for a fraction of the node work: no request ids, no operator, no check round, so a board of
+millions loads in minutes (moving an existing leaderboard in, sizing a deployment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from shard_map import user_hash
+
+from ._client import NodeClient
+from ._keys import moves_key
+from ._layout import BoardLayout, Cluster
+from ._scripts import INDEX_IMPORT
+from ._writes import _write_groups
+
+
+async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequence[tuple[str, int]]) -> int:
+    """Adds each (user id, score) whose member is not on the board, at that score; returns how many.
+
+    Members on the board already, or removed from it, are left as they are (so a chunk can be sent
+    again after a failure). Validated by the caller: user ids and scores within SPEC's limits.
+    Raises `StaleMap` (a shard moved: reload the map, then send the chunk again; members whose index
+    entry landed but not their shard write are finished by the sweeper), `NodeError`.
+    """
+    board = layout.board
+    by_node: dict[str, tuple[NodeClient, list[str], list[tuple[str, int]]]] = {}
+    for user, score in members:
+        node, key = cluster.index_of_hash(board, user_hash(user))
+        _, keys, mine = by_node.setdefault(node.id, (node, [], []))
+        keys.append(key)
+        mine.append((user, score))
+    nodes = list(by_node.values())
+    homes = await asyncio.gather(*(
+        node.run(INDEX_IMPORT, [*keys, moves_key(board)], [*layout.index_args, *(x for m in mine for x in m)])
+        for node, keys, mine in nodes))
+    by_shard: dict[str, list[object]] = {}
+    added: list[tuple[NodeClient, str, str]] = []
+    for (node, keys, mine), answer in zip(nodes, homes):
+        for key, (user, score), home in zip(keys, mine, answer, strict=True):
+            if home:
+                by_shard.setdefault(str(home), []).extend((user, layout.stored(score), 1))
+                added.append((node, key, user))
+    if by_shard:
+        await _write_groups(cluster, layout, by_shard)
+    for node, key, user in added:
+        cluster.forgets.add(node, board, key, user, 1)
+    return len(added)
