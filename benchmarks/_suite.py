@@ -32,13 +32,15 @@ def run_suite(bench: Bench) -> dict[str, Any]:
         _load(bench, board, 0, p.shard_population)
     result["memory"], result["preload"] = _memory(bench)
 
-    bench.progress("gRPC floor: the echo server")
-    echo = {kind: bench.measure(f"echo {kind}", "echo", "echo", {kind: 1.0}) for kind in ("update", "rank", "batch")}
-    result["echo"] = echo
-    bench.progress("raw storage: one process with redis-py")
+    many = max(p.shard_counts)
+    result["pairs"] = _pairs(bench, cmp_boards[many])
+    bench.progress("gRPC floor (batched) and raw storage one command at a time")
+    middle = {kind: _median_pair(pairs) for kind, pairs in result["pairs"].items()}
+    result["echo"] = {"update": middle["update"]["echo"], "rank": middle["rank"]["echo"],
+                      "batch": bench.measure("echo batch", "echo", "echo", {"batch": 1.0})}
     node = bench.cluster.nodes[0]  # type: ignore[union-attr]
-    result["raw"] = {name: bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, piped)])[0]
-                     for name, piped in (("one_by_one", False), ("pipelined", True))}
+    result["raw"] = {"one_by_one": bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, False)])[0],
+                     "pipelined": middle["batch"]["raw"]}
 
     result["shards"] = {}
     for n, board in cmp_boards.items():
@@ -47,7 +49,6 @@ def run_suite(bench: Bench) -> dict[str, Any]:
             kind: bench.measure(f"{n} shards {kind}", "router", board, {kind: 1.0}, population=p.shard_population)
             for kind in ("update", "rank", "batch")}
 
-    many = max(p.shard_counts)
     result["latency"] = _latency(bench, result["shards"][str(many)], cmp_boards[many])
     result["scaling"] = _scaling(bench, cmp_boards[max(p.shard_counts)])
     result["simulation"] = _simulation(bench)
@@ -59,6 +60,36 @@ def run_suite(bench: Bench) -> dict[str, Any]:
     result["goals"] = goals(result)
     result["seconds"] = time.time() - started
     return result
+
+
+PAIRS = 3
+"""Interleaved baseline/router measurements behind each throughput goal, which is their median ratio:
+a moment of noise on this shared machine then moves one pair, not the figure."""
+
+
+def _pairs(bench: Bench, board: str) -> dict[str, list[dict[str, Any]]]:
+    """PAIRS rounds of: echo then router for UpdateScore and GetRank (calls per server core), raw pipelined
+    redis-py then router for BatchUpdateScores(100) (updates/s); each pair with its ratio."""
+    p = bench.profile
+    node = bench.cluster.nodes[0]  # type: ignore[union-attr]
+    out: dict[str, list[dict[str, Any]]] = {"update": [], "rank": [], "batch": []}
+    for i in range(1, PAIRS + 1):
+        bench.progress(f"side by side, round {i} of {PAIRS}: echo and router (UpdateScore, GetRank), "
+                       "raw redis-py and router (BatchUpdateScores)")
+        for kind in ("update", "rank"):
+            echo = bench.measure(f"echo {kind} ({i})", "echo", "echo", {kind: 1.0})
+            router = bench.measure(f"router {kind} ({i})", "router", board, {kind: 1.0},
+                                   population=p.shard_population)
+            out[kind].append({"echo": echo, "router": router,
+                              "ratio": _ratio(router["calls_per_server_core"], echo["calls_per_server_core"])})
+        raw = bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, True)])[0]
+        router = bench.measure(f"router batch ({i})", "router", board, {"batch": 1.0}, population=p.shard_population)
+        out["batch"].append({"raw": raw, "router": router, "ratio": _ratio(router["items_per_s"], raw["updates_per_s"])})
+    return out
+
+
+def _median_pair(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(pairs, key=lambda pair: pair["ratio"])[len(pairs) // 2]
 
 
 def _profile_json(p: Profile) -> dict[str, Any]:
@@ -185,23 +216,27 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
+def _spread(pairs: list[dict[str, Any]]) -> str:
+    return f"median of {len(pairs)} interleaved pairs: " + ", ".join(f"{p['ratio']:.2f}" for p in pairs)
+
+
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Each goal of the issue as measured/baseline ratio, its target, and whether it was met."""
-    echo, shards, lat = result["echo"], result["shards"], result["latency"]
+    shards, lat = result["shards"], result["latency"]
     counts = sorted(shards, key=int)
     few, many = shards[counts[0]], shards[counts[-1]]
     rows = []
+    pairs = result["pairs"]
     for kind, rpc in (("update", "UpdateScore"), ("rank", "GetRank")):
-        r = _ratio(many[kind]["calls_per_server_core"], echo[kind]["calls_per_server_core"])
-        rows.append({"goal": f"{rpc} calls per router core / echo per core", "value": r, "target": ">= 0.70",
-                     "met": r >= 0.70})
+        r = _median_pair(pairs[kind])["ratio"]
+        rows.append({"goal": f"{rpc} calls per router core / echo per core ({_spread(pairs[kind])})", "value": r,
+                     "target": ">= 0.70", "met": r >= 0.70})
         p99 = _ratio(lat[kind]["router"]["latency"]["p99_ms"], lat[kind]["echo"]["latency"]["p99_ms"])
         rows.append({"goal": f"{rpc} p99 / echo p99 at {lat[kind]['rate']:,.0f}/s", "value": p99, "target": "<= 2.0",
                      "met": p99 <= 2.0})
-    raw = result["raw"]["pipelined"]["updates_per_s"]
-    b = _ratio(many["batch"]["items_per_s"], raw)
-    rows.append({"goal": "BatchUpdateScores(100) updates/s / raw pipelined redis-py", "value": b, "target": ">= 0.80",
-                 "met": b >= 0.80})
+    b = _median_pair(pairs["batch"])["ratio"]
+    rows.append({"goal": f"BatchUpdateScores(100) updates/s / raw pipelined redis-py ({_spread(pairs['batch'])})",
+                 "value": b, "target": ">= 0.80", "met": b >= 0.80})
     for kind in ("update", "rank", "batch"):
         s = _ratio(many[kind]["items_per_s"], few[kind]["items_per_s"])
         rows.append({"goal": f"{kind} throughput, {counts[-1]} shards / {counts[0]}", "value": s,
