@@ -18,6 +18,9 @@ from ._scripts import INDEX_FORGET
 
 log = logging.getLogger("rankshard.forget")
 
+MAX_MARKS = 1000
+"""Marks per INDEX_FORGET call at most."""
+
 
 class Forgets:
     """Marks waiting to be cleared; `drain` waits for every one sent or waiting."""
@@ -38,6 +41,9 @@ class Forgets:
 
     def _start(self, slot: tuple[str, str]) -> None:
         node, keys, args = self._waiting.pop(slot)
+        if len(keys) > MAX_MARKS:  # a backlog (a slow node) goes in several calls, not one long script
+            self._waiting[slot] = (node, keys[MAX_MARKS:], args[2 * MAX_MARKS:])
+            keys, args = keys[:MAX_MARKS], args[: 2 * MAX_MARKS]
         self._running.add(slot)
         task = asyncio.get_running_loop().create_task(self._send(slot, node, keys, args))
         self._tasks.add(task)

@@ -1,0 +1,36 @@
+"""Pending-write marks cleared in the background (`shard_node._forget`), against a real Valkey node."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from shard_node import NodeClient
+from shard_node._forget import MAX_MARKS, Forgets
+from shard_node._keys import moves_key
+
+
+def test_marks_are_cleared_in_calls_of_bounded_size_and_held_ones_stay(node_addresses: list[str]) -> None:
+    address = node_addresses[0]
+    host, port = address.rsplit(":", 1)
+    users = [f"u{i}" for i in range(2 * MAX_MARKS + 500)]
+    with redis.Redis(host=host, port=int(port), decode_responses=True) as r:
+        # Every member written at version 3; the last one has moved on (version 4) since.
+        r.hset("idx", mapping={u: "10|3|s1|||" for u in users[:-1]} | {users[-1]: "10|4|s1|||"})
+        r.zadd(moves_key("b"), {u: 1 for u in users})
+
+        async def main() -> None:
+            node = NodeClient("n1", address)
+            forgets = Forgets()
+            for u in users:
+                forgets.add(node, "b", "idx", u, 3)
+            await forgets.drain()
+            await node.aclose()
+
+        r.config_resetstat()
+        asyncio.run(main())
+        # The newer version's writer owns that mark; every other mark is gone.
+        assert r.zrange(moves_key("b"), 0, -1) == [users[-1]]
+        calls = r.info("commandstats")["cmdstat_evalsha"]["calls"]
+        assert calls >= 1 + len(users) // MAX_MARKS + 1  # the first mark alone, then the rest in calls of MAX_MARKS
