@@ -9,7 +9,7 @@ from typing import IO
 
 import click
 
-from shard_map import ControlPlane, RankshardError, StaleMap, check_score, check_user_id
+from shard_map import ControlPlane, RankshardError, ShardFrozen, StaleMap, check_score, check_user_id
 from shard_node import BoardLayout, connect_cluster, import_members, sweep_board
 
 from ._manage import _name, run
@@ -17,6 +17,8 @@ from ._manage import _name, run
 CHUNK = 1000
 IN_FLIGHT = 4
 """Chunks under way at once: enough to keep both the importer and the nodes busy."""
+ATTEMPTS = 20
+"""Tries per chunk while shards move or are frozen for a migration step (about 10 s of waiting)."""
 
 
 def read_members(stream: IO[str], source: str) -> list[tuple[str, int]]:
@@ -81,13 +83,18 @@ def import_cmd(ctx: click.Context, name: str, source: IO[str]) -> None:
             while queue:
                 at = queue.pop()
                 chunk = members[at: at + CHUNK]
-                while True:
+                for attempt in range(1, ATTEMPTS + 1):
                     try:
                         n = await import_members(cluster, layout, chunk)
                         break
                     except StaleMap:  # a shard moved under the import: the chunk again, on the new map
                         stale = True
                         layout = BoardLayout(await cp.get_board(board), await cp.shard_map(board))
+                    except ShardFrozen:  # a migration step holds the shard for a moment
+                        await asyncio.sleep(0.05 * attempt)
+                else:
+                    raise ShardFrozen("?", f"the shards of {board!r} kept changing under the import; run it again "
+                                           "(members already imported are left as they are)")
                 added, done = added + n, done + len(chunk)  # after the await: other workers count too
                 if time.monotonic() - last_report > 5:
                     last_report = time.monotonic()

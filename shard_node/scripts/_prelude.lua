@@ -23,3 +23,21 @@ local function version_of(raw)
   if string.sub(raw, 1, 1) == '~' then return tonumber(string.sub(raw, 2)) end
   return tonumber(raw)
 end
+
+-- The index scripts' map argument 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending)
+-- as a function from a score to the id of the shard it falls in.
+local function shard_finder(map)
+  local bounds, ids = {}, {}
+  local cuts, names = string.match(map, '^([^|]*)|(.*)$')
+  for b in string.gmatch(cuts, '%S+') do table.insert(bounds, tonumber(b)) end
+  for id in string.gmatch(names, '%S+') do table.insert(ids, id) end
+  local nb = #bounds
+  return function(score)
+    local lo, hi = 1, nb + 1
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if score < bounds[mid] then hi = mid else lo = mid + 1 end
+    end
+    return ids[lo]
+  end
+end

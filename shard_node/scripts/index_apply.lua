@@ -17,11 +17,7 @@
 -- from, to, entry score}, kind 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's),
 -- the rest describe the member's entry after the call.
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local bounds, ids = {}, {}
-local cuts, names = string.match(ARGV[4], '^([^|]*)|(.*)$')
-for b in string.gmatch(cuts, '%S+') do table.insert(bounds, tonumber(b)) end
-for id in string.gmatch(names, '%S+') do table.insert(ids, id) end
-local nb = #bounds
+local target = shard_finder(ARGV[4])
 local first = 5
 -- _keys.py: DEDUP_WINDOW_MS, DEDUP_GEN_MS, DEDUP_DEPTH.
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
@@ -30,15 +26,6 @@ local RGEN_MOD = 100
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gen = math.floor(now / GEN_MS)
-
-local function target(score)
-  local lo, hi = 1, nb + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if score < bounds[mid] then hi = mid else lo = mid + 1 end
-  end
-  return ids[lo]
-end
 
 -- Working state of this call: entries by key..user, request-id records by stem..user.
 local entries, fresh, written, order, blocked = {}, {}, {}, {}, {}

@@ -6,19 +6,7 @@
 -- it is. Each new member gets version 1 in the shard its score falls in, and a pending-write mark
 -- (the sweeper finishes its shard write if the importer dies first). Returns the home shard of each
 -- member, '' for those left alone.
-local bounds, ids = {}, {}
-local cuts, names = string.match(ARGV[1], '^([^|]*)|(.*)$')
-for b in string.gmatch(cuts, '%S+') do table.insert(bounds, tonumber(b)) end
-for id in string.gmatch(names, '%S+') do table.insert(ids, id) end
-local nb = #bounds
-local function target(score)
-  local lo, hi = 1, nb + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if score < bounds[mid] then hi = mid else lo = mid + 1 end
-  end
-  return ids[lo]
-end
+local target = shard_finder(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local moves_key = KEYS[#KEYS]
