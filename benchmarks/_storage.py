@@ -1,8 +1,8 @@
 """Loading members, and the storage baselines: raw redis-py against a node, and a bare sorted set's memory.
 
 `probe_request_ids` and `raw_baseline` run inside load-generator processes (picklable arguments, JSON results).
-Scores are a pure function of (seed, member index), so the bare sorted set holds exactly the members
-and scores the board was loaded with.
+Scores are a pure function of (seed, member index); the bare sorted set is built from the board's own
+shards, so it holds exactly the members and scores the board holds.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import grpc
 import redis
@@ -25,6 +27,8 @@ CHUNK = 1000
 """Members per unit of loading (and of the request-id probe)."""
 _BARE_KEY = "bench:bare-zset"
 _RAW_KEY = "bench:raw-zset"
+_SHARD_KEYS = "rs:z:{board}/*"
+"""A board's shard sorted sets (shard_node/_keys.py: benchmarks see the cluster from outside, as an SRE would)."""
 
 
 def chunk_scores(model: TrafficModel, seed: int, start: int) -> list[tuple[str, int]]:
@@ -60,19 +64,60 @@ async def _probe(address: str, board: str, seed: int, chunks: list[int], in_flig
     return time.perf_counter() - started
 
 
-def bare_zset_bytes(node: redis.Redis, model: TrafficModel, seed: int, members: int) -> dict[str, int]:
-    """used_memory (and RSS) the node needs for one plain sorted set of the first `members` preloaded
-    members with their scores; the key is deleted afterwards."""
-    node.delete(_BARE_KEY)
-    before = node.info("memory")
-    for start in range(0, members, CHUNK):
-        mapping = dict(chunk_scores(model, seed, start)[: members - start])
-        node.zadd(_BARE_KEY, mapping)
-    after = node.info("memory")
-    node.delete(_BARE_KEY)
-    wait_lazy_free(node)
+_COPY_PAGE = """
+local page = redis.call('ZRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + 999, 'WITHSCORES')
+local args = {}
+for i = 1, #page, 2 do args[#args + 1] = page[i + 1]; args[#args + 1] = page[i] end
+if #args > 0 then redis.call('ZADD', KEYS[2], unpack(args)) end
+return #page / 2
+"""
+"""Members start..start+999 of sorted set KEYS[1] into KEYS[2], by ZADD (as a client would add them: a set
+built by ZUNIONSTORE is laid out differently, about 10% bigger)."""
+
+
+def bare_zset_bytes(nodes: list[redis.Redis], board: str) -> dict[str, int]:
+    """used_memory (and RSS) one node needs for one plain sorted set of every member of `board` with its
+    stored score, added by ZADD: the board's shard sets are copied into it on the first node (shards
+    elsewhere are brought there first, DUMP/RESTORE, and are in both readings). The set and the copies
+    are deleted afterwards."""
+    home = nodes[0]
+    sources: list[bytes | str] = []
+    for i, node in enumerate(nodes):
+        for key in node.scan_iter(match=_SHARD_KEYS.format(board=board), count=1000, _type="zset"):
+            if i == 0:
+                sources.append(key)
+            else:
+                sources.append(f"{_BARE_KEY}:copy:{len(sources)}")
+                home.restore(sources[-1], 0, node.dump(key), replace=True)
+    copy_page = home.register_script(_COPY_PAGE)
+    home.delete(_BARE_KEY)
+    with no_aof_rewrite([home]):
+        before = home.info("memory")
+        for key in sources:
+            at = 0
+            while (n := copy_page(keys=[key, _BARE_KEY], args=[at])) > 0:
+                at += n
+        after = home.info("memory")
+    home.delete(_BARE_KEY, *(k for k in sources if isinstance(k, str)))
+    wait_lazy_free(home)
     return {"used_memory": int(after["used_memory"]) - int(before["used_memory"]),
             "rss": int(after["used_memory_rss"]) - int(before["used_memory_rss"])}
+
+
+@contextmanager
+def no_aof_rewrite(nodes: list[redis.Redis], timeout: float = 300.0) -> Iterator[None]:
+    """Inside: no AOF rewrite runs on `nodes` (one under way is waited for first). While a rewrite's child
+    process lives, Valkey puts off growing hash tables, which moves used_memory by about 10%: a memory
+    reading then says more about the moment than about the data."""
+    with ExitStack() as stack:
+        for node in nodes:
+            old = next(iter(node.config_get("auto-aof-rewrite-percentage").values()))
+            node.config_set("auto-aof-rewrite-percentage", 0)
+            stack.callback(node.config_set, "auto-aof-rewrite-percentage", old)
+        deadline = time.monotonic() + timeout
+        while any(int(n.info("persistence")["aof_rewrite_in_progress"]) for n in nodes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield
 
 
 def wait_lazy_free(node: redis.Redis, timeout: float = 120.0) -> None:

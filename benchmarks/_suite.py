@@ -9,7 +9,7 @@ from typing import Any
 from ._bench import Bench
 from ._capacity import Measured, plan
 from ._model import Profile
-from ._storage import CHUNK, bare_zset_bytes, chunk_scores, probe_request_ids, raw_baseline
+from ._storage import CHUNK, bare_zset_bytes, chunk_scores, no_aof_rewrite, probe_request_ids, raw_baseline
 
 SIM_BOARD = "sim"
 SIM_LOAD = 0.6
@@ -128,15 +128,17 @@ def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     last hour (the model's `active_hour_share`: records older than an hour are gone)."""
     p, cluster = bench.profile, bench.cluster
     assert cluster is not None
-    base_used, base_rss = cluster.used_memory(), cluster.rss()
+    with no_aof_rewrite([cluster.node(a) for a in cluster.nodes]):
+        base_used, base_rss = cluster.used_memory(), cluster.rss()
     loaded, load_seconds, rows = 0, 0.0, []
     for target in sorted(p.memory_at):
         target = -(-target // CHUNK) * CHUNK
         bench.progress(f"loading board {SIM_BOARD!r} to {target:,} members (rankshard leaderboards import)")
         load_seconds += _load(bench, SIM_BOARD, loaded, target)
         loaded = target
-        used, rss = cluster.used_memory() - base_used, cluster.rss() - base_rss
-        bare = bare_zset_bytes(cluster.node(cluster.nodes[0]), p.model, bench.seed, target)
+        with no_aof_rewrite([cluster.node(a) for a in cluster.nodes]):
+            used, rss = cluster.used_memory() - base_used, cluster.rss() - base_rss
+        bare = bare_zset_bytes([cluster.node(a) for a in cluster.nodes], SIM_BOARD)
         rows.append({"members": target, "stored_bytes": used, "stored_per_member": used / target,
                      "rss_per_member": rss / target, "bare_zset_per_member": bare["used_memory"] / target,
                      "bare_zset_rss_per_member": bare["rss"] / target})

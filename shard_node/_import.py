@@ -46,7 +46,7 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
                 by_shard.setdefault(str(home), []).extend((user, layout.stored(score), 1))
                 added.append((node, key, user))
     if by_shard:
-        await _write_groups(cluster, layout, by_shard)
+        await _write_groups(cluster, layout, by_shard, mode="new")
     for node, key, user in added:
         cluster.forgets.add(node, board, key, user, 1)
     return len(added)

@@ -106,12 +106,13 @@ async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call:
     return result
 
 
-def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, rewrite: bool = False) -> ScriptCall:
-    """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard; `rewrite` (repair
-    only) also rewrites a member at the version its node has registered."""
+def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, mode: str = "write") -> ScriptCall:
+    """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard. `mode` (see
+    shard_apply.lua): 'write'; 'rewrite' (repair only) also rewrites a member at the version its node
+    has registered; 'new' (import only) writes members at version 1 that have no registered version."""
     users = writes[::3]
     keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in users)]  # type: ignore[arg-type]
-    return SHARD_APPLY, keys, [layout.descriptors[shard_id], "rewrite" if rewrite else "write", *writes]
+    return SHARD_APPLY, keys, [layout.descriptors[shard_id], mode, *writes]
 
 
 def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:

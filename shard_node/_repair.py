@@ -56,7 +56,7 @@ async def repair_board(cluster: Cluster, layout: BoardLayout) -> RepairReport:
         if finding.kind in _FIXED_BY_REWRITE:
             entry = scan.entries[finding.user]  # type: ignore[index]
             args = [entry.user_id, layout.stored(entry.score), entry.version]
-            await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args, rewrite=True))
+            await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args, mode="rewrite"))
             report.members_rewritten += 1
         elif finding.kind in _FIXED_BY_REMOVAL:
             await _remove_copy(cluster, layout, scan.entries.get(finding.user or ""), finding)

@@ -277,15 +277,16 @@ def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Comm
 
 
 async def _write_groups(
-    cluster: Cluster, layout: BoardLayout, by_shard: dict[str, list[object]], scores: Sequence[int] = ()
+    cluster: Cluster, layout: BoardLayout, by_shard: dict[str, list[object]], scores: Sequence[int] = (),
+    mode: str = "write",
 ) -> list[int]:
-    """One SHARD_APPLY per shard, pipelined per node; then the ranks of `scores`, counted behind
-    each node's writes in the same round trip (DESIGN.md read path)."""
+    """One SHARD_APPLY per shard (in `mode`, see `apply_call`), pipelined per node; then the ranks of
+    `scores`, counted behind each node's writes in the same round trip (DESIGN.md read path)."""
     calls: dict[str, list[ScriptCall]] = {}
     shard_ids: dict[str, list[str]] = {}
     for shard_id, args in by_shard.items():
         node_id = shard_node(cluster, layout, shard_id).id
-        calls.setdefault(node_id, []).append(apply_call(layout, shard_id, args))
+        calls.setdefault(node_id, []).append(apply_call(layout, shard_id, args, mode=mode))
         shard_ids.setdefault(node_id, []).append(shard_id)
     if scores:
         ranks, _, answers = await rank_after(cluster, layout, scores, calls)

@@ -17,6 +17,14 @@ local function format_entry(e)
   return string.format('%d|%d|%s|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to, e.rgen)
 end
 
+-- `cmd key args...` for a flat list of arguments in as few calls as Lua allows (unpack takes a few
+-- thousand values at most); one variadic ZADD or ZREM costs far less than one call per member.
+local function call_bulk(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
 -- A registered version in a versions hash ("ver", or "~ver" after removal), 0 when there is none.
 local function version_of(raw)
   if not raw then return 0 end

@@ -177,10 +177,12 @@ for _, p in ipairs(pushed_order) do
     if not written[k] then table.insert(rewrite, {p[5], user, k}) end
   end
 end
-local moves_key = KEYS[#KEYS]
+local marks = {}
 for _, w in ipairs(order) do
   redis.call('HSET', w[1], w[2], format_entry(entries[w[3]]))
-  redis.call('ZADD', moves_key, now, w[2])
+  table.insert(marks, now)
+  table.insert(marks, w[2])
 end
+call_bulk('ZADD', KEYS[#KEYS], marks)
 for _, w in ipairs(rewrite) do redis.call('HSET', w[1], w[2], format_entry(entries[w[3]])) end
 return results

@@ -2,12 +2,12 @@
 -- KEYS[i]: the index hash of user i, the last key: the board's pending-writes zset on this node.
 -- ARGV: (user, ver)... A mark stays when a move is pending or a newer version exists (the writer of
 -- that version owns the mark). Returns how many marks were cleared.
-local cleared = 0
+local done = {}
 for i = 1, #ARGV, 2 do
   local user, ver = ARGV[i], tonumber(ARGV[i + 1])
   local e = parse_entry(redis.call('HGET', KEYS[(i + 1) / 2], user))
-  if not (e and (e.from ~= '' or e.ver > ver)) then
-    cleared = cleared + redis.call('ZREM', KEYS[#KEYS], user)
-  end
+  if not (e and (e.from ~= '' or e.ver > ver)) then table.insert(done, user) end
 end
-return cleared
+local before = redis.call('ZCARD', KEYS[#KEYS])
+call_bulk('ZREM', KEYS[#KEYS], done)
+return before - redis.call('ZCARD', KEYS[#KEYS])
