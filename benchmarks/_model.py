@@ -113,7 +113,7 @@ class Profile:
     router_processes: tuple[int, ...] = (1, 2)
     duration: float = 60.0
     """Seconds of the open-loop traffic simulation."""
-    phase_seconds: float = 6.0
+    phase_seconds: float = 4.0
     """Seconds of each throughput measurement (closed loop) and each latency probe (open loop)."""
     loaders: int = 2
     in_flight: int = 64

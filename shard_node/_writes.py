@@ -145,6 +145,9 @@ async def _commit(
             if answer[0] == "abort":
                 refused = refused or (answer[1], positions)
                 continue
+            if mode == "check":  # its answer holds the intents alone
+                intents.extend(_entry(str(raw[1]), raw[2:]) for raw in answer[1:])
+                continue
             held = []
             for i, raw in zip(positions, answer[1:]):
                 if raw[0] == "intent":
@@ -152,13 +155,12 @@ async def _commit(
                     held.append(i)
                 elif raw[0] == "refused":
                     results[i] = _refusal([1, raw[1]], [0], [updates[i]], False)
-                elif mode != "check":
-                    results[i] = _committed(updates[i].user_id, raw)
-            if mode != "check":
-                if held:
-                    todo[node_id] = held
                 else:
-                    del todo[node_id]
+                    results[i] = _committed(updates[i].user_id, raw)
+            if held:
+                todo[node_id] = held
+            else:
+                del todo[node_id]
         if refused is not None:
             # Judged once every node's answer is in: another node may have committed its share this round.
             committed = [r for r in results if isinstance(r, _Committed)]

@@ -13,9 +13,10 @@
 -- A reused request id with another value, or an overflow: in 'apply' and 'check' mode nothing is
 -- written and {'abort', {i, kind}, ...} comes back (a batch is all or nothing); in 'each' mode (unary
 -- calls coalesced by the router, each its own request) only that update is refused, as {'refused', kind}.
--- Otherwise {'ok', result per update}, nothing written in 'check' mode: {kind, score, ver, applied, home,
--- from, to, entry score}, kind 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's),
--- the rest describe the member's entry after the call.
+-- Otherwise {'ok', result per update}: {kind, score, ver, applied, home, from, to, entry score}, kind
+-- 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
+-- member's entry after the call. In 'check' mode nothing is written and only the intents come back,
+-- {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local target = shard_finder(ARGV[4])
 local first = 5
@@ -104,7 +105,8 @@ for i = 1, (#ARGV - first + 1) / 3 do
   elseif rec and rec.value ~= value then
     refuse(i, 'conflict')
   elseif rec then
-    if e.absent then
+    if mode == 'check' then
+    elseif e.absent then
       table.insert(results, {'dup', rec.score, 0, 0, '', '', '', 0})
     else
       table.insert(results, {'dup', rec.score, e.ver, 0, e.home, e.from, e.to, e.score})
@@ -144,7 +146,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
         if pushed[slot] == nil then pushed[slot] = {}; table.insert(pushed_order, {rk, user, slot, k, ik}) end
         table.insert(pushed[slot], {ts = now, value = value, score = new, rid = rid})
       end
-      table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score})
+      if mode ~= 'check' then table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}) end
     end
   end
 end
