@@ -59,14 +59,15 @@ class NodeClient:
         if connection is not None:
             connection.close(ConnectionResetError, "client closed")
 
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Runs one script; raises `NodeUnavailable`."""
-        return (await self.run_many([(script, keys, args)]))[0]
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, lazy: bool = False) -> Any:
+        """Runs one script; raises `NodeUnavailable`. `lazy`: housekeeping, it may wait a moment to
+        share a write with other commands (see `NodeConnection.send`)."""
+        return (await self.run_many([(script, keys, args)], lazy=lazy))[0]
 
-    async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_many(self, calls: Sequence[ScriptCall], *, lazy: bool = False) -> list[Any]:
         """Runs scripts in one pipelined round trip, results in order; raises `NodeUnavailable`."""
         self._check_up()
-        results = await self._evalsha(calls)
+        results = await self._evalsha(calls, lazy)
         missing = [i for i, r in enumerate(results) if isinstance(r, ReplyError) and r.code == "NOSCRIPT"]
         if missing:
             await self.load_scripts()
@@ -101,23 +102,23 @@ class NodeClient:
     async def load_scripts(self) -> None:
         await self.commands([("SCRIPT", "LOAD", s.source) for s in ALL])
 
-    async def _evalsha(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def _evalsha(self, calls: Sequence[ScriptCall], lazy: bool = False) -> list[Any]:
         """One reply per call: a value, or a `ReplyError` value for a call the node refused."""
         if not calls:
             return []
         payload = b"".join(pack_command(("EVALSHA", s.sha, len(k), *k, *a)) for s, k, a in calls)
-        replies = await self._send(payload, len(calls))
+        replies = await self._send(payload, len(calls), lazy)
         for reply in replies:
             if isinstance(reply, ReplyError):
                 self._check_serving(reply)
         return replies
 
-    async def _send(self, payload: bytes, replies: int) -> Any:
+    async def _send(self, payload: bytes, replies: int, lazy: bool = False) -> Any:
         connection = self._connection
         try:
             if connection is None or not connection.is_open:
                 connection = await self._connect()
-            return await connection.send(payload, replies)
+            return await connection.send(payload, replies, lazy=lazy)
         except OSError as exc:  # ConnectionError, TimeoutError, refused, unreachable
             raise self._went_down(exc) from exc
 

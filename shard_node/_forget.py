@@ -51,7 +51,7 @@ class Forgets:
 
     async def _send(self, slot: tuple[str, str], node: NodeClient, keys: list[str], args: list[object]) -> None:
         try:
-            await node.run(INDEX_FORGET, [*keys, moves_key(slot[1])], args)
+            await node.run(INDEX_FORGET, [*keys, moves_key(slot[1])], args, lazy=True)
         except Exception as exc:  # the marks stay; the sweeper finishes them
             log.debug("clearing %d pending-write marks on %s failed: %s", len(keys), node.id, exc)
         finally:

@@ -38,6 +38,12 @@ class ReplyError(Exception):
         super().__init__(rest if code in _REDIS_CODES else reply)
 
 
+LAZY_FLUSH = 0.002
+"""Seconds a lazy payload waits at most for another to leave with. On a loaded router the next command
+to the node comes sooner, and each write saved is a system call plus a wake-up of the node (measured
+here: about 20 µs of router CPU per write, and 140 µs of wall time, as the node takes the core)."""
+
+
 class NodeConnection(asyncio.Protocol):
     """One connection to a node. Open with `open`; `send` never blocks; `close` fails what is waiting."""
 
@@ -50,6 +56,8 @@ class NodeConnection(asyncio.Protocol):
         self._pending: deque[tuple[asyncio.Future[Any], int, float]] = deque()
         self._replies: list[Any] = []  # the head entry's replies so far, when it wants more than one
         self._out: list[bytes] = []
+        self._flush_soon = False  # a `_flush` is scheduled for this loop iteration
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.is_open = False
 
@@ -61,10 +69,11 @@ class NodeConnection(asyncio.Protocol):
             _, protocol = await loop.create_connection(lambda: cls(timeout), host, port)
         return protocol
 
-    def send(self, payload: bytes, replies: int = 0) -> asyncio.Future[Any]:
+    def send(self, payload: bytes, replies: int = 0, *, lazy: bool = False) -> asyncio.Future[Any]:
         """Queues `payload`: one encoded command (``replies=0``), whose reply is the future's result, or
         `replies` (at least 1) commands, whose list of replies is. The future fails as the module
-        docstring says."""
+        docstring says. A `lazy` payload (housekeeping nobody waits on) leaves with the next one that
+        is not, or after LAZY_FLUSH seconds, whichever comes first."""
         future = self._loop.create_future()
         if not self.is_open:
             future.set_exception(ConnectionResetError("connection closed"))
@@ -73,11 +82,16 @@ class NodeConnection(asyncio.Protocol):
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(deadline, self._check_deadline)
         self._pending.append((future, replies, deadline))
-        if not self._out:
+        self._out.append(payload)
+        if self._flush_soon:
+            pass
+        elif not lazy:
             # Written once this loop iteration's callers have all queued theirs: one system call for
             # all of them (measured: 1.5-1.8x the commands/s of writing each at once).
+            self._flush_soon = True
             self._loop.call_soon(self._flush)
-        self._out.append(payload)
+        elif self._lazy_timer is None:
+            self._lazy_timer = self._loop.call_later(LAZY_FLUSH, self._flush)
         return future
 
     def close(
@@ -90,6 +104,9 @@ class NodeConnection(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         self._out.clear()
         pending, self._pending = self._pending, deque()
         self._replies = []
@@ -137,6 +154,10 @@ class NodeConnection(asyncio.Protocol):
     # ---- internals ----
 
     def _flush(self) -> None:
+        self._flush_soon = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         if self.is_open and self._out:
             assert self._transport is not None
             self._transport.write(b"".join(self._out))

@@ -285,3 +285,32 @@ def test_an_unreadable_reply_stream_closes_the_connection_and_fails_every_waitin
                     await node.command("PING")
 
     asyncio.run(main())
+
+
+def test_a_lazy_command_leaves_with_the_next_one_or_on_its_own_soon_after(node_addresses: list[str]) -> None:
+    # The pending-write marks' clearing is sent lazily: it must share a write with real traffic when
+    # there is some (one system call instead of two), keep its place in the reply order, and still
+    # leave alone when nothing follows it.
+    host, port = node_addresses[0].rsplit(":", 1)
+
+    async def main() -> None:
+        connection = await NodeConnection.open(host, int(port), 5)
+        writes: list[bytes] = []
+        transport = connection._transport
+        assert transport is not None
+        real_write = transport.write
+        transport.write = lambda data: (writes.append(data), real_write(data))[1]  # type: ignore[method-assign]
+
+        lazy = connection.send(pack_command(("ECHO", "lazy")), lazy=True)
+        await asyncio.sleep(0)  # an iteration passes: a plain command would have left by now
+        assert writes == []
+        eager = connection.send(pack_command(("ECHO", "eager")))
+        assert await asyncio.gather(lazy, eager) == ["lazy", "eager"]
+        assert len(writes) == 1  # both in one write
+
+        alone = connection.send(pack_command(("ECHO", "alone")), lazy=True)
+        assert await asyncio.wait_for(alone, 1) == "alone"
+        assert len(writes) == 2
+        connection.close()
+
+    asyncio.run(main())
