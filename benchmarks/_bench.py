@@ -27,8 +27,13 @@ _START_MARGIN = 0.4
 """Seconds between handing a phase to the load generators and its start, so all start together."""
 
 
+_STARTED = time.monotonic()
+
+
 def print_progress(message: str) -> None:
-    print(f"rankshard bench: {message}", file=sys.stderr, flush=True)
+    """One progress line on stderr, with the minutes and seconds since the run began."""
+    minutes, seconds = divmod(int(time.monotonic() - _STARTED), 60)
+    print(f"rankshard bench [{minutes}:{seconds:02d}]: {message}", file=sys.stderr, flush=True)
 
 
 class Bench:
