@@ -50,7 +50,7 @@ def run_suite(bench: Bench) -> dict[str, Any]:
     result["raw"] = {"one_by_one": bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, False)])[0],
                      "pipelined": _median(rounds["batch"], "baseline", "updates_per_s")}
 
-    result["latency"] = _latency(bench, result["shards"][str(many)], cmp_boards[many])
+    result["latency"] = _latency(bench, cmp_boards[many])
     result["scaling"] = _scaling(bench, cmp_boards[max(p.shard_counts)])
     result["simulation"] = _simulation(bench)
     shard_map = bench.shard_map(SIM_BOARD)
@@ -160,15 +160,18 @@ def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                   "active_hour_share": share}
 
 
-def _latency(bench: Bench, router: dict[str, Any], board: str) -> dict[str, Any]:
-    """p99 of echo and router at the same open-loop load: 70% of the router's closed-loop rate (busy, not
-    overloaded), so the difference is what the router adds to a call's latency, not queueing."""
+def _latency(bench: Bench, board: str) -> dict[str, Any]:
+    """p99 of echo and router at the same open-loop load: 70% of the router's closed-loop rate measured
+    right before (busy, not overloaded: a rate from minutes earlier can be past what a slower moment of
+    this shared machine serves, and then the probe measures a queue), so the difference is what the
+    router adds to a call's latency."""
     out = {}
+    pop = bench.profile.shard_population
     for kind in ("update", "rank"):
-        rate = LATENCY_LOAD * router[kind]["calls_per_s"]
-        bench.progress(f"latency at {rate:,.0f} {kind} calls/s (70% of the router's rate), echo then router")
-        pop = bench.profile.shard_population
-        out[kind] = {"rate": rate,
+        bench.progress(f"latency of {kind} calls: the router's rate now, then 70% of it open loop, echo then router")
+        capacity = bench.measure(f"router {kind} capacity", "router", board, {kind: 1.0}, population=pop)
+        rate = LATENCY_LOAD * capacity["calls_per_s"]
+        out[kind] = {"rate": rate, "capacity": capacity,
                      "echo": bench.measure(f"echo {kind} open", "echo", "echo", {kind: 1.0}, rate=rate),
                      "router": bench.measure(f"router {kind} open", "router", board, {kind: 1.0}, rate=rate,
                                              population=pop)}
