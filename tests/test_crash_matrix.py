@@ -157,9 +157,12 @@ def test_a_router_killed_at_any_step_of_a_crossing_loses_nothing(
         assert doomed.wait_exit(15) == -9, "the router did not SIGKILL itself at the crash point"
         calls_at_crash = load.calls
 
-        # Before anyone heals it: the move is pending unless the router died after its last step.
+        # Before anyone heals it: the move is pending unless the router died after its last step. The
+        # load keeps writing meanwhile, so a rank served after check's scan may differ from the scan's
+        # sorted list (SPEC promises equal ranks only with no writes in flight): rank findings say
+        # nothing here (they are checked once the load has stopped, below).
         _, found = _findings(control_plane_dsn)
-        victim_kinds = {f["kind"] for f in found if f["user"] == VICTIM}
+        victim_kinds = {f["kind"] for f in found if f["user"] == VICTIM and f["kind"] != "rank"}
         assert victim_kinds == (set() if step == "intent_cleared" else {"pending-move"}), found
 
         restarted = opened.router(port=doomed.port, sweep_interval=0.1,
