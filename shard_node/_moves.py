@@ -15,7 +15,8 @@ A crash between any two steps leaves the intent in the index, and the next write
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 
 from shard_map import ShardFrozen, StaleMap, user_hash
 
@@ -43,26 +44,37 @@ async def finish_move(
     await finish_moves(cluster, layout, [entry], on_step)
 
 
+RunCalls = Callable[[dict[str, list[ScriptCall]]], Awaitable[dict[str, list[object]]]]
+"""Runs calls per node id in one round trip and answers them per node id, in order."""
+
+
 async def finish_moves(
-    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], on_step: StepHook | None = None
+    cluster: Cluster,
+    layout: BoardLayout,
+    entries: Sequence[IndexEntry],
+    on_step: StepHook | None = None,
+    *,
+    removals: RunCalls | None = None,
 ) -> None:
     """Carries the pending moves of `entries` (distinct members) to the end together: each of the
     four steps for all of them at once, one pipelined round trip per node, before the next step.
-    Raises `NodeError` subclasses; moves a failed step left are rolled forward like any other."""
+    `removals`, when given, runs step 3's calls in place of a plain pipelined round trip (the writer's
+    chance to count ranks right behind them). Raises `NodeError` subclasses; moves a failed step left
+    are rolled forward like any other."""
     moving = [e for e in entries if e.to]
     if moving:
         await _shard_step(cluster, layout, moving, "to")
         _step(on_step, "destination_written")
         await _index_step(cluster, layout, moving, "home")
         _step(on_step, "home_switched")
-    await _shard_step(cluster, layout, entries, "from")
+    await _shard_step(cluster, layout, entries, "from", removals)
     _step(on_step, "source_removed")
     await _index_step(cluster, layout, entries, "done")
     _step(on_step, "intent_cleared")
 
 
 async def _shard_step(
-    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], side: str
+    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], side: str, run_calls: RunCalls | None = None
 ) -> None:
     """Step 1 (`side` 'to': write the destinations) or step 3 ('from': remove from the sources)."""
     by_shard: dict[str, list[object]] = {}
@@ -76,13 +88,20 @@ async def _shard_step(
         call = apply_call(layout, shard_id, args) if side == "to" else remove_call(layout, shard_id, args)
         by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
 
-    async def run(node_id: str, calls: list[tuple[str, ScriptCall]]) -> None:
+    if run_calls is None:
+        run_calls = functools.partial(_run_per_node, cluster)
+    answers = await run_calls({n: [c for _, c in calls] for n, calls in by_node.items()})
+    for node_id, calls in by_node.items():
         node = cluster.node(node_id)
-        for (shard_id, _), result in zip(calls, await node.run_many([c for _, c in calls])):
-            check_fence(node, layout, shard_id, result)
-            record_size(cluster, layout, shard_id, result)
+        for (shard_id, _), result in zip(calls, answers[node_id], strict=True):
+            check_fence(node, layout, shard_id, result)  # type: ignore[arg-type]
+            record_size(cluster, layout, shard_id, result)  # type: ignore[arg-type]
 
-    await asyncio.gather(*(run(n, calls) for n, calls in by_node.items()))
+
+async def _run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
+    node_ids = list(calls)
+    answers = await asyncio.gather(*(cluster.node(n).run_many(calls[n]) for n in node_ids))
+    return dict(zip(node_ids, answers))
 
 
 async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: str) -> None:

@@ -12,7 +12,7 @@ from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import StepHook, _step, apply_call, check_fence, finish_move, finish_moves, record_size, shard_node
-from ._reads import rank_after, rank_of_scores
+from ._reads import rank_after
 from ._scripts import INDEX_APPLY, INDEX_REMOVE
 
 _MAX_ROUNDS = 8
@@ -259,11 +259,21 @@ async def _write_shards(
     scores = [c.score for c in committed]
     if rank and not moves:
         return await _write_groups(cluster, layout, by_shard, scores)
+    ranks: list[int] = []
+
+    async def remove_then_count(calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
+        # Step 3 is the moves' last shard change, and the writes without a crossing were queued before
+        # it on the same connections (one per node, run in order; gather starts those writes first):
+        # counted behind it, every shard holds this call's final state, one round trip sooner.
+        nonlocal ranks
+        ranks, _, answers = await rank_after(cluster, layout, scores, calls)
+        return answers
+
     await asyncio.gather(
         _write_groups(cluster, layout, by_shard),
-        finish_moves(cluster, layout, moves, on_step),
+        finish_moves(cluster, layout, moves, on_step, removals=remove_then_count if rank else None),
     )
-    return (await rank_of_scores(cluster, layout, scores))[0] if rank else []
+    return ranks
 
 
 def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
