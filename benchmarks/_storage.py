@@ -114,9 +114,7 @@ def no_aof_rewrite(nodes: list[redis.Redis], timeout: float = 300.0) -> Iterator
             old = next(iter(node.config_get("auto-aof-rewrite-percentage").values()))
             node.config_set("auto-aof-rewrite-percentage", 0)
             stack.callback(node.config_set, "auto-aof-rewrite-percentage", old)
-        deadline = time.monotonic() + timeout
-        while any(int(n.info("persistence")["aof_rewrite_in_progress"]) for n in nodes) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_no_rewrite(nodes, timeout)
         yield
 
 
@@ -130,6 +128,11 @@ def compact_aof(nodes: list[redis.Redis], timeout: float = 600.0) -> None:
                 node.bgrewriteaof()
             except redis.ResponseError:
                 pass  # one is under way already
+    _wait_no_rewrite(nodes, timeout)
+
+
+def _wait_no_rewrite(nodes: list[redis.Redis], timeout: float) -> None:
+    """Waits (at most `timeout` seconds) until no node has an AOF rewrite running or scheduled."""
     deadline = time.monotonic() + timeout
 
     def busy(node: redis.Redis) -> bool:
@@ -137,7 +140,7 @@ def compact_aof(nodes: list[redis.Redis], timeout: float = 600.0) -> None:
         return bool(int(info["aof_rewrite_in_progress"]) or int(info.get("aof_rewrite_scheduled", 0)))
 
     while any(busy(n) for n in nodes) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def wait_lazy_free(node: redis.Redis, timeout: float = 120.0) -> None:

@@ -89,7 +89,7 @@ async def _shard_step(
         by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
 
     if run_calls is None:
-        run_calls = functools.partial(_run_per_node, cluster)
+        run_calls = functools.partial(run_per_node, cluster)
     answers = await run_calls({n: [c for _, c in calls] for n, calls in by_node.items()})
     for node_id, calls in by_node.items():
         node = cluster.node(node_id)
@@ -98,7 +98,8 @@ async def _shard_step(
             record_size(cluster, layout, shard_id, result)  # type: ignore[arg-type]
 
 
-async def _run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
+async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
+    """Each node's calls in one pipelined round trip, all nodes at once; answers per node id, in order."""
     node_ids = list(calls)
     answers = await asyncio.gather(*(cluster.node(n).run_many(calls[n]) for n in node_ids))
     return dict(zip(node_ids, answers))

@@ -11,7 +11,17 @@ from shard_map import Operator, OutOfRange, RequestIdConflict, StaleMap, user_ha
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, apply_call, check_fence, finish_move, finish_moves, record_size, shard_node
+from ._moves import (
+    StepHook,
+    _step,
+    apply_call,
+    check_fence,
+    finish_move,
+    finish_moves,
+    record_size,
+    run_per_node,
+    shard_node,
+)
 from ._reads import rank_after
 from ._scripts import INDEX_APPLY, INDEX_REMOVE
 
@@ -304,8 +314,7 @@ async def _write_groups(
         ranks, _, answers = await rank_after(cluster, layout, scores, calls)
     else:
         ranks = []
-        node_ids = list(calls)
-        answers = dict(zip(node_ids, await asyncio.gather(*(cluster.node(n).run_many(calls[n]) for n in node_ids))))
+        answers = await run_per_node(cluster, calls)
     for node_id, shards in shard_ids.items():
         node = cluster.node(node_id)
         for shard_id, result in zip(shards, answers[node_id]):
