@@ -4,11 +4,13 @@ stored data is rearranged on the nodes to stand for states that otherwise take m
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import redis
 
 from shard_map import user_hash
-from shard_node._keys import DEDUP_GEN_MS, dedup_key, index_key
+from shard_node._keys import DEDUP_DEPTH, DEDUP_GEN_MS, DEDUP_WINDOW_MS, dedup_key, index_key
 
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -88,4 +90,41 @@ def test_an_update_that_changes_nothing_still_records_where_its_request_id_went(
     assert _conflicts(client, "best", "u", 60, "r1")
     assert _conflicts(client, "best", "u", 60, "r2")
     assert _update(client, "best", "u", 10, "r2") == (50, False)
+    node.close()
+
+
+def _stored_ids(stored: str) -> list[str]:
+    """The request ids of a stored record list (``ts|value|score|len|rid``..., see _keys.py), oldest first."""
+    ids, pos = [], 0
+    while pos < len(stored):
+        head = re.compile(r"-?\d+\|[^|]*\|[^|]*\|(\d+)\|").match(stored, pos)
+        assert head, stored[pos:]
+        ids.append(stored[head.end(): head.end() + int(head.group(1))])
+        pos = head.end() + int(head.group(1))
+    return ids
+
+
+def test_a_member_keeps_its_last_ids_and_none_older_than_the_window(client, node_addresses):
+    client.create("keep")
+    for i in range(20):
+        assert _update(client, "keep", "u", 1, f"r{i}") == (i + 1, True)
+    node, _ = _index_node(node_addresses, "keep", "u")
+    gen, stored = _records(node, "keep", "u")
+    last = [f"r{i}" for i in range(20 - DEDUP_DEPTH, 20)]
+    assert _stored_ids(stored) == last  # dedup memory stays bounded, however busy the member
+    for i in range(20 - DEDUP_DEPTH, 20):
+        assert _update(client, "keep", "u", 1, f"r{i}") == (i + 1, False)
+    node.close()
+
+    # Records moved in from older generations stay in the current one's hash: one older than the window
+    # there is no longer recognised, and is dropped at the next write, whichever id that write carries.
+    assert _update(client, "keep", "v", 1, "v1") == (1, True)
+    node, _ = _index_node(node_addresses, "keep", "v")
+    stem = dedup_key("keep", user_hash("v"))
+    for old, rid, score in (("ancient", "ancient", 5), ("older", "v2", 6)):
+        gen, stored = _records(node, "keep", "v")
+        node.hset(f"{stem}:{gen}", "v", f"{-DEDUP_WINDOW_MS - 1}|1|0|{len(old)}|{old}{stored}")
+        assert _update(client, "keep", "v", 1 if rid == "v2" else 4, rid) == (score, True)
+    assert _stored_ids(_records(node, "keep", "v")[1]) == ["v1", "ancient", "v2"]
+    assert _update(client, "keep", "v", 4, "ancient") == (5, False)
     node.close()

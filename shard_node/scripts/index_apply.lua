@@ -45,11 +45,12 @@ local function load_entry(ik, user)
   end
   return k, entries[k]
 end
--- A member's stored request ids, oldest first, recent ones only, the last DEPTH: its field in the
--- generation its entry names (rgen), or when that is unknown in every generation that can still hold
--- records younger than WINDOW_MS.
+-- A member's stored request ids, as stored: its field in the generation its entry names (rgen), or when
+-- that is unknown in every generation that can still hold records younger than WINDOW_MS. Parsed only
+-- when needed (`parse_records`): most updates carry an id never seen, and a plain search of the stored
+-- bytes for '|len|rid' (how a record ends) proves that without parsing.
 local function load_records(rk, user, rgen)
-  local list, holders, gens = {}, {}, {}
+  local found, gens = {}, {}
   local oldest = gen - math.ceil(WINDOW_MS / GEN_MS)
   if rgen == nil then
     for g = oldest, gen do table.insert(gens, g) end
@@ -61,20 +62,38 @@ local function load_records(rk, user, rgen)
   for _, g in ipairs(gens) do
     local key = rk .. ':' .. g
     local raw = redis.call('HGET', key, user)
-    if raw then
-      table.insert(holders, key)
-      local pos, base = 1, g * GEN_MS
-      while pos <= #raw do
-        local ts, v, s, n, at = string.match(raw, '^(-?%d+)|([^|]*)|([^|]*)|(%d+)|()', pos)
-        local r = string.sub(raw, at, at + tonumber(n) - 1)
-        pos = at + tonumber(n)
-        ts = base + tonumber(ts)
-        if ts >= now - WINDOW_MS then table.insert(list, {ts = ts, value = v, score = tonumber(s), rid = r}) end
-      end
+    if raw then table.insert(found, {key = key, g = g, raw = raw}) end
+  end
+  return {found = found}
+end
+-- The records of `found` younger than WINDOW_MS, oldest first, the last DEPTH.
+local function parse_records(found)
+  local list = {}
+  for _, f in ipairs(found) do
+    local raw, pos, base = f.raw, 1, f.g * GEN_MS
+    while pos <= #raw do
+      local ts, v, s, n, at = string.match(raw, '^(-?%d+)|([^|]*)|([^|]*)|(%d+)|()', pos)
+      local r = string.sub(raw, at, at + tonumber(n) - 1)
+      pos = at + tonumber(n)
+      ts = base + tonumber(ts)
+      if ts >= now - WINDOW_MS then table.insert(list, {ts = ts, value = v, score = tonumber(s), rid = r}) end
     end
   end
   while #list > DEPTH do table.remove(list, 1) end
-  return {list = list, holders = holders}
+  return list
+end
+-- The stored form of the last `keep` records of `raw` (records of the current generation: their times
+-- need no rebasing) younger than WINDOW_MS, cut out as they are: what `parse_records` would keep,
+-- without parsing or formatting them again.
+local function recent_tail(raw, keep)
+  local pieces, pos, base = {}, 1, gen * GEN_MS
+  while pos <= #raw do
+    local _, e, ts, n = string.find(raw, '^(-?%d+)|[^|]*|[^|]*|(%d+)|', pos)
+    local stop = e + tonumber(n)
+    if base + tonumber(ts) >= now - WINDOW_MS then table.insert(pieces, string.sub(raw, pos, stop)) end
+    pos = stop + 1
+  end
+  return table.concat(pieces, '', math.max(1, #pieces - keep + 1))
 end
 local function find_record(rk, user, rid, rgen)
   local slot = rk .. '\0' .. user
@@ -82,7 +101,16 @@ local function find_record(rk, user, rid, rgen)
   -- Newest first: records pushed by this call sit at the end of `pushed`.
   local mine = pushed[slot] or {}
   for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
-  for _, rec in ipairs(records[slot].list) do
+  local stored = records[slot]
+  if stored.list == nil then
+    local needle, seen = '|' .. #rid .. '|' .. rid, false
+    for _, f in ipairs(stored.found) do
+      if string.find(f.raw, needle, 1, true) then seen = true; break end
+    end
+    if not seen then return nil end
+    stored.list = parse_records(stored.found)
+  end
+  for _, rec in ipairs(stored.list) do
     if rec.rid == rid then return rec end
   end
   return nil
@@ -156,19 +184,26 @@ if mode == 'check' then return results end
 -- Each member's records move to the current generation, which its entry then names: older
 -- generations' hashes only hold members idle since, and expire WINDOW_MS after their generation ended.
 local rewrite = {}
+local function format_record(rec, base)
+  return string.format('%d|%s|%d|%d|%s', rec.ts - base, rec.value, rec.score, #rec.rid, rec.rid)
+end
 for _, p in ipairs(pushed_order) do
   local rk, user, slot, k = p[1], p[2], p[3], p[4]
-  local all = {}
-  for _, rec in ipairs(records[slot].list) do table.insert(all, rec) end
-  for _, rec in ipairs(pushed[slot]) do table.insert(all, rec) end
-  local parts, base = {}, gen * GEN_MS
-  for j = math.max(1, #all - DEPTH + 1), #all do
-    local rec = all[j]
-    table.insert(parts, string.format('%d|%s|%d|%d|%s', rec.ts - base, rec.value, rec.score, #rec.rid, rec.rid))
+  local stored, mine, key, base = records[slot], pushed[slot], rk .. ':' .. gen, gen * GEN_MS
+  local found, parts = stored.found, {}
+  if stored.list == nil and (#found == 0 or (#found == 1 and found[1].g == gen)) then
+    -- The usual case: at most the current generation's records, unparsed; keep their tail as stored.
+    if #found == 1 and #mine < DEPTH then table.insert(parts, recent_tail(found[1].raw, DEPTH - #mine)) end
+    for j = math.max(1, #mine - DEPTH + 1), #mine do table.insert(parts, format_record(mine[j], base)) end
+  else
+    stored.list = stored.list or parse_records(found)
+    local all = {}
+    for _, rec in ipairs(stored.list) do table.insert(all, rec) end
+    for _, rec in ipairs(mine) do table.insert(all, rec) end
+    for j = math.max(1, #all - DEPTH + 1), #all do table.insert(parts, format_record(all[j], base)) end
   end
-  local key = rk .. ':' .. gen
-  for _, holder in ipairs(records[slot].holders) do
-    if holder ~= key then redis.call('HDEL', holder, user) end
+  for _, f in ipairs(found) do
+    if f.key ~= key then redis.call('HDEL', f.key, user) end
   end
   redis.call('HSET', key, user, table.concat(parts))
   redis.call('PEXPIREAT', key, base + GEN_MS + WINDOW_MS)
