@@ -122,7 +122,9 @@ def markdown(result: dict[str, Any]) -> str:
         "## Memory per member\n\n" + "\n".join(mem)
         + f"\n\nStored: index, shard and version registers. A request-id record costs "
         f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for an hour "
-        f"hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s with `rankshard leaderboards import`.",
+        f"hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s with `rankshard leaderboards import` "
+        "(append-only files on, as deployed)" + (f", then filled to {pre['filled_to']:,} with it, append-only files paused."
+                                                  if pre["filled_to"] > pre["members"] else "."),
         "## Router processes on one port\n\n" + "\n".join(scale),
         f"## Traffic simulation\n\n{run['seconds']:.0f} s open loop at {run['offered_per_s']:,.0f} calls/s "
         f"({sim['scale']:.2e} of the full-scale peak; {SIM_SHARE_NOTE}), completed {run['calls_per_s']:,.0f}/s, "
