@@ -106,14 +106,16 @@ async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> 
 
 
 async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: str) -> None:
-    """Step 2 ('home': compare-and-set the index's shard) or step 4 ('done': clear the intent)."""
-    by_node: dict[str, tuple[NodeClient, list[ScriptCall]]] = {}
-    moves = moves_key(layout.board)
+    """Step 2 ('home': compare-and-set the index's shard) or step 4 ('done': clear the intent): one
+    INDEX_MOVE per index node for all of `entries` there."""
+    by_node: dict[str, tuple[NodeClient, list[str], list[object]]] = {}
     for e in entries:
         node, key = cluster.index_of(layout.board, e.user_id)
-        call = (INDEX_MOVE, [key, moves], [step, e.user_id, e.version, e.from_, e.to])
-        by_node.setdefault(node.id, (node, []))[1].append(call)
-    await asyncio.gather(*(node.run_many(calls) for node, calls in by_node.values()))
+        _, keys, args = by_node.setdefault(node.id, (node, [], [step]))
+        keys.append(key)
+        args += (e.user_id, e.version, e.from_, e.to)
+    moves = moves_key(layout.board)
+    await asyncio.gather(*(node.run(INDEX_MOVE, [*keys, moves], args) for node, keys, args in by_node.values()))
 
 
 async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call: ScriptCall) -> list[object]:
