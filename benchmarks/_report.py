@@ -118,7 +118,8 @@ def markdown(result: dict[str, Any]) -> str:
         "## Goals\n\n" + headline(result),
         "## Capacity plan for the full model\n\n" + capacity_table(result),
         "## Throughput, side by side (closed loop)\n\n" + throughput_table(result),
-        "## Latency at the same offered load (open loop)\n\n" + "\n".join(lat),
+        "## Latency at the same offered load (open loop)\n\nEach row: the pair of probes (echo, then router) whose p99 ratio "
+        "is the median of the rounds.\n\n" + "\n".join(lat),
         "## Memory per member\n\n" + "\n".join(mem)
         + f"\n\nStored: index, shard and version registers. A request-id record costs "
         f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for an hour "

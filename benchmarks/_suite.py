@@ -173,18 +173,29 @@ def _latency(bench: Bench, board: str) -> dict[str, Any]:
     """p99 of echo and router at the same open-loop load: 70% of the router's closed-loop rate measured
     right before (busy, not overloaded: a rate from minutes earlier can be past what a slower moment of
     this shared machine serves, and then the probe measures a queue), so the difference is what the
-    router adds to a call's latency."""
+    router adds to a call's latency. ROUNDS interleaved pairs of probes, each half a phase long: a p99
+    is a hundredth of the calls, and one stall of the machine moves it in one probe, not in the median
+    of their ratios. `echo` and `router` are the pair whose ratio is that median."""
     out = {}
     pop = bench.profile.shard_population
+    seconds = bench.profile.phase_seconds / 2
     for kind in ("update", "rank"):
-        bench.progress(f"latency of {kind} calls: the router's rate now, then 70% of it open loop, echo then router")
+        bench.progress(f"latency of {kind} calls: the router's rate now, then {ROUNDS} times 70% of it open loop, "
+                       "echo then router")
         capacity = bench.measure(f"router {kind} capacity", "router", board, {kind: 1.0}, population=pop)
         rate = LATENCY_LOAD * capacity["calls_per_s"]
-        out[kind] = {"rate": rate, "capacity": capacity,
-                     "echo": bench.measure(f"echo {kind} open", "echo", "echo", {kind: 1.0}, rate=rate),
-                     "router": bench.measure(f"router {kind} open", "router", board, {kind: 1.0}, rate=rate,
-                                             population=pop)}
+        pairs = [{"echo": bench.measure(f"echo {kind} open ({i})", "echo", "echo", {kind: 1.0}, rate=rate,
+                                        seconds=seconds),
+                  "router": bench.measure(f"router {kind} open ({i})", "router", board, {kind: 1.0}, rate=rate,
+                                          seconds=seconds, population=pop)}
+                 for i in range(1, ROUNDS + 1)]
+        median = sorted(pairs, key=_p99_ratio)[len(pairs) // 2]
+        out[kind] = {"rate": rate, "capacity": capacity, "rounds": pairs, **median}
     return out
+
+
+def _p99_ratio(pair: dict[str, Any]) -> float:
+    return _ratio(pair["router"]["latency"]["p99_ms"], pair["echo"]["latency"]["p99_ms"])
 
 
 def _scaling(bench: Bench, board: str) -> list[dict[str, Any]]:
@@ -251,9 +262,9 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
                                    for x in rounds[kind]])
         rows.append({"goal": f"{rpc} calls per router core / echo per core ({spread})", "value": r,
                      "target": ">= 0.70", "met": r >= 0.70})
-        p99 = _ratio(lat[kind]["router"]["latency"]["p99_ms"], lat[kind]["echo"]["latency"]["p99_ms"])
-        rows.append({"goal": f"{rpc} p99 / echo p99 at {lat[kind]['rate']:,.0f}/s", "value": p99, "target": "<= 2.0",
-                     "met": p99 <= 2.0})
+        p99, spread = _median_ratio([_p99_ratio(pair) for pair in lat[kind]["rounds"]])
+        rows.append({"goal": f"{rpc} p99 / echo p99 at {lat[kind]['rate']:,.0f}/s ({spread})", "value": p99,
+                     "target": "<= 2.0", "met": p99 <= 2.0})
     b, spread = _median_ratio([_ratio(x["many"]["items_per_s"], x["baseline"]["updates_per_s"]) for x in rounds["batch"]])
     rows.append({"goal": f"BatchUpdateScores(100) updates/s / raw pipelined redis-py ({spread})", "value": b,
                  "target": ">= 0.80", "met": b >= 0.80})
