@@ -122,8 +122,8 @@ def no_aof_rewrite(nodes: list[redis.Redis], timeout: float = 300.0) -> Iterator
 def aof_paused(nodes: list[redis.Redis], timeout: float = 600.0) -> Iterator[None]:
     """Inside: `nodes` keep no append-only file; on the way out the ones that kept one before write it
     afresh from their data (Valkey rewrites it when it is turned back on), and this waits for that. For
-    filling a board to a size, not for anything timed: a bulk load's log costs the nodes about a fifth
-    of their work, and only the data is measured afterwards."""
+    filling a board to a size, not for anything timed: writing a bulk load's log is a share of the nodes'
+    work (a tenth to a fifth of it here), and only the data is measured afterwards."""
     paused = [n for n in nodes if int(n.info("persistence").get("aof_enabled", 0))]
     for node in paused:
         node.config_set("appendonly", "no")
