@@ -81,11 +81,12 @@ class Bench:
         assert self.cluster is not None
         return self.cluster.address
 
-    def create_board(self, name: str, boundaries: Sequence[int]) -> None:
+    def create_board(self, name: str, boundaries: Sequence[int], members: int) -> None:
+        """A board laid out for `members` members, as a deployment would create it for its size."""
         channel = grpc.insecure_channel(self.router_address)
         try:
             apb_grpc.AdminStub(channel).CreateLeaderboard(
-                apb.LeaderboardConfig(name=name, boundaries=list(boundaries)), timeout=30)
+                apb.LeaderboardConfig(name=name, boundaries=list(boundaries), expected_members=members), timeout=30)
         finally:
             channel.close()
 

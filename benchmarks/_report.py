@@ -121,7 +121,9 @@ def markdown(result: dict[str, Any]) -> str:
         "## Latency at the same offered load (open loop)\n\nEach row: the pair of probes (echo, then router) whose p99 ratio "
         "is the median of the rounds.\n\n" + "\n".join(lat),
         "## Memory per member\n\n" + "\n".join(mem)
-        + f"\n\nStored: index, shard and version registers. A request-id record costs "
+        + f"\n\nThe board was created for {pre['laid_out_for']:,} members (`expected_members`: its index and "
+        "version registers spread over hashes of about 64 entries at that size, as a deployment would create "
+        "a board for its size). Stored: index, shard and version registers. A request-id record costs "
         f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for an hour "
         f"hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s with `rankshard leaderboards import` "
         "(append-only files on, as deployed)" + (f", then filled to {pre['filled_to']:,} with it, append-only files paused."

@@ -26,8 +26,8 @@ def run_suite(bench: Bench) -> dict[str, Any]:
     cmp_boards = {n: f"shards-{n}" for n in p.shard_counts}
     sim_shards = max(p.shard_counts)
     for n, board in cmp_boards.items():
-        bench.create_board(board, p.model.boundaries(n))
-    bench.create_board(SIM_BOARD, p.model.boundaries(sim_shards))
+        bench.create_board(board, p.model.boundaries(n), p.shard_population)
+    bench.create_board(SIM_BOARD, p.model.boundaries(sim_shards), max(p.memory_at))
     bench.progress(f"preloading {len(cmp_boards)} boards of {p.shard_population:,} members ({p.shard_counts} shards)")
     for board in cmp_boards.values():
         _load(bench, board, 0, p.shard_population)
@@ -166,7 +166,7 @@ def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         row["ratio_to_bare"] = row["all_in_per_member"] / row["bare_zset_per_member"]
     bench.progress("rewriting the nodes' append-only files (so that no rewrite runs during a measurement)")
     compact_aof(nodes)
-    return rows, {**imported, "filled_to": loaded, "active_hour_share": share}
+    return rows, {**imported, "filled_to": loaded, "laid_out_for": max(p.memory_at), "active_hour_share": share}
 
 
 def _latency(bench: Bench, board: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from shard_map import BoardConfig, ControlPlane, Operator, RankshardError, SortOrder, check_board_name
+from shard_map import (BoardConfig, ControlPlane, Operator, RankshardError, SortOrder, check_board_name,
+                       check_expected_members)
 from shard_node import BoardLayout, connect_cluster, create_board, shard_sizes
 
 from ._settings import control_plane_dsn
@@ -65,15 +66,20 @@ def leaderboards() -> None:
 @click.option("--order", type=click.Choice(list(ORDERS)), default="desc", show_default=True)
 @click.option("--operator", type=click.Choice(list(OPERATORS)), default="increment", show_default=True)
 @click.option("--boundaries", help="ascending cut points, e.g. 100,1000,10000 (n cut points make n+1 shards)")
+@click.option("--expected-members", type=int, default=0, show_default=True,
+              help="members to lay the board out for (fixed at creation); 0: a layout for up to a few million")
 @click.pass_context
-def create(ctx: click.Context, name: str, order: str, operator: str, boundaries: str | None) -> None:
+def create(ctx: click.Context, name: str, order: str, operator: str, boundaries: str | None,
+           expected_members: int) -> None:
     """Create leaderboard NAME.
 
     \b
     Example:
       rankshard leaderboards create weekly --order desc --operator best --boundaries 100,1000
+      rankshard leaderboards create season --boundaries 1000,5000 --expected-members 500000000
     """
-    config = BoardConfig(_name(name), ORDERS[order], OPERATORS[operator])
+    config = BoardConfig(_name(name), ORDERS[order], OPERATORS[operator],
+                         _expected(expected_members))
     cuts = parse_boundaries(boundaries)
 
     async def work(cp: ControlPlane) -> BoardLayout:
@@ -103,11 +109,12 @@ def list_boards(ctx: click.Context, as_json: bool) -> None:
                 "shards": len(maps[c.name].shards),
                 "epoch": maps[c.name].epoch,
                 "boundaries": list(maps[c.name].boundaries),
+                "expected_members": c.expected_members,
             }
             for c in await cp.list_boards()
         ]
 
-    emit(run(ctx, work), as_json, ["name", "order", "operator", "shards", "epoch", "boundaries"])
+    emit(run(ctx, work), as_json, ["name", "order", "operator", "shards", "epoch", "boundaries", "expected_members"])
 
 
 @click.group()
@@ -171,3 +178,10 @@ def _name(name: str) -> str:
         return check_board_name(name)
     except RankshardError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _expected(members: int) -> int:
+    try:
+        return check_expected_members(members)
+    except RankshardError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expected-members") from exc

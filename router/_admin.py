@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from shard_map import BoardConfig, InvalidArgument, Operator, SortOrder, check_board_name
+from shard_map import BoardConfig, InvalidArgument, Operator, SortOrder, check_board_name, check_expected_members
 from shard_node import BoardLayout, create_board, shard_sizes
 
 from rankshard.v1 import admin_pb2 as pb
@@ -61,11 +61,12 @@ def config_from_proto(request: pb.LeaderboardConfig) -> BoardConfig:
         operator = Operator(request.operator or Operator.INCREMENT)
     except ValueError:
         raise InvalidArgument("operator", f"{request.operator} is not an Operator") from None
-    return BoardConfig(name, order, operator)
+    return BoardConfig(name, order, operator, check_expected_members(request.expected_members))
 
 
 def config_to_proto(layout: BoardLayout) -> pb.LeaderboardConfig:
     c = layout.config
     return pb.LeaderboardConfig(
-        name=c.name, sort_order=int(c.sort_order), operator=int(c.operator), boundaries=layout.map.boundaries
+        name=c.name, sort_order=int(c.sort_order), operator=int(c.operator), boundaries=layout.map.boundaries,
+        expected_members=c.expected_members,
     )

@@ -17,11 +17,13 @@ from ._limits import (
     DEFAULT_LIMIT,
     DEFAULT_RADIUS,
     MAX_BATCH,
+    MAX_EXPECTED_MEMBERS,
     MAX_LIMIT,
     MAX_RADIUS,
     MAX_SCORE,
     check_board_name,
     check_count,
+    check_expected_members,
     check_offset,
     check_request_id,
     check_score,
@@ -30,6 +32,7 @@ from ._limits import (
 from ._model import (
     NUM_SLOTS,
     BoardConfig,
+    Buckets,
     Operator,
     Shard,
     ShardMap,
@@ -45,13 +48,13 @@ from ._model import (
 )
 
 __all__ = [
-    "AlreadyExists", "BoardConfig", "ControlPlaneError", "DEFAULT_LIMIT", "DEFAULT_RADIUS",
-    "InvalidArgument", "MAX_BATCH", "MAX_LIMIT", "MAX_RADIUS", "MAX_SCORE", "NUM_SLOTS", "NodeError",
-    "NodeUnavailable", "NotFound", "Operator", "OutOfRange", "RankshardError", "RequestIdConflict",
-    "Shard", "ShardFrozen", "ShardMap", "ShardState", "SlotTable", "SortOrder", "StaleMap",
-    "check_board_name", "check_boundaries", "check_count", "check_offset", "check_request_id",
-    "check_score", "check_user_id", "default_boundaries", "ranges_for", "slot_for",
-    "tiling_problems", "user_hash",
+    "AlreadyExists", "BoardConfig", "Buckets", "ControlPlaneError", "DEFAULT_LIMIT", "DEFAULT_RADIUS",
+    "InvalidArgument", "MAX_BATCH", "MAX_EXPECTED_MEMBERS", "MAX_LIMIT", "MAX_RADIUS", "MAX_SCORE",
+    "NUM_SLOTS", "NodeError", "NodeUnavailable", "NotFound", "Operator", "OutOfRange", "RankshardError",
+    "RequestIdConflict", "Shard", "ShardFrozen", "ShardMap", "ShardState", "SlotTable", "SortOrder",
+    "StaleMap", "check_board_name", "check_boundaries", "check_count", "check_expected_members",
+    "check_offset", "check_request_id", "check_score", "check_user_id", "default_boundaries", "ranges_for",
+    "slot_for", "tiling_problems", "user_hash",
 ]
 
 # The control plane store (PostgreSQL).

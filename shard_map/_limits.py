@@ -20,6 +20,7 @@ DEFAULT_LIMIT = 10
 MAX_RADIUS = 100
 DEFAULT_RADIUS = 4
 MAX_BATCH = 1000
+MAX_EXPECTED_MEMBERS = 10**10
 
 _BOARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 # C0 controls, DEL and C1 controls: they break logs and terminals, and no game needs them in an id.
@@ -71,3 +72,9 @@ def check_offset(offset: int, field: str = "offset") -> int:
     if offset < 0:
         raise InvalidArgument(field, f"{offset} is negative")
     return offset
+
+
+def check_expected_members(members: int, field: str = "expected_members") -> int:
+    if not 0 <= members <= MAX_EXPECTED_MEMBERS:
+        raise InvalidArgument(field, f"{members} is outside 0..{MAX_EXPECTED_MEMBERS:,}")
+    return members

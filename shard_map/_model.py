@@ -41,11 +41,42 @@ class ShardState(enum.StrEnum):
     FROZEN = "FROZEN"
 
 
+ENTRIES_PER_HASH = 64
+"""What `Buckets.sized_for` aims at: a listpack of 64 entries is as small per entry as a longer one, and a
+lookup scans it in about a microsecond (at 300 entries, 3 to 4 times that; past 1,024 it turns into a
+hash table of twice the memory per entry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """How many hashes hold a board's per-member data on the nodes (the key formats: shard_node/_keys.py).
+
+    Fixed when the board is created (a user's keys are computed from them): `index` hashes per index
+    slot, `versions` hashes per node holding shards of the board. The defaults are the layout of every
+    board created before boards were sized, good for boards of 10^5 to a few 10^6 members.
+    """
+
+    index: int = 16
+    versions: int = 8192
+
+    @classmethod
+    def sized_for(cls, members: int, nodes: int) -> Buckets:
+        """About ENTRIES_PER_HASH entries per hash at `members` members over `nodes` nodes; the
+        defaults when `members` is 0 (not given)."""
+        if members <= 0:
+            return cls()
+        return cls(index=max(1, math.ceil(members / (NUM_SLOTS * ENTRIES_PER_HASH))),
+                   versions=max(1, math.ceil(members / (max(1, nodes) * ENTRIES_PER_HASH))))
+
+
 @dataclass(frozen=True, slots=True)
 class BoardConfig:
     name: str
     sort_order: SortOrder = SortOrder.DESCENDING
     operator: Operator = Operator.INCREMENT
+    expected_members: int = 0
+    """The size the board was laid out for, as its creator gave it (0: not given)."""
+    buckets: Buckets = Buckets()
 
     @property
     def descending(self) -> bool:

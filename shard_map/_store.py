@@ -24,11 +24,12 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from ._errors import AlreadyExists, ControlPlaneError, InvalidArgument, NotFound
-from ._limits import check_board_name, check_score
+from ._limits import check_board_name, check_expected_members, check_score
 from ._migrate import apply_migrations
 from ._model import (
     NUM_SLOTS,
     BoardConfig,
+    Buckets,
     Operator,
     Shard,
     ShardMap,
@@ -60,7 +61,7 @@ _MAP_QUERY = """
     FROM boards AS b LEFT JOIN shards AS s ON s.board = b.name
 """
 _NODE_QUERY = "SELECT id, address, state FROM nodes"
-_BOARD_QUERY = "SELECT name, sort_order, operator FROM boards"
+_BOARD_QUERY = "SELECT name, sort_order, operator, expected_members, index_buckets, version_buckets FROM boards"
 _MAP_ORDER = ' ORDER BY b.name COLLATE "C", s.lower NULLS FIRST'
 
 
@@ -208,9 +209,11 @@ class ControlPlane:
         )
         async with self._transaction(f"creating leaderboard {config.name!r}") as conn:
             cur = await conn.execute(
-                "INSERT INTO boards (name, sort_order, operator, epoch, next_shard)"
-                " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (name) DO NOTHING RETURNING epoch",
-                (config.name, int(config.sort_order), int(config.operator), len(shards) + 1),
+                "INSERT INTO boards (name, sort_order, operator, expected_members, index_buckets, version_buckets,"
+                " epoch, next_shard) VALUES (%s, %s, %s, %s, %s, %s, 1, %s) ON CONFLICT (name) DO NOTHING"
+                " RETURNING epoch",
+                (config.name, int(config.sort_order), int(config.operator), config.expected_members,
+                 config.buckets.index, config.buckets.versions, len(shards) + 1),
             )
             if await cur.fetchone() is None:
                 raise AlreadyExists(f"leaderboard {config.name!r} already exists")
@@ -378,8 +381,12 @@ def _describe(dsn: str) -> str:
     return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or '?'}"
 
 
-def _config(name: str, sort_order: int, operator: int) -> BoardConfig:
-    return BoardConfig(name, SortOrder(sort_order), Operator(operator))
+def _config(name: str, sort_order: int, operator: int, expected: int, index: int, versions: int) -> BoardConfig:
+    return BoardConfig(name, SortOrder(sort_order), Operator(operator), expected, Buckets(index, versions))
+
+
+_MAX_BUCKETS = 2**31 - 1
+"""The columns' integer range."""
 
 
 def _checked_config(config: BoardConfig) -> BoardConfig:
@@ -392,7 +399,11 @@ def _checked_config(config: BoardConfig) -> BoardConfig:
         operator = Operator(config.operator)
     except ValueError:
         raise InvalidArgument("operator", f"{config.operator!r} is not an operator") from None
-    return BoardConfig(name, order, operator)
+    expected = check_expected_members(config.expected_members)
+    for field, count in (("buckets.index", config.buckets.index), ("buckets.versions", config.buckets.versions)):
+        if not 1 <= count <= _MAX_BUCKETS:
+            raise InvalidArgument(field, f"{count!r} is outside 1..{_MAX_BUCKETS}")
+    return BoardConfig(name, order, operator, expected, config.buckets)
 
 
 def _checked_shards(shards: Sequence[Shard]) -> tuple[Shard, ...]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
-from shard_map import BoardConfig, ControlPlane, ControlPlaneError, check_boundaries
+from shard_map import BoardConfig, Buckets, ControlPlane, ControlPlaneError, check_boundaries, check_expected_members
 
 from ._client import NodeClient
 from ._keys import descriptor_key
@@ -29,12 +30,16 @@ async def create_board(
 ) -> BoardLayout:
     """Records a new board (epoch 1, shards dealt over the active nodes) and fences its shards.
 
-    Raises `AlreadyExists`, `InvalidArgument` (boundaries), `ControlPlaneError`, `NodeError`.
+    The board's key layout is sized for `config.expected_members` over those nodes (`Buckets.sized_for`;
+    the given `config.buckets` are ignored). Raises `AlreadyExists`, `InvalidArgument` (boundaries,
+    expected members), `ControlPlaneError`, `NodeError`.
     """
     cuts = check_boundaries(boundaries)
+    check_expected_members(config.expected_members)
     nodes = [n.id for n in await control_plane.list_nodes() if n.state == "ACTIVE"]
     if not nodes:
         raise ControlPlaneError("the control plane has no active node to place shards on")
+    config = replace(config, buckets=Buckets.sized_for(config.expected_members, len(nodes)))
     shard_map = await control_plane.create_board(config, cuts, nodes)
     layout = BoardLayout(config, shard_map)
     await install_descriptors(cluster, layout)

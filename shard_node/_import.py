@@ -30,7 +30,7 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
     board = layout.board
     by_node: dict[str, tuple[NodeClient, list[str], list[tuple[str, int]]]] = {}
     for user, score in members:
-        node, key = cluster.index_of_hash(board, user_hash(user))
+        node, key = cluster.index_of_hash(layout, user_hash(user))
         _, keys, mine = by_node.setdefault(node.id, (node, [], []))
         keys.append(key)
         mine.append((user, score))

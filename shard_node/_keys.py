@@ -4,16 +4,16 @@ Keys (``b`` board, ``s`` shard id, ``h`` the user's `user_hash`). A ``/`` ends t
 names cannot contain one, so no two boards' keys collide and ``rs:i:{b}/*`` matches one board's keys only.
 
 Per-user data lives in many small hashes rather than one key per user or one big hash: Valkey keeps a
-hash of up to 128 short entries as a listpack, about 18 B per entry against about 54 B in a big hash
-and over 100 B for a key of its own (see PERF-NOTES). Bucket counts aim at tens of entries per hash
-for boards of 10^5..10^6 members; a bigger board's buckets turn into ordinary hashes (more memory,
-same behaviour).
+hash of short entries as a listpack (rankshard's nodes run with up to 1,024), about 18 B per entry against
+about 54 B in a big hash and over 100 B for a key of its own (see PERF-NOTES). How many hashes a board's
+index and version registers use is the board's (`shard_map.Buckets`), sized at its creation for the members
+it expects; a board that outgrows that has longer hashes, then ordinary ones (more memory, same behaviour).
 
 - ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to|rgen`` (see `IndexEntry`;
   ``rgen``: the generation of the member's request-id records mod 100, '' for none, and absent from entries
   written before it existed: then every generation is looked at),
   or ``~ver`` for a removed member (a tombstone keeps versions monotonic if the member comes back).
-  ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % INDEX_BUCKETS``.
+  ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % buckets.index``.
 - ``rs:r:{b}/{bucket}:{gen}``  hash  on the index node: user -> the member's last request ids (at most
   ``DEDUP_DEPTH``), oldest first, each ``ts|value|score|len|rid`` with ``ts`` in ms since the start of
   generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``.
@@ -28,7 +28,7 @@ same behaviour).
   boards, so ascending order is best-first and ties fall in user-id order.
 - ``rs:v:{b}/{bucket}``       hash  on each node holding shards of the board: user -> the version of the
   member's last write to any shard of the board on this node; ``~ver`` after a removal (a tombstone,
-  so a late older write cannot resurrect the member). ``bucket = h % VERSION_BUCKETS``. One register
+  so a late older write cannot resurrect the member). ``bucket = h % buckets.versions``. One register
   for all the node's shards: versions of a member only grow, and every write or removal a register
   refuses has been overtaken by a newer version of that member.
 - ``rs:d:{b}/{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence.
@@ -38,10 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shard_map import NUM_SLOTS, Shard
+from shard_map import NUM_SLOTS, Buckets, Shard
 
-INDEX_BUCKETS = 16
-VERSION_BUCKETS = 8192
 DEDUP_BUCKETS = 8192
 DEDUP_DEPTH = 8
 DEDUP_WINDOW_MS = 3_600_000
@@ -49,9 +47,9 @@ DEDUP_GEN_MS = 300_000
 """The last three are also spelled out in ``scripts/index_apply.lua``."""
 
 
-def index_key(board: str, user_hash: int) -> str:
+def index_key(board: str, buckets: Buckets, user_hash: int) -> str:
     slot = user_hash % NUM_SLOTS
-    bucket = (user_hash // NUM_SLOTS) % INDEX_BUCKETS
+    bucket = (user_hash // NUM_SLOTS) % buckets.index
     return f"rs:i:{board}/{slot}:{bucket}"
 
 
@@ -72,8 +70,8 @@ def shard_key(board: str, shard_id: str) -> str:
     return f"rs:z:{board}/{shard_id}"
 
 
-def versions_key(board: str, user_hash: int) -> str:
-    return f"rs:v:{board}/{user_hash % VERSION_BUCKETS}"
+def versions_key(board: str, buckets: Buckets, user_hash: int) -> str:
+    return f"rs:v:{board}/{user_hash % buckets.versions}"
 
 
 def shard_data_pattern(board: str) -> str:

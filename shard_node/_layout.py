@@ -9,7 +9,7 @@ from shard_map import NUM_SLOTS, BoardConfig, NodeUnavailable, Shard, ShardMap, 
 
 from ._client import NodeClient
 from ._forget import Forgets
-from ._keys import descriptor, descriptor_key, index_key, shard_key
+from ._keys import descriptor, descriptor_key, index_key, shard_key, versions_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,10 @@ class BoardLayout:
     def unstored(self, stored: int) -> int:
         return -stored if self.descending else stored
 
+    def versions_key(self, user_id: str) -> str:
+        """The version-register hash holding `user_id` on any node with shards of the board."""
+        return versions_key(self.board, self.config.buckets, user_hash(user_id))
+
 
 @dataclass(frozen=True, slots=True)
 class CountCall:
@@ -100,13 +104,13 @@ class Cluster:
         except KeyError:
             raise NodeUnavailable(node_id, "is not a registered node") from None
 
-    def index_of(self, board: str, user_id: str) -> tuple[NodeClient, str]:
+    def index_of(self, layout: BoardLayout, user_id: str) -> tuple[NodeClient, str]:
         """The node owning `user_id`'s index slot, and the key of the hash holding its entry."""
-        return self.index_of_hash(board, user_hash(user_id))
+        return self.index_of_hash(layout, user_hash(user_id))
 
-    def index_of_hash(self, board: str, h: int) -> tuple[NodeClient, str]:
+    def index_of_hash(self, layout: BoardLayout, h: int) -> tuple[NodeClient, str]:
         """`index_of` for a user whose `user_hash` is `h`."""
-        return self.node(self.slots.node_for(h % NUM_SLOTS)), index_key(board, h)
+        return self.node(self.slots.node_for(h % NUM_SLOTS)), index_key(layout.board, layout.config.buckets, h)
 
     async def aclose(self) -> None:
         await self.forgets.drain()

@@ -18,10 +18,10 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 
-from shard_map import ShardFrozen, StaleMap, user_hash
+from shard_map import ShardFrozen, StaleMap
 
 from ._client import NodeClient, ScriptCall
-from ._keys import IndexEntry, descriptor_state, moves_key, versions_key
+from ._keys import IndexEntry, descriptor_state, moves_key
 from ._layout import BoardLayout, Cluster
 from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE
 
@@ -110,7 +110,7 @@ async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[I
     INDEX_MOVE per index node for all of `entries` there."""
     by_node: dict[str, tuple[NodeClient, list[str], list[object]]] = {}
     for e in entries:
-        node, key = cluster.index_of(layout.board, e.user_id)
+        node, key = cluster.index_of(layout, e.user_id)
         _, keys, args = by_node.setdefault(node.id, (node, [], [step]))
         keys.append(key)
         args += (e.user_id, e.version, e.from_, e.to)
@@ -133,14 +133,14 @@ def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, 
     shard_apply.lua): 'write'; 'rewrite' (repair only) also rewrites a member at the version its node
     has registered; 'new' (import only) writes members at version 1 that have no registered version."""
     users = writes[::3]
-    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in users)]  # type: ignore[arg-type]
+    keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]  # type: ignore[arg-type]
     return SHARD_APPLY, keys, [layout.descriptors[shard_id], mode, *writes]
 
 
 def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:
     """SHARD_REMOVE of `removals` = (user, version)... from the shard."""
     users = removals[::2]
-    keys = [*layout.fenced_keys[shard_id], *(versions_key(layout.board, user_hash(u)) for u in users)]  # type: ignore[arg-type]
+    keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]  # type: ignore[arg-type]
     return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *removals]
 
 

@@ -156,7 +156,7 @@ async def rank_after(
 
 async def read_entry(cluster: Cluster, layout: BoardLayout, user_id: str) -> IndexEntry:
     """The member's index entry; raises `NotFound`."""
-    node, key = cluster.index_of(layout.board, user_id)
+    node, key = cluster.index_of(layout, user_id)
     entry = IndexEntry.parse(user_id, await node.command("HGET", key, user_id))
     if entry is None:
         raise NotFound(f"user {user_id!r} is not on leaderboard {layout.board!r}")
@@ -174,7 +174,7 @@ async def get_ranks(cluster: Cluster, layout: BoardLayout, user_ids: Sequence[st
     """Entries of the known members among `user_ids`, best first."""
     by_node: dict[str, tuple[object, list[str], list[str]]] = {}
     for user in dict.fromkeys(user_ids):
-        node, key = cluster.index_of(layout.board, user)
+        node, key = cluster.index_of(layout, user)
         _, users, keys = by_node.setdefault(node.id, (node, [], []))
         users.append(user)
         keys.append(key)

@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._audit import Finding, scan_board
-from shard_map import user_hash
-
-from ._keys import IndexEntry, descriptor_key, versions_key
+from ._keys import IndexEntry, descriptor_key
 from ._layout import BoardLayout, Cluster
 from ._moves import apply_call, finish_move, remove_call, shard_call
 
@@ -70,7 +68,7 @@ async def _remove_copy(cluster: Cluster, layout: BoardLayout, entry: IndexEntry 
     shard_id, user = finding.shard, finding.user
     assert shard_id is not None and user is not None
     node = cluster.node(layout.shards[shard_id].node)
-    stored = await node.command("HGET", versions_key(layout.board, user_hash(user)), user)
+    stored = await node.command("HGET", layout.versions_key(user), user)
     version = int(str(stored).lstrip("~")) if stored else 0
     if entry is not None:
         version = max(version, entry.version)

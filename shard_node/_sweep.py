@@ -52,7 +52,7 @@ async def _sweep_node(
 
 async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
     """Finishes one marked member: its move, or its plain shard write (re-sent: a no-op if it landed)."""
-    node, key = cluster.index_of(layout.board, user)
+    node, key = cluster.index_of(layout, user)
     entry = IndexEntry.parse(user, await node.command("HGET", key, user))
     if entry is not None and entry.moving:
         await finish_move(cluster, layout, entry)

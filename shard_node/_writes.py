@@ -103,7 +103,7 @@ async def remove_member(
     cluster: Cluster, layout: BoardLayout, user_id: str, on_step: StepHook | None = None
 ) -> bool:
     """Removes a member; False if it was not on the board. Raises `NodeError`."""
-    node, key = cluster.index_of(layout.board, user_id)
+    node, key = cluster.index_of(layout, user_id)
     for _ in range(_MAX_ROUNDS):
         answer = await node.run(INDEX_REMOVE, [key, moves_key(layout.board)], [user_id])
         if answer[0] == "absent":
@@ -136,7 +136,7 @@ async def _commit(
     board = layout.board
     for i, update in enumerate(updates):
         h = user_hash(update.user_id)
-        node, key = cluster.index_of_hash(board, h)
+        node, key = cluster.index_of_hash(layout, h)
         keys.append((key, dedup_key(board, h)))
         by_node.setdefault(node.id, (node, []))[1].append(i)
     todo = {node_id: positions for node_id, (_, positions) in by_node.items()}
@@ -294,7 +294,7 @@ def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Comm
         if c.applied and c.entry is not None and not c.entry.moving:
             done[c.entry.user_id] = c.entry
     for entry in done.values():
-        node, key = cluster.index_of(layout.board, entry.user_id)
+        node, key = cluster.index_of(layout, entry.user_id)
         cluster.forgets.add(node, layout.board, key, entry.user_id, entry.version)
 
 

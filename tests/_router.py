@@ -81,10 +81,12 @@ class Client:
         self.lb = leaderboard_pb2_grpc.LeaderboardStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
 
-    def create(self, name: str, order: str = "desc", operator: str = "increment", boundaries: Sequence[int] = ()) -> admin_pb2.LeaderboardConfig:
+    def create(self, name: str, order: str = "desc", operator: str = "increment", boundaries: Sequence[int] = (),
+               expected_members: int = 0) -> admin_pb2.LeaderboardConfig:
         return self.admin.CreateLeaderboard(
             admin_pb2.LeaderboardConfig(
-                name=name, sort_order=ORDERS[order], operator=OPERATORS[operator], boundaries=list(boundaries)
+                name=name, sort_order=ORDERS[order], operator=OPERATORS[operator], boundaries=list(boundaries),
+                expected_members=expected_members,
             ),
             timeout=10,
         )

@@ -19,7 +19,7 @@ def _run(dsn: str, *args: str) -> tuple[int, str]:
 
 def test_boards_shards_and_nodes(control_plane_dsn: str, client: Client, node_addresses: list[str]) -> None:
     code, out = _run(control_plane_dsn, "leaderboards", "create", "weekly", "--order", "asc", "--operator", "best",
-                     "--boundaries", "100,1000")
+                     "--boundaries", "100,1000", "--expected-members", "2000000")
     assert code == 0, out
     assert "3 shard(s)" in out
     for user, score in [("a", 50), ("b", 500), ("c", 5000), ("d", 700)]:
@@ -34,7 +34,7 @@ def test_boards_shards_and_nodes(control_plane_dsn: str, client: Client, node_ad
 
     code, out = _run(control_plane_dsn, "leaderboards", "list", "--json")
     assert json.loads(out) == [{"name": "weekly", "order": "asc", "operator": "best", "shards": 3, "epoch": 1,
-                                "boundaries": [100, 1000]}]
+                                "boundaries": [100, 1000], "expected_members": 2_000_000}]
     code, out = _run(control_plane_dsn, "nodes", "list", "--json")
     assert [n["address"] for n in json.loads(out)] == node_addresses
 
@@ -51,6 +51,7 @@ def test_boards_shards_and_nodes(control_plane_dsn: str, client: Client, node_ad
         (["leaderboards", "create", "x", "--boundaries", "a,b"], "--boundaries"),
         (["shards", "list", "--leaderboard", "missing"], "missing"),
         (["nodes", "add", "nonsense"], "host:port"),
+        (["leaderboards", "create", "x", "--expected-members", "-1"], "--expected-members"),
     ],
 )
 def test_errors_are_one_clear_line(control_plane_dsn: str, client: Client, args: list[str], message: str) -> None:
@@ -58,6 +59,8 @@ def test_errors_are_one_clear_line(control_plane_dsn: str, client: Client, args:
     code, out = _run(control_plane_dsn, *args)
     assert code != 0
     assert message in out
+    code, out = _run(control_plane_dsn, "leaderboards", "list", "--json")
+    assert [b["name"] for b in json.loads(out)] == ["weekly"]  # nothing was created
     assert "Traceback" not in out
 
 

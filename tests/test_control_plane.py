@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 from shard_map import (
     AlreadyExists,
     BoardConfig,
+    Buckets,
     ControlPlane,
     ControlPlaneError,
     InvalidArgument,
@@ -30,7 +31,7 @@ from shard_map import (
     SortOrder,
     StaleEpoch,
 )
-from shard_map._migrate import load_migrations
+from shard_map._migrate import _CREATE_TABLE, load_migrations
 from shard_map._store import LISTENER_NAME
 
 WAIT = 10.0  # seconds: the deadline of every wait on a notification
@@ -185,6 +186,37 @@ def test_create_board_round_trips(control_plane_dsn, order, operator):
     assert {(s.state, s.generation) for s in created.shards} == {(ShardState.ACTIVE, 1)}
 
 
+def test_a_sized_board_keeps_its_layout(control_plane_dsn):
+    config = BoardConfig("big", expected_members=500_000_000, buckets=Buckets(index=7630, versions=13021))
+
+    async def main():
+        async with await ControlPlane.open(control_plane_dsn) as plane:
+            await plane.create_board(config, [], await with_nodes(plane, 1))
+            return await plane.get_board("big"), await plane.list_boards()
+
+    board, listed = run(main())
+    assert board == config
+    assert listed == [config]
+
+
+def test_boards_from_before_sizing_keep_the_layout_they_were_written_with(control_plane_dsn):
+    """A board created under the first schema: its users' keys were computed with the default bucket counts,
+    so after the upgrade it must still read them."""
+    first = load_migrations()[0]
+    with psycopg.connect(control_plane_dsn, autocommit=True) as conn:
+        conn.execute(_CREATE_TABLE)
+        conn.execute(first.sql)
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (first.version, first.name))
+        conn.execute("INSERT INTO boards (name, sort_order, operator, epoch, next_shard) VALUES ('old', 1, 1, 1, 1)")
+
+    async def main():
+        async with await ControlPlane.open(control_plane_dsn) as plane:
+            return await plane.get_board("old")
+
+    assert run(main()) == BoardConfig("old", expected_members=0, buckets=Buckets())
+    assert [v for v, _, _ in migration_rows(control_plane_dsn)] == [m.version for m in load_migrations()]
+
+
 def test_board_listing_and_all_maps(control_plane_dsn):
     async def main():
         async with await ControlPlane.open(control_plane_dsn) as plane:
@@ -243,6 +275,10 @@ def test_unknown_board_or_node_is_not_found(control_plane_dsn):
         (BoardConfig("g"), [], [], "nodes"),
         (BoardConfig("g", sort_order=0), [], ["n1"], "sort_order"),  # type: ignore[arg-type]
         (BoardConfig("g", operator=7), [], ["n1"], "operator"),  # type: ignore[arg-type]
+        (BoardConfig("g", expected_members=-1), [], ["n1"], "expected_members"),
+        (BoardConfig("g", expected_members=10**11), [], ["n1"], "expected_members"),
+        (BoardConfig("g", buckets=Buckets(index=0)), [], ["n1"], "buckets.index"),
+        (BoardConfig("g", buckets=Buckets(versions=2**31)), [], ["n1"], "buckets.versions"),
     ],
 )
 def test_create_board_rejects_bad_input_naming_the_field(control_plane_dsn, config, boundaries, nodes, field):

@@ -213,12 +213,13 @@ class _Killed(Exception):
     """What the router would see if it died right here (the index has committed; nothing after runs)."""
 
 
+@pytest.mark.parametrize("expected", [0, 50], ids=["default-layout", "one-hash-per-slot"])
 @pytest.mark.parametrize("healer", [
     "sweeper",
     "repair",
 ])
 def test_a_writer_lost_between_index_commit_and_shard_write_is_healed_without_another_write(
-    control_plane_dsn: str, node_addresses: list[str], monkeypatch: pytest.MonkeyPatch, healer: str
+    control_plane_dsn: str, node_addresses: list[str], monkeypatch: pytest.MonkeyPatch, healer: str, expected: int
 ) -> None:
     """The crash point that MOVE_STEPS leaves out: an update that does not cross a boundary, killed after its
     commit point. The router process cannot be told to die there, so an in-process router's shard write is
@@ -227,7 +228,7 @@ def test_a_writer_lost_between_index_commit_and_shard_write_is_healed_without_an
     router = RouterThread(control_plane_dsn, sweep_interval=0.05, sweep_age_ms=200).start()
     client = Client(router.port)
     try:
-        client.create(BOARD, boundaries=BOUNDARIES)
+        client.create(BOARD, boundaries=BOUNDARIES, expected_members=expected)
         history = [update(client.lb, BOARD, VICTIM, 10, "seed", 10.0), update(client.lb, BOARD, "other", 20, "o", 10.0)]
 
         async def killed(*args: object) -> None:

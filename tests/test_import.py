@@ -3,6 +3,7 @@ real router over two real nodes; bad input is refused before anything is written
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -30,8 +31,9 @@ def _expected(scores: dict[str, int], descending: bool = True) -> list[tuple[str
     return [(u, s, 1 + sum(1 for v in scores.values() if better(v, s))) for u, s in rows]
 
 
-def test_import_adds_new_members_and_leaves_the_others_as_they_are(client, control_plane_dsn):
-    client.create("imp", boundaries=CUTS)
+@pytest.mark.parametrize("expected", [0, 10**8], ids=["default-layout", "sized-for-1e8"])
+def test_import_adds_new_members_and_leaves_the_others_as_they_are(client, control_plane_dsn, expected):
+    client.create("imp", boundaries=CUTS, expected_members=expected)
     client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="imp", user_id="kept", score=3), timeout=10)
     client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="imp", user_id="gone", score=4), timeout=10)
     client.lb.RemoveMember(pb.RemoveMemberRequest(leaderboard="imp", user_id="gone"), timeout=10)

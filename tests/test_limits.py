@@ -237,6 +237,8 @@ def test_leaderboard_names_and_configs(client, node_addresses):
         ("cut below -(2^53-1)", config(name="cfg", boundaries=[-(MAX + 1), 0]), "boundaries[0]"),
         ("unknown sort order", config(name="cfg", sort_order=9), "sort_order"),
         ("unknown operator", config(name="cfg", operator=9), "operator"),
+        ("negative expected members", config(name="cfg", expected_members=-1), "expected_members"),
+        ("expected members above 10^10", config(name="cfg", expected_members=10**10 + 1), "expected_members"),
     ):
         refused.expect(label, bad, INVALID, field)
     refused.expect("of a refused config", admin_pb2.GetLeaderboardRequest(name="cfg"), NOT_FOUND, "cfg")

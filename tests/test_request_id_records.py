@@ -9,7 +9,7 @@ import re
 import grpc
 import redis
 
-from shard_map import user_hash
+from shard_map import Buckets, user_hash
 from shard_node._keys import DEDUP_DEPTH, DEDUP_GEN_MS, DEDUP_WINDOW_MS, dedup_key, index_key
 
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -33,7 +33,7 @@ def _conflicts(client: Client, board: str, user: str, score: int, rid: str) -> b
 
 
 def _index_node(node_addresses: list[str], board: str, user: str) -> tuple[redis.Redis, str]:
-    key = index_key(board, user_hash(user))
+    key = index_key(board, Buckets(), user_hash(user))  # boards created without expected_members
     for address in node_addresses:
         host, port = address.rsplit(":", 1)
         node = redis.Redis(host=host, port=int(port), decode_responses=True)

@@ -447,6 +447,7 @@ def test_admin(client):
         sort_order=admin_pb2.SORT_ORDER_ASCENDING,
         operator=admin_pb2.OPERATOR_BEST,
         boundaries=[-10, 0, 10],
+        expected_members=50,  # a layout of one hash per index slot and node: every member shares one
     )
 
     # Unspecified order and operator mean DESCENDING and INCREMENT.

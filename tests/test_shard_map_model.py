@@ -17,6 +17,7 @@ from shard_map import (
     MAX_SCORE,
     NUM_SLOTS,
     BoardConfig,
+    Buckets,
     InvalidArgument,
     Operator,
     Shard,
@@ -328,3 +329,18 @@ def test_offset_accepts_zero_and_rejects_negative():
     assert check_offset(10**12) == 10**12
     with raises_on("offset"):
         check_offset(-1)
+
+
+@given(members=st.integers(1, 10**10), nodes=st.integers(1, 1000))
+def test_a_sized_board_has_at_most_64_entries_per_hash_and_no_more_hashes_than_that_needs(members, nodes):
+    """The index spreads over NUM_SLOTS * index hashes, each node's version registers over `versions`."""
+    b = Buckets.sized_for(members, nodes)
+    per_index, per_versions = members / (NUM_SLOTS * b.index), members / (nodes * b.versions)
+    assert per_index <= 64 and per_versions <= 64
+    # One hash fewer would hold more than 64.
+    assert b.index == 1 or members / (NUM_SLOTS * (b.index - 1)) > 64
+    assert b.versions == 1 or members / (nodes * (b.versions - 1)) > 64
+
+
+def test_a_board_not_sized_keeps_the_default_layout():
+    assert Buckets.sized_for(0, 3) == Buckets() == BoardConfig("b").buckets

@@ -326,11 +326,13 @@ class BoardMachine(RuleBasedStateMachine):
 
     # ---- setup ---------------------------------------------------------------------------------
 
-    @initialize(boundaries=st.sampled_from(BOUNDARY_SETS))
-    def create_board(self, boundaries: tuple[int, ...]) -> None:
+    # Key layouts (see shard_map.Buckets): the default; one hash per slot and node for everything (every
+    # member shares its index and version hashes); far more hashes than members.
+    @initialize(boundaries=st.sampled_from(BOUNDARY_SETS), expected=st.sampled_from((0, 50, 10**9)))
+    def create_board(self, boundaries: tuple[int, ...], expected: int) -> None:
         self.board = f"sm-{self.order}-{self.operator}-{uuid.uuid4().hex[:12]}"
         self.boundaries = boundaries
-        self.client.create(self.board, self.order, self.operator, boundaries)
+        self.client.create(self.board, self.order, self.operator, boundaries, expected)
 
     # ---- writes --------------------------------------------------------------------------------
 

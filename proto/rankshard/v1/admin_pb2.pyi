@@ -28,16 +28,18 @@ OPERATOR_BEST: Operator
 OPERATOR_SET: Operator
 
 class LeaderboardConfig(_message.Message):
-    __slots__ = ("name", "sort_order", "operator", "boundaries")
+    __slots__ = ("name", "sort_order", "operator", "boundaries", "expected_members")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SORT_ORDER_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
     BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     sort_order: SortOrder
     operator: Operator
     boundaries: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., sort_order: _Optional[_Union[SortOrder, str]] = ..., operator: _Optional[_Union[Operator, str]] = ..., boundaries: _Optional[_Iterable[int]] = ...) -> None: ...
+    expected_members: int
+    def __init__(self, name: _Optional[str] = ..., sort_order: _Optional[_Union[SortOrder, str]] = ..., operator: _Optional[_Union[Operator, str]] = ..., boundaries: _Optional[_Iterable[int]] = ..., expected_members: _Optional[int] = ...) -> None: ...
 
 class GetLeaderboardRequest(_message.Message):
     __slots__ = ("name",)
