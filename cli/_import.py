@@ -10,7 +10,7 @@ from typing import IO
 import click
 
 from shard_map import ControlPlane, RankshardError, ShardFrozen, StaleMap, check_score, check_user_id
-from shard_node import BoardLayout, connect_cluster, import_members, sweep_board
+from shard_node import BoardLayout, ImportInterrupted, connect_cluster, import_members, sweep_board
 
 from ._manage import _name, run
 
@@ -87,7 +87,9 @@ def import_cmd(ctx: click.Context, name: str, source: IO[str]) -> None:
                     try:
                         n = await import_members(cluster, layout, chunk)
                         break
-                    except StaleMap:  # a shard moved under the import: the chunk again, on the new map
+                    except StaleMap as exc:  # a shard moved under the import: the chunk again, on the new map
+                        # Members this attempt added are skipped by the next one: count them here.
+                        added += exc.added if isinstance(exc, ImportInterrupted) else 0
                         stale = True
                         layout = BoardLayout(await cp.get_board(board), await cp.shard_map(board))
                     except ShardFrozen:  # a migration step holds the shard for a moment

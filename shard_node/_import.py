@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from shard_map import user_hash
+from shard_map import StaleMap, user_hash
 
 from ._client import NodeClient
 from ._keys import moves_key
@@ -19,13 +19,23 @@ from ._scripts import INDEX_IMPORT
 from ._writes import _write_groups
 
 
+class ImportInterrupted(StaleMap):
+    """A shard moved under the chunk after `added` of its members got their index entry: those are on the
+    board (their shard writes are finished by the sweeper, or `sweep_board`), and sending the chunk again
+    on the new map adds the rest (an attempt cannot tell its own earlier entries from older members)."""
+
+    def __init__(self, added: int, cause: StaleMap) -> None:
+        super().__init__(cause.node, f"a shard moved under the import after {added} of the chunk's members were added")
+        self.added = added
+
+
 async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequence[tuple[str, int]]) -> int:
     """Adds each (user id, score) whose member is not on the board, at that score; returns how many.
 
     Members on the board already, or removed from it, are left as they are (so a chunk can be sent
     again after a failure). Validated by the caller: user ids and scores within SPEC's limits.
-    Raises `StaleMap` (a shard moved: reload the map, then send the chunk again; members whose index
-    entry landed but not their shard write are finished by the sweeper), `NodeError`.
+    Raises `ImportInterrupted` (a shard moved: reload the map, then send the chunk again), `StaleMap`
+    (the same, before anything was written), `NodeError`.
     """
     board = layout.board
     by_node: dict[str, tuple[NodeClient, list[str], list[tuple[str, int]]]] = {}
@@ -46,7 +56,10 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
                 by_shard.setdefault(str(home), []).extend((user, layout.stored(score), 1))
                 added.append((node, key, user))
     if by_shard:
-        await _write_groups(cluster, layout, by_shard, mode="new")
+        try:
+            await _write_groups(cluster, layout, by_shard, mode="new")
+        except StaleMap as exc:
+            raise ImportInterrupted(len(added), exc) from exc
     for node, key, user in added:
         cluster.forgets.add(node, board, key, user, 1)
     return len(added)

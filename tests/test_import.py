@@ -3,10 +3,13 @@ real router over two real nodes; bad input is refused before anything is written
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from click.testing import CliRunner
 
 from cli import main
+from shard_map import ControlPlane
 
 from _router import Client
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -61,6 +64,35 @@ def test_import_adds_new_members_and_leaves_the_others_as_they_are(client, contr
 
     # Every invariant of the board holds (index and shards agree).
     result = CliRunner().invoke(main, ["--control-plane", control_plane_dsn, "check", "-l", "imp"])
+    assert result.exit_code == 0, result.output
+
+
+def test_an_import_that_meets_a_moved_shard_counts_every_member_once(client, control_plane_dsn, monkeypatch):
+    """The importer's first map is one generation behind its nodes' (as if a shard had moved just before):
+    the first chunks' index entries land, their shard writes are refused, and the chunks go again on the
+    new map, where those members already have an entry. They were added by this import all the same."""
+    client.create("moved", boundaries=CUTS)
+    real = ControlPlane.shard_map
+    calls = 0
+
+    async def first_one_stale(self, board):
+        nonlocal calls
+        calls += 1
+        current = await real(self, board)
+        if calls > 1:
+            return current
+        return dataclasses.replace(current, shards=tuple(
+            dataclasses.replace(s, generation=s.generation - 1) for s in current.shards))
+
+    monkeypatch.setattr(ControlPlane, "shard_map", first_one_stale)
+    scores = {f"m{i:04d}": i % 40 for i in range(5000)}
+    code, out = _import(control_plane_dsn, "moved", "\n".join(f"{u},{s}" for u, s in scores.items()))
+    monkeypatch.undo()
+    assert code == 0, out
+    assert calls > 1, "the import never met the stale map"
+    assert "imported 5,000 members" in out and "0 already on the board" in out, out
+    assert _top(client, "moved") == _expected(scores)[:1000]
+    result = CliRunner().invoke(main, ["--control-plane", control_plane_dsn, "check", "-l", "moved"])
     assert result.exit_code == 0, result.output
 
 
