@@ -51,6 +51,8 @@ class _Committed:
     score: int
     applied: bool
     entry: IndexEntry | None  # the member's entry after the call; None if it is gone
+    node: NodeClient  # the member's index node, and the key of its index hash there
+    key: str
 
 
 async def apply_updates(
@@ -140,6 +142,7 @@ async def _commit(
         keys.append((key, dedup_key(board, h)))
         by_node.setdefault(node.id, (node, []))[1].append(i)
     todo = {node_id: positions for node_id, (_, positions) in by_node.items()}
+    node_of = {node_id: node for node_id, (node, _) in by_node.items()}
     results: list[_Committed | RequestIdConflict | OutOfRange | None] = [None] * len(updates)
     checked = each or len(by_node) == 1 or not _refusable(layout, updates)
     for _ in range(_MAX_ROUNDS):
@@ -166,7 +169,7 @@ async def _commit(
                 elif raw[0] == "refused":
                     results[i] = _refusal([1, raw[1]], [0], [updates[i]], False)
                 else:
-                    results[i] = _committed(updates[i].user_id, raw)
+                    results[i] = _committed(updates[i].user_id, raw, node_of[node_id], keys[i][0])
             if held:
                 todo[node_id] = held
             else:
@@ -228,10 +231,10 @@ def _refusal(
     return OutOfRange(name, f"the result would leave ±(2^53 - 1){note}")
 
 
-def _committed(user_id: str, raw: list[object]) -> _Committed:
+def _committed(user_id: str, raw: list[object], node: NodeClient, key: str) -> _Committed:
     kind, score, version, applied, home, from_, to, current = raw
     entry = IndexEntry(user_id, int(current), int(version), str(home), str(from_), str(to)) if home else None
-    return _Committed(str(kind), int(score), bool(applied), entry)
+    return _Committed(str(kind), int(score), bool(applied), entry, node, key)
 
 
 def _entry(user_id: str, fields: list[object]) -> IndexEntry:
@@ -289,13 +292,12 @@ async def _write_shards(
 def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
     """Hands the pending-write marks of members whose shard write is done (moves clear their own) to
     the background clearing (see `_forget`): the caller's answer does not wait for them."""
-    done: dict[str, IndexEntry] = {}
+    done: dict[str, _Committed] = {}
     for c in committed:
         if c.applied and c.entry is not None and not c.entry.moving:
-            done[c.entry.user_id] = c.entry
-    for entry in done.values():
-        node, key = cluster.index_of(layout, entry.user_id)
-        cluster.forgets.add(node, layout.board, key, entry.user_id, entry.version)
+            done[c.entry.user_id] = c
+    for c in done.values():
+        cluster.forgets.add(c.node, layout.board, c.key, c.entry.user_id, c.entry.version)  # type: ignore[union-attr]
 
 
 async def _write_groups(
