@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
-from shard_map import BoardConfig, Buckets, ControlPlane, ControlPlaneError, check_boundaries, check_expected_members
+from shard_map import BoardConfig, Buckets, ControlPlane, ControlPlaneError, check_boundaries
 
 from ._client import NodeClient
 from ._keys import descriptor_key
@@ -31,11 +31,10 @@ async def create_board(
     """Records a new board (epoch 1, shards dealt over the active nodes) and fences its shards.
 
     The board's key layout is sized for `config.expected_members` over those nodes (`Buckets.sized_for`;
-    the given `config.buckets` are ignored). Raises `AlreadyExists`, `InvalidArgument` (boundaries,
-    expected members), `ControlPlaneError`, `NodeError`.
+    the given `config.buckets` are ignored; the store checks the size). Raises `AlreadyExists`,
+    `InvalidArgument` (boundaries, expected members), `ControlPlaneError`, `NodeError`.
     """
     cuts = check_boundaries(boundaries)
-    check_expected_members(config.expected_members)
     nodes = [n.id for n in await control_plane.list_nodes() if n.state == "ACTIVE"]
     if not nodes:
         raise ControlPlaneError("the control plane has no active node to place shards on")

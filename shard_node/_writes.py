@@ -142,7 +142,6 @@ async def _commit(
         keys.append((key, dedup_key(board, h)))
         by_node.setdefault(node.id, (node, []))[1].append(i)
     todo = {node_id: positions for node_id, (_, positions) in by_node.items()}
-    node_of = {node_id: node for node_id, (node, _) in by_node.items()}
     results: list[_Committed | RequestIdConflict | OutOfRange | None] = [None] * len(updates)
     checked = each or len(by_node) == 1 or not _refusable(layout, updates)
     for _ in range(_MAX_ROUNDS):
@@ -169,7 +168,7 @@ async def _commit(
                 elif raw[0] == "refused":
                     results[i] = _refusal([1, raw[1]], [0], [updates[i]], False)
                 else:
-                    results[i] = _committed(updates[i].user_id, raw, node_of[node_id], keys[i][0])
+                    results[i] = _committed(updates[i].user_id, raw, by_node[node_id][0], keys[i][0])
             if held:
                 todo[node_id] = held
             else:
