@@ -23,6 +23,10 @@ from ._model import Profile
 from ._procs import Cluster, Spawned, cpu_seconds, free_port
 
 Progress = Callable[[str], None]
+DirectDriver = Callable[..., dict[str, float]]
+"""BatchUpdateScores' node operations driven directly, below the router: (control-plane DSN, board,
+seconds, population, seed, model) -> {'updates_per_s', 'cpu_s', ...}. Picklable (it runs in a
+load-generator process); the CLI supplies it, as only it may reach below the public surfaces."""
 _START_MARGIN = 0.4
 """Seconds between handing a phase to the load generators and its start, so all start together."""
 
@@ -40,8 +44,9 @@ class Bench:
     """Every process of a run; use as a context manager (everything started is stopped on exit)."""
 
     def __init__(self, profile: Profile, workdir: Path, progress: Progress = print_progress, seed: int = 1,
-                 event_loop: str = "uvloop") -> None:
+                 event_loop: str = "uvloop", direct: DirectDriver | None = None) -> None:
         self.profile = profile
+        self.direct = direct
         self.workdir = workdir
         self.progress = progress
         self.seed = seed
@@ -146,6 +151,17 @@ class Bench:
         cpu1, node1 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_seconds()
         merged = merge([f.result() for f in futures])
         return _figures(name, target, rate, seconds, merged, cpu1 - cpu0, node1 - node0, len(pids))
+
+    def measure_direct(self, board: str, population: int) -> dict[str, Any] | None:
+        """`direct` on `board` for a phase, in one load-generator process, with the nodes' CPU time for
+        it; None when the bench was given no direct driver."""
+        assert self.cluster is not None
+        if self.direct is None:
+            return None
+        node0 = self.cluster.node_cpu_seconds()
+        out = self.run_in_pool(self.direct, [(self.cluster.control_plane, board, self.profile.phase_seconds,
+                                              population, self.seed, self.profile.model)])[0]
+        return {**out, "node_cpu_s": self.cluster.node_cpu_seconds() - node0}
 
     def _pids(self, target: str) -> list[int]:
         assert self.echo is not None and self.cluster is not None

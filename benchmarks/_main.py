@@ -6,18 +6,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._bench import Bench, Progress, print_progress
+from ._bench import Bench, DirectDriver, Progress, print_progress
 from ._model import Profile
 from ._report import write_report
 from ._suite import run_suite
 
 
 def run_bench(profile: Profile, out_dir: Path, *, command: str, progress: Progress = print_progress,
-              seed: int = 1) -> tuple[dict[str, Any], list[Path]]:
+              seed: int = 1, direct: DirectDriver | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Starts every process the run needs in a temporary folder, runs the suite, stops them all, and
-    writes the report into `out_dir`. Returns the result and the files written."""
+    writes the report into `out_dir`. Returns the result and the files written. Without `direct` (see
+    `DirectDriver`) the batch goal against the same node operations driven directly is left out."""
     with tempfile.TemporaryDirectory(prefix="rankshard-bench-") as tmp:
-        with Bench(profile, Path(tmp), progress, seed) as bench:
+        with Bench(profile, Path(tmp), progress, seed, direct=direct) as bench:
             result = run_suite(bench)
     progress(f"writing the report into {out_dir}")
     return result, write_report(result, out_dir, command)

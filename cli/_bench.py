@@ -13,6 +13,8 @@ import grpc
 from benchmarks import PROFILES, print_progress, run_bench
 from benchmarks._report import capacity_table, headline
 
+from ._direct import direct_batches
+
 
 @click.command()
 @click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default="500m-dau", show_default=True,
@@ -46,7 +48,8 @@ def bench(profile_name: str, duration: float | None, members: int | None, dau: i
         profile = profile.scaled(model=replace(profile.model, dau=dau, board_members=dau))
     command = "rankshard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        result, paths = run_bench(profile, out_dir, command=command, progress=print_progress, seed=seed)
+        result, paths = run_bench(profile, out_dir, command=command, progress=print_progress, seed=seed,
+                                  direct=direct_batches)
     except (RuntimeError, OSError) as exc:
         raise click.ClickException(f"bench failed: {exc}") from exc
     except grpc.RpcError as exc:

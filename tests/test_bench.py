@@ -138,6 +138,9 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
             measured = result["shards"][str(n)][kind]
             assert measured["calls"] > 0 and measured["errors"] == {}, measured["errors"]
     assert result["raw"]["pipelined"]["updates_per_s"] > 0
+    direct = result["raw"]["direct"]  # the node operations of a batch, without the router in between
+    assert direct["updates_per_s"] > 0 and direct["node_cpu_s"] > 0 and direct["shards"] == max(profile.shard_counts)
+    assert any("the same node operations driven directly" in g["goal"] for g in goals)
     run = result["simulation"]["run"]
     assert run["errors"] == {} and set(run["kinds"]) == {"update", "rank", "top", "around"}
     assert run["timeline"] and all(p["items_per_s"] >= 0 for p in run["timeline"])
@@ -154,3 +157,15 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, name
     assert "| capacity plan |" in done.stdout and "router cores" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_direct_batch_baseline_sends_new_writes_every_run(client, control_plane_dsn: str) -> None:  # type: ignore[no-untyped-def]
+    """The baseline stands for BatchUpdateScores' work: a run that sent an earlier run's request ids again
+    would be answered as retries (no writes) and look faster than the router for doing less."""
+    from cli._direct import direct_batches
+
+    client.create("direct", boundaries=TrafficModel().boundaries(4))
+    runs = [direct_batches(control_plane_dsn, "direct", 0.3, 10**6, 1, TrafficModel()) for _ in range(2)]
+    for run in runs:
+        assert run["updates"] > 0 and run["applied"] == run["updates"], run
