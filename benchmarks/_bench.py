@@ -25,7 +25,7 @@ from ._procs import Cluster, Spawned, cpu_seconds, free_port
 Progress = Callable[[str], None]
 DirectDriver = Callable[..., dict[str, float]]
 """BatchUpdateScores' node operations driven directly, below the router: (control-plane DSN, board,
-seconds, population, seed, model) -> {'updates_per_s', 'cpu_s', ...}. Picklable (it runs in a
+seconds, population, seed, model, batches in flight) -> {'updates_per_s', 'cpu_s', ...}. Picklable (it runs in a
 load-generator process); the CLI supplies it, as only it may reach below the public surfaces."""
 _START_MARGIN = 0.4
 """Seconds between handing a phase to the load generators and its start, so all start together."""
@@ -159,8 +159,9 @@ class Bench:
         if self.direct is None:
             return None
         node0 = self.cluster.node_cpu_seconds()
-        out = self.run_in_pool(self.direct, [(self.cluster.control_plane, board, self.profile.phase_seconds,
-                                              population, self.seed, self.profile.model)])[0]
+        p = self.profile
+        out = self.run_in_pool(self.direct, [(self.cluster.control_plane, board, p.phase_seconds, population,
+                                              self.seed, p.model, p.in_flight)])[0]
         return {**out, "node_cpu_s": self.cluster.node_cpu_seconds() - node0}
 
     def _pids(self, target: str) -> list[int]:

@@ -23,22 +23,19 @@ from benchmarks._loadgen import user_id
 from shard_map import ControlPlane
 from shard_node import BoardLayout, Update, apply_updates, connect_cluster
 
-IN_FLIGHT = 64
-"""Batches under way at once, of the order the load generators keep at the router (2 x 64): single
-runs on a 16-shard board gave 10.3-13.5k updates/s with 16, 13.7-16.0k with 64, 11.5-14.6k with 128."""
-
-
 def direct_batches(control_plane: str, board: str, seconds: float, population: int, seed: int,
-                   model: TrafficModel, batch: int = 100) -> dict[str, float]:
-    """Runs `apply_updates` on batches of `batch` updates for `seconds`, IN_FLIGHT batches at once:
+                   model: TrafficModel, in_flight: int = 64, batch: int = 100) -> dict[str, float]:
+    """Runs `apply_updates` on batches of `batch` updates for `seconds`, `in_flight` batches at once (as
+    many as the load generators keep at the router; on a 16-shard board single runs gave 10.3-13.5k
+    updates/s with 16, 13.7-16.0k with 64, 11.5-14.6k with 128):
     the updates the load generator's BatchUpdateScores(batch) calls carry (a preloaded member, a
     game's points, a request id of its own). Returns updates/s, this process's CPU time, and how many
     updates were applied (all of them on an increment board: none is a retry)."""
-    return _run(_direct(control_plane, board, seconds, population, seed, model, batch))
+    return _run(_direct(control_plane, board, seconds, population, seed, model, in_flight, batch))
 
 
 async def _direct(control_plane: str, board: str, seconds: float, population: int, seed: int,
-                  model: TrafficModel, batch: int) -> dict[str, float]:
+                  model: TrafficModel, in_flight: int, batch: int) -> dict[str, float]:
     rng = random.Random(seed * 7919 + os.getpid())
     ids = itertools.count()
     # Unique per run, as the load generator's: a request id sent again would be answered as a retry
@@ -60,7 +57,7 @@ async def _direct(control_plane: str, board: str, seconds: float, population: in
 
     try:
         cpu0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(t0 + seconds) for _ in range(IN_FLIGHT)))
+        await asyncio.gather(*(worker(t0 + seconds) for _ in range(in_flight)))
         took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         await cluster.aclose()  # the marks still to clear are cleared first, as a router's would be

@@ -160,7 +160,7 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
 
 
 @pytest.mark.timeout(120)
-def test_the_direct_batch_baseline_sends_new_writes_every_run(client, control_plane_dsn: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_direct_batch_baseline_sends_new_writes_every_run(client, control_plane_dsn):
     """The baseline stands for BatchUpdateScores' work: a run that sent an earlier run's request ids again
     would be answered as retries (no writes) and look faster than the router for doing less."""
     from cli._direct import direct_batches
