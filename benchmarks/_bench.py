@@ -25,8 +25,8 @@ from ._procs import Cluster, Spawned, cpu_seconds, free_port
 Progress = Callable[[str], None]
 DirectDriver = Callable[..., dict[str, float]]
 """BatchUpdateScores' node operations driven directly, below the router: (control-plane DSN, board,
-seconds, population, seed, model, batches in flight) -> {'updates_per_s', 'cpu_s', ...}. Picklable (it runs in a
-load-generator process); the CLI supplies it, as only it may reach below the public surfaces."""
+seconds, population, seed, model, batches in flight) -> {'updates_per_s', 'cpu_s', ...}. Picklable (it
+runs in a load-generator process); the CLI supplies it, as only it may reach below the public surfaces."""
 _START_MARGIN = 0.4
 """Seconds between handing a phase to the load generators and its start, so all start together."""
 

@@ -29,7 +29,8 @@ from ._direct import direct_batches
 def bench(profile_name: str, duration: float | None, members: int | None, dau: int | None, out_dir: Path,
           seed: int) -> None:
     """Simulate a game's leaderboard traffic against a local cluster, side by side with a gRPC echo
-    server and raw redis-py, and write a report with a capacity plan for the full-scale model.
+    server, raw redis-py and the same node operations driven directly, and write a report with a
+    capacity plan for the full-scale model.
 
     Starts its own PostgreSQL, nodes, routers and echo server in a temporary folder and stops them.
 
