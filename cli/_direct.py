@@ -23,14 +23,16 @@ from benchmarks._loadgen import user_id
 from shard_map import ControlPlane
 from shard_node import BoardLayout, Update, apply_updates, connect_cluster
 
+
 def direct_batches(control_plane: str, board: str, seconds: float, population: int, seed: int,
                    model: TrafficModel, in_flight: int = 64, batch: int = 100) -> dict[str, float]:
-    """Runs `apply_updates` on batches of `batch` updates for `seconds`, `in_flight` batches at once (as
-    many as the load generators keep at the router; on a 16-shard board single runs gave 10.3-13.5k
-    updates/s with 16, 13.7-16.0k with 64, 11.5-14.6k with 128):
-    the updates the load generator's BatchUpdateScores(batch) calls carry (a preloaded member, a
-    game's points, a request id of its own). Returns updates/s, this process's CPU time, and how many
-    updates were applied (all of them on an increment board: none is a retry)."""
+    """Runs `apply_updates` for `seconds` on batches of `batch` updates, `in_flight` batches at once,
+    each update what the load generator's BatchUpdateScores calls carry: a preloaded member, a game's
+    points, a request id of its own. Returns updates/s, this process's CPU time, and how many updates
+    were applied (on an increment board all of them: none is a retry).
+
+    `in_flight` is as many as the load generators keep at the router (single runs on a 16-shard board
+    gave 10.3-13.5k updates/s with 16, 13.7-16.0k with 64, 11.5-14.6k with 128)."""
     return _run(_direct(control_plane, board, seconds, population, seed, model, in_flight, batch))
 
 
