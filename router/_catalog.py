@@ -49,8 +49,15 @@ class Catalog:
         if pending is None:
             pending = asyncio.ensure_future(self._load(board))
             self._loading[board] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(board, None))
+            pending.add_done_callback(lambda done: self._loaded(board, done))
+        # Shielded: callers whose deadline passes leave, the load goes on for the others.
         return await asyncio.shield(pending)
+
+    def _loaded(self, board: str, done: asyncio.Future[BoardLayout]) -> None:
+        self._loading.pop(board, None)
+        if not done.cancelled():
+            # Retrieved here, so a load that every caller gave up on is not logged as an exception nobody saw.
+            done.exception()
 
     async def _load(self, board: str) -> BoardLayout:
         try:

@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from shard_map import ControlPlane
 from shard_node import DEFAULT_MIN_AGE_MS, StepHook, connect_cluster
@@ -20,6 +19,7 @@ from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
 from ._catalog import Catalog
+from ._reflection import enable_reflection
 from ._service import LeaderboardService
 from ._sweeper import DEFAULT_INTERVAL, sweep_forever
 from ._wire import add_service
@@ -61,7 +61,7 @@ async def running_router(
         add_service(server, AdminService(catalog), ADMIN, admin_pb2)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         bound = server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}")

@@ -19,6 +19,7 @@ from shard_map import (
     OutOfRange,
     RankshardError,
     RequestIdConflict,
+    control_plane_deadline,
 )
 
 from ._wire import Undecodable
@@ -38,6 +39,14 @@ STATUS_OF: tuple[tuple[type[RankshardError], grpc.StatusCode], ...] = (
 
 DEFAULT_DEADLINE = 10.0
 """Seconds a call may take when the client set no deadline: nothing waits forever."""
+
+_ANSWER_MARGIN = 0.25
+"""Seconds (at most a tenth of the call's time) kept back from the control plane's share of a deadline, so that
+a control plane that does not answer becomes UNAVAILABLE naming it while the client still listens."""
+
+
+def _control_plane_budget(seconds: float) -> float:
+    return seconds - min(_ANSWER_MARGIN, seconds / 10)
 
 R = TypeVar("R")
 
@@ -63,12 +72,15 @@ def handler(
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
         try:
-            if context.time_remaining() is not None:
+            remaining = context.time_remaining()
+            if remaining is not None:
                 # grpc.aio cancels this task when the client's deadline passes (the client sees
                 # DEADLINE_EXCEEDED): a timer of our own per call would cost about 10 µs for nothing.
-                return await method(self, request, context)
+                with control_plane_deadline(_control_plane_budget(remaining)):
+                    return await method(self, request, context)
             async with asyncio.timeout(DEFAULT_DEADLINE):
-                return await method(self, request, context)
+                with control_plane_deadline(_control_plane_budget(DEFAULT_DEADLINE)):
+                    return await method(self, request, context)
         except RankshardError as exc:
             await context.abort(status_of(exc), str(exc))
         except TimeoutError:

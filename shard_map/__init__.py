@@ -58,6 +58,6 @@ __all__ = [
 ]
 
 # The control plane store (PostgreSQL).
-from ._store import ControlPlane, Node, StaleEpoch  # noqa: E402
+from ._store import ControlPlane, Node, StaleEpoch, control_plane_deadline  # noqa: E402
 
-__all__ += ["ControlPlane", "Node", "StaleEpoch"]
+__all__ += ["ControlPlane", "Node", "StaleEpoch", "control_plane_deadline"]

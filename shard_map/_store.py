@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import re
@@ -55,6 +56,24 @@ _PROBE_EVERY = 30.0  # seconds without a notification before the listener checks
 _SHARD_NUMBER = re.compile(r"s(\d{1,9})")
 # TCP keepalives: a connection to a host that vanished fails within about a minute instead of hanging.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("rankshard_control_plane_deadline", default=None)
+"""`asyncio` loop time by which control-plane calls in this context must have answered (see `control_plane_deadline`)."""
+
+
+@contextlib.contextmanager
+def control_plane_deadline(seconds: float) -> Iterator[None]:
+    """Bounds every `ControlPlane` call made in this context (and in tasks started from it) to `seconds` from now.
+
+    A call that cannot finish in time raises `ControlPlaneError` saying so, rather than waiting for the pool's own
+    timeout: a caller with a deadline (a gRPC call) then answers UNAVAILABLE before its client gives up.
+    """
+    token = _DEADLINE.set(asyncio.get_running_loop().time() + max(0.0, seconds))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
 
 _MAP_QUERY = """
     SELECT b.name, b.epoch, s.id, s.lower, s.upper, s.node, s.state, s.generation
@@ -350,15 +369,34 @@ class ControlPlane:
 
     @contextlib.asynccontextmanager
     async def _transaction(self, action: str) -> AsyncIterator[AsyncConnection]:
-        with self._translated(action):
-            async with self._pool.connection() as conn, conn.transaction():
+        async with self._bounded(action) as wait:
+            async with self._pool.connection(timeout=wait) as conn, conn.transaction():
                 yield conn
 
     async def _fetch(self, action: str, query: Any, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._translated(action):
-            async with self._pool.connection() as conn:
+        async with self._bounded(action) as wait:
+            async with self._pool.connection(timeout=wait) as conn:
                 cur = await conn.execute(query, params)
                 return await cur.fetchall()
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, action: str) -> AsyncIterator[float]:
+        """`_translated`, within the context's `control_plane_deadline` (or this plane's own timeout); yields the
+        seconds left, for the pool's wait. A query that hangs past them is cancelled."""
+        deadline = _DEADLINE.get()
+        left = self._timeout if deadline is None else min(self._timeout, deadline - asyncio.get_running_loop().time())
+        if left <= 0:
+            raise ControlPlaneError(f"control plane (PostgreSQL at {self._where}): {action}: no time left in the call's deadline")
+        with self._translated(action):
+            try:
+                async with asyncio.timeout(left) as scope:
+                    yield left
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise ControlPlaneError(
+                    f"control plane (PostgreSQL at {self._where}): {action} did not answer within {left:.1f} s"
+                ) from None
 
     def _maps(self, rows: Iterable[tuple[Any, ...]]) -> dict[str, ShardMap]:
         grouped: dict[str, tuple[int, list[Shard]]] = {}
