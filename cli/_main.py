@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import click
 
@@ -11,11 +14,63 @@ from ._cluster import LocalCluster, wait_for_signal_or_death
 from ._demo import demo
 from ._doctor import check, repair
 from ._import import import_cmd
-from ._manage import leaderboards, nodes, parse_boundaries, shards
+from ._manage import init, leaderboards, nodes, parse_boundaries, shards
 from ._settings import default_data_dir
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineError(click.ClickException):
+    """An error already put in its one line: shown as it is, on stderr."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.message, file=file, err=True)
+
+
+class _OneLineUsageError(_OneLineError):
+    exit_code = click.UsageError.exit_code  # 2, as click's: scripts tell a bad call from a failed one
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """Turns any click error into one line: ``rankshard nodes add: missing argument 'ADDRESS' (see
+    rankshard nodes add --help)`` for usage errors (exit status 2, as click's), ``rankshard: MESSAGE``
+    for the rest (SPEC section 2: errors are one line on stderr)."""
+    try:
+        yield
+    except (_OneLineError, click.exceptions.NoArgsIsHelpError):  # the latter is `rankshard nodes`: help
+        raise
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx is not None else "rankshard"
+        raise _OneLineUsageError(f"{path}: {_as_clause(exc.format_message())} (see {path} --help)") from exc
+    except click.ClickException as exc:
+        raise _OneLineError(f"rankshard: {_flat(exc.format_message())}") from exc
+
+
+def _flat(message: str) -> str:
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _as_clause(message: str) -> str:
+    """One of click's sentences ("Missing argument 'ADDRESS'.") as a clause after a colon."""
+    text = _flat(message).rstrip(".")
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        text = text[0].lower() + text[1:]
+    return text
+
+
+class _Rankshard(click.Group):
+    """The root of the command tree: every error below it, in parsing or in a command, is one line."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        with _one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line():
+            return super().invoke(ctx)
+
+
+@click.group(name="rankshard", cls=_Rankshard, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -33,6 +88,9 @@ def main(ctx: click.Context, data_dir: Path, control_plane: str | None) -> None:
       rankshard demo                 a local cluster, simulated traffic, top 10, ranks
       rankshard cluster up           a local cluster in the foreground (Ctrl-C stops it)
       rankshard shards list -l global
+
+    A control plane elsewhere (--control-plane DSN) is initialised once with
+    `rankshard init`; no other command creates or changes its schema.
     """
     ctx.obj = {"data_dir": data_dir, "control_plane": control_plane}
 
@@ -77,6 +135,7 @@ def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, bou
         raise click.ClickException(why)
 
 
+main.add_command(init)
 main.add_command(cluster)
 main.add_command(demo)
 leaderboards.add_command(import_cmd)

@@ -1,4 +1,4 @@
-"""Thin commands over the control plane and the nodes: leaderboards, shards, nodes."""
+"""Thin commands over the control plane and the nodes: init, leaderboards, shards, nodes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 import click
 
-from shard_map import (BoardConfig, ControlPlane, Operator, RankshardError, SortOrder, check_board_name,
-                       check_expected_members)
-from shard_node import BoardLayout, connect_cluster, create_board, shard_sizes
+from shard_map import (AlreadyExists, BoardConfig, ControlPlane, Node, NodeError, Operator, RankshardError,
+                       SchemaMissing, SortOrder, check_board_name, check_expected_members, schema_version)
+from shard_node import BoardLayout, check_new_node, connect_cluster, create_board, shard_sizes
 
 from ._settings import control_plane_dsn
 
@@ -22,18 +22,59 @@ ORDER_NAMES = {v: k for k, v in ORDERS.items()}
 OPERATORS = {"increment": Operator.INCREMENT, "best": Operator.BEST, "set": Operator.SET}
 
 
-def run(ctx: click.Context, work: Callable[[ControlPlane], Awaitable[T]]) -> T:
-    """Opens the control plane named by the global options, runs `work`, turns errors into one line."""
+def run(ctx: click.Context, work: Callable[[ControlPlane], Awaitable[T]], *, migrate: bool = False) -> T:
+    """Opens the control plane named by the global options, runs `work`, turns errors into one line.
+
+    Unless `migrate` (only `rankshard init`), the schema is checked, never created: a command pointed at a
+    database without it (a mistyped DSN, say) says so and leaves that database as it was.
+    """
     dsn = control_plane_dsn(ctx.obj["data_dir"], ctx.obj["control_plane"])
 
     async def main() -> T:
-        async with await ControlPlane.open(dsn) as control_plane:
+        async with await ControlPlane.open(dsn, migrate=migrate) as control_plane:
             return await work(control_plane)
 
     try:
         return asyncio.run(main())
+    except SchemaMissing as exc:
+        raise click.ClickException(_schema_problem(exc)) from exc
     except RankshardError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _schema_problem(exc: SchemaMissing) -> str:
+    if exc.none_applied:
+        return (f"the control plane at {exc.where} has no rankshard schema; "
+                "run `rankshard init` or `rankshard cluster up`")
+    return (f"the control plane at {exc.where} has an older rankshard schema: schema migration(s) "
+            f"{', '.join(map(str, exc.missing))} not applied; run `rankshard init` to upgrade it")
+
+
+@click.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create rankshard's schema in the control plane database, or bring it up to date; safe to re-run.
+
+    Every other command needs it done once and never creates a table itself, so a mistyped DSN
+    cannot fill some other database with rankshard's tables. `cluster up` does it for a local
+    cluster; after upgrading rankshard, run it again to apply the new release's migrations.
+
+    \b
+    Examples:
+      rankshard --control-plane postgresql://rankshard@db.internal:5432/rankshard init
+      RANKSHARD_CONTROL_PLANE=postgresql://rankshard@db.internal/rankshard rankshard init
+    """
+
+    async def work(cp: ControlPlane) -> tuple[tuple[int, ...], str]:
+        return cp.migrations_applied, cp.where
+
+    applied, where = run(ctx, work, migrate=True)
+    if not applied:
+        click.echo(f"rankshard: the control plane at {where} is up to date (schema version {schema_version()})")
+        return
+    done = "initialised" if min(applied) == 1 else "upgraded"
+    click.echo(f"rankshard: {done} the control plane at {where} "
+               f"(applied schema migrations {', '.join(map(str, applied))})")
 
 
 def parse_boundaries(text: str | None) -> list[int]:
@@ -50,7 +91,7 @@ def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     cells = [[("-" if r[c] is None else str(r[c])) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
@@ -146,14 +187,20 @@ def list_shards(ctx: click.Context, leaderboard: str, as_json: bool) -> None:
 
 @click.group()
 def nodes() -> None:
-    """List and register data nodes."""
+    """List, register and remove data nodes."""
 
 
 @nodes.command("list")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def list_nodes(ctx: click.Context, as_json: bool) -> None:
-    """Registered nodes with their address and state."""
+    """Registered nodes with their address and state.
+
+    \b
+    Examples:
+      rankshard nodes list
+      rankshard nodes list --json
+    """
 
     async def work(cp: ControlPlane) -> list[dict[str, Any]]:
         return [{"id": n.id, "address": n.address, "state": n.state} for n in await cp.list_nodes()]
@@ -165,12 +212,51 @@ def list_nodes(ctx: click.Context, as_json: bool) -> None:
 @click.argument("address")
 @click.pass_context
 def add_node(ctx: click.Context, address: str) -> None:
-    """Register a running node at ADDRESS (host:port). New boards place shards on it."""
+    """Register a running node at ADDRESS (host:port). New boards place shards on it.
+
+    The node must answer, and be empty or hold only rankshard's keys (rs:*): a server holding
+    other data is refused, and so is an address already registered. The control plane must be
+    initialised (`rankshard init`, or `cluster up` for a local cluster).
+
+    \b
+    Examples:
+      rankshard nodes add 10.0.0.7:6379
+      rankshard --control-plane postgresql://rankshard@db.internal/rankshard nodes add valkey-3:6379
+    """
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise click.BadParameter(f"{address!r} is not host:port", param_hint="ADDRESS")
-    node = run(ctx, lambda cp: cp.add_node(address))
+
+    async def work(cp: ControlPlane) -> Node:
+        registered = {n.address: n.id for n in await cp.list_nodes()}
+        if address in registered:
+            raise AlreadyExists(f"node address {address!r} is already registered as {registered[address]}")
+        try:
+            await check_new_node(address)
+        except NodeError as exc:
+            raise click.ClickException(f"{exc}; nothing was registered") from exc
+        return await cp.add_node(address)
+
+    node = run(ctx, work)
     click.echo(f"registered node {node.id} at {node.address}")
+
+
+@nodes.command("remove")
+@click.argument("node")
+@click.pass_context
+def remove_node(ctx: click.Context, node: str) -> None:
+    """Unregister NODE (its id, such as n3, or its address), if it owns no shard and no index slot.
+
+    A node that owns anything is refused, with what it owns. Its data is left on the server.
+    The control plane must be initialised (`rankshard init`).
+
+    \b
+    Examples:
+      rankshard nodes remove n3
+      rankshard nodes remove 10.0.0.7:6379
+    """
+    removed = run(ctx, lambda cp: cp.remove_node(node))
+    click.echo(f"removed node {removed.id} at {removed.address}")
 
 
 def _name(name: str) -> str:

@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 # The control plane store (PostgreSQL).
-from ._store import ControlPlane, Node, StaleEpoch, control_plane_deadline  # noqa: E402
+from ._migrate import SchemaMissing, schema_version  # noqa: E402
+from ._nodes import Node, NodeInUse  # noqa: E402
+from ._store import ControlPlane, StaleEpoch, control_plane_deadline  # noqa: E402
 
-__all__ += ["ControlPlane", "Node", "StaleEpoch", "control_plane_deadline"]
+__all__ += ["ControlPlane", "Node", "NodeInUse", "SchemaMissing", "StaleEpoch", "control_plane_deadline", "schema_version"]

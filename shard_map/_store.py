@@ -1,10 +1,10 @@
 """The control plane: nodes, index slots, boards and their shard maps, stored in PostgreSQL.
 
 `ControlPlane` is the only way in. Every psycopg (and psycopg_pool) exception is translated here into the
-domain tree of `shard_map._errors`: `ControlPlaneError` (naming the control plane and what was being done),
-`AlreadyExists` or `NotFound`. Every change to a board's shard map bumps ``boards.epoch`` and announces
-``board:epoch`` on the ``rankshard_epoch`` channel in the same transaction, so a listener never hears of an
-epoch it cannot read.
+domain tree of `shard_map._errors`: `ControlPlaneError` (naming the control plane and what was being done;
+`SchemaMissing` when the schema is not there), `AlreadyExists`, `NotFound` or `NodeInUse`. Every change to a
+board's shard map bumps ``boards.epoch`` and announces ``board:epoch`` on the ``rankshard_epoch`` channel in
+the same transaction, so a listener never hears of an epoch it cannot read.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Self
 
 import psycopg
@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ._errors import AlreadyExists, ControlPlaneError, InvalidArgument, NotFound
 from ._limits import check_board_name, check_expected_members, check_score
-from ._migrate import apply_migrations
+from ._migrate import SchemaMissing, apply_migrations, missing_versions
 from ._model import (
     NUM_SLOTS,
     BoardConfig,
@@ -41,6 +41,7 @@ from ._model import (
     ranges_for,
     tiling_problems,
 )
+from ._nodes import NODE_QUERY, Node, delete_node, insert_node
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,8 @@ _MAP_QUERY = """
     SELECT b.name, b.epoch, s.id, s.lower, s.upper, s.node, s.state, s.generation
     FROM boards AS b LEFT JOIN shards AS s ON s.board = b.name
 """
-_NODE_QUERY = "SELECT id, address, state FROM nodes"
 _BOARD_QUERY = "SELECT name, sort_order, operator, expected_members, index_buckets, version_buckets FROM boards"
 _MAP_ORDER = ' ORDER BY b.name COLLATE "C", s.lower NULLS FIRST'
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """A registered data node: its store-assigned id (``n1``, ``n2``...), address and state."""
-
-    id: str
-    address: str
-    state: str
 
 
 class StaleEpoch(ControlPlaneError):
@@ -114,12 +105,17 @@ class ControlPlane:
         self._pool = pool
         self._timeout = timeout
         self._where = _describe(dsn)
+        self.migrations_applied: tuple[int, ...] = ()
+        """The schema versions `open` applied (none when the schema was current, or with ``migrate=False``)."""
 
     @classmethod
-    async def open(cls, dsn: str, *, max_size: int = 4, timeout: float = 10.0) -> ControlPlane:
+    async def open(cls, dsn: str, *, max_size: int = 4, timeout: float = 10.0, migrate: bool = True) -> ControlPlane:
         """Connects, applies pending schema migrations and opens the pool.
 
-        Raises `ControlPlaneError` if the database cannot be reached within `timeout` seconds or refuses.
+        With ``migrate=False`` nothing is written: the schema is only checked, and `SchemaMissing` is raised
+        if the database lacks it or some of its migrations (the way for a command that must not create
+        tables in whatever database a DSN names). Raises `ControlPlaneError` if the database cannot be
+        reached within `timeout` seconds or refuses.
         """
         pool = AsyncConnectionPool(
             dsn, min_size=1, max_size=max_size, open=False, timeout=timeout, name=_POOL_NAME,
@@ -128,11 +124,7 @@ class ControlPlane:
         )
         plane = cls(dsn, pool, timeout)
         try:
-            with plane._translated("applying schema migrations"):
-                # A direct connection first: its errors say why (bad password, no such database), where
-                # a pool that cannot fill only says it timed out.
-                async with await plane._connect() as conn:
-                    await apply_migrations(conn)
+            await plane._prepare_schema(migrate)
             with plane._translated("opening the connection pool"):
                 await pool.open(wait=True, timeout=timeout)
         except BaseException:
@@ -153,33 +145,50 @@ class ControlPlane:
     def dsn(self) -> str:
         return self._dsn
 
+    @property
+    def where(self) -> str:
+        """``host:port/dbname`` of the database, without credentials."""
+        return self._where
+
+    async def _prepare_schema(self, migrate: bool) -> None:
+        # A direct connection first: its errors say why (bad password, no such database), where a pool
+        # that cannot fill only says it timed out.
+        with self._translated("applying schema migrations" if migrate else "reading the schema version"):
+            async with await self._connect() as conn:
+                if migrate:
+                    self.migrations_applied = tuple(await apply_migrations(conn))
+                    return
+                missing, none_applied = await missing_versions(conn)
+        if missing:
+            raise SchemaMissing(self._where, missing, none_applied=none_applied)
+
     # ---- nodes ------------------------------------------------------------------------------------------
 
     async def add_node(self, address: str) -> Node:
-        """Registers a data node and assigns its id. Raises `AlreadyExists` if `address` is registered."""
+        """Registers a data node and assigns its id. Raises `AlreadyExists` if `address` is registered.
+
+        The store does not contact the node: callers check first that it answers (`shard_node`).
+        """
         if not address:
             raise InvalidArgument("address", "is required")
         async with self._transaction(f"registering node {address!r}") as conn:
-            cur = await conn.execute("SELECT id FROM nodes WHERE address = %s", (address,))
-            if (row := await cur.fetchone()) is not None:
-                raise AlreadyExists(f"node address {address!r} is already registered as {row[0]}")
-            try:
-                cur = await conn.execute(
-                    "INSERT INTO nodes (seq, id, address) SELECT s, 'n' || s, %s"
-                    " FROM nextval('node_seq') AS s RETURNING id, address, state",
-                    (address,),
-                )
-            except psycopg.errors.UniqueViolation as exc:  # registered concurrently
-                raise AlreadyExists(f"node address {address!r} is already registered") from exc
-            return Node(*(await cur.fetchall())[0])
+            return await insert_node(conn, address)
+
+    async def remove_node(self, node: str) -> Node:
+        """Unregisters a node, named by id or address, that owns no shard and no index slot; returns it.
+
+        Raises `NotFound`, or `NodeInUse` naming what it owns.
+        """
+        async with self._transaction(f"removing node {node!r}") as conn:
+            return await delete_node(conn, node)
 
     async def list_nodes(self) -> list[Node]:
-        rows = await self._fetch("listing nodes", _NODE_QUERY + " ORDER BY seq")
+        rows = await self._fetch("listing nodes", NODE_QUERY + " ORDER BY seq")
         return [Node(*row) for row in rows]
 
     async def get_node(self, node_id: str) -> Node:
         """Raises `NotFound` for an unknown id."""
-        rows = await self._fetch(f"reading node {node_id!r}", _NODE_QUERY + " WHERE id = %s", (node_id,))
+        rows = await self._fetch(f"reading node {node_id!r}", NODE_QUERY + " WHERE id = %s", (node_id,))
         if not rows:
             raise NotFound(f"node {node_id!r} not found")
         return Node(*rows[0])

@@ -7,6 +7,7 @@ from ._import import ImportInterrupted, import_members
 from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
 from ._moves import MOVE_STEPS, StepHook, finish_move
+from ._new_node import check_new_node
 from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_scores, read_entry, shard_sizes
 from ._repair import RepairReport, repair_board
 from ._sweep import DEFAULT_MIN_AGE_MS, sweep_board
@@ -16,7 +17,7 @@ __all__ = [
     "DEFAULT_MIN_AGE_MS", "Finding", "RepairReport", "audit_board", "repair_board", "sweep_board",
     "DEFAULT_NODE_TIMEOUT", "MOVE_STEPS", "BoardLayout", "Cluster", "Entry", "IndexEntry",
     "NodeClient", "StepHook", "Update", "UpdateOutcome", "apply_each", "apply_updates", "connect_cluster",
-    "ImportInterrupted", "create_board", "finish_move", "import_members",
+    "ImportInterrupted", "check_new_node", "create_board", "finish_move", "import_members",
     "get_around", "get_rank", "get_ranks", "get_top", "install_descriptors", "rank_of_scores",
     "read_entry", "remove_member", "shard_sizes",
 ]

@@ -40,6 +40,9 @@ from dataclasses import dataclass
 
 from shard_map import NUM_SLOTS, Buckets, Shard
 
+KEY_PREFIX = "rs:"
+"""Every key rankshard writes starts with this: a node holding any other key is not rankshard's alone."""
+
 DEDUP_BUCKETS = 8192
 DEDUP_DEPTH = 8
 DEDUP_WINDOW_MS = 3_600_000
