@@ -9,7 +9,7 @@ import time
 import click
 
 from shard_map import ControlPlane
-from shard_node import BoardLayout, Finding, RepairReport, audit_board, connect_cluster, repair_board
+from shard_node import BoardLayout, Finding, LostMembers, RepairReport, audit_board, connect_cluster, repair_board
 
 from ._manage import run
 
@@ -58,9 +58,16 @@ def check(ctx: click.Context, leaderboard: str | None, as_json: bool) -> None:
 @click.option("--leaderboard", "-l", help="repair one board (default: every board)")
 @click.pass_context
 def repair(ctx: click.Context, leaderboard: str | None) -> None:
-    """Roll pending moves forward, restore lost descriptors, rebuild lost shards from the index.
+    """Roll pending moves forward, restore lost descriptors, rebuild lost shards from the index and
+    lost index entries from the shards.
 
-    Idempotent: a second run reports nothing done. Ends with a check of the result.
+    Idempotent: a second run reports nothing done. Prints what could not be recovered (members whose
+    index entry and shard copy were both lost, request-id records lost with the index), then ends
+    with a check of the result: exit 0 when the board is sound.
+
+    \b
+    Example, after a node came back empty:
+      rankshard repair -l global
     """
 
     async def work(cp: ControlPlane) -> dict[str, tuple[RepairReport, list[Finding]]]:
@@ -76,10 +83,33 @@ def repair(ctx: click.Context, leaderboard: str | None) -> None:
 
     clean = True
     for board, (report, findings) in run(ctx, work).items():
-        click.echo(f"{board}: descriptors restored {len(report.descriptors_installed)}, moves finished "
-                   f"{report.moves_finished}, members rewritten {report.members_rewritten}, stray copies "
-                   f"removed {report.copies_removed}")
+        for line in _report_lines(report):
+            click.echo(f"{board}: {line}")
         for finding in findings:
             click.echo(f"{board}: still: {finding}")
         clean = clean and not findings
     ctx.exit(0 if clean else 1)
+
+
+def _report_lines(report: RepairReport) -> list[str]:
+    done = (f"descriptors restored {len(report.descriptors_installed)}, moves finished {report.moves_finished}, "
+            f"members rewritten {report.members_rewritten}, stray copies removed {report.copies_removed}, "
+            f"index entries rebuilt {report.entries_rebuilt}, index entries merged {report.entries_merged}")
+    lines = [done]
+    if report.records_lost:
+        lines.append(f"lost: request-id records of {report.records_lost} members (their index entries were rebuilt "
+                     "from the shards): a retry of a request they sent before the loss may be applied again")
+    if report.entries_tied:
+        lines.append(f"guessed: {report.entries_tied} rebuilt members were in two shards at one version (a move under "
+                     "way when their index was lost): the better score was kept, the other copy removed")
+    lines += [f"lost: {_lost_members(lost)}" for lost in report.lost]
+    return lines
+
+
+def _lost_members(lost: LostMembers) -> str:
+    what = (f"members indexed on {lost.index_node} that lived in shards {', '.join(lost.shards)} "
+            "(their index entries and shard copies were both lost): nothing that survived names them, so how many is unknown")
+    if lost.estimate is None:
+        return f"{what} (no index node of the board survived to estimate it from)"
+    return (f"{what}; about {lost.estimate}, by the share of index slots {lost.index_node} held "
+            f"({lost.basis} members indexed on other nodes lived in those shards)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from shard_map import Shard, tiling_problems
 
 from ._client import NodeClient
-from ._keys import IndexEntry, descriptor_key, index_pattern, shard_data_pattern, shard_key
+from ._keys import IndexEntry, descriptor_key, index_pattern, registered_version, shard_data_pattern, shard_key
 from ._layout import BoardLayout, Cluster
 from ._reads import rank_of_scores
 
@@ -42,23 +42,30 @@ class BoardScan:
     """What one pass over a board found: the index, where each member sits, and the findings."""
 
     entries: dict[str, IndexEntry] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    """Members the index holds a tombstone for (removed), with the removal's version."""
+    index_fields: dict[str, int] = field(default_factory=dict)
+    """Per index node, how many of the board's members (live or removed) its index holds."""
     placed: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # user -> [(shard, score)]
     sizes: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
 
 
-async def scan_index(cluster: Cluster, board: str) -> dict[str, IndexEntry]:
-    """Every live index entry of `board` (tombstones left out), from every index node."""
-    entries: dict[str, IndexEntry] = {}
+async def scan_index(cluster: Cluster, board: str, scan: BoardScan) -> None:
+    """Reads every index entry of `board`, from every index node, into `scan`."""
     for node_id in dict.fromkeys(cluster.slots.owners):
+        count = 0
         async for key_batch in _scan_keys(cluster.node(node_id), index_pattern(board)):
             hashes = await cluster.node(node_id).commands([("HGETALL", k) for k in key_batch])
             for fields in hashes:
+                count += len(fields)
                 for user, raw in fields.items():
                     entry = IndexEntry.parse(user, raw)
                     if entry is not None:
-                        entries[user] = entry
-    return entries
+                        scan.entries[user] = entry
+                    else:
+                        scan.removed[user] = registered_version(raw)
+        scan.index_fields[node_id] = count
 
 
 async def shard_members(cluster: Cluster, layout: BoardLayout, shard: Shard) -> AsyncIterator[list[tuple[str, int]]]:
@@ -75,7 +82,8 @@ async def shard_members(cluster: Cluster, layout: BoardLayout, shard: Shard) -> 
 
 
 async def scan_board(cluster: Cluster, layout: BoardLayout) -> BoardScan:
-    scan = BoardScan(entries=await scan_index(cluster, layout.board))
+    scan = BoardScan()
+    await scan_index(cluster, layout.board, scan)
     scan.findings += [Finding("tiling", p) for p in tiling_problems(layout.map.shards)]
     for shard in layout.map.shards:
         actual = await cluster.node(shard.node).command("GET", descriptor_key(layout.board, shard.id))
@@ -117,8 +125,9 @@ def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:
             found.append(Finding("out-of-range", f"score {entry.score} is outside home shard {entry.home}", shard=entry.home, user=user))
     for user, places in scan.placed.items():
         if user not in scan.entries:
+            why = f"of a member removed at version {scan.removed[user]}" if user in scan.removed else "with no index entry"
             for shard_id, score in places:
-                found.append(Finding("orphan", f"score {score} with no index entry", shard=shard_id, user=user))
+                found.append(Finding("orphan", f"score {score} {why}", shard=shard_id, user=user))
     return found
 
 

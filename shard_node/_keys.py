@@ -120,6 +120,12 @@ class IndexEntry:
     def moving(self) -> bool:
         return self.from_ != ""
 
+    def stored(self, rgen: str | None = "") -> str:
+        """The hash value of this entry, as the index scripts write it (``format_entry``); `rgen` names
+        where its request-id records are ('' none; None leaves the field out, as older entries have it)."""
+        fields = f"{self.score}|{self.version}|{self.home}|{self.from_}|{self.to}"
+        return fields if rgen is None else f"{fields}|{rgen}"
+
     @classmethod
     def parse(cls, user_id: str, raw: str | None) -> IndexEntry | None:
         """None for an absent or removed member."""
@@ -128,3 +134,14 @@ class IndexEntry:
         # A sixth field (where the member's request-id records are) is the index script's alone.
         score, version, home, from_, to = raw.split("|", 5)[:5]
         return cls(user_id, int(score), int(version), home, from_, to)
+
+
+def records_generation(raw: str) -> str | None:
+    """The ``rgen`` field of a stored index entry; None when the entry predates the field."""
+    fields = raw.split("|", 5)
+    return fields[5] if len(fields) == 6 else None
+
+
+def registered_version(raw: str | None) -> int:
+    """A version register's value (``ver``, or ``~ver`` after a removal) as a number; 0 when absent."""
+    return int(raw.lstrip("~")) if raw else 0

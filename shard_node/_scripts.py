@@ -30,12 +30,13 @@ INDEX_FORGET = _load("index_forget")
 INDEX_REMOVE = _load("index_remove")
 INDEX_STALE_MOVES = _load("index_stale_moves")
 INDEX_IMPORT = _load("index_import")
+INDEX_REBUILD = _load("index_rebuild")
 SHARD_APPLY = _load("shard_apply")
 SHARD_REMOVE = _load("shard_remove")
 SHARD_COUNT = _load("shard_count")
 SHARD_PAGE = _load("shard_page")
 
 ALL = (
-    INDEX_APPLY, INDEX_MOVE, INDEX_FORGET, INDEX_REMOVE, INDEX_STALE_MOVES, INDEX_IMPORT,
+    INDEX_APPLY, INDEX_MOVE, INDEX_FORGET, INDEX_REMOVE, INDEX_STALE_MOVES, INDEX_IMPORT, INDEX_REBUILD,
     SHARD_APPLY, SHARD_REMOVE, SHARD_COUNT, SHARD_PAGE,
 )
