@@ -1,6 +1,6 @@
 """The gRPC router: `rankshard.v1.Leaderboard` and `rankshard.v1.Admin` over the shard_node data path."""
 
-from ._server import SERVICE_NAMES, running_router, serve
+from ._server import SERVICE_NAMES, ListenError, running_router, serve
 from ._status import STATUS_OF, status_of
 
-__all__ = ["SERVICE_NAMES", "STATUS_OF", "running_router", "serve", "status_of"]
+__all__ = ["SERVICE_NAMES", "STATUS_OF", "ListenError", "running_router", "serve", "status_of"]
