@@ -121,7 +121,8 @@ class Cluster:
     def scale_routers(self, count: int) -> None:
         """Starts or stops extra `python -m router` processes on the same port until `count` serve it."""
         while 1 + len(self.extra) < count:
-            argv = [sys.executable, "-m", "router", "--control-plane", self.control_plane, "--port", str(self.port)]
+            argv = [sys.executable, "-m", "router", "--control-plane", self.control_plane, "--port", str(self.port),
+                    "--reuse-port"]
             log = self.data_dir / f"router-extra-{len(self.extra) + 1}.log"
             self.extra.append(Spawned(argv, "router listening on", log))
         while 1 + len(self.extra) > max(count, 1):

@@ -1,6 +1,6 @@
 """A whole rankshard cluster as local processes: PostgreSQL, Valkey/Redis nodes, routers.
 
-Used by ``rankshard cluster up`` (foreground, until a signal) and by ``rankshard demo``.
+Used by ``rankshard cluster up`` (foreground, supervised, until a signal) and by ``rankshard demo``.
 """
 
 from __future__ import annotations
@@ -9,24 +9,127 @@ import asyncio
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from shard_map import BoardConfig, ControlPlane, NotFound, SlotTable, default_boundaries
 from shard_node import connect_cluster, create_board
 
-from ._local import LocalPostgres, LocalValkey, free_port, die_with_parent
+from ._claims import ClaimRefused, DataDirLock, reserve_port
+from ._local import LocalPostgres, LocalValkey, die_with_parent, free_port
 from ._settings import LocalSettings
+from ._supervisor import GaveUp, Supervised, supervise
 
 DEFAULT_BOARD = "global"
+HOST = "127.0.0.1"
 ROUTER_START_TIMEOUT = 30.0
+ROUTER_STOP_TIMEOUT = 10.0
+
+__all__ = ["DEFAULT_BOARD", "ClaimRefused", "GaveUp", "LocalCluster", "LocalRouter", "supervise_until_signal"]
+
+
+class LocalRouter:
+    """One `python -m router` of a local cluster, sharing the cluster's port with its other routers
+    (`--reuse-port`). Its stderr goes to `log_path`. `start` returns once it serves, and starts it again after
+    it died; a start that fails kills what it spawned and raises RuntimeError."""
+
+    def __init__(self, number: int, control_plane: str, port: int, log_path: Path) -> None:
+        self.number = number
+        self.control_plane = control_plane
+        self.port = port
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"router {self.number} ({HOST}:{self.port})"
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs (or before its first start); else how it ended."""
+        return self._proc.poll() if self._proc else None
+
+    def start(self, timeout: float = ROUTER_START_TIMEOUT) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._close_pipe()
+        argv = [sys.executable, "-m", "router", "--control-plane", self.control_plane, "--host", HOST,
+                "--port", str(self.port), "--reuse-port"]
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                          preexec_fn=die_with_parent)
+        if not self._wait_serving(time.monotonic() + timeout):
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start (exit code {self.exit_code}); see {self.log_path}")
+
+    def _wait_serving(self, deadline: float) -> bool:
+        """Whether it announces that it serves before `deadline` (False as soon as it exits)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        # Raw reads: a buffered reader could hold the line while select sees nothing more to read.
+        fd, seen = self._proc.stdout.fileno(), b""
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                if not (chunk := os.read(fd, 4096)):
+                    return False
+                seen += chunk
+                if b"router listening on" in seen:
+                    return True
+        return False
+
+    def terminate(self) -> None:
+        """Asks it to drain its calls and exit (SIGTERM); `stop` waits for that."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Stops it cleanly, SIGKILLing it if it overruns the grace period. No-op if it is not running."""
+        self.terminate()
+        if self._proc is not None:
+            try:
+                self._proc.wait(ROUTER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close_pipe()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _close_pipe(self) -> None:
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+@dataclass(slots=True)
+class _NamedServer:
+    """A node or PostgreSQL, named for the supervisor's log."""
+
+    name: str
+    server: LocalValkey | LocalPostgres
+
+    @property
+    def log_path(self) -> Path:
+        return self.server.log_path
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.server.exit_code
+
+    def start(self) -> None:
+        self.server.start()
 
 
 class LocalCluster:
-    """Starts (or restarts, from the same data dir) a cluster; `stop()` stops every process it started."""
+    """Starts (or restarts, from the same data dir) a cluster; `stop()` stops every process it started.
+
+    While it runs it holds its data dir and its router port (see `_claims`): a second cluster on either is
+    refused with `ClaimRefused` before anything is changed."""
 
     def __init__(
         self,
@@ -48,12 +151,15 @@ class LocalCluster:
         self.fast = fast
         self.postgres: LocalPostgres | None = None
         self.nodes: list[LocalValkey] = []
-        self.routers: list[subprocess.Popen[str]] = []
+        self.routers: list[LocalRouter] = []
         self.settings: LocalSettings | None = None
+        self._node_ids: dict[str, str] = {}
+        self._lock = DataDirLock(self.data_dir)
+        self._port_hold: socket.socket | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{HOST}:{self.port}"
 
     @property
     def control_plane(self) -> str:
@@ -61,7 +167,8 @@ class LocalCluster:
         return self.settings.control_plane
 
     def start(self) -> None:
-        """Brings every process up and the board `global` into existence; on failure, stops what started."""
+        """Brings every process up and the board `global` into existence; on failure, stops what started.
+        Raises `ClaimRefused` (changing nothing) when a cluster runs in the data dir or the port is taken."""
         try:
             self._start()
         except BaseException:
@@ -69,6 +176,8 @@ class LocalCluster:
             raise
 
     def _start(self) -> None:
+        self._lock.acquire(self.address)
+        self._port_hold = reserve_port(HOST, self.port)
         settings = LocalSettings.load(self.data_dir) or LocalSettings(postgres_port=free_port())
         while len(settings.node_ports) < self.node_count:
             settings.node_ports.append(free_port())
@@ -82,8 +191,9 @@ class LocalCluster:
             self.nodes.append(node)
             node.start()
         asyncio.run(self._bootstrap())
-        for _ in range(self.router_count):
-            self.routers.append(self._start_router())
+        for i in range(1, self.router_count + 1):
+            self.routers.append(LocalRouter(i, self.control_plane, self.port, self.data_dir / f"router-{i}.log"))
+            self.routers[-1].start()
 
     async def _bootstrap(self) -> None:
         """Registers nodes, deals the index slots and creates board `global`, each only if absent."""
@@ -92,8 +202,10 @@ class LocalCluster:
             for node in self.nodes:
                 if node.address not in known:
                     await cp.add_node(node.address)
+            registered = await cp.list_nodes()
+            self._node_ids = {n.address: n.id for n in registered}
             if await cp.slot_table() is None:
-                await cp.assign_slots(SlotTable.spread([n.id for n in await cp.list_nodes()]))
+                await cp.assign_slots(SlotTable.spread([n.id for n in registered]))
             try:
                 await cp.get_board(DEFAULT_BOARD)
             except NotFound:
@@ -104,45 +216,22 @@ class LocalCluster:
                 finally:
                     await cluster.aclose()
 
-    def _start_router(self) -> subprocess.Popen[str]:
-        log = open(self.data_dir / f"router-{len(self.routers) + 1}.log", "a")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "--control-plane", self.control_plane, "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            preexec_fn=die_with_parent,
-        )
-        log.close()
-        deadline = time.monotonic() + ROUTER_START_TIMEOUT
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready:
-                line = proc.stdout.readline()
-                if "router listening on" in line:
-                    return proc
-                if not line:
-                    break
-            if proc.poll() is not None:
-                break
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"router did not start; see {self.data_dir}/router-*.log")
+    def processes(self) -> list[Supervised]:
+        """Every process it started, in start order: a restart in that order finds what it needs up."""
+        assert self.postgres is not None
+        return [
+            _NamedServer(f"postgres ({HOST}:{self.postgres.port})", self.postgres),
+            *(_NamedServer(f"node {self._node_ids.get(n.address, '?')} ({n.address})", n) for n in self.nodes),
+            *self.routers,
+        ]
 
     def stop(self) -> None:
-        """Stops routers first (they drain calls), then nodes, then PostgreSQL. Safe to call twice."""
-        for proc in self.routers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.routers:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        """Stops routers first (they drain calls), then nodes, then PostgreSQL, and lets go of the data dir and
+        the port last. Safe to call twice."""
+        for router in self.routers:
+            router.terminate()
+        for router in self.routers:
+            router.stop()
         self.routers.clear()
         for node in self.nodes:
             node.stop()
@@ -150,16 +239,10 @@ class LocalCluster:
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
-
-    def dead_child(self) -> str | None:
-        """A description of a process that exited on its own, if any."""
-        for i, proc in enumerate(self.routers, 1):
-            if proc.poll() is not None:
-                return f"router {i} exited with status {proc.returncode}"
-        for node in self.nodes:
-            if not node.running:
-                return f"node {node.address} exited"
-        return None
+        if self._port_hold is not None:
+            self._port_hold.close()
+            self._port_hold = None
+        self._lock.release()
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -169,8 +252,9 @@ class LocalCluster:
         self.stop()
 
 
-def wait_for_signal_or_death(cluster: LocalCluster) -> str:
-    """Blocks until SIGINT/SIGTERM (returns the signal's name) or a child's death (returns why)."""
+def supervise_until_signal(cluster: LocalCluster, say: Callable[[str], None]) -> GaveUp | str:
+    """Restarts whatever of `cluster` dies until SIGINT/SIGTERM (returns the signal's name) or until a process
+    keeps dying (returns which, and how). Stops nothing: the caller stops the cluster."""
     received: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -178,12 +262,8 @@ def wait_for_signal_or_death(cluster: LocalCluster) -> str:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not received:
-            dead = cluster.dead_child()
-            if dead:
-                return dead
-            time.sleep(0.2)  # polling children; a signal interrupts the sleep
-        return received[0]
+        gave_up = supervise(cluster.processes(), lambda: bool(received), say)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    return gave_up or received[0]

@@ -158,7 +158,8 @@ def _alive(pid: int) -> bool:
     return text[text.rindex(")") + 2] not in "ZX"
 
 
-def _log_tail(path: Path, size: int = 3000) -> str:
+def log_tail(path: Path, size: int = 3000) -> str:
+    """The last `size` bytes of the log at `path` as text, or "(no log)" when it cannot be read."""
     try:
         with path.open("rb") as log:
             log.seek(max(0, log.seek(0, os.SEEK_END) - size))
@@ -199,6 +200,12 @@ class _ServerProcess:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """How the last spawned server ended (negative: the signal that killed it); None while it runs or
+        before the first start. After a failed `start` it is that attempt's."""
+        return self._proc.poll() if self._proc else None
 
     def stop(self, timeout: float = 15.0) -> None:
         """Shut the server down cleanly and wait for it; SIGKILL it if it overruns `timeout`. No-op if not running."""
@@ -251,7 +258,7 @@ class _ServerProcess:
 
     def _fail(self, message: str) -> None:
         self.kill()
-        raise RuntimeError(f"{message}; tail of {self.log_path}:\n{_log_tail(self.log_path)}")
+        raise RuntimeError(f"{message}; tail of {self.log_path}:\n{log_tail(self.log_path)}")
 
 
 class LocalValkey(_ServerProcess):
@@ -391,7 +398,7 @@ class LocalPostgres(_ServerProcess):
                 failed = True
         if failed:
             raise RuntimeError(f"initdb failed for {self.data_dir}; tail of {self.log_path}:\n"
-                               f"{_log_tail(self.log_path)}")
+                               f"{log_tail(self.log_path)}")
 
     def _is_ready(self) -> bool:
         # The server notes in its pid file when it accepts connections. Reading that, rather than connecting,

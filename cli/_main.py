@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 
 from ._bench import bench
-from ._cluster import LocalCluster, wait_for_signal_or_death
+from ._cluster import ClaimRefused, GaveUp, LocalCluster, supervise_until_signal
 from ._demo import demo
 from ._doctor import check, repair
 from ._import import import_cmd
@@ -110,7 +110,8 @@ def cluster() -> None:
 def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, boundaries: str | None) -> None:
     """Start PostgreSQL, the nodes and the routers in the foreground, until SIGINT or SIGTERM.
 
-    Data lives in --data-dir and survives a stop and start. Creates board `global`
+    A process that dies is restarted on its port and data; one that keeps dying stops the
+    cluster. Data lives in --data-dir and survives a stop and start. Creates board `global`
     (descending, increment) if absent.
 
     \b
@@ -121,18 +122,25 @@ def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, bou
     local = LocalCluster(ctx.obj["data_dir"], nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts)
     try:
         local.start()
+    except ClaimRefused as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"cluster did not start: {exc}") from exc
     try:
         click.echo(f"rankshard: control plane {local.control_plane}")
         click.echo(f"rankshard: nodes {', '.join(n.address for n in local.nodes)}")
-        click.echo(f"rankshard: router listening on {local.address}", )
-        why = wait_for_signal_or_death(local)
-        click.echo(f"rankshard: stopping ({why})")
+        click.echo(f"rankshard: router listening on {local.address}")
+        outcome = supervise_until_signal(local, click.echo)
+        if isinstance(outcome, GaveUp):
+            click.echo(f"rankshard: {outcome.name} keeps dying; stopping. The last lines of {outcome.log_path}:")
+            for line in outcome.log_lines():
+                click.echo(f"  {line}")
+        else:
+            click.echo(f"rankshard: stopping ({outcome})")
     finally:
         local.stop()
-    if not why.startswith("SIG"):
-        raise click.ClickException(why)
+    if isinstance(outcome, GaveUp):
+        raise click.ClickException(str(outcome))
 
 
 main.add_command(init)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,11 +31,39 @@ LEADERBOARD = leaderboard_pb2.DESCRIPTOR.services_by_name["Leaderboard"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
 SERVICE_NAMES = (LEADERBOARD.full_name, ADMIN.full_name)
 
-_OPTIONS = (
-    # Several router processes share one port (DESIGN.md: N processes behind SO_REUSEPORT).
-    ("grpc.so_reuseport", 1),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-)
+_MAX_MESSAGE = ("grpc.max_receive_message_length", 16 * 1024 * 1024)
+
+
+class ListenError(OSError):
+    """The router cannot listen on its address: another process serves it, or the address is not ours."""
+
+
+def _server_options(reuse_port: bool) -> tuple[tuple[str, int], ...]:
+    # gRPC turns SO_REUSEPORT on unless told otherwise, and with it a router silently shares a port with any
+    # other process of ours that has it too: another cluster's routers included. Only the routers of one cluster
+    # (DESIGN.md: N processes behind SO_REUSEPORT) ask for it.
+    return (("grpc.so_reuseport", int(reuse_port)), _MAX_MESSAGE)
+
+
+def _listen(server: grpc.aio.Server, host: str, port: int, reuse_port: bool) -> int:
+    """Binds `host:port` (0: any free port) and returns the port bound; raises `ListenError` saying why not."""
+    if port:
+        _probe(host, port, reuse_port)
+    try:
+        return server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # taken in the moment since the probe
+        raise ListenError(f"cannot listen on {host}:{port}") from exc
+
+
+def _probe(host: str, port: int, reuse_port: bool) -> None:
+    """A plain bind with gRPC's socket options: where gRPC only says that it failed, this says why."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+            probe.bind((host, port))  # never listens: no client is ever handed to it
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}") from None
 
 
 @contextlib.asynccontextmanager
@@ -46,25 +75,28 @@ async def running_router(
     on_step: StepHook | None = None,
     sweep_interval: float = DEFAULT_INTERVAL,
     sweep_age_ms: int = DEFAULT_MIN_AGE_MS,
+    reuse_port: bool = False,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
     """A serving router; yields the server and the port it bound. Everything is closed on exit.
 
-    Raises `ControlPlaneError` when the control plane cannot be reached or has no nodes yet.
+    `reuse_port` lets it share `port` with the other routers of its cluster (SO_REUSEPORT); without it a port
+    that any other process serves is refused.
+
+    Raises `ControlPlaneError` when the control plane cannot be reached or has no nodes yet, `ListenError` when
+    the port cannot be bound.
     """
     control_plane = await ControlPlane.open(control_plane_dsn)
     try:
         cluster = await connect_cluster(control_plane)
         catalog = Catalog(control_plane, cluster)
-        server = grpc.aio.server(options=_OPTIONS)
+        server = grpc.aio.server(options=_server_options(reuse_port))
         leaderboard = LeaderboardService(catalog, on_step)
         add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2)
         add_service(server, AdminService(catalog), ADMIN, admin_pb2)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
-        bound = server.add_insecure_port(f"{host}:{port}")
-        if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+        bound = _listen(server, host, port, reuse_port)
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

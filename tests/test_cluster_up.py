@@ -1,18 +1,24 @@
-"""`rankshard cluster up`: real processes from embedded defaults, a clean stop, data that survives."""
+"""`rankshard cluster up`: real processes from embedded defaults, a clean stop, data that survives, a supervisor
+that restarts what dies, and refusals that leave a running cluster (and its `cluster.json`) alone."""
 
 from __future__ import annotations
 
+import json
 import os
-import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
+import redis
 
 from cli._local import _alive, _descendants, free_port
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -20,71 +26,274 @@ from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
+START_TIMEOUT = 60.0
 
-_readers: dict[int, threading.Thread] = {}
+
+class Up:
+    """One `rankshard cluster up` subprocess. Threads collect its stdout and stderr lines as they come."""
+
+    def __init__(self, data_dir: Path, port: int, *args: str) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "cluster", "up", "--port", str(port),
+             "--nodes", "2", "--shards", "3", "--boundaries", "100,200", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "RANKSHARD_PG_FAST": "1"},
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = 0
+        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                         for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: object, lines: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._ended += 1
+            self._changed.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float = START_TIMEOUT) -> str:
+        """The first stdout line matching regex `pattern`; fails if none comes in time or the command ends."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                if found := next((line for line in self.stdout if re.search(pattern, line)), None):
+                    return found
+                remaining = deadline - time.monotonic()
+                if self._ended == len(self._readers) or remaining <= 0:
+                    raise AssertionError(f"no line matching {pattern!r} in time; output:\n{self.output()}")
+                self._changed.wait(remaining)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Its exit code, once it has exited and its output is read."""
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+    def output(self) -> str:
+        return "\n".join(self.stdout + ["-- stderr --"] + self.stderr)
+
+    def settings(self) -> dict[str, object]:
+        return json.loads((self.data_dir / "cluster.json").read_text())  # type: ignore[no-any-return]
+
+    def child(self, matches: Callable[[list[str]], bool]) -> list[int]:
+        """Pids of its direct children whose command line `matches`."""
+        found = []
+        for pid in _children(self.proc.pid):
+            with suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                if matches(argv):
+                    found.append(pid)
+        return found
+
+    def stop(self) -> set[int]:
+        """SIGTERM; asserts a clean exit and returns whatever it started that still runs."""
+        children = set(_descendants(self.proc.pid))
+        assert children, "cluster up started no processes"
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.wait_exit(60) == 0, self.output()
+        return {pid for pid in children if _alive(pid)}
+
+    def close(self) -> None:
+        """Ends it however it stands (the fixture's clean-up); its children die with it (parent-death signal)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for reader in self._readers:
+            reader.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            assert stream is not None
+            stream.close()
 
 
-def _wait_line(proc: subprocess.Popen[str], needle: str, timeout: float = 90.0) -> str:
-    """The first output line containing `needle` (read by a thread: a buffered pipe defeats select)."""
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    _readers[proc.pid] = reader
+def _children(pid: int) -> list[int]:
+    with suppress(OSError):
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    return []
+
+
+def _valkey_on(port: int) -> Callable[[list[str]], bool]:
+    # A running Valkey rewrites its command line to "valkey-server HOST:PORT".
+    return lambda argv: argv[0].split("/")[-1] == f"valkey-server 127.0.0.1:{port}"
+
+
+def _postgres_on(port: int) -> Callable[[list[str]], bool]:
+    return lambda argv: argv[0].endswith("postgres") and "-p" in argv and argv[argv.index("-p") + 1] == str(port)
+
+
+def _is_router(argv: list[str]) -> bool:
+    return argv[1:3] == ["-m", "router"]
+
+
+def _listeners(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (Linux: state 0A of /proc/net/tcp is LISTEN; gRPC listens
+    on an IPv6 socket bound to ::ffff:127.0.0.1, listed in tcp6)."""
+    local = {f"0100007F:{port:04X}", f"0000000000000000FFFF00000100007F:{port:04X}"}
+    rows = [row.split() for table in ("tcp", "tcp6") for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1] in local and row[3] == "0A")
+
+
+def _wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+def _top(port: int) -> list[tuple[str, int]] | None:
+    """Board `global`'s top 100, or None while the cluster cannot answer."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError(f"no {needle!r} within {timeout}s; output: {''.join(seen)}")
+            reply = pb_grpc.LeaderboardStub(channel).GetTop(pb.GetTopRequest(leaderboard="global", limit=100),
+                                                            timeout=5)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return None
+            raise
+    return [(e.user_id, e.score) for e in reply.entries]
 
 
-def _up(data_dir: Path, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "cluster", "up", "--port", str(port),
-         "--nodes", "2", "--shards", "3", "--boundaries", "100,200"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RANKSHARD_PG_FAST": "1"},
-    )
+def _update(port: int, scores: dict[str, int]) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        lb = pb_grpc.LeaderboardStub(channel)
+        for user, score in scores.items():
+            lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="global", user_id=user, score=score), timeout=10)
 
 
-def _stop(proc: subprocess.Popen[str]) -> set[int]:
-    children = set(_descendants(proc.pid))
-    assert children, "cluster up started no processes"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    reader = _readers.pop(proc.pid, None)
-    if reader is not None:
-        reader.join(10)
-    assert proc.stdout is not None
-    proc.stdout.close()
-    return {pid for pid in children if _alive(pid)}
+@pytest.fixture
+def start_up() -> Iterator[Callable[..., Up]]:
+    """Starts `cluster up` commands; ends every one still running after the test, pass or fail."""
+    started: list[Up] = []
+
+    def start(data_dir: Path, port: int, *args: str) -> Up:
+        started.append(Up(data_dir, port, *args))
+        return started[-1]
+
+    yield start
+    for up in started:
+        up.close()
 
 
-def test_up_serves_stops_cleanly_and_restarts_with_the_same_data(tmp_path: Path) -> None:
+def test_up_serves_stops_cleanly_and_restarts_with_the_same_data(tmp_path: Path, start_up: Callable[..., Up]) -> None:
     port = free_port()
-    proc = _up(tmp_path, port)
-    try:
-        assert _wait_line(proc, "router listening on").strip() == f"rankshard: router listening on 127.0.0.1:{port}"
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            lb = pb_grpc.LeaderboardStub(channel)
-            for user, score in [("ann", 50), ("ben", 150), ("cat", 250), ("ann", 100)]:
-                lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="global", user_id=user, score=score), timeout=10)
-            before = lb.GetTop(pb.GetTopRequest(leaderboard="global"), timeout=10)
-        assert [(e.user_id, e.score) for e in before.entries] == [("cat", 250), ("ann", 150), ("ben", 150)]
-    finally:
-        left = _stop(proc)
-    assert left == set(), f"processes left behind after SIGTERM: {left}"
+    up = start_up(tmp_path, port)
+    assert up.wait_line("router listening on") == f"rankshard: router listening on 127.0.0.1:{port}"
+    _update(port, {"ann": 50, "ben": 150, "cat": 250})
+    _update(port, {"ann": 100})
+    before = _top(port)
+    assert before == [("cat", 250), ("ann", 150), ("ben", 150)]
+    assert up.stop() == set(), "processes left behind after SIGTERM"
 
-    proc = _up(tmp_path, port)
-    try:
-        _wait_line(proc, "router listening on")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            after = pb_grpc.LeaderboardStub(channel).GetTop(pb.GetTopRequest(leaderboard="global"), timeout=10)
-        assert after == before
-    finally:
-        assert _stop(proc) == set()
+    up = start_up(tmp_path, port)
+    up.wait_line("router listening on")
+    assert _top(port) == before
+    assert up.stop() == set()
+
+
+def test_a_killed_node_router_and_postgres_come_back_on_their_ports_with_their_data(
+    tmp_path: Path, start_up: Callable[..., Up]
+) -> None:
+    port = free_port()
+    up = start_up(tmp_path, port, "--routers", "2")
+    up.wait_line("router listening on")
+    settings = up.settings()
+    node_port, pg_port = settings["node_ports"][1], settings["postgres_port"]  # type: ignore[index]
+    scores = {f"user{i}": 15 * i for i in range(20)}  # every shard, both nodes
+    _update(port, scores)
+    for each in settings["node_ports"]:  # type: ignore[attr-defined]
+        with redis.Redis(port=each) as node:
+            assert node.execute_command("WAITAOF", 1, 0, 10_000)[0] == 1  # on disk before the crash
+    victims = [*up.child(_valkey_on(node_port)), up.child(_is_router)[0], *up.child(_postgres_on(pg_port))]
+    assert len(victims) == 3
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+
+    up.wait_line(rf"^rankshard: node n2 \(127\.0\.0\.1:{node_port}\) exited with code -9; restarted")
+    up.wait_line(rf"^rankshard: router \d \(127\.0\.0\.1:{port}\) exited with code -9; restarted")
+    up.wait_line(rf"^rankshard: postgres \(127\.0\.0\.1:{pg_port}\) exited with code -9; restarted")
+    assert not set(victims) & set(_children(up.proc.pid))
+    assert len(up.child(_valkey_on(node_port))) == 1 and len(up.child(_postgres_on(pg_port))) == 1
+    assert len(up.child(_is_router)) == 2 and _listeners(port) == 2  # the new router rejoined the port
+    expected = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    _wait_until(lambda: _top(port) == expected, "the scores written before the crash are served again")
+    with psycopg.connect(f"postgresql://rankshard@127.0.0.1:{pg_port}/rankshard") as conn:
+        assert conn.execute("SELECT count(*) FROM nodes").fetchone() == (2,)
+    assert up.stop() == set()
+
+
+def test_a_process_that_keeps_dying_stops_the_cluster_naming_it_with_its_log(
+    tmp_path: Path, start_up: Callable[..., Up]
+) -> None:
+    port = free_port()
+    up = start_up(tmp_path, port)
+    up.wait_line("router listening on")
+    node_port = up.settings()["node_ports"][0]  # type: ignore[index]
+    started = set(_descendants(up.proc.pid))
+    # A node that cannot read its own AOF any more: every restart exits at once.
+    (tmp_path / "nodes" / "node1" / "appendonlydir" / "appendonly.aof.manifest").write_text("not a manifest\n")
+    os.kill(up.child(_valkey_on(node_port))[0], signal.SIGKILL)
+
+    assert up.wait_exit(timeout=60) != 0
+    name = f"node n1 (127.0.0.1:{node_port})"
+    assert len(up.stderr) == 1, up.output()
+    assert name in up.stderr[0] and "keeps dying" in up.stderr[0] and "exit code 1" in up.stderr[0]
+    assert any(f"rankshard: {name} exited with code -9; restart failed" in line for line in up.stdout), up.output()
+    assert any("Invalid AOF manifest file format" in line for line in up.stdout), "the node's log tail is shown"
+    assert {pid for pid in started if _alive(pid)} == set()
+
+
+def test_up_refuses_a_router_port_another_cluster_serves(tmp_path: Path, start_up: Callable[..., Up]) -> None:
+    port = free_port()
+    first = start_up(tmp_path / "a", port, "--routers", "2")
+    first.wait_line("router listening on")
+
+    second = start_up(tmp_path / "b", port)
+    assert second.wait_exit(timeout=30) != 0, second.output()
+    assert len(second.stderr) == 1 and f"127.0.0.1:{port}" in second.stderr[0] and "in use" in second.stderr[0]
+    assert not (tmp_path / "b" / "cluster.json").exists()
+
+    dsn = f"postgresql://rankshard@127.0.0.1:{first.settings()['postgres_port']}/rankshard"
+    lone = subprocess.run([sys.executable, "-m", "router", "--control-plane", dsn, "--port", str(port)],
+                          check=False, capture_output=True, text=True, timeout=30)
+    assert lone.returncode == 1
+    assert lone.stderr.splitlines() == [f"rankshard router: cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert _listeners(port) == 2 and _top(port) == []
+    assert first.stop() == set()
+
+
+def test_a_second_up_on_a_running_data_dir_says_so_and_changes_nothing(
+    tmp_path: Path, start_up: Callable[..., Up]
+) -> None:
+    port = free_port()
+    first = start_up(tmp_path, port)
+    first.wait_line("router listening on")
+    settings = (tmp_path / "cluster.json").read_bytes()
+
+    second = start_up(tmp_path, free_port())
+    assert second.wait_exit(timeout=30) != 0
+    running = f"a cluster is already running in {tmp_path} (pid {first.proc.pid}, router 127.0.0.1:{port})"
+    assert len(second.stderr) == 1 and second.stderr[0].endswith(running), second.output()
+    assert (tmp_path / "cluster.json").read_bytes() == settings
+    assert _top(port) == []
+
+    # A supervisor killed outright leaves its lock behind, which must not block the next start.
+    started = set(_descendants(first.proc.pid))
+    first.proc.kill()
+    first.wait_exit(10)
+    _wait_until(lambda: not any(map(_alive, started)), "the killed cluster's processes die with it")
+    third = start_up(tmp_path, port)
+    third.wait_line("router listening on")
+    assert third.stop() == set()

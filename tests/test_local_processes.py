@@ -86,6 +86,19 @@ def test_paused_valkey_answers_nothing_until_resumed_and_kill_ends_it(fresh_valk
     assert not fresh_valkey.running and not running(pid)
 
 
+def test_a_crashed_valkey_starts_again_on_its_port_with_its_data(fresh_valkey: LocalValkey) -> None:
+    with client_for(fresh_valkey) as client:
+        client.zadd("board", {"alice": 10})
+        assert client.execute_command("WAITAOF", 1, 0, 10_000)[0] == 1
+    assert fresh_valkey.exit_code is None
+    fresh_valkey.kill()
+    assert fresh_valkey.exit_code == -signal.SIGKILL
+    fresh_valkey.start()  # what `cluster up` does with a node that died
+    assert fresh_valkey.exit_code is None
+    with client_for(fresh_valkey) as client:
+        assert client.zrange("board", 0, -1, withscores=True) == [(b"alice", 10.0)]
+
+
 def test_postgres_data_survives_stop_and_start_and_stop_leaves_no_process(tmp_path: Path) -> None:
     server = LocalPostgres(tmp_path / "pg", free_port(), fast=True)
     with server, psycopg.connect(server.dsn, autocommit=True) as conn:
@@ -128,6 +141,7 @@ def test_start_on_a_taken_port_raises_and_leaves_no_process(tmp_path: Path, kind
         with pytest.raises(RuntimeError, match=f"(?si)port {port}.*address already in use"):
             server.start(timeout=10)
     assert server.pid is not None and not server.running and not running(server.pid)
+    assert server.exit_code not in (None, 0)  # the failed attempt's, which `cluster up` reports
 
 
 def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
