@@ -31,7 +31,13 @@ BATCH = 50
 @click.option("--seed", default=7, show_default=True, help="random seed of the simulation")
 def demo(games: int, players: int, seed: int) -> None:
     """Start a local cluster in a temporary folder, play simulated games through the router with a
-    live view, show the top 10, one player's rank and neighbours, and stop everything."""
+    live view, show the top 10, one player's rank and neighbours, and stop everything.
+
+    \b
+    Examples:
+      rankshard demo
+      rankshard demo --games 100000 --players 5000
+    """
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rankshard-demo-") as tmp:
         click.echo("rankshard demo: starting PostgreSQL, 2 Valkey nodes and a router ...")

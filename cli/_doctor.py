@@ -30,6 +30,11 @@ def check(ctx: click.Context, leaderboard: str | None, as_json: bool) -> None:
     Checks: the shards tile the score line; each node holds the descriptor the map says; every
     member is in exactly one shard, the one whose range holds its score, as the index says; no
     pending move or stray shard data; served ranks equal the single sorted list's (sampled).
+
+    \b
+    Examples:
+      rankshard check
+      rankshard check -l global --json
     """
     started = time.monotonic()
 
@@ -66,8 +71,9 @@ def repair(ctx: click.Context, leaderboard: str | None) -> None:
     with a check of the result: exit 0 when the board is sound.
 
     \b
-    Example, after a node came back empty:
-      rankshard repair -l global
+    Examples:
+      rankshard repair                 every board
+      rankshard repair -l global       after a node came back empty
     """
 
     async def work(cp: ControlPlane) -> dict[str, tuple[RepairReport, list[Finding]]]:

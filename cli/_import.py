@@ -65,8 +65,9 @@ def import_cmd(ctx: click.Context, name: str, source: IO[str]) -> None:
     are: an interrupted import can be run again). Safe while the board takes traffic.
 
     \b
-    Example:
+    Examples:
       rankshard leaderboards import weekly players.csv
+      generate-players | rankshard leaderboards import weekly -
     """
     board = _name(name)
     members = read_members(source, "stdin" if source is sys.stdin or source.name == "<stdin>" else source.name)

@@ -115,8 +115,10 @@ def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, bou
     (descending, increment) if absent.
 
     \b
-    Example:
+    Examples:
+      rankshard cluster up
       rankshard --data-dir /tmp/rs cluster up --nodes 3 --shards 8 --routers 2
+      rankshard cluster up --port 50061 --boundaries 100,1000,10000
     """
     cuts = parse_boundaries(boundaries) if boundaries else None
     local = LocalCluster(ctx.obj["data_dir"], nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts)
