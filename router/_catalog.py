@@ -103,5 +103,7 @@ class Catalog:
             if cached is not None and cached.map.epoch < epoch:
                 try:
                     await self.refresh(board)
+                except NotFound:  # deleted: the reload forgot it
+                    continue
                 except Exception:  # the next STALE answer will retry; keep following
                     log.exception("could not reload leaderboard %r at epoch %d", board, epoch)

@@ -16,6 +16,7 @@ import redis
 
 from cli._local import LocalValkey
 
+from _processes import RouterProcess
 from _router import Client, RouterThread, bootstrap
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -107,3 +108,103 @@ def test_a_create_that_fails_part_way_leaves_no_board_and_can_be_retried(split: 
     assert listed(split) == ["other", "weekly"]
     fill(split, "weekly")
     assert top(split, "weekly") == FILLED
+
+    # Another configuration for a name whose creation did not finish is refused, naming what to do.
+    fresh_valkey.stop()
+    error_of(split.admin.CreateLeaderboard, admin_pb2.LeaderboardConfig(name="half", boundaries=CUTS))
+    fresh_valkey.start()
+    other = error_of(split.admin.CreateLeaderboard, admin_pb2.LeaderboardConfig(name="half", boundaries=[1]))
+    assert other.code() == grpc.StatusCode.ALREADY_EXISTS and "same one" in other.details()
+    assert listed(split) == ["other", "weekly"]
+
+
+# ---- delete ------------------------------------------------------------------------------------------------
+
+
+def keys_of(addresses: list[str], board: str) -> list[str]:
+    """Every key of `board` on the nodes at `addresses`."""
+    found = []
+    for address in addresses:
+        host, port = address.rsplit(":", 1)
+        with redis.Redis(host=host, port=int(port), decode_responses=True) as node:
+            found += node.scan_iter(match=f"rs:?:{board}/*", count=1000)
+    return found
+
+
+def delete(client: Client, name: str) -> admin_pb2.DeleteLeaderboardResponse:
+    return client.admin.DeleteLeaderboard(admin_pb2.DeleteLeaderboardRequest(name=name), timeout=T)
+
+
+def test_delete_removes_the_board_everywhere_and_the_name_can_be_made_again(
+        split: Client, control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey):
+    addresses = [node_addresses[0], fresh_valkey.address]
+    split.create("weekly", boundaries=CUTS)
+    split.create("x:weekly", boundaries=CUTS)  # its keys end in "weekly/" too, behind a colon
+    fill(split, "weekly")
+    fill(split, "x:weekly")
+    assert keys_of(addresses, "weekly")
+    second = RouterProcess(control_plane_dsn).start()  # another router process, with the board cached
+    other_router = Client(second.port)
+    try:
+        assert top(other_router, "weekly") == FILLED
+
+        assert delete(split, "weekly").deleted
+        assert code_of(lambda: top(split, "weekly")) == grpc.StatusCode.NOT_FOUND
+        wait_for(lambda: code_of(lambda: top(other_router, "weekly")) == grpc.StatusCode.NOT_FOUND,
+                 "the other router to forget the deleted board")
+        assert listed(split) == ["x:weekly"]
+        assert keys_of(addresses, "weekly") == []
+        assert top(split, "x:weekly") == top(other_router, "x:weekly") == FILLED
+
+        # Made again, under another configuration: empty, and nothing of the old board shows, on either router,
+        # not even a key a write still in flight during the delete would have left (it is removed first).
+        with redis.Redis(host="127.0.0.1", port=fresh_valkey.port) as n2:
+            n2.hset("rs:i:weekly/1:0", "a", "5|1|s1|||")
+        split.create("weekly", order="asc", boundaries=[100])
+        assert keys_of(addresses, "weekly") and not [k for k in keys_of(addresses, "weekly") if k.startswith("rs:i:")]
+        assert top(split, "weekly") == ([], 0)
+        wait_for(lambda: code_of(lambda: top(other_router, "weekly")) == grpc.StatusCode.OK,
+                 "the other router to serve the board made again")
+        assert top(other_router, "weekly") == ([], 0)
+        r = other_router.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="weekly", user_id="a", score=3, request_id="r0"),
+                                        timeout=T)
+        assert (r.score, r.rank, r.applied) == (3, 1, True)  # a new member, not the old one's 5 + 3 nor a repeat of r0
+        assert top(split, "weekly") == ([("a", 3, 1)], 1)
+    finally:
+        other_router.close()
+        second.stop()
+
+
+def test_a_delete_with_a_node_down_says_so_and_finishes_when_run_again(
+        split: Client, node_addresses: list[str], fresh_valkey: LocalValkey):
+    split.create("weekly", boundaries=CUTS)
+    fill(split, "weekly")
+    fresh_valkey.stop()
+
+    error = error_of(split.admin.DeleteLeaderboard, admin_pb2.DeleteLeaderboardRequest(name="weekly"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "n2" in error.details() and "delete it again" in error.details()
+    # Hidden already: unknown to reads, not listed, and the name not free for another board yet.
+    assert code_of(lambda: top(split, "weekly")) == grpc.StatusCode.NOT_FOUND
+    assert listed(split) == []
+    taken = error_of(split.admin.CreateLeaderboard, admin_pb2.LeaderboardConfig(name="weekly"))
+    assert taken.code() == grpc.StatusCode.ALREADY_EXISTS and "being deleted" in taken.details()
+
+    fresh_valkey.start()
+    assert delete(split, "weekly").deleted
+    assert keys_of([node_addresses[0], fresh_valkey.address], "weekly") == []
+    split.create("weekly", boundaries=CUTS)
+    assert top(split, "weekly") == ([], 0)
+
+
+def test_delete_of_an_unknown_board_or_a_bad_name(split: Client):
+    split.create("weekly")
+    missing = error_of(split.admin.DeleteLeaderboard, admin_pb2.DeleteLeaderboardRequest(name="monthly"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND and "monthly" in missing.details()
+    for bad in ("", "bad name", "a/b"):
+        error = error_of(split.admin.DeleteLeaderboard, admin_pb2.DeleteLeaderboardRequest(name=bad))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in error.details()
+    assert delete(split, "weekly").deleted
+    again = error_of(split.admin.DeleteLeaderboard, admin_pb2.DeleteLeaderboardRequest(name="weekly"))
+    assert again.code() == grpc.StatusCode.NOT_FOUND
+    assert listed(split) == []
