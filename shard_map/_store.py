@@ -231,16 +231,15 @@ class ControlPlane:
             state, epoch = await cur.fetchone() or ("DELETED", 0)
             if state == _CREATING:
                 return await self._resumed(conn, config, cuts)
-            if state != "DELETED":
-                raise AlreadyExists(f"leaderboard {name!r} " + (
-                    "is being deleted: run the delete again to finish it" if state == "DELETING" else "already exists"))
+            if state == "DELETING":
+                raise AlreadyExists(f"leaderboard {name!r} is being deleted: run the delete again to finish it")
+            if state == _ACTIVE:
+                raise AlreadyExists(f"leaderboard {name!r} already exists")
+            await conn.execute("DELETE FROM boards WHERE name = %s AND state = 'DELETED'", (name,))
             cur = await conn.execute(
                 "INSERT INTO boards (name, sort_order, operator, expected_members, index_buckets, version_buckets,"
                 " epoch, next_shard, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'CREATING')"
-                " ON CONFLICT (name) DO UPDATE SET (sort_order, operator, expected_members, index_buckets,"
-                " version_buckets, epoch, next_shard, state, created_at) = (EXCLUDED.sort_order, EXCLUDED.operator,"
-                " EXCLUDED.expected_members, EXCLUDED.index_buckets, EXCLUDED.version_buckets, EXCLUDED.epoch,"
-                " EXCLUDED.next_shard, 'CREATING', now()) WHERE boards.state = 'DELETED' RETURNING epoch",
+                " ON CONFLICT (name) DO NOTHING RETURNING epoch",
                 (name, int(config.sort_order), int(config.operator), config.expected_members,
                  config.buckets.index, config.buckets.versions, epoch + 1, len(shards) + 1),
             )
@@ -250,7 +249,10 @@ class ControlPlane:
             await _insert_shards(conn, name, shards)
         return config, ShardMap(name, epoch + 1, shards)
 
-    async def _resumed(self, conn: AsyncConnection, config: BoardConfig, cuts: Sequence[int]) -> tuple[BoardConfig, ShardMap]:
+    async def _resumed(
+        self, conn: AsyncConnection, config: BoardConfig, cuts: Sequence[int]
+    ) -> tuple[BoardConfig, ShardMap]:
+        """The CREATING board of `config.name` as recorded, if `config` and `cuts` are what it was begun with."""
         name = config.name
         cur = await conn.execute(_BOARD_QUERY + " AND name = %s", (_CREATING, name))
         stored = _config(*(await cur.fetchall())[0])
