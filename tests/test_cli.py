@@ -107,8 +107,7 @@ def test_delete_on_a_terminal_asks_first(control_plane_dsn: str, client: Client)
     assert "Aborted" in _on_a_terminal(argv, "n")
     assert client.admin.GetLeaderboard(admin_pb2.GetLeaderboardRequest(name="weekly"), timeout=10).name == "weekly"
     assert "deleted leaderboard weekly" in _on_a_terminal(argv, "y")
-    code, out = _run(control_plane_dsn, "leaderboards", "list", "--json")
-    assert json.loads(out) == []
+    assert json.loads(_run(control_plane_dsn, "leaderboards", "list", "--json")[1]) == []
 
 
 def _on_a_terminal(argv: list[str], answer: str, timeout: float = 30.0) -> str:
