@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -11,7 +12,7 @@ import click
 
 from shard_map import (AlreadyExists, BoardConfig, ControlPlane, Node, NodeError, Operator, RankshardError,
                        SchemaMissing, SortOrder, check_board_name, check_expected_members, schema_version)
-from shard_node import BoardLayout, check_new_node, connect_cluster, create_board, shard_sizes
+from shard_node import BoardLayout, check_new_node, connect_cluster, create_board, delete_board, shard_sizes
 
 from ._settings import control_plane_dsn
 
@@ -99,7 +100,7 @@ def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
 
 @click.group()
 def leaderboards() -> None:
-    """Create and list leaderboards."""
+    """Create, list and delete leaderboards."""
 
 
 @leaderboards.command("create")
@@ -156,6 +157,41 @@ def list_boards(ctx: click.Context, as_json: bool) -> None:
         ]
 
     emit(run(ctx, work), as_json, ["name", "order", "operator", "shards", "epoch", "boundaries", "expected_members"])
+
+
+@leaderboards.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation (needed without a terminal)")
+@click.pass_context
+def delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Delete leaderboard NAME and all its members, from every node.
+
+    Asks first on a terminal. The board stops serving at once; a node that is down keeps the
+    delete from finishing (it says which): run it again once the node is back.
+
+    \b
+    Examples:
+      rankshard leaderboards delete weekly
+      rankshard leaderboards delete season:1 --yes
+    """
+    try:
+        check_board_name(name, "name")
+    except RankshardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(f"not deleting leaderboard {name} without confirmation: pass --yes")
+        click.confirm(f"Delete leaderboard {name} and all its members?", abort=True)
+
+    async def work(cp: ControlPlane) -> int:
+        cluster = await connect_cluster(cp)
+        try:
+            return await delete_board(cp, cluster, name)
+        finally:
+            await cluster.aclose()
+
+    removed = run(ctx, work)
+    click.echo(f"deleted leaderboard {name} ({removed} key(s) removed from the nodes)")
 
 
 @click.group()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from shard_map import BoardConfig, InvalidArgument, Operator, SortOrder, check_board_name, check_expected_members
-from shard_node import BoardLayout, create_board, shard_sizes
+from shard_node import BoardLayout, create_board, delete_board, shard_sizes
 
 from rankshard.v1 import admin_pb2 as pb
 from rankshard.v1 import admin_pb2_grpc as pb_grpc
@@ -49,6 +49,16 @@ class AdminService(pb_grpc.AdminServicer):
                 for s in layout.map.shards
             ],
         )
+
+    @handler
+    async def DeleteLeaderboard(self, request: pb.DeleteLeaderboardRequest, context: grpc.aio.ServicerContext) -> pb.DeleteLeaderboardResponse:
+        name = check_board_name(request.name, "name")
+        try:
+            await delete_board(self.catalog.control_plane, self.catalog.cluster, name)
+        finally:
+            # Hidden from the moment the delete started, even if a node kept it from finishing.
+            self.catalog.forget(name)
+        return pb.DeleteLeaderboardResponse(deleted=True)
 
 
 def config_from_proto(request: pb.LeaderboardConfig) -> BoardConfig:

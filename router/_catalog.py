@@ -43,6 +43,13 @@ class Catalog:
             self._layouts[layout.board] = layout
         self._unknown.pop(layout.board, None)
 
+    def forget(self, board: str) -> None:
+        """Drops everything cached about `board` (deleted, or not serving): its next call asks the control
+        plane. Sizes remembered for its shards go too, so a board created again under the name starts empty."""
+        self._layouts.pop(board, None)
+        for key in [k for k in self.cluster.last_sizes if k[0] == board]:
+            del self.cluster.last_sizes[key]
+
     async def refresh(self, board: str) -> BoardLayout:
         """Reloads `board` from the control plane; concurrent callers share one load."""
         pending = self._loading.get(board)
@@ -64,7 +71,7 @@ class Catalog:
             config = await self.control_plane.get_board(board)
             shard_map = await self.control_plane.shard_map(board)
         except NotFound:
-            self._layouts.pop(board, None)
+            self.forget(board)
             self._unknown[board] = time.monotonic() + _UNKNOWN_TTL
             raise
         missing = {s.node for s in shard_map.shards} - set(self.cluster.nodes)
@@ -103,5 +110,7 @@ class Catalog:
             if cached is not None and cached.map.epoch < epoch:
                 try:
                     await self.refresh(board)
+                except NotFound:  # deleted: the reload forgot it
+                    continue
                 except Exception:  # the next STALE answer will retry; keep following
                     log.exception("could not reload leaderboard %r at epoch %d", board, epoch)

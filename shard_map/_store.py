@@ -5,6 +5,9 @@ domain tree of `shard_map._errors`: `ControlPlaneError` (naming the control plan
 `SchemaMissing` when the schema is not there), `AlreadyExists`, `NotFound` or `NodeInUse`. Every change to a
 board's shard map bumps ``boards.epoch`` and announces ``board:epoch`` on the ``rankshard_epoch`` channel in
 the same transaction, so a listener never hears of an epoch it cannot read.
+
+A board is CREATING, ACTIVE, DELETING or DELETED (migration 0003); every read here sees ACTIVE boards only,
+so a board half created or half deleted is unknown to routers and listings.
 """
 
 from __future__ import annotations
@@ -78,9 +81,12 @@ def control_plane_deadline(seconds: float) -> Iterator[None]:
 
 _MAP_QUERY = """
     SELECT b.name, b.epoch, s.id, s.lower, s.upper, s.node, s.state, s.generation
-    FROM boards AS b LEFT JOIN shards AS s ON s.board = b.name
+    FROM boards AS b LEFT JOIN shards AS s ON s.board = b.name WHERE b.state = %s
 """
-_BOARD_QUERY = "SELECT name, sort_order, operator, expected_members, index_buckets, version_buckets FROM boards"
+_BOARD_QUERY = (
+    "SELECT name, sort_order, operator, expected_members, index_buckets, version_buckets FROM boards WHERE state = %s"
+)
+_ACTIVE, _CREATING = "ACTIVE", "CREATING"
 _MAP_ORDER = ' ORDER BY b.name COLLATE "C", s.lower NULLS FIRST'
 
 
@@ -221,11 +227,23 @@ class ControlPlane:
     async def create_board(
         self, config: BoardConfig, boundaries: Sequence[int], nodes: Sequence[str]
     ) -> ShardMap:
-        """Creates a board at epoch 1 with shards ``s1``..``sN`` cut at `boundaries` (ascending).
+        """`begin_board` then `activate_board`: for a board whose nodes need nothing installed. Raises as
+        `begin_board`."""
+        _, shard_map = await self.begin_board(config, boundaries, nodes)
+        await self.activate_board(config.name, shard_map.epoch)
+        return shard_map
 
-        Owners are dealt round-robin over `nodes` from the lowest range up. Raises `InvalidArgument` for a bad
-        name, order, operator or boundary, `AlreadyExists` if the name is taken, `NotFound` for an unknown
-        node.
+    async def begin_board(
+        self, config: BoardConfig, boundaries: Sequence[int], nodes: Sequence[str]
+    ) -> tuple[BoardConfig, ShardMap]:
+        """Records a CREATING board with shards ``s1``..``sN`` cut at `boundaries` (ascending), owners dealt
+        round-robin over `nodes` from the lowest range up; nothing reads it until `activate_board`.
+
+        Its epoch is 1, or one above the last of a deleted board of that name (so routers holding that
+        board's map reload). A board already CREATING with the same order, operator, expected members and
+        boundaries is resumed: its recorded config and map come back. Raises `InvalidArgument` for a bad
+        name, order, operator or boundary, `NotFound` for an unknown node, `AlreadyExists` if the name is
+        ACTIVE, DELETING, or CREATING with another configuration.
         """
         config = _checked_config(config)
         cuts = check_boundaries(boundaries)
@@ -235,25 +253,91 @@ class ControlPlane:
             Shard(f"s{i}", lower, upper, nodes[(i - 1) % len(nodes)])
             for i, (lower, upper) in enumerate(ranges_for(cuts), start=1)
         )
-        async with self._transaction(f"creating leaderboard {config.name!r}") as conn:
+        name = config.name
+        async with self._transaction(f"creating leaderboard {name!r}") as conn:
+            cur = await conn.execute("SELECT state, epoch FROM boards WHERE name = %s FOR UPDATE", (name,))
+            state, epoch = await cur.fetchone() or ("DELETED", 0)
+            if state == _CREATING:
+                return await self._resumed(conn, config, cuts)
+            if state == "DELETING":
+                raise AlreadyExists(f"leaderboard {name!r} is being deleted: run the delete again to finish it")
+            if state == _ACTIVE:
+                raise AlreadyExists(f"leaderboard {name!r} already exists")
+            await conn.execute("DELETE FROM boards WHERE name = %s AND state = 'DELETED'", (name,))
             cur = await conn.execute(
                 "INSERT INTO boards (name, sort_order, operator, expected_members, index_buckets, version_buckets,"
-                " epoch, next_shard) VALUES (%s, %s, %s, %s, %s, %s, 1, %s) ON CONFLICT (name) DO NOTHING"
-                " RETURNING epoch",
-                (config.name, int(config.sort_order), int(config.operator), config.expected_members,
-                 config.buckets.index, config.buckets.versions, len(shards) + 1),
+                " epoch, next_shard, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'CREATING')"
+                " ON CONFLICT (name) DO NOTHING RETURNING epoch",
+                (name, int(config.sort_order), int(config.operator), config.expected_members,
+                 config.buckets.index, config.buckets.versions, epoch + 1, len(shards) + 1),
+            )
+            if await cur.fetchone() is None:  # a concurrent call inserted it first
+                raise AlreadyExists(f"leaderboard {name!r} is being created by another call; retry")
+            await _check_nodes(conn, nodes)
+            await _insert_shards(conn, name, shards)
+        return config, ShardMap(name, epoch + 1, shards)
+
+    async def _resumed(
+        self, conn: AsyncConnection, config: BoardConfig, cuts: Sequence[int]
+    ) -> tuple[BoardConfig, ShardMap]:
+        """The CREATING board of `config.name` as recorded, if `config` and `cuts` are what it was begun with."""
+        name = config.name
+        cur = await conn.execute(_BOARD_QUERY + " AND name = %s", (_CREATING, name))
+        stored = _config(*(await cur.fetchall())[0])
+        cur = await conn.execute(_MAP_QUERY + " AND b.name = %s" + _MAP_ORDER, (_CREATING, name))
+        shard_map = self._maps(await cur.fetchall())[name]
+        if replace(stored, buckets=config.buckets) != config or list(shard_map.boundaries) != list(cuts):
+            raise AlreadyExists(
+                f"leaderboard {name!r} is half created with another configuration: create it again with the"
+                " same one to finish it, or delete it"
+            )
+        return stored, shard_map
+
+    async def activate_board(self, name: str, epoch: int) -> None:
+        """Makes the CREATING board `name` at `epoch` ACTIVE and announces it (again if it is ACTIVE already).
+
+        Raises `NotFound` if that board is gone (deleted meanwhile)."""
+        async with self._transaction(f"activating leaderboard {name!r}") as conn:
+            cur = await conn.execute(
+                "UPDATE boards SET state = 'ACTIVE' WHERE name = %s AND epoch = %s AND state IN ('CREATING', 'ACTIVE')"
+                " RETURNING 1",
+                (name, epoch),
             )
             if await cur.fetchone() is None:
-                raise AlreadyExists(f"leaderboard {config.name!r} already exists")
-            await _check_nodes(conn, nodes)
-            await _insert_shards(conn, config.name, shards)
-            await _notify(conn, config.name, 1)
-        return ShardMap(config.name, 1, shards)
+                raise NotFound(f"leaderboard {name!r} not found (deleted while it was being created)")
+            await _notify(conn, name, epoch)
+
+    async def begin_delete(self, name: str) -> None:
+        """Hides board `name` (in any state but DELETED) as DELETING: its shards and jobs are dropped, its
+        epoch goes up and is announced, so routers forget it; its keys on the nodes stay until removed, then
+        `finish_delete`. Raises `NotFound` for an unknown or deleted board."""
+        async with self._transaction(f"deleting leaderboard {name!r}") as conn:
+            cur = await conn.execute(
+                "UPDATE boards SET state = 'DELETING', epoch = epoch + 1 WHERE name = %s AND state <> 'DELETED'"
+                " RETURNING epoch",
+                (name,),
+            )
+            if (row := await cur.fetchone()) is None:
+                raise NotFound(f"leaderboard {name!r} not found")
+            await conn.execute("DELETE FROM shards WHERE board = %s", (name,))
+            await conn.execute("DELETE FROM migration_jobs WHERE board = %s", (name,))
+            await _notify(conn, name, row[0])
+
+    async def finish_delete(self, name: str) -> None:
+        """Records that no node holds keys of the DELETING board `name`: it becomes DELETED, its name free
+        (the row stays, keeping the epoch). Raises `NotFound` unless the board is DELETING."""
+        rows = await self._fetch(
+            f"deleting leaderboard {name!r}",
+            "UPDATE boards SET state = 'DELETED' WHERE name = %s AND state = 'DELETING' RETURNING 1",
+            (name,),
+        )
+        if not rows:
+            raise NotFound(f"leaderboard {name!r} is not being deleted")
 
     async def get_board(self, name: str) -> BoardConfig:
         """Raises `NotFound` for an unknown board."""
         rows = await self._fetch(
-            f"reading leaderboard {name!r}", _BOARD_QUERY + " WHERE name = %s", (name,)
+            f"reading leaderboard {name!r}", _BOARD_QUERY + " AND name = %s", (_ACTIVE, name)
         )
         if not rows:
             raise NotFound(f"leaderboard {name!r} not found")
@@ -261,15 +345,15 @@ class ControlPlane:
 
     async def list_boards(self) -> list[BoardConfig]:
         """Every board, ordered by name (bytewise)."""
-        rows = await self._fetch("listing leaderboards", _BOARD_QUERY + ' ORDER BY name COLLATE "C"')
+        rows = await self._fetch("listing leaderboards", _BOARD_QUERY + ' ORDER BY name COLLATE "C"', (_ACTIVE,))
         return [_config(*row) for row in rows]
 
     async def shard_map(self, board: str) -> ShardMap:
         """The board's current shard map. Raises `NotFound` for an unknown board."""
         rows = await self._fetch(
             f"reading the shard map of leaderboard {board!r}",
-            _MAP_QUERY + " WHERE b.name = %s" + _MAP_ORDER,
-            (board,),
+            _MAP_QUERY + " AND b.name = %s" + _MAP_ORDER,
+            (_ACTIVE, board),
         )
         maps = self._maps(rows)
         if board not in maps:
@@ -278,7 +362,7 @@ class ControlPlane:
 
     async def shard_maps(self) -> dict[str, ShardMap]:
         """The shard maps of every board, read in one query (one consistent snapshot)."""
-        return self._maps(await self._fetch("reading all shard maps", _MAP_QUERY + _MAP_ORDER))
+        return self._maps(await self._fetch("reading all shard maps", _MAP_QUERY + _MAP_ORDER, (_ACTIVE,)))
 
     async def replace_shards(self, board: str, expected_epoch: int, shards: Sequence[Shard]) -> ShardMap:
         """Compare-and-set: replaces the board's whole shard list if its epoch is still `expected_epoch`.
@@ -290,7 +374,7 @@ class ControlPlane:
         """
         new = _checked_shards(shards)
         async with self._transaction(f"replacing the shards of leaderboard {board!r}") as conn:
-            cur = await conn.execute("SELECT epoch FROM boards WHERE name = %s FOR UPDATE", (board,))
+            cur = await conn.execute("SELECT epoch FROM boards WHERE name = %s AND state = 'ACTIVE' FOR UPDATE", (board,))
             if (row := await cur.fetchone()) is None:
                 raise NotFound(f"leaderboard {board!r} not found")
             if row[0] != expected_epoch:
@@ -313,7 +397,7 @@ class ControlPlane:
             raise InvalidArgument("count", f"{count} is below 1")
         rows = await self._fetch(
             f"reserving shard ids on leaderboard {board!r}",
-            "UPDATE boards SET next_shard = next_shard + %s WHERE name = %s RETURNING next_shard",
+            "UPDATE boards SET next_shard = next_shard + %s WHERE name = %s AND state = 'ACTIVE' RETURNING next_shard",
             (count, board),
         )
         if not rows:

@@ -82,6 +82,12 @@ def shard_data_pattern(board: str) -> str:
     return f"rs:[zd]:{board}/*"
 
 
+def board_pattern(board: str) -> str:
+    """Every key of `board`, of every kind (board names hold no glob character, and ``?`` is one letter, so
+    ``rs:?:a/*`` never matches a key of board ``x:a``)."""
+    return f"rs:?:{board}/*"
+
+
 def descriptor_key(board: str, shard_id: str) -> str:
     return f"rs:d:{board}/{shard_id}"
 

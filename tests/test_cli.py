@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from cli import main
 from _router import Client
+from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
 
@@ -62,6 +70,75 @@ def test_errors_are_one_clear_line(control_plane_dsn: str, client: Client, args:
     code, out = _run(control_plane_dsn, "leaderboards", "list", "--json")
     assert [b["name"] for b in json.loads(out)] == ["weekly"]  # nothing was created
     assert "Traceback" not in out
+
+
+def test_delete_asks_or_takes_yes_and_removes_the_board(control_plane_dsn: str, client: Client,
+                                                         node_addresses: list[str]) -> None:
+    client.create("weekly", boundaries=[10])
+    client.create("daily")
+    for board in ("weekly", "daily"):
+        client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard=board, user_id="a", score=50))
+
+    # No terminal to ask on, and no --yes: refused in one line, nothing deleted.
+    refused = CliRunner().invoke(main, ["--control-plane", control_plane_dsn, "leaderboards", "delete", "weekly"])
+    assert refused.exit_code != 0 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "--yes" in refused.stderr
+    assert [b["name"] for b in json.loads(_run(control_plane_dsn, "leaderboards", "list", "--json")[1])] == [
+        "daily", "weekly"]
+
+    code, out = _run(control_plane_dsn, "leaderboards", "delete", "weekly", "--yes")
+    assert code == 0, out
+    assert "deleted leaderboard weekly" in out
+    assert [b["name"] for b in json.loads(_run(control_plane_dsn, "leaderboards", "list", "--json")[1])] == ["daily"]
+    for address in node_addresses:
+        host, port = address.rsplit(":", 1)
+        with redis.Redis(host=host, port=int(port)) as node:
+            assert list(node.scan_iter(match="rs:?:weekly/*")) == []
+            assert list(node.scan_iter(match="rs:?:daily/*"))
+
+    for args, message in [(["weekly", "--yes"], "leaderboard 'weekly' not found"), (["bad name", "--yes"], "name")]:
+        result = CliRunner().invoke(main, ["--control-plane", control_plane_dsn, "leaderboards", "delete", *args])
+        assert result.exit_code != 0 and result.stderr.count("\n") == 1 and message in result.stderr, result.output
+
+
+def test_delete_on_a_terminal_asks_first(control_plane_dsn: str, client: Client) -> None:
+    client.create("weekly")
+    argv = [sys.executable, "-m", "cli", "--control-plane", control_plane_dsn, "leaderboards", "delete", "weekly"]
+    assert "Aborted" in _on_a_terminal(argv, "n")
+    assert client.admin.GetLeaderboard(admin_pb2.GetLeaderboardRequest(name="weekly"), timeout=10).name == "weekly"
+    assert "deleted leaderboard weekly" in _on_a_terminal(argv, "y")
+    assert json.loads(_run(control_plane_dsn, "leaderboards", "list", "--json")[1]) == []
+
+
+def _on_a_terminal(argv: list[str], answer: str, timeout: float = 30.0) -> str:
+    """Runs `argv` on a pseudo-terminal, answers its prompt with `answer`; returns all it printed."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=secondary, stdout=secondary, stderr=secondary, env=os.environ.copy())
+    os.close(secondary)
+    output, answered = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([primary], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            if not answered and b"[y/N]" in output:
+                os.write(primary, answer.encode() + b"\n")
+                answered = True
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(primary)
+    assert answered, output
+    return output.decode(errors="replace")
 
 
 def test_without_a_control_plane_the_error_says_how_to_get_one(tmp_path) -> None:

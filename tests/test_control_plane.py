@@ -266,6 +266,59 @@ def test_unknown_board_or_node_is_not_found(control_plane_dsn):
     run(main())
 
 
+def test_a_board_being_created_is_invisible_until_activated_and_resumes(control_plane_dsn):
+    async def main():
+        async with await ControlPlane.open(control_plane_dsn) as plane:
+            nodes = await with_nodes(plane, 2)
+            config, begun = await plane.begin_board(BoardConfig("g", expected_members=5), [0], nodes)
+            with pytest.raises(NotFound):
+                await plane.get_board("g")
+            assert await plane.list_boards() == [] and await plane.shard_maps() == {}
+            with pytest.raises(NotFound):
+                await plane.replace_shards("g", 1, [Shard("s1", None, None, "n1", generation=2)])
+            # The same configuration resumes it as first recorded (placement included); another is refused.
+            assert await plane.begin_board(BoardConfig("g", expected_members=5), [0], ["n2"]) == (config, begun)
+            for other in [(BoardConfig("g", expected_members=5), [1]), (BoardConfig("g", SortOrder.ASCENDING), [0])]:
+                with pytest.raises(AlreadyExists, match="half created with another configuration"):
+                    await plane.begin_board(*other, nodes)
+            await plane.activate_board("g", begun.epoch)
+            assert await plane.shard_map("g") == begun and await plane.get_board("g") == config
+            with pytest.raises(AlreadyExists, match="leaderboard 'g' already exists"):
+                await plane.begin_board(BoardConfig("g", expected_members=5), [0], nodes)
+
+    run(main())
+
+
+def test_a_deleted_name_is_free_again_and_its_epoch_goes_on(control_plane_dsn):
+    async def main():
+        async with await ControlPlane.open(control_plane_dsn) as plane:
+            await with_nodes(plane, 1)
+            await plane.create_board(BoardConfig("g"), [0], ["n1"])
+            changes = plane.epoch_changes()
+            try:
+                assert await next_change(changes) == ("g", 1)
+                await plane.begin_delete("g")
+                assert await next_change(changes) == ("g", 2)  # routers holding epoch 1 reload, and find nothing
+                with pytest.raises(NotFound):
+                    await plane.get_board("g")
+                with pytest.raises(AlreadyExists, match="being deleted"):
+                    await plane.create_board(BoardConfig("g"), [], ["n1"])
+                await plane.begin_delete("g")  # a delete run again
+                assert await next_change(changes) == ("g", 3)
+                await plane.finish_delete("g")
+                for step in (plane.begin_delete, plane.finish_delete):
+                    with pytest.raises(NotFound, match="'g'"):
+                        await step("g")
+                again = await plane.create_board(BoardConfig("g", SortOrder.ASCENDING), [5], ["n1"])
+                assert again.epoch == 4 and [s.id for s in again.shards] == ["s1", "s2"]
+                assert await next_change(changes) == ("g", 4)
+                assert await plane.get_board("g") == BoardConfig("g", SortOrder.ASCENDING)
+            finally:
+                await changes.aclose()
+
+    run(main())
+
+
 @pytest.mark.parametrize(
     ("config", "boundaries", "nodes", "field"),
     [

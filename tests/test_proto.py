@@ -31,6 +31,8 @@ def test_spec_names_are_importable() -> None:
     assert set(leaderboard_pb2.DESCRIPTOR.services_by_name["Leaderboard"].methods_by_name) == {
         "UpdateScore", "BatchUpdateScores", "GetRank", "GetRanks", "GetTop", "GetAround", "RemoveMember"}
     assert set(admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods_by_name) == {
-        "CreateLeaderboard", "GetLeaderboard", "ListLeaderboards", "GetShardMap"}
+        "CreateLeaderboard", "GetLeaderboard", "ListLeaderboards", "GetShardMap", "DeleteLeaderboard"}
+    assert admin_pb2.DeleteLeaderboardRequest.DESCRIPTOR.fields_by_name["name"].number == 1
+    assert admin_pb2.DeleteLeaderboardResponse.DESCRIPTOR.fields_by_name["deleted"].number == 1
     assert leaderboard_pb2.UpdateScoreRequest.DESCRIPTOR.fields_by_name["request_id"].number == 4
     assert admin_pb2.Shard.DESCRIPTOR.fields_by_name["state"].number == 6

@@ -24,31 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rankshard/v1/admin.proto\x12\x0crankshard.v1\"\xa6\x01\n\x11LeaderboardConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\nsort_order\x18\x02 \x01(\x0e\x32\x17.rankshard.v1.SortOrder\x12(\n\x08operator\x18\x03 \x01(\x0e\x32\x16.rankshard.v1.Operator\x12\x12\n\nboundaries\x18\x04 \x03(\x03\x12\x18\n\x10\x65xpected_members\x18\x05 \x01(\x03\"%\n\x15GetLeaderboardRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17ListLeaderboardsRequest\"Q\n\x18ListLeaderboardsResponse\x12\x35\n\x0cleaderboards\x18\x01 \x03(\x0b\x32\x1f.rankshard.v1.LeaderboardConfig\")\n\x12GetShardMapRequest\x12\x13\n\x0bleaderboard\x18\x01 \x01(\t\"}\n\x05Shard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\x05lower\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07members\x18\x05 \x01(\x03\x12\r\n\x05state\x18\x06 \x01(\tB\x08\n\x06_lowerB\x08\n\x06_upper\"S\n\x08ShardMap\x12\x13\n\x0bleaderboard\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12#\n\x06shards\x18\x03 \x03(\x0b\x32\x13.rankshard.v1.Shard*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x01\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x02*a\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x16\n\x12OPERATOR_INCREMENT\x10\x01\x12\x11\n\rOPERATOR_BEST\x10\x02\x12\x10\n\x0cOPERATOR_SET\x10\x03\x32\xe2\x02\n\x05\x41\x64min\x12U\n\x11\x43reateLeaderboard\x12\x1f.rankshard.v1.LeaderboardConfig\x1a\x1f.rankshard.v1.LeaderboardConfig\x12V\n\x0eGetLeaderboard\x12#.rankshard.v1.GetLeaderboardRequest\x1a\x1f.rankshard.v1.LeaderboardConfig\x12\x61\n\x10ListLeaderboards\x12%.rankshard.v1.ListLeaderboardsRequest\x1a&.rankshard.v1.ListLeaderboardsResponse\x12G\n\x0bGetShardMap\x12 .rankshard.v1.GetShardMapRequest\x1a\x16.rankshard.v1.ShardMapb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rankshard/v1/admin.proto\x12\x0crankshard.v1\"\xa6\x01\n\x11LeaderboardConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\nsort_order\x18\x02 \x01(\x0e\x32\x17.rankshard.v1.SortOrder\x12(\n\x08operator\x18\x03 \x01(\x0e\x32\x16.rankshard.v1.Operator\x12\x12\n\nboundaries\x18\x04 \x03(\x03\x12\x18\n\x10\x65xpected_members\x18\x05 \x01(\x03\"%\n\x15GetLeaderboardRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17ListLeaderboardsRequest\"(\n\x18\x44\x65leteLeaderboardRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x19\x44\x65leteLeaderboardResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"Q\n\x18ListLeaderboardsResponse\x12\x35\n\x0cleaderboards\x18\x01 \x03(\x0b\x32\x1f.rankshard.v1.LeaderboardConfig\")\n\x12GetShardMapRequest\x12\x13\n\x0bleaderboard\x18\x01 \x01(\t\"}\n\x05Shard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\x05lower\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07members\x18\x05 \x01(\x03\x12\r\n\x05state\x18\x06 \x01(\tB\x08\n\x06_lowerB\x08\n\x06_upper\"S\n\x08ShardMap\x12\x13\n\x0bleaderboard\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12#\n\x06shards\x18\x03 \x03(\x0b\x32\x13.rankshard.v1.Shard*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x01\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x02*a\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x16\n\x12OPERATOR_INCREMENT\x10\x01\x12\x11\n\rOPERATOR_BEST\x10\x02\x12\x10\n\x0cOPERATOR_SET\x10\x03\x32\xc8\x03\n\x05\x41\x64min\x12U\n\x11\x43reateLeaderboard\x12\x1f.rankshard.v1.LeaderboardConfig\x1a\x1f.rankshard.v1.LeaderboardConfig\x12V\n\x0eGetLeaderboard\x12#.rankshard.v1.GetLeaderboardRequest\x1a\x1f.rankshard.v1.LeaderboardConfig\x12\x61\n\x10ListLeaderboards\x12%.rankshard.v1.ListLeaderboardsRequest\x1a&.rankshard.v1.ListLeaderboardsResponse\x12G\n\x0bGetShardMap\x12 .rankshard.v1.GetShardMapRequest\x1a\x16.rankshard.v1.ShardMap\x12\x64\n\x11\x44\x65leteLeaderboard\x12&.rankshard.v1.DeleteLeaderboardRequest\x1a\'.rankshard.v1.DeleteLeaderboardResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rankshard.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SORTORDER']._serialized_start=615
-  _globals['_SORTORDER']._serialized_end=707
-  _globals['_OPERATOR']._serialized_start=709
-  _globals['_OPERATOR']._serialized_end=806
+  _globals['_SORTORDER']._serialized_start=703
+  _globals['_SORTORDER']._serialized_end=795
+  _globals['_OPERATOR']._serialized_start=797
+  _globals['_OPERATOR']._serialized_end=894
   _globals['_LEADERBOARDCONFIG']._serialized_start=43
   _globals['_LEADERBOARDCONFIG']._serialized_end=209
   _globals['_GETLEADERBOARDREQUEST']._serialized_start=211
   _globals['_GETLEADERBOARDREQUEST']._serialized_end=248
   _globals['_LISTLEADERBOARDSREQUEST']._serialized_start=250
   _globals['_LISTLEADERBOARDSREQUEST']._serialized_end=275
-  _globals['_LISTLEADERBOARDSRESPONSE']._serialized_start=277
-  _globals['_LISTLEADERBOARDSRESPONSE']._serialized_end=358
-  _globals['_GETSHARDMAPREQUEST']._serialized_start=360
-  _globals['_GETSHARDMAPREQUEST']._serialized_end=401
-  _globals['_SHARD']._serialized_start=403
-  _globals['_SHARD']._serialized_end=528
-  _globals['_SHARDMAP']._serialized_start=530
-  _globals['_SHARDMAP']._serialized_end=613
-  _globals['_ADMIN']._serialized_start=809
-  _globals['_ADMIN']._serialized_end=1163
+  _globals['_DELETELEADERBOARDREQUEST']._serialized_start=277
+  _globals['_DELETELEADERBOARDREQUEST']._serialized_end=317
+  _globals['_DELETELEADERBOARDRESPONSE']._serialized_start=319
+  _globals['_DELETELEADERBOARDRESPONSE']._serialized_end=363
+  _globals['_LISTLEADERBOARDSRESPONSE']._serialized_start=365
+  _globals['_LISTLEADERBOARDSRESPONSE']._serialized_end=446
+  _globals['_GETSHARDMAPREQUEST']._serialized_start=448
+  _globals['_GETSHARDMAPREQUEST']._serialized_end=489
+  _globals['_SHARD']._serialized_start=491
+  _globals['_SHARD']._serialized_end=616
+  _globals['_SHARDMAP']._serialized_start=618
+  _globals['_SHARDMAP']._serialized_end=701
+  _globals['_ADMIN']._serialized_start=897
+  _globals['_ADMIN']._serialized_end=1353
 # @@protoc_insertion_point(module_scope)

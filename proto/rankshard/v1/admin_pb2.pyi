@@ -51,6 +51,18 @@ class ListLeaderboardsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DeleteLeaderboardRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteLeaderboardResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: bool = ...) -> None: ...
+
 class ListLeaderboardsResponse(_message.Message):
     __slots__ = ("leaderboards",)
     LEADERBOARDS_FIELD_NUMBER: _ClassVar[int]

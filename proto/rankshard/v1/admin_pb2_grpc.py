@@ -54,13 +54,22 @@ class AdminStub(object):
                 request_serializer=rankshard_dot_v1_dot_admin__pb2.GetShardMapRequest.SerializeToString,
                 response_deserializer=rankshard_dot_v1_dot_admin__pb2.ShardMap.FromString,
                 _registered_method=True)
+        self.DeleteLeaderboard = channel.unary_unary(
+                '/rankshard.v1.Admin/DeleteLeaderboard',
+                request_serializer=rankshard_dot_v1_dot_admin__pb2.DeleteLeaderboardRequest.SerializeToString,
+                response_deserializer=rankshard_dot_v1_dot_admin__pb2.DeleteLeaderboardResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def CreateLeaderboard(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """All or nothing: a board is served and listed only once every node holds its shards. A call that fails
+        part way (a node down) leaves nothing visible; the same call again resumes that board. Another
+        configuration for a name whose creation did not finish is ALREADY_EXISTS until the creation is
+        finished or the board deleted.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -79,6 +88,15 @@ class AdminServicer(object):
 
     def GetShardMap(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLeaderboard(self, request, context):
+        """Deletes a board (a fully or half created one) and all its members from every node. The board is
+        NOT_FOUND to every call from the moment the delete starts. A node down: UNAVAILABLE naming it, the
+        name stays taken, and the same call again (once the node is back) finishes the delete.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -105,6 +123,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetShardMap,
                     request_deserializer=rankshard_dot_v1_dot_admin__pb2.GetShardMapRequest.FromString,
                     response_serializer=rankshard_dot_v1_dot_admin__pb2.ShardMap.SerializeToString,
+            ),
+            'DeleteLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLeaderboard,
+                    request_deserializer=rankshard_dot_v1_dot_admin__pb2.DeleteLeaderboardRequest.FromString,
+                    response_serializer=rankshard_dot_v1_dot_admin__pb2.DeleteLeaderboardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +238,33 @@ class Admin(object):
             '/rankshard.v1.Admin/GetShardMap',
             rankshard_dot_v1_dot_admin__pb2.GetShardMapRequest.SerializeToString,
             rankshard_dot_v1_dot_admin__pb2.ShardMap.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rankshard.v1.Admin/DeleteLeaderboard',
+            rankshard_dot_v1_dot_admin__pb2.DeleteLeaderboardRequest.SerializeToString,
+            rankshard_dot_v1_dot_admin__pb2.DeleteLeaderboardResponse.FromString,
             options,
             channel_credentials,
             insecure,
