@@ -58,13 +58,15 @@ def test_commands_on_a_database_without_the_schema_say_so_and_create_nothing(
 
 
 def test_init_creates_the_schema_once_and_empty_lists_print_their_header(control_plane_dsn: str) -> None:
+    versions = [m.version for m in load_migrations()]
     first = _invoke(control_plane_dsn, "init")
     assert first.exit_code == 0, first.output
-    assert "initialised the control plane" in first.stdout and "migrations 1, 2" in first.stdout
+    assert "initialised the control plane" in first.stdout
+    assert f"migrations {', '.join(map(str, versions))}" in first.stdout
     assert {"boards", "nodes", "schema_migrations", "shards"} <= set(_relations(control_plane_dsn))
     again = _invoke(control_plane_dsn, "init")
     assert again.exit_code == 0, again.output
-    assert "is up to date (schema version 2)" in again.stdout
+    assert f"is up to date (schema version {versions[-1]})" in again.stdout
 
     for group, header in (("nodes", ["ID", "ADDRESS", "STATE"]), ("leaderboards", ["NAME", "ORDER", "OPERATOR"])):
         listed = _invoke(control_plane_dsn, group, "list")
@@ -76,7 +78,8 @@ def test_init_creates_the_schema_once_and_empty_lists_print_their_header(control
 
 
 def test_an_older_schema_is_named_and_init_upgrades_it(control_plane_dsn: str) -> None:
-    first = load_migrations()[0]
+    first, *later = load_migrations()
+    missing = ", ".join(str(m.version) for m in later)
     with psycopg.connect(control_plane_dsn) as conn:  # what an earlier release left
         conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
                      " applied_at timestamptz NOT NULL DEFAULT now())")
@@ -85,9 +88,9 @@ def test_an_older_schema_is_named_and_init_upgrades_it(control_plane_dsn: str) -
 
     result = _invoke(control_plane_dsn, "nodes", "list")
     assert result.exit_code == 1, result.output
-    assert "schema migration(s) 2 not applied; run `rankshard init`" in result.stderr
+    assert f"schema migration(s) {missing} not applied; run `rankshard init`" in result.stderr
     upgraded = _invoke(control_plane_dsn, "init")
-    assert "applied schema migrations 2" in upgraded.stdout
+    assert f"applied schema migrations {missing}" in upgraded.stdout
     assert _invoke(control_plane_dsn, "nodes", "list").exit_code == 0
 
 
