@@ -116,7 +116,7 @@ def create(ctx: click.Context, name: str, order: str, operator: str, boundaries:
     """Create leaderboard NAME.
 
     \b
-    Example:
+    Examples:
       rankshard leaderboards create weekly --order desc --operator best --boundaries 100,1000
       rankshard leaderboards create season --boundaries 1000,5000 --expected-members 500000000
     """
@@ -139,7 +139,13 @@ def create(ctx: click.Context, name: str, order: str, operator: str, boundaries:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def list_boards(ctx: click.Context, as_json: bool) -> None:
-    """List leaderboards with their order, operator and boundaries."""
+    """List leaderboards with their order, operator and boundaries.
+
+    \b
+    Examples:
+      rankshard leaderboards list
+      rankshard leaderboards list --json
+    """
 
     async def work(cp: ControlPlane) -> list[dict[str, Any]]:
         maps = await cp.shard_maps()
@@ -204,7 +210,13 @@ def shards() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def list_shards(ctx: click.Context, leaderboard: str, as_json: bool) -> None:
-    """Shard id, score range, node, member count and state, lowest range first."""
+    """Shard id, score range, node, member count and state, lowest range first.
+
+    \b
+    Examples:
+      rankshard shards list -l global
+      rankshard shards list --leaderboard weekly --json
+    """
 
     async def work(cp: ControlPlane) -> list[dict[str, Any]]:
         layout = BoardLayout(await cp.get_board(_name(leaderboard)), await cp.shard_map(leaderboard))
