@@ -16,7 +16,9 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
   ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % buckets.index``.
 - ``rs:r:{b}/{bucket}:{gen}``  hash  on the index node: user -> the member's last request ids (at most
   ``DEDUP_DEPTH``), oldest first, each ``ts|value|score|len|rid`` with ``ts`` in ms since the start of
-  generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``.
+  generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``: any bytes
+  (``|``, NUL, newlines), cut out by that length. Records that do not parse (a NUL id was once stored
+  cut at the NUL) are dropped when read and the member's records stored again without them.
   ``bucket = h % DEDUP_BUCKETS``. A member's records sit in one generation, the one of its last update
   with a request id, which its index entry names (one lookup, not one per generation); the hash expires ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle
   for an hour costs no dedup memory once that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).

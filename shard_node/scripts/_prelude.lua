@@ -12,9 +12,11 @@ local function parse_entry(raw)
   return {score = tonumber(s), ver = tonumber(v), home = h, from = f, to = t, rgen = rgen}
 end
 
+-- Strings are concatenated, never formatted with '%s' (which stops at a NUL in Lua 5.1).
 local function format_entry(e)
-  if e.rgen == nil then return string.format('%d|%d|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to) end
-  return string.format('%d|%d|%s|%s|%s|%s', e.score, e.ver, e.home, e.from, e.to, e.rgen)
+  local raw = string.format('%d|%d|', e.score, e.ver) .. e.home .. '|' .. e.from .. '|' .. e.to
+  if e.rgen == nil then return raw end
+  return raw .. '|' .. e.rgen
 end
 
 -- `cmd key args...` for a flat list of arguments in as few calls as Lua allows (unpack takes a few
