@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._audit import Finding, scan_board
-from ._keys import IndexEntry, descriptor_key
+from ._keys import IndexEntry, descriptor_key, registered_version
 from ._layout import BoardLayout, Cluster
 from ._moves import apply_call, finish_move, remove_call, shard_call
 
@@ -69,7 +69,7 @@ async def _remove_copy(cluster: Cluster, layout: BoardLayout, entry: IndexEntry 
     assert shard_id is not None and user is not None
     node = cluster.node(layout.shards[shard_id].node)
     stored = await node.command("HGET", layout.versions_key(user), user)
-    version = int(str(stored).lstrip("~")) if stored else 0
+    version = registered_version(stored)
     if entry is not None:
         version = max(version, entry.version)
     await shard_call(cluster, layout, shard_id, remove_call(layout, shard_id, [user, version]))

@@ -1,7 +1,7 @@
 -- Shared by every rankshard script (the loader prepends this file). Formats: see shard_node/_keys.py.
 local MAX_SCORE = 9007199254740991
 
--- An index entry "score|ver|home|from|to|rgen"; nil for absent or removed ("~ver"). rgen names the
+-- An index entry "score|ver|home|from|to|rgen"; nil for absent or removed ("~ver|ms"). rgen names the
 -- generation holding the member's request-id records ('' none; see index_apply); entries written before
 -- it existed have five fields: rgen nil, unknown (index_apply then looks in every generation).
 local function parse_entry(raw)
@@ -27,11 +27,30 @@ local function call_bulk(cmd, key, args)
   end
 end
 
--- A registered version in a versions hash ("ver", or "~ver" after removal), 0 when there is none.
+-- The version of a versions-hash value ("ver") or of a tombstone ("~ver|ms", or "~ver" as older
+-- releases wrote it), 0 when there is none.
 local function version_of(raw)
   if not raw then return 0 end
-  if string.sub(raw, 1, 1) == '~' then return tonumber(string.sub(raw, 2)) end
-  return tonumber(raw)
+  return tonumber(string.match(raw, '^~?(%d+)'))
+end
+
+-- The node's clock: {unix seconds, ms}.
+local function node_time()
+  local t = redis.call('TIME')
+  local s = tonumber(t[1])
+  return s, s * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A tombstone refusing writes up to version `ver`, written at `ms` (collected once old: _keys.py).
+local function tombstone(ver, ms)
+  return string.format('~%d|%d', ver, ms)
+end
+
+-- The first version of a member new to the board at unix second `s` (_keys.py: VERSIONS_PER_SECOND):
+-- above any an earlier incarnation reached, whether or not its tombstone `old` (its version, 0 if
+-- none) is still there.
+local function first_version(old, s)
+  return math.max(old + 1, s * 1048576 + 1)
 end
 
 -- The index scripts' map argument 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending)

@@ -25,8 +25,7 @@ local first = 5
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 -- An entry names its records' generation mod RGEN_MOD (two digits, not seven; > the window's 13 generations).
 local RGEN_MOD = 100
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s, now = node_time()
 local gen = math.floor(now / GEN_MS)
 
 -- Working state of this call: entries by key..user, request-id records by stem..user.
@@ -39,10 +38,10 @@ local function load_entry(ik, user)
   if entries[k] == nil then
     local raw = redis.call('HGET', ik, user)
     local e = parse_entry(raw)
-    -- Absent, or removed: a tombstone "~ver" keeps the next incarnation's versions above the old. A
-    -- member never seen has no request-id records; a removed one may (rgen unknown).
+    -- Absent, or removed (a tombstone "~ver|ms"). A member never seen, or whose tombstone was
+    -- collected, has no request-id records young enough to count; a removed one may (rgen unknown).
     if e == nil then
-      if raw then e = {absent = true, ver = tonumber(string.sub(raw, 2))} else e = {absent = true, ver = 0, rgen = ''} end
+      if raw then e = {absent = true, ver = version_of(raw)} else e = {absent = true, ver = 0, rgen = ''} end
     end
     entries[k] = e
   end
@@ -208,7 +207,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
         local tgt = target(new)
         if e.absent then
           kind = 'new'
-          e = {score = new, ver = e.ver + 1, home = tgt, from = '', to = '', rgen = e.rgen}
+          e = {score = new, ver = first_version(e.ver, now_s), home = tgt, from = '', to = '', rgen = e.rgen}
           entries[k] = e
         else
           if fresh[k] then
