@@ -1,7 +1,7 @@
 """Bulk loading of members new to a board: what `rankshard leaderboards import` runs.
 
-The same end state as their first `UpdateScore` (index entry at a new member's first version, shard
-member, version register), for a fraction of the node work: no request ids, no operator, no check round, so a board of
+The same end state as their first `UpdateScore` (index entry at its first version, shard member, version
+register), for a fraction of the node work: no request ids, no operator, no check round, so a board of
 millions loads in minutes (moving an existing leaderboard in, sizing a deployment).
 """
 
@@ -50,8 +50,8 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
         for node, keys, mine in nodes))
     by_shard: dict[str, list[object]] = {}
     added: list[tuple[NodeClient, str, str, int]] = []
-    for (node, keys, mine), (version, *answer) in zip(nodes, homes):
-        for key, (user, score), home in zip(keys, mine, answer, strict=True):
+    for (node, keys, mine), answer in zip(nodes, homes):
+        for key, (user, score), home, version in zip(keys, mine, answer[::2], answer[1::2], strict=True):
             if home:
                 by_shard.setdefault(str(home), []).extend((user, layout.stored(score), int(version)))
                 added.append((node, key, user, int(version)))

@@ -12,7 +12,11 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
 - ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to|rgen`` (see `IndexEntry`;
   ``rgen``: the generation of the member's request-id records mod 100, '' for none, and absent from entries
   written before it existed: then every generation is looked at),
-  or the tombstone ``~ver|ms`` of a removed member (see Tombstones below).
+  or the tombstone ``~ver|ms`` of a removed member (see Tombstones below). Under the field ``''`` (no
+  user id is empty) of bucket 0, the slot's floor ``~ver`` once tombstones were collected from the
+  slot: the highest version any of them had. A member without an entry or a tombstone (never seen,
+  or its tombstone collected) comes at the floor's version + 1 (1 when there is none), above anything
+  a version register may still hold for an earlier incarnation of it.
   ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % buckets.index``.
 - ``rs:r:{b}/{bucket}:{gen}``  hash  on the index node: user -> the member's last request ids (at most
   ``DEDUP_DEPTH``), oldest first, each ``ts|value|score|len|rid`` with ``ts`` in ms since the start of
@@ -37,17 +41,11 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
 - ``rs:t:{b}/``              string on every node: where the node's tombstone collection goes on,
   ``position hscan-cursor`` (see `collect_tombstones.lua`).
 
-Versions: a member new to the board starts at ``VERSIONS_PER_SECOND * unix seconds + 1`` by its index
-node's clock, and each applied update adds one. An earlier incarnation of the member (removed since) would
-need over ``VERSIONS_PER_SECOND`` updates per second of its life to reach that, so the new one's versions are
-above anything a version register may still hold for the old one, tombstone or not; and
-``version % VERSIONS_PER_SECOND`` is how many updates the member has had (below that many). Entries from
-before this rule counted from 1, which is below every version it gives.
-
 Tombstones: ``~ver|ms``, ``ms`` the time the node wrote it, ``ver`` the version it refuses writes up to.
 Nothing needs one once it is older than ``TOMBSTONE_TTL_MS``: every write it could refuse was committed
 earlier still and has long given up, and every request id of the removed member has left the dedup
-window. Collection (`collect_tombstones.lua`, run by the router's sweeper) deletes those. The plain ``~ver``
+window. Collection (`collect_tombstones.lua`, run by the router's sweeper) deletes those, an index
+tombstone once its version is in its slot's floor. The plain ``~ver``
 of older releases has no time: collection stamps it with the time it first sees it, and deletes it
 ``TOMBSTONE_TTL_MS`` later.
 """
@@ -63,10 +61,6 @@ DEDUP_DEPTH = 8
 DEDUP_WINDOW_MS = 3_600_000
 DEDUP_GEN_MS = 300_000
 """The last three are also spelled out in ``scripts/index_apply.lua``."""
-
-VERSIONS_PER_SECOND = 2**20
-"""See Versions above; also spelled out in ``scripts/_prelude.lua``. 2^20 times the unix time stays below
-2^53 (exact in Lua's numbers) until the year 2242."""
 
 WRITE_LIFETIME_MS = 600_000
 """No write is still on its way to a shard this long after its index commit: every node call times out

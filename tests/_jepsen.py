@@ -8,9 +8,8 @@ Every call a client makes is logged as an `Op` with its outcome:
 
 The counter rule (SPEC invariant 3), per member, counting each request id once however often it was sent:
 final score == Σ deltas of the acknowledged request ids + Σ deltas of SOME subset of the request ids whose
-every attempt had an unknown outcome. Every applied update bumps the member's index version by one, from a
-first version that counts none (shard_node._keys, Versions), so the version pins the size of that subset
-too: updates the final version counts == #acknowledged ids + #ids of the subset. An id
+every attempt had an unknown outcome. Every applied update bumps the member's index version by one, so the
+version pins the size of that subset too: final version == #acknowledged ids + #ids of the subset. An id
 applied twice, or an acknowledged update lost, breaks the rule.
 
 Also imported by the writer processes (spawned): at import it needs only grpc, redis and the generated stubs.
@@ -87,8 +86,7 @@ class Final:
     """A member's state at the end, from its index entry; None in `finals` for a member never created."""
 
     score: int
-    updates: int
-    """How many applied updates the member's version counts (``version % VERSIONS_PER_SECOND``)."""
+    version: int
     moving: bool = field(default=False, compare=False)
 
 
@@ -114,7 +112,7 @@ def check_counter(ops: Iterable[Op], finals: Mapping[str, Final | None]) -> list
             elif any(t.outcome == UNKNOWN for t in tries):
                 unknown[rid] = delta
         final = finals.get(member)
-        score, version = (final.score, final.updates) if final else (0, 0)
+        score, version = (final.score, final.version) if final else (0, 0)
         if final is None and acked:
             problems.append(f"{member}: absent at the end, but {len(acked)} update(s) were acknowledged: {sorted(acked)}")
             continue
@@ -148,10 +146,10 @@ def _idempotency(member: str, rid: str, tries: list[Op], answers: list[Op]) -> l
 
 def read_finals(node_addresses: Sequence[str], board: str, members: Iterable[str],
                 allow_moving: bool = False) -> dict[str, Final | None]:
-    """Each member's score and update count from its index entry (the authoritative copy), straight off the nodes;
+    """Each member's score and version from its index entry (the authoritative copy), straight off the nodes;
     every member of the board, and None for those of `members` it does not hold."""
     from shard_node import IndexEntry
-    from shard_node._keys import VERSIONS_PER_SECOND, index_pattern
+    from shard_node._keys import index_pattern
 
     found: dict[str, Final] = {}
     for address in node_addresses:
@@ -162,7 +160,7 @@ def read_finals(node_addresses: Sequence[str], board: str, members: Iterable[str
                     entry = IndexEntry.parse(user, raw)
                     if entry is not None:
                         assert allow_moving or not entry.moving, f"{user} still has a pending move: {raw}"
-                        found[user] = Final(entry.score, entry.version % VERSIONS_PER_SECOND, entry.moving)
+                        found[user] = Final(entry.score, entry.version, entry.moving)
     return {m: found.get(m) for m in members} | found
 
 

@@ -46,11 +46,18 @@ local function tombstone(ver, ms)
   return string.format('~%d|%d', ver, ms)
 end
 
--- The first version of a member new to the board at unix second `s` (_keys.py: VERSIONS_PER_SECOND):
--- above any an earlier incarnation reached, whether or not its tombstone `old` (its version, 0 if
--- none) is still there.
-local function first_version(old, s)
-  return math.max(old + 1, s * 1048576 + 1)
+-- Where the floor of the index slot of hash `index_key` ('rs:i:{b}/{slot}:{bucket}') is kept: field ''
+-- (no user id is empty) of the slot's first hash (_keys.py).
+local function floor_key(index_key)
+  return string.match(index_key, '^(.*):%d+$') .. ':0'
+end
+
+-- The version a member gets when it comes to the board: above its own tombstone's, or when it has none
+-- (never seen, or its tombstone collected) above its index slot's floor: the highest version of any
+-- member whose tombstone was collected from the slot.
+local function first_version(index_key, raw)
+  if raw then return version_of(raw) + 1 end
+  return version_of(redis.call('HGET', floor_key(index_key), '')) + 1
 end
 
 -- The index scripts' map argument 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending)

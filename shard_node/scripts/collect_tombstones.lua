@@ -1,8 +1,10 @@
 -- Tombstone collection (formats and the rule: _keys.py, Tombstones): one step of a walk, shared by every
 -- router, over the hashes of one board on this node that can hold tombstones: the index hashes of the
 -- slots the node owns, then its version registers. A tombstone '~ver|ms' older than the age limit is
--- deleted; a '~ver' of older releases (its age unknown) is stamped with the time now, so that it goes
--- once it is that old counted from now. Entries and registered versions are left as they are.
+-- deleted, and from an index hash its version raises the slot's floor first, so the member, should it
+-- come back, still gets versions above it (first_version). A '~ver' of older releases (its
+-- age unknown) is stamped with the time now, so that it goes once it is that old counted from now.
+-- Entries, registered versions and floors are left as they are.
 -- KEYS[1]: the board's collection position on this node ('position hscan-cursor'; absent: the start).
 -- ARGV: index key stem 'rs:i:{b}/', the slots this node owns (space-separated), index hashes per slot,
 --       register key stem 'rs:v:{b}/', register hashes, age limit in ms, budget: hash fields to look at,
@@ -25,19 +27,19 @@ local function hash_at(p)
   return vstem .. string.format('%d', p - #slots * per_slot)
 end
 
--- What becomes of one value: deleted, stamped, or left.
+-- What becomes of one value: deleted (its version returned), stamped, or left.
 local function collect(key, field, value)
-  if string.byte(value, 1) ~= 126 then return 0, 0 end  -- '~': only tombstones
+  if field == '' or string.byte(value, 1) ~= 126 then return nil, 0 end  -- '~': only tombstones
   local ver, ms = string.match(value, '^~(%d+)|(%d+)$')
   if ms then
-    if now - tonumber(ms) < max_age then return 0, 0 end
+    if now - tonumber(ms) < max_age then return nil, 0 end
     redis.call('HDEL', key, field)
-    return 1, 0
+    return tonumber(ver), 0
   end
   ver = string.match(value, '^~(%d+)$')
-  if not ver then return 0, 0 end
+  if not ver then return nil, 0 end
   redis.call('HSET', key, field, '~' .. ver .. string.format('|%d', now))
-  return 0, 1
+  return nil, 1
 end
 
 local saved = redis.call('GET', KEYS[1])
@@ -52,10 +54,19 @@ while spent < budget and visited < hashes do
   local page = redis.call('HSCAN', key, cursor, 'COUNT', math.max(10, budget - spent))
   cursor = page[1]
   local fields = page[2]
+  local index, floor, raised = pos < #slots * per_slot, nil, false
   for j = 1, #fields, 2 do
-    local d, s = collect(key, fields[j], fields[j + 1])
-    deleted, stamped = deleted + d, stamped + s
+    local ver, s = collect(key, fields[j], fields[j + 1])
+    stamped = stamped + s
+    if ver then
+      deleted = deleted + 1
+      if index then
+        floor = floor or version_of(redis.call('HGET', floor_key(key), ''))
+        if ver > floor then floor, raised = ver, true end
+      end
+    end
   end
+  if raised then redis.call('HSET', floor_key(key), '', string.format('~%d', floor)) end
   looked = looked + #fields / 2
   spent = spent + 1 + #fields / 2
   if cursor == '0' then

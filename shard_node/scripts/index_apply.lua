@@ -25,7 +25,7 @@ local first = 5
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 -- An entry names its records' generation mod RGEN_MOD (two digits, not seven; > the window's 13 generations).
 local RGEN_MOD = 100
-local now_s, now = node_time()
+local _, now = node_time()
 local gen = math.floor(now / GEN_MS)
 
 -- Working state of this call: entries by key..user, request-id records by stem..user.
@@ -38,10 +38,12 @@ local function load_entry(ik, user)
   if entries[k] == nil then
     local raw = redis.call('HGET', ik, user)
     local e = parse_entry(raw)
-    -- Absent, or removed (a tombstone "~ver|ms"). A member never seen, or whose tombstone was
-    -- collected, has no request-id records young enough to count; a removed one may (rgen unknown).
+    -- Absent, or removed (a tombstone "~ver|ms"); `ver` + 1 is the version it gets if it comes (see
+    -- first_version). A member never seen, or whose tombstone was collected, has no request-id records
+    -- young enough to count; a removed one may (rgen unknown).
     if e == nil then
-      if raw then e = {absent = true, ver = version_of(raw)} else e = {absent = true, ver = 0, rgen = ''} end
+      e = {absent = true, ver = first_version(ik, raw) - 1}
+      if not raw then e.rgen = '' end
     end
     entries[k] = e
   end
@@ -207,7 +209,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
         local tgt = target(new)
         if e.absent then
           kind = 'new'
-          e = {score = new, ver = first_version(e.ver, now_s), home = tgt, from = '', to = '', rgen = e.rgen}
+          e = {score = new, ver = e.ver + 1, home = tgt, from = '', to = '', rgen = e.rgen}
           entries[k] = e
         else
           if fresh[k] then
