@@ -34,11 +34,10 @@ local function version_of(raw)
   return tonumber(string.match(raw, '^~?(%d+)'))
 end
 
--- The node's clock: {unix seconds, ms}.
-local function node_time()
+-- The node's clock, in ms.
+local function node_ms()
   local t = redis.call('TIME')
-  local s = tonumber(t[1])
-  return s, s * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 -- A tombstone refusing writes up to version `ver`, written at `ms` (collected once old: _keys.py).

@@ -18,7 +18,7 @@ local per_slot, registers = tonumber(ARGV[3]), tonumber(ARGV[5])
 local max_age, budget = tonumber(ARGV[6]), tonumber(ARGV[7])
 local hashes = #slots * per_slot + registers
 if hashes == 0 then return {0, 0, 0, 1} end
-local _, now = node_time()
+local now = node_ms()
 
 local function hash_at(p)
   if p < #slots * per_slot then

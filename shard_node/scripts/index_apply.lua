@@ -25,7 +25,7 @@ local first = 5
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 -- An entry names its records' generation mod RGEN_MOD (two digits, not seven; > the window's 13 generations).
 local RGEN_MOD = 100
-local _, now = node_time()
+local now = node_ms()
 local gen = math.floor(now / GEN_MS)
 
 -- Working state of this call: entries by key..user, request-id records by stem..user.

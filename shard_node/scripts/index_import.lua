@@ -5,11 +5,11 @@
 -- in its canonical decimal form, as the caller validated it: it goes into the entry as sent).
 -- A member with an entry, or a tombstone (removed: its versions must stay above the old), is left as
 -- it is. Each new member gets its first version (first_version: 1 unless tombstones were collected from
--- its index hash) in the shard its score falls in, and a pending-write mark (the sweeper finishes its
+-- its index slot) in the shard its score falls in, and a pending-write mark (the sweeper finishes its
 -- shard write if the importer dies first). Returns the home shard and the version of each member, ''
 -- and 0 for those left alone.
 local target = shard_finder(ARGV[1])
-local _, now = node_time()
+local now = node_ms()
 local out, marks = {}, {}
 for i = 2, #ARGV, 2 do
   local user, score, key = ARGV[i], ARGV[i + 1], KEYS[i / 2]

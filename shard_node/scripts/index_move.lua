@@ -6,7 +6,7 @@
 -- this intent (another router finished it, or a newer version exists) is left alone: both mean
 -- "nothing left to do here". Returns how many moves were advanced.
 local step, done, advanced = ARGV[1], {}, 0
-local _, now = node_time()
+local now = node_ms()
 for i = 2, #ARGV, 4 do
   local user, ver, from, to, key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], KEYS[(i + 2) / 4]
   local e = parse_entry(redis.call('HGET', key, user))

@@ -5,7 +5,7 @@
 local d = redis.call('GET', KEYS[2])
 if d ~= ARGV[1] then return {'stale', d or ''} end
 local removed = 0
-local _, now = node_time()
+local now = node_ms()
 for i = 2, #ARGV, 2 do
   local user, ver, vkey = ARGV[i], tonumber(ARGV[i + 1]), KEYS[2 + i / 2]
   if version_of(redis.call('HGET', vkey, user)) <= ver then
