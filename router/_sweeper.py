@@ -1,4 +1,5 @@
-"""The router's sweeper task: finishes moves that crashed writers abandoned (DESIGN.md failure model)."""
+"""The router's sweeper task: finishes moves that crashed writers abandoned (DESIGN.md failure model), and
+collects tombstones nothing needs any more (a step per board and round: `shard_node.collect_tombstones`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import logging
 
 from shard_map import RankshardError
-from shard_node import DEFAULT_MIN_AGE_MS, sweep_board
+from shard_node import DEFAULT_MIN_AGE_MS, collect_tombstones, sweep_board
 
 from ._catalog import Catalog
 
@@ -27,6 +28,7 @@ async def sweep_forever(catalog: Catalog, interval: float = DEFAULT_INTERVAL, mi
         for layout in layouts:
             try:
                 finished = await sweep_board(catalog.cluster, layout, min_age_ms=min_age_ms)
+                await collect_tombstones(catalog.cluster, layout)
             except RankshardError as exc:
                 log.warning("sweep of %r failed: %s", layout.board, exc)
                 continue

@@ -11,10 +11,12 @@ from ._new_node import check_new_node
 from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_scores, read_entry, shard_sizes
 from ._repair import LostMembers, RepairReport, repair_board
 from ._sweep import DEFAULT_MIN_AGE_MS, sweep_board
+from ._tombstones import Collected, collect_tombstones
 from ._writes import Update, UpdateOutcome, apply_each, apply_updates, remove_member
 
 __all__ = [
     "DEFAULT_MIN_AGE_MS", "Finding", "LostMembers", "RepairReport", "audit_board", "repair_board", "sweep_board",
+    "Collected", "collect_tombstones",
     "DEFAULT_NODE_TIMEOUT", "MOVE_STEPS", "BoardLayout", "Cluster", "Entry", "IndexEntry",
     "NodeClient", "StepHook", "Update", "UpdateOutcome", "apply_each", "apply_updates", "connect_cluster",
     "ImportInterrupted", "check_new_node", "create_board", "delete_board", "finish_move", "import_members",

@@ -1,6 +1,6 @@
 """Bulk loading of members new to a board: what `rankshard leaderboards import` runs.
 
-The same end state as their first `UpdateScore` (index entry at version 1, shard member, version
+The same end state as their first `UpdateScore` (index entry at its first version, shard member, version
 register), for a fraction of the node work: no request ids, no operator, no check round, so a board of
 millions loads in minutes (moving an existing leaderboard in, sizing a deployment).
 """
@@ -49,17 +49,17 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
         node.run(INDEX_IMPORT, [*keys, moves_key(board)], [*layout.index_args, *(x for m in mine for x in m)])
         for node, keys, mine in nodes))
     by_shard: dict[str, list[object]] = {}
-    added: list[tuple[NodeClient, str, str]] = []
+    added: list[tuple[NodeClient, str, str, int]] = []
     for (node, keys, mine), answer in zip(nodes, homes):
-        for key, (user, score), home in zip(keys, mine, answer, strict=True):
+        for key, (user, score), home, version in zip(keys, mine, answer[::2], answer[1::2], strict=True):
             if home:
-                by_shard.setdefault(str(home), []).extend((user, layout.stored(score), 1))
-                added.append((node, key, user))
+                by_shard.setdefault(str(home), []).extend((user, layout.stored(score), int(version)))
+                added.append((node, key, user, int(version)))
     if by_shard:
         try:
-            await _write_groups(cluster, layout, by_shard, mode="new")
+            await _write_groups(cluster, layout, by_shard)
         except StaleMap as exc:
             raise ImportInterrupted(len(added), exc) from exc
-    for node, key, user in added:
-        cluster.forgets.add(node, board, key, user, 1)
+    for node, key, user, version in added:
+        cluster.forgets.add(node, board, key, user, version)
     return len(added)

@@ -12,11 +12,17 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
 - ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to|rgen`` (see `IndexEntry`;
   ``rgen``: the generation of the member's request-id records mod 100, '' for none, and absent from entries
   written before it existed: then every generation is looked at),
-  or ``~ver`` for a removed member (a tombstone keeps versions monotonic if the member comes back).
+  or the tombstone ``~ver|ms`` of a removed member (see Tombstones below). Under the field ``''`` (no
+  user id is empty) of bucket 0, the slot's floor ``~ver`` once tombstones were collected from the
+  slot: the highest version any of them had. A member without an entry or a tombstone (never seen,
+  or its tombstone collected) comes at the floor's version + 1 (1 when there is none), above anything
+  a version register may still hold for an earlier incarnation of it.
   ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % buckets.index``.
 - ``rs:r:{b}/{bucket}:{gen}``  hash  on the index node: user -> the member's last request ids (at most
   ``DEDUP_DEPTH``), oldest first, each ``ts|value|score|len|rid`` with ``ts`` in ms since the start of
-  generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``.
+  generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``: any bytes
+  (``|``, NUL, newlines), cut out by that length. Records that do not parse (a NUL id was once stored
+  cut at the NUL) are dropped when read and the member's records stored again without them.
   ``bucket = h % DEDUP_BUCKETS``. A member's records sit in one generation, the one of its last update
   with a request id, which its index entry names (one lookup, not one per generation); the hash expires ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle
   for an hour costs no dedup memory once that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).
@@ -27,11 +33,21 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
 - ``rs:z:{b}/{s}``            zset  the shard's members; stored score = score, negated on descending
   boards, so ascending order is best-first and ties fall in user-id order.
 - ``rs:v:{b}/{bucket}``       hash  on each node holding shards of the board: user -> the version of the
-  member's last write to any shard of the board on this node; ``~ver`` after a removal (a tombstone,
-  so a late older write cannot resurrect the member). ``bucket = h % buckets.versions``. One register
-  for all the node's shards: versions of a member only grow, and every write or removal a register
-  refuses has been overtaken by a newer version of that member.
+  member's last write to any shard of the board on this node; the tombstone ``~ver|ms`` once the member
+  left a shard here (removed, or moved to another shard), so a late older write cannot bring it back.
+  ``bucket = h % buckets.versions``. One register for all the node's shards: versions of a member only
+  grow, and every write or removal a register refuses has been overtaken by a newer version of that member.
 - ``rs:d:{b}/{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence.
+- ``rs:t:{b}/``              string on every node: where the node's tombstone collection goes on,
+  ``position hscan-cursor`` (see `collect_tombstones.lua`).
+
+Tombstones: ``~ver|ms``, ``ms`` the time the node wrote it, ``ver`` the version it refuses writes up to.
+Nothing needs one once it is older than ``TOMBSTONE_TTL_MS``: every write it could refuse was committed
+earlier still and has long given up, and every request id of the removed member has left the dedup
+window. Collection (`collect_tombstones.lua`, run by the router's sweeper) deletes those, an index
+tombstone once its version is in its slot's floor. The plain ``~ver``
+of older releases has no time: collection stamps it with the time it first sees it, and deletes it
+``TOMBSTONE_TTL_MS`` later.
 """
 
 from __future__ import annotations
@@ -49,11 +65,24 @@ DEDUP_WINDOW_MS = 3_600_000
 DEDUP_GEN_MS = 300_000
 """The last three are also spelled out in ``scripts/index_apply.lua``."""
 
+WRITE_LIFETIME_MS = 600_000
+"""No write is still on its way to a shard this long after its index commit: every node call times out
+within seconds and a write makes a bounded number of them (what a crashed writer leaves, the sweeper
+finishes within seconds)."""
+
+TOMBSTONE_TTL_MS = DEDUP_WINDOW_MS + WRITE_LIFETIME_MS
+"""How old a tombstone is when collection deletes it (see Tombstones above)."""
+
 
 def index_key(board: str, buckets: Buckets, user_hash: int) -> str:
     slot = user_hash % NUM_SLOTS
     bucket = (user_hash // NUM_SLOTS) % buckets.index
-    return f"rs:i:{board}/{slot}:{bucket}"
+    return f"{index_stem(board)}{slot}:{bucket}"
+
+
+def index_stem(board: str) -> str:
+    """What the board's index keys start with, before ``{slot}:{bucket}``."""
+    return f"rs:i:{board}/"
 
 
 def index_pattern(board: str) -> str:
@@ -69,12 +98,21 @@ def moves_key(board: str) -> str:
     return f"rs:m:{board}/"
 
 
+def collection_key(board: str) -> str:
+    return f"rs:t:{board}/"
+
+
 def shard_key(board: str, shard_id: str) -> str:
     return f"rs:z:{board}/{shard_id}"
 
 
 def versions_key(board: str, buckets: Buckets, user_hash: int) -> str:
-    return f"rs:v:{board}/{user_hash % buckets.versions}"
+    return f"{versions_stem(board)}{user_hash % buckets.versions}"
+
+
+def versions_stem(board: str) -> str:
+    """What the board's version-register keys start with, before ``{bucket}``."""
+    return f"rs:v:{board}/"
 
 
 def shard_data_pattern(board: str) -> str:
@@ -86,6 +124,14 @@ def board_pattern(board: str) -> str:
     """Every key of `board`, of every kind (board names hold no glob character, and ``?`` is one letter, so
     ``rs:?:a/*`` never matches a key of board ``x:a``)."""
     return f"rs:?:{board}/*"
+
+
+def registered_version(raw: str | None) -> int:
+    """The version a version register holds: ``ver``, or a tombstone ``~ver|ms`` (``~ver`` from older
+    releases); 0 for none."""
+    if not raw:
+        return 0
+    return int(raw.lstrip("~").split("|", 1)[0])
 
 
 def descriptor_key(board: str, shard_id: str) -> str:
@@ -147,7 +193,3 @@ def records_generation(raw: str) -> str | None:
     fields = raw.split("|", 5)
     return fields[5] if len(fields) == 6 else None
 
-
-def registered_version(raw: str | None) -> int:
-    """A version register's value (``ver``, or ``~ver`` after a removal) as a number; 0 when absent."""
-    return int(raw.lstrip("~")) if raw else 0

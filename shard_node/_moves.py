@@ -131,7 +131,7 @@ async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call:
 def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, mode: str = "write") -> ScriptCall:
     """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard. `mode` (see
     shard_apply.lua): 'write'; 'rewrite' (repair only) also rewrites a member at the version its node
-    has registered; 'new' (import only) writes members at version 1 that have no registered version."""
+    has registered."""
     users = writes[::3]
     keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]  # type: ignore[arg-type]
     return SHARD_APPLY, keys, [layout.descriptors[shard_id], mode, *writes]

@@ -6,7 +6,8 @@
 -- writer left, whether or not it crossed a boundary.
 -- ARGV: mode ('apply' | 'check' | 'each'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
 --       the map 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending; one argument, so a
---       board with many shards costs no more to send), then per update: user, value, request id ('' none).
+--       board with many shards costs no more to send), then per update: user, value, request id ('' none;
+--       any other bytes, NUL included).
 -- A member with a pending move (another writer's, not finished) blocks only its own updates: they come
 -- back as {'intent', user, score, ver, home, from, to} for the router to finish that move and send them
 -- again, and the other updates go ahead (one hot member must not hold a whole batch back).
@@ -24,22 +25,25 @@ local first = 5
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 -- An entry names its records' generation mod RGEN_MOD (two digits, not seven; > the window's 13 generations).
 local RGEN_MOD = 100
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = node_ms()
 local gen = math.floor(now / GEN_MS)
 
 -- Working state of this call: entries by key..user, request-id records by stem..user.
 local entries, fresh, written, order, blocked = {}, {}, {}, {}, {}
-local records, pushed, pushed_order = {}, {}, {}
+-- pushed: this call's new records by slot; rewritten (in pushed_order): the slots whose records are
+-- stored again, those with new records and those found damaged.
+local records, pushed, pushed_order, rewritten = {}, {}, {}, {}
 local function load_entry(ik, user)
   local k = ik .. '\0' .. user
   if entries[k] == nil then
     local raw = redis.call('HGET', ik, user)
     local e = parse_entry(raw)
-    -- Absent, or removed: a tombstone "~ver" keeps the next incarnation's versions above the old. A
-    -- member never seen has no request-id records; a removed one may (rgen unknown).
+    -- Absent, or removed (a tombstone "~ver|ms"); `ver` + 1 is the version it gets if it comes (see
+    -- first_version). A member never seen, or whose tombstone was collected, has no request-id records
+    -- young enough to count; a removed one may (rgen unknown).
     if e == nil then
-      if raw then e = {absent = true, ver = tonumber(string.sub(raw, 2))} else e = {absent = true, ver = 0, rgen = ''} end
+      e = {absent = true, ver = first_version(ik, raw) - 1}
+      if not raw then e.rgen = '' end
     end
     entries[k] = e
   end
@@ -66,36 +70,83 @@ local function load_records(rk, user, rgen)
   end
   return {found = found}
 end
--- The records of `found` younger than WINDOW_MS, oldest first, the last DEPTH.
-local function parse_records(found)
+
+-- Stored records 'ts|value|score|len|rid', back to back; the id is cut out by its length, so it may hold
+-- any bytes ('|', NUL, newlines).
+local HEAD = '^(-?%d+)|(-?%d+)|(-?%d+)|(%d+)|()'
+-- The records of `raw` from `pos` on, appended to `list` ({ts, value, score, rid, first, last}: ts as
+-- stored, first..last where the record lies in `raw`) while they parse. Returns where parsing stopped
+-- (#raw + 1 once all of it parsed) and, when a record there has a head but is longer than what is left,
+-- where its id begins.
+local function parse_from(raw, pos, list)
+  while pos <= #raw do
+    local ts, v, s, n, at = string.match(raw, HEAD, pos)
+    if not at then return pos, nil end
+    local last = at + tonumber(n) - 1
+    if last > #raw then return pos, at end
+    table.insert(list, {ts = tonumber(ts), value = v, score = tonumber(s), rid = string.sub(raw, at, last),
+                        first = pos, last = last})
+    pos = last + 1
+  end
+  return pos, nil
+end
+-- Every record of `raw` that can be trusted, and whether that is all of `raw`. Stored records never fail
+-- a call (an error here would fail every update of the batch, other members' too): what does not parse
+-- is dropped, and rewritten clean by the caller. Ids with a NUL were once written cut at the NUL while
+-- their length counted every byte: such a record swallows the head of the next one (or runs past the
+-- end), and parsing goes astray right behind it. Its own id is lost then, but the records behind it are
+-- found where its id should have been: from the first place inside it from which all the rest parses.
+local function scan_records(raw)
   local list = {}
+  local stop, overrun = parse_from(raw, 1, list)
+  if stop > #raw then return list, true end
+  -- The damaged record's id: the one running past the end, else the last one parsed (dropped if the
+  -- rest is found inside it).
+  local from, to, suspect = overrun, #raw, nil
+  if not overrun and #list > 0 then
+    suspect = list[#list]
+    from, to = suspect.last - #suspect.rid + 1, suspect.last
+  end
+  if not from then return list, false end
+  for q = from, to do
+    local rest = {}
+    if parse_from(raw, q, rest) > #raw then
+      if suspect then list[#list] = nil end
+      for _, rec in ipairs(rest) do table.insert(list, rec) end
+      break
+    end
+  end
+  return list, false
+end
+-- The records of `found` younger than WINDOW_MS, oldest first, the last DEPTH; and whether any stored
+-- bytes did not parse.
+local function parse_records(found)
+  local list, damaged = {}, false
   for _, f in ipairs(found) do
-    local raw, pos, base = f.raw, 1, f.g * GEN_MS
-    while pos <= #raw do
-      local ts, v, s, n, at = string.match(raw, '^(-?%d+)|([^|]*)|([^|]*)|(%d+)|()', pos)
-      local r = string.sub(raw, at, at + tonumber(n) - 1)
-      pos = at + tonumber(n)
-      ts = base + tonumber(ts)
-      if ts >= now - WINDOW_MS then table.insert(list, {ts = ts, value = v, score = tonumber(s), rid = r}) end
+    local recs, clean = scan_records(f.raw)
+    damaged = damaged or not clean
+    for _, rec in ipairs(recs) do
+      local ts = f.g * GEN_MS + rec.ts
+      if ts >= now - WINDOW_MS then table.insert(list, {ts = ts, value = rec.value, score = rec.score, rid = rec.rid}) end
     end
   end
   while #list > DEPTH do table.remove(list, 1) end
-  return list
+  return list, damaged
 end
 -- The stored form of the last `keep` records of `raw` (records of the current generation: their times
 -- need no rebasing) younger than WINDOW_MS, cut out as they are: what `parse_records` would keep,
--- without parsing or formatting them again.
+-- without formatting them again.
 local function recent_tail(raw, keep)
-  local pieces, pos, base = {}, 1, gen * GEN_MS
-  while pos <= #raw do
-    local _, e, ts, n = string.find(raw, '^(-?%d+)|[^|]*|[^|]*|(%d+)|', pos)
-    local stop = e + tonumber(n)
-    if base + tonumber(ts) >= now - WINDOW_MS then table.insert(pieces, string.sub(raw, pos, stop)) end
-    pos = stop + 1
+  local pieces, base = {}, gen * GEN_MS
+  for _, rec in ipairs((scan_records(raw))) do
+    if base + rec.ts >= now - WINDOW_MS then table.insert(pieces, string.sub(raw, rec.first, rec.last)) end
   end
   return table.concat(pieces, '', math.max(1, #pieces - keep + 1))
 end
-local function find_record(rk, user, rid, rgen)
+local function rewrite_records(slot, rk, user, k, ik)
+  if not rewritten[slot] then rewritten[slot] = true; table.insert(pushed_order, {rk, user, slot, k, ik}) end
+end
+local function find_record(rk, user, rid, k, ik, rgen)
   local slot = rk .. '\0' .. user
   if records[slot] == nil then records[slot] = load_records(rk, user, rgen) end
   -- Newest first: records pushed by this call sit at the end of `pushed`.
@@ -108,7 +159,9 @@ local function find_record(rk, user, rid, rgen)
       if string.find(f.raw, needle, 1, true) then seen = true; break end
     end
     if not seen then return nil end
-    stored.list = parse_records(stored.found)
+    local damaged
+    stored.list, damaged = parse_records(stored.found)
+    if damaged then rewrite_records(slot, rk, user, k, ik) end
   end
   for _, rec in ipairs(stored.list) do
     if rec.rid == rid then return rec end
@@ -126,7 +179,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
   local ik, rk = KEYS[2 * i - 1], KEYS[2 * i]
   local k, e = load_entry(ik, user)
   local rec = nil
-  if rid ~= '' then rec = find_record(rk, user, rid, e.rgen) end
+  if rid ~= '' then rec = find_record(rk, user, rid, k, ik, e.rgen) end
   if blocked[k] or (not e.absent and e.from ~= '' and not fresh[k]) then
     blocked[k] = true
     table.insert(results, {'intent', user, e.score, e.ver, e.home, e.from, e.to})
@@ -171,7 +224,8 @@ for i = 1, (#ARGV - first + 1) / 3 do
       end
       if rid ~= '' then
         local slot = rk .. '\0' .. user
-        if pushed[slot] == nil then pushed[slot] = {}; table.insert(pushed_order, {rk, user, slot, k, ik}) end
+        if pushed[slot] == nil then pushed[slot] = {} end
+        rewrite_records(slot, rk, user, k, ik)
         table.insert(pushed[slot], {ts = now, value = value, score = new, rid = rid})
       end
       if mode ~= 'check' then table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}) end
@@ -184,12 +238,14 @@ if mode == 'check' then return results end
 -- Each member's records move to the current generation, which its entry then names: older
 -- generations' hashes only hold members idle since, and expire WINDOW_MS after their generation ended.
 local rewrite = {}
+-- Concatenated, not string.format('%s'): Lua 5.1 formats a short string with sprintf, which stops at a
+-- NUL while the length field counts every byte.
 local function format_record(rec, base)
-  return string.format('%d|%s|%d|%d|%s', rec.ts - base, rec.value, rec.score, #rec.rid, rec.rid)
+  return string.format('%d|', rec.ts - base) .. rec.value .. string.format('|%d|%d|', rec.score, #rec.rid) .. rec.rid
 end
 for _, p in ipairs(pushed_order) do
   local rk, user, slot, k = p[1], p[2], p[3], p[4]
-  local stored, mine, key, base = records[slot], pushed[slot], rk .. ':' .. gen, gen * GEN_MS
+  local stored, mine, key, base = records[slot], pushed[slot] or {}, rk .. ':' .. gen, gen * GEN_MS
   local found, parts = stored.found, {}
   if stored.list == nil and (#found == 0 or (#found == 1 and found[1].g == gen)) then
     -- The usual case: at most the current generation's records, unparsed; keep their tail as stored.
@@ -205,10 +261,16 @@ for _, p in ipairs(pushed_order) do
   for _, f in ipairs(found) do
     if f.key ~= key then redis.call('HDEL', f.key, user) end
   end
-  redis.call('HSET', key, user, table.concat(parts))
-  redis.call('PEXPIREAT', key, base + GEN_MS + WINDOW_MS)
+  local value = table.concat(parts)
+  if value ~= '' then
+    redis.call('HSET', key, user, value)
+    redis.call('PEXPIREAT', key, base + GEN_MS + WINDOW_MS)
+  else  -- records found damaged, nothing left of them
+    redis.call('HDEL', key, user)
+  end
   local e = entries[k]
-  if e.rgen ~= tostring(gen % RGEN_MOD) then
+  -- A removed member's tombstone names no generation (every one is looked in): it stays as it is.
+  if not e.absent and e.rgen ~= tostring(gen % RGEN_MOD) then
     e.rgen = tostring(gen % RGEN_MOD)
     -- An update that changed nothing (best mode) still moved the records: its entry must say where.
     if not written[k] then table.insert(rewrite, {p[5], user, k}) end

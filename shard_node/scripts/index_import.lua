@@ -4,24 +4,27 @@
 -- ARGV: the map 'b1 b2 .. bn|id1 .. id(n+1)' (as index_apply), then per member: user, score (an integer
 -- in its canonical decimal form, as the caller validated it: it goes into the entry as sent).
 -- A member with an entry, or a tombstone (removed: its versions must stay above the old), is left as
--- it is. Each new member gets version 1 in the shard its score falls in, and a pending-write mark
--- (the sweeper finishes its shard write if the importer dies first). Returns the home shard of each
--- member, '' for those left alone.
+-- it is. Each new member gets its first version (first_version: 1 unless tombstones were collected from
+-- its index slot) in the shard its score falls in, and a pending-write mark (the sweeper finishes its
+-- shard write if the importer dies first). Returns the home shard and the version of each member, ''
+-- and 0 for those left alone.
 local target = shard_finder(ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = node_ms()
 local out, marks = {}, {}
 for i = 2, #ARGV, 2 do
-  local user, score = ARGV[i], ARGV[i + 1]
+  local user, score, key = ARGV[i], ARGV[i + 1], KEYS[i / 2]
   local home = target(tonumber(score))
+  local ver = first_version(key, nil)
   -- HSETNX: an entry or a tombstone stays (so does the first of a user sent twice). The entry is
-  -- format_entry's "score|1|home|||" (no move, no request-id records).
-  if redis.call('HSETNX', KEYS[i / 2], user, score .. '|1|' .. home .. '|||') == 1 then
+  -- format_entry's "score|ver|home|||" (no move, no request-id records).
+  if redis.call('HSETNX', key, user, score .. string.format('|%d|', ver) .. home .. '|||') == 1 then
     table.insert(out, home)
+    table.insert(out, ver)
     table.insert(marks, now)
     table.insert(marks, user)
   else
     table.insert(out, '')
+    table.insert(out, 0)
   end
 end
 call_bulk('ZADD', KEYS[#KEYS], marks)

@@ -8,6 +8,5 @@ if not e then return {'absent'} end
 if e.from ~= '' then return {'intent', e.score, e.ver, e.home, e.from, e.to} end
 e.ver, e.from, e.to = e.ver + 1, e.home, ''
 redis.call('HSET', KEYS[1], user, format_entry(e))
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), user)
+redis.call('ZADD', KEYS[2], node_ms(), user)
 return {'ok', e.score, e.ver, e.home}

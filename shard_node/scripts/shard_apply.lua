@@ -3,8 +3,7 @@
 -- ARGV: expected descriptor, mode, then (user, stored score, ver)... Mode 'write' writes an update only
 -- if its ver is newer than the user's registered version; 'rewrite' (repair, rebuilding a shard from
 -- the authoritative index) also when it equals it, so a member whose shard data was lost while the
--- register survived comes back; 'new' (import: members the index has just created at ver 1) only if
--- the user has no registered version, which is the same test for them in one command, not two.
+-- register survived comes back.
 -- Returns {'stale', actual descriptor} or {'ok', size}: size = the shard's members after the writes
 -- (ranks are counted by shard_count, behind these writes in the same round trip).
 local d = redis.call('GET', KEYS[2])
@@ -15,9 +14,7 @@ local adds = {}
 for i = 3, #ARGV, 3 do
   local user, ver, vkey = ARGV[i], ARGV[i + 2], KEYS[2 + i / 3]
   local write = false
-  if mode == 'new' then
-    write = redis.call('HSETNX', vkey, user, ver) == 1
-  elseif tonumber(ver) + slack > version_of(redis.call('HGET', vkey, user)) then
+  if tonumber(ver) + slack > version_of(redis.call('HGET', vkey, user)) then
     redis.call('HSET', vkey, user, ver)
     write = true
   end
