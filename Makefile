@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench proto cluster clean
+.PHONY: demo test lint bench proto cluster clean
 
 $(BIN)/rankshard: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(BIN)/rankshard
 test: $(BIN)/rankshard
 	$(BIN)/pytest
 
+lint: $(BIN)/rankshard
+	BIN=$(BIN) scripts/lint
+
 bench: $(BIN)/rankshard
 	$(BIN)/rankshard bench --profile 500m-dau --duration 60 --out bench-results
 
@@ -27,4 +30,4 @@ proto: $(BIN)/rankshard
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/gen_proto.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis build

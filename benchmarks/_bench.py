@@ -43,8 +43,15 @@ def print_progress(message: str) -> None:
 class Bench:
     """Every process of a run; use as a context manager (everything started is stopped on exit)."""
 
-    def __init__(self, profile: Profile, workdir: Path, progress: Progress = print_progress, seed: int = 1,
-                 event_loop: str = "uvloop", direct: DirectDriver | None = None) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        workdir: Path,
+        progress: Progress = print_progress,
+        seed: int = 1,
+        event_loop: str = "uvloop",
+        direct: DirectDriver | None = None,
+    ) -> None:
         self.profile = profile
         self.direct = direct
         self.workdir = workdir
@@ -57,13 +64,18 @@ class Bench:
 
     def __enter__(self) -> Bench:
         try:
-            self.progress(f"starting {self.profile.loaders} load generators, the echo server and a cluster "
-                          f"({self.profile.nodes} nodes)")
+            self.progress(
+                f"starting {self.profile.loaders} load generators, the echo server and a cluster "
+                f"({self.profile.nodes} nodes)"
+            )
             self.pool = ProcessPoolExecutor(self.profile.loaders, mp_context=get_context("spawn"))
             warmed = [self.pool.submit(warm) for _ in range(self.profile.loaders)]
             port = free_port()
-            self.echo = Spawned([sys.executable, "-m", "benchmarks._echo", "--port", str(port),
-                                 "--loop", self.event_loop], "echo listening", self.workdir / "echo.log")
+            self.echo = Spawned(
+                [sys.executable, "-m", "rankshard.benchmarks._echo", "--port", str(port), "--loop", self.event_loop],
+                "echo listening",
+                self.workdir / "echo.log",
+            )
             self.echo_address = f"127.0.0.1:{port}"
             self.cluster = Cluster(self.workdir / "cluster", nodes=self.profile.nodes, port=free_port())
             for f in warmed:
@@ -91,7 +103,8 @@ class Bench:
         channel = grpc.insecure_channel(self.router_address)
         try:
             apb_grpc.AdminStub(channel).CreateLeaderboard(
-                apb.LeaderboardConfig(name=name, boundaries=list(boundaries), expected_members=members), timeout=30)
+                apb.LeaderboardConfig(name=name, boundaries=list(boundaries), expected_members=members), timeout=30
+            )
         finally:
             channel.close()
 
@@ -106,8 +119,17 @@ class Bench:
         """Loads `user_id,score` lines into `board` with ``rankshard leaderboards import`` (the bulk path an
         SRE moving a leaderboard in would use); returns the seconds it took."""
         assert self.cluster is not None
-        argv = [sys.executable, "-m", "cli", "--control-plane", self.cluster.control_plane,
-                "leaderboards", "import", board, "-"]
+        argv = [
+            sys.executable,
+            "-m",
+            "rankshard.cli",
+            "--control-plane",
+            self.cluster.control_plane,
+            "leaderboards",
+            "import",
+            board,
+            "-",
+        ]
         t0 = time.perf_counter()
         with (self.workdir / "import.log").open("a") as log:
             # Its progress lines go to our stderr, next to the bench's own.
@@ -119,7 +141,9 @@ class Bench:
                 proc.stdin.close()
             finally:
                 if proc.wait() != 0:
-                    raise RuntimeError(f"importing into {board!r} failed (see above, and {self.workdir / 'import.log'})")
+                    raise RuntimeError(
+                        f"importing into {board!r} failed (see above, and {self.workdir / 'import.log'})"
+                    )
         return time.perf_counter() - t0
 
     def run_in_pool(self, fn: Callable[..., Any], arg_sets: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -127,9 +151,20 @@ class Bench:
         futures = [self.pool.submit(fn, *args) for args in arg_sets]
         return [f.result() for f in futures]
 
-    def measure(self, name: str, target: str, board: str, mix: dict[str, float], *, rate: float = 0.0,
-                seconds: float | None = None, concurrency: int | None = None, channels: int = 1,
-                population: int = 1000, **share: Any) -> dict[str, Any]:
+    def measure(
+        self,
+        name: str,
+        target: str,
+        board: str,
+        mix: dict[str, float],
+        *,
+        rate: float = 0.0,
+        seconds: float | None = None,
+        concurrency: int | None = None,
+        channels: int = 1,
+        population: int = 1000,
+        **share: Any,
+    ) -> dict[str, Any]:
         """Runs one phase: open loop at `rate` calls/s when given, else closed loop with `concurrency`
         calls in flight, from every load generator; `target` is 'echo' or 'router'. Returns the phase's
         figures, the target's CPU time included."""
@@ -139,10 +174,23 @@ class Bench:
         concurrency = concurrency or self.profile.in_flight
         address = self.echo_address if target == "echo" else self.router_address
         start_at = time.time() + _START_MARGIN
-        shares = [Share(address=address, board=board, mix=mix, start_at=start_at, duration=seconds,
-                        rate=rate / loaders, concurrency=max(1, concurrency // loaders), channels=channels,
-                        population=population, seed=self.seed * 100 + i, model=self.profile.model, **share)
-                  for i in range(loaders)]
+        shares = [
+            Share(
+                address=address,
+                board=board,
+                mix=mix,
+                start_at=start_at,
+                duration=seconds,
+                rate=rate / loaders,
+                concurrency=max(1, concurrency // loaders),
+                channels=channels,
+                population=population,
+                seed=self.seed * 100 + i,
+                model=self.profile.model,
+                **share,
+            )
+            for i in range(loaders)
+        ]
         futures: list[Future[dict[str, object]]] = [self.pool.submit(run_share, s) for s in shares]
         pids = self._pids(target)
         _sleep_until(start_at)
@@ -160,8 +208,10 @@ class Bench:
             return None
         node0 = self.cluster.node_cpu_seconds()
         p = self.profile
-        out = self.run_in_pool(self.direct, [(self.cluster.control_plane, board, p.phase_seconds, population,
-                                              self.seed, p.model, p.in_flight)])[0]
+        out = self.run_in_pool(
+            self.direct,
+            [(self.cluster.control_plane, board, p.phase_seconds, population, self.seed, p.model, p.in_flight)],
+        )[0]
         return {**out, "node_cpu_s": self.cluster.node_cpu_seconds() - node0}
 
     def _pids(self, target: str) -> list[int]:
@@ -183,8 +233,16 @@ def _sleep_until(t: float) -> None:
     time.sleep(max(0.0, t - time.time()))
 
 
-def _figures(name: str, target: str, rate: float, seconds: float, merged: dict[str, Any], server_cpu: float,
-             node_cpu: float, processes: int) -> dict[str, Any]:
+def _figures(
+    name: str,
+    target: str,
+    rate: float,
+    seconds: float,
+    merged: dict[str, Any],
+    server_cpu: float,
+    node_cpu: float,
+    processes: int,
+) -> dict[str, Any]:
     kinds = {}
     all_hist = Histogram()
     calls = items = 0
@@ -192,17 +250,36 @@ def _figures(name: str, target: str, rate: float, seconds: float, merged: dict[s
         all_hist.merge(k["hist"])
         calls += k["calls"]
         items += k["items"]
-        kinds[kind] = {"calls": k["calls"], "items": k["items"], "calls_per_s": k["calls"] / seconds,
-                       "items_per_s": k["items"] / seconds, "latency": k["hist"].summary(),
-                       "hist": k["hist"].to_json()}
-    timeline = [{"t": t, "items_per_s": n, "p50_ms": h.percentile(50) / 1000, "p99_ms": h.percentile(99) / 1000}
-                for t, (n, h) in sorted(merged["timeline"].items()) if t < seconds]
+        kinds[kind] = {
+            "calls": k["calls"],
+            "items": k["items"],
+            "calls_per_s": k["calls"] / seconds,
+            "items_per_s": k["items"] / seconds,
+            "latency": k["hist"].summary(),
+            "hist": k["hist"].to_json(),
+        }
+    timeline = [
+        {"t": t, "items_per_s": n, "p50_ms": h.percentile(50) / 1000, "p99_ms": h.percentile(99) / 1000}
+        for t, (n, h) in sorted(merged["timeline"].items())
+        if t < seconds
+    ]
     return {
-        "name": name, "target": target, "loop": "open" if rate else "closed", "offered_per_s": rate,
-        "seconds": seconds, "calls": calls, "items": items,
-        "calls_per_s": calls / seconds, "items_per_s": items / seconds,
-        "latency": all_hist.summary(), "kinds": kinds, "errors": merged["errors"], "shed": merged["shed"],
-        "server_processes": processes, "server_cpu_s": server_cpu, "node_cpu_s": node_cpu,
+        "name": name,
+        "target": target,
+        "loop": "open" if rate else "closed",
+        "offered_per_s": rate,
+        "seconds": seconds,
+        "calls": calls,
+        "items": items,
+        "calls_per_s": calls / seconds,
+        "items_per_s": items / seconds,
+        "latency": all_hist.summary(),
+        "kinds": kinds,
+        "errors": merged["errors"],
+        "shed": merged["shed"],
+        "server_processes": processes,
+        "server_cpu_s": server_cpu,
+        "node_cpu_s": node_cpu,
         "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
         "items_per_server_core": items / server_cpu if server_cpu else 0.0,
         "timeline": timeline,

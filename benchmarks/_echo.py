@@ -1,4 +1,4 @@
-"""The gRPC floor: ``python -m benchmarks._echo --port P`` serves `rankshard.v1.Leaderboard` with no storage.
+"""The gRPC floor: ``python -m rankshard.benchmarks._echo --port P`` serves `rankshard.v1.Leaderboard` with no storage.
 
 Every call is answered from its request alone (an update's score comes back as its score, rank 1), so
 the load generator drives it exactly as it drives a router, and what it costs per call is the cost of
@@ -25,7 +25,8 @@ class EchoLeaderboard(pb_grpc.LeaderboardServicer):
 
     async def BatchUpdateScores(self, request, context):  # type: ignore[no-untyped-def]
         return pb.BatchUpdateScoresResponse(
-            results=[pb.UpdateResult(score=u.score, rank=1, applied=True) for u in request.updates])
+            results=[pb.UpdateResult(score=u.score, rank=1, applied=True) for u in request.updates]
+        )
 
     async def GetRank(self, request, context):  # type: ignore[no-untyped-def]
         return pb.GetRankResponse(entry=pb.Entry(user_id=request.user_id, score=1, rank=1), total=1, percentile=0.0)
@@ -54,11 +55,15 @@ async def serve(host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks._echo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rankshard.benchmarks._echo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="event loop (match the router's, so the floor is like for like)")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop (match the router's, so the floor is like for like)",
+    )
     args = parser.parse_args()
     if args.loop == "uvloop":
         import uvloop

@@ -89,9 +89,12 @@ class _Runner:
     async def run(self) -> dict[str, object]:
         s = self.share
         # One channel per connection wanted: router processes behind SO_REUSEPORT each take whole connections.
-        channels = [grpc.aio.insecure_channel(s.address, options=[("grpc.use_local_subchannel_pool", 1),
-                                                                  ("rankshard.bench_channel", i)])
-                    for i in range(s.channels)]
+        channels = [
+            grpc.aio.insecure_channel(
+                s.address, options=[("grpc.use_local_subchannel_pool", 1), ("rankshard.bench_channel", i)]
+            )
+            for i in range(s.channels)
+        ]
         try:
             self.stubs = [pb_grpc.LeaderboardStub(c) for c in channels]
             await asyncio.gather(*(c.channel_ready() for c in channels))
@@ -155,7 +158,7 @@ class _Runner:
         if len(self.kinds) == 1:
             return self.kinds[0]
         x = self.rng.random() * self.weights[-1]
-        for kind, edge in zip(self.kinds, self.weights):
+        for kind, edge in zip(self.kinds, self.weights, strict=True):
             if x < edge:
                 return kind
         return self.kinds[-1]
@@ -174,12 +177,18 @@ class _Runner:
     def _request(self, kind: str) -> tuple[Awaitable[object], int]:
         s, stub = self.share, self.stubs[self.rng.randrange(len(self.stubs))]
         if kind == "update":
-            req = pb.UpdateScoreRequest(leaderboard=s.board, user_id=self._updater(),
-                                        score=s.model.sample_points(self.rng), request_id=self._rid())
+            req = pb.UpdateScoreRequest(
+                leaderboard=s.board,
+                user_id=self._updater(),
+                score=s.model.sample_points(self.rng),
+                request_id=self._rid(),
+            )
             return stub.UpdateScore(req, timeout=s.timeout), 1
         if kind == "batch":
-            updates = [pb.ScoreUpdate(user_id=self._updater(), score=s.model.sample_points(self.rng),
-                                      request_id=self._rid()) for _ in range(s.batch_size)]
+            updates = [
+                pb.ScoreUpdate(user_id=self._updater(), score=s.model.sample_points(self.rng), request_id=self._rid())
+                for _ in range(s.batch_size)
+            ]
             req = pb.BatchUpdateScoresRequest(leaderboard=s.board, updates=updates)
             return stub.BatchUpdateScores(req, timeout=s.timeout), s.batch_size
         if kind == "rank":
@@ -193,13 +202,13 @@ class _Runner:
 
     def _result(self) -> dict[str, object]:
         return {
-            "kinds": {k: {"calls": self.calls[k], "items": self.items[k], "hist": self.hist[k].to_json()}
-                      for k in self.kinds},
+            "kinds": {
+                k: {"calls": self.calls[k], "items": self.items[k], "hist": self.hist[k].to_json()} for k in self.kinds
+            },
             "errors": self.errors,
             "shed": self.shed,
             "timeline": {str(t): {"items": n, "hist": h.to_json()} for t, (n, h) in sorted(self.timeline.items())},
         }
-
 
 
 def merge(results: Sequence[dict[str, object]]) -> dict[str, object]:

@@ -12,8 +12,15 @@ from ._report import write_report
 from ._suite import run_suite
 
 
-def run_bench(profile: Profile, out_dir: Path, *, command: str, progress: Progress = print_progress,
-              seed: int = 1, direct: DirectDriver | None = None) -> tuple[dict[str, Any], list[Path]]:
+def run_bench(
+    profile: Profile,
+    out_dir: Path,
+    *,
+    command: str,
+    progress: Progress = print_progress,
+    seed: int = 1,
+    direct: DirectDriver | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
     """Starts every process the run needs in a temporary folder, runs the suite, stops them all, and
     writes the report into `out_dir`. Returns the result and the files written. Without `direct` (see
     `DirectDriver`) the batch goal against the same node operations driven directly is left out."""

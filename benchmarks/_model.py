@@ -40,8 +40,14 @@ class TrafficModel:
     """Share of DAU that plays within any one peak hour: those members hold request-id (dedup) records."""
 
     def __post_init__(self) -> None:
-        for name in ("dau", "games_per_user_per_day", "peak_to_average", "board_members", "score_median",
-                     "points_per_game"):
+        for name in (
+            "dau",
+            "games_per_user_per_day",
+            "peak_to_average",
+            "board_members",
+            "score_median",
+            "points_per_game",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)!r}")
         for name in ("rank_per_game", "top_per_game", "around_per_game", "score_sigma"):
@@ -125,7 +131,14 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "500m-dau": Profile("500m-dau"),
     "smoke": Profile(
-        "smoke", memory_at=(2_000, 3_000), shard_counts=(1, 4), shard_population=1_000,
-        router_processes=(1,), duration=2.0, phase_seconds=1.0, loaders=1, in_flight=16,
+        "smoke",
+        memory_at=(2_000, 3_000),
+        shard_counts=(1, 4),
+        shard_population=1_000,
+        router_processes=(1,),
+        duration=2.0,
+        phase_seconds=1.0,
+        loaders=1,
+        in_flight=16,
     ),
 }

@@ -16,8 +16,11 @@ _PERCENTILES = (50, 75, 90, 95, 99, 99.9)
 
 
 def plot_all(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    return [_timeline(result, out_dir / "timeline.png"), _latency(result, out_dir / "latency.png"),
-            _shards(result, out_dir / "shards.png")]
+    return [
+        _timeline(result, out_dir / "timeline.png"),
+        _latency(result, out_dir / "latency.png"),
+        _shards(result, out_dir / "shards.png"),
+    ]
 
 
 def _timeline(result: dict[str, Any], path: Path) -> Path:
@@ -40,9 +43,9 @@ def _timeline(result: dict[str, Any], path: Path) -> Path:
 def _latency(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5))
     series = {f"sim {k}": v["hist"] for k, v in result["simulation"]["run"]["kinds"].items()}
-    for kind, l in result["latency"].items():
-        series[f"echo {kind} @{l['rate']:,.0f}/s"] = l["echo"]["kinds"][kind]["hist"]
-        series[f"router {kind} @{l['rate']:,.0f}/s"] = l["router"]["kinds"][kind]["hist"]
+    for kind, probe in result["latency"].items():
+        series[f"echo {kind} @{probe['rate']:,.0f}/s"] = probe["echo"]["kinds"][kind]["hist"]
+        series[f"router {kind} @{probe['rate']:,.0f}/s"] = probe["router"]["kinds"][kind]["hist"]
     x = range(len(_PERCENTILES))
     for label, hist_json in series.items():
         h = Histogram.from_json(hist_json)

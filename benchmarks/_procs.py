@@ -1,7 +1,7 @@
 """The processes a benchmark run starts, through their command lines only, and the CPU time they use.
 
-A cluster is ``python -m cli cluster up`` (the same command an SRE runs), extra routers are
-``python -m router``, the echo floor is ``python -m benchmarks._echo``. Each dies with the benchmark
+A cluster is ``python -m rankshard.cli cluster up`` (the same command an SRE runs), extra routers are
+``python -m rankshard.router``, the echo floor is ``python -m rankshard.benchmarks._echo``. Each dies with the benchmark
 (Linux parent-death signal) and `stop()` ends it; CPU time comes from /proc (Linux).
 """
 
@@ -45,19 +45,26 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` (all its threads) so far."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 class Spawned:
     """A child process that prints a line containing `ready` once it serves."""
 
-    def __init__(self, argv: list[str], ready: str, log: Path, timeout: float = 90.0,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], ready: str, log: Path, timeout: float = 90.0, env: dict[str, str] | None = None
+    ) -> None:
         self.lines: list[str] = []
         self._log = log.open("a")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, bufsize=0,
-                                     env={**os.environ, **(env or {})}, preexec_fn=_die_with_us)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            bufsize=0,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_us,
+        )
         if not self._wait_for(ready, time.monotonic() + timeout):
             self.stop()
             raise RuntimeError(f"{' '.join(argv[:4])} did not start (see {log}): {self.lines[-3:]}")
@@ -103,12 +110,27 @@ class Cluster:
         self.data_dir = data_dir
         self.port = port
         self.address = f"127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "cluster", "up",
-                "--nodes", str(nodes), "--shards", "1", "--routers", "1", "--port", str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "rankshard.cli",
+            "--data-dir",
+            str(data_dir),
+            "cluster",
+            "up",
+            "--nodes",
+            str(nodes),
+            "--shards",
+            "1",
+            "--routers",
+            "1",
+            "--port",
+            str(port),
+        ]
         data_dir.mkdir(parents=True, exist_ok=True)
         self.up = Spawned(argv, "router listening on", data_dir / "cluster-up.log", env={"RANKSHARD_PG_FAST": "1"})
-        self.control_plane = next(l.split()[-1] for l in self.up.lines if "control plane" in l)
-        nodes_line = next(l for l in self.up.lines if l.startswith("rankshard: nodes"))
+        self.control_plane = next(line.split()[-1] for line in self.up.lines if "control plane" in line)
+        nodes_line = next(line for line in self.up.lines if line.startswith("rankshard: nodes"))
         self.nodes = nodes_line.split(" ", 2)[2].split(", ")
         self.extra: list[Spawned] = []
         self._clients: dict[str, redis.Redis] = {}
@@ -119,10 +141,18 @@ class Cluster:
         return first + [r.pid for r in self.extra]
 
     def scale_routers(self, count: int) -> None:
-        """Starts or stops extra `python -m router` processes on the same port until `count` serve it."""
+        """Starts or stops extra `python -m rankshard.router` processes on the same port until `count` serve it."""
         while 1 + len(self.extra) < count:
-            argv = [sys.executable, "-m", "router", "--control-plane", self.control_plane, "--port", str(self.port),
-                    "--reuse-port"]
+            argv = [
+                sys.executable,
+                "-m",
+                "rankshard.router",
+                "--control-plane",
+                self.control_plane,
+                "--port",
+                str(self.port),
+                "--reuse-port",
+            ]
             log = self.data_dir / f"router-extra-{len(self.extra) + 1}.log"
             self.extra.append(Spawned(argv, "router listening on", log))
         while 1 + len(self.extra) > max(count, 1):
@@ -165,7 +195,7 @@ def _children(pid: int) -> list[int]:
             text = stat.read_text()
         except OSError:
             continue
-        if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
             out.append(int(stat.parent.name))
     return out
 

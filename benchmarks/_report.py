@@ -46,8 +46,10 @@ def throughput_table(result: dict[str, Any]) -> str:
 
     def row(label: str, m: dict[str, Any]) -> None:
         lat = m["latency"]
-        lines.append(f"| {label} | {_n(m['calls_per_s'])} | {_n(m['items_per_s'])} | {_n(m['calls_per_server_core'])} "
-                     f"| {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} |")
+        lines.append(
+            f"| {label} | {_n(m['calls_per_s'])} | {_n(m['items_per_s'])} | {_n(m['calls_per_server_core'])} "
+            f"| {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} |"
+        )
 
     names = {"update": "UpdateScore", "rank": "GetRank", "batch": "BatchUpdateScores(100)"}
     for kind, rpc in names.items():
@@ -56,9 +58,11 @@ def throughput_table(result: dict[str, Any]) -> str:
             row(f"rankshard {rpc}, {n} shard(s)", by_kind[kind])
     for name, raw in result["raw"].items():
         if name == "direct":
-            label = (f"BatchUpdateScores(100)'s node operations, {raw['shards']} shard(s), driven directly from one "
-                     f"process (no router, no gRPC; node CPU {1e6 * raw['node_cpu_s'] / max(raw['updates'], 1):.0f} "
-                     "µs/update)")
+            label = (
+                f"BatchUpdateScores(100)'s node operations, {raw['shards']} shard(s), driven directly from one "
+                f"process (no router, no gRPC; node CPU {1e6 * raw['node_cpu_s'] / max(raw['updates'], 1):.0f} "
+                "µs/update)"
+            )
         else:
             label = f"raw redis-py, {name.replace('_', ' ')} (ZINCRBY+ZREVRANK on a bare sorted set)"
         lines.append(f"| {label} | | {_n(raw['updates_per_s'])} | | | |")
@@ -72,10 +76,14 @@ def capacity_table(result: dict[str, Any]) -> str:
     rows = [
         ("peak calls/s at full scale", f"{c['peak_total_calls_per_s']:,} ({rates})"),
         ("board members", f"{c['board_members']:,}"),
-        ("router CPU per call of the mix (measured)",
-         f"{m['router_cpu_per_call'] * 1e6:,.0f} µs ({_per_core(m['router_cpu_per_call'])} calls/s per router core)"),
-        ("node CPU per call of the mix (measured)",
-         f"{m['node_cpu_per_call'] * 1e6:,.1f} µs ({_per_core(m['node_cpu_per_call'])} calls/s per node core)"),
+        (
+            "router CPU per call of the mix (measured)",
+            f"{m['router_cpu_per_call'] * 1e6:,.0f} µs ({_per_core(m['router_cpu_per_call'])} calls/s per router core)",
+        ),
+        (
+            "node CPU per call of the mix (measured)",
+            f"{m['node_cpu_per_call'] * 1e6:,.1f} µs ({_per_core(m['node_cpu_per_call'])} calls/s per node core)",
+        ),
         ("node memory per member, all in (measured)", f"{m['bytes_per_member']:,.0f} B"),
         (f"router cores at {h['router_utilisation']:.0%} busy", f"{c['router_cores']:,}"),
     ]
@@ -99,47 +107,70 @@ def markdown(result: dict[str, Any]) -> str:
     p, sim = result["profile"], result["simulation"]
     run = sim["run"]
     share = result["preload"]["active_hour_share"]
-    mem = [f"| members | stored B/member | all in, {share:.0%} active in the hour | every member active "
-           "| bare zset B/member | ratio (all in / bare) | RSS B/member |", "|---|---|---|---|---|---|---|"]
+    mem = [
+        f"| members | stored B/member | all in, {share:.0%} active in the hour | every member active "
+        "| bare zset B/member | ratio (all in / bare) | RSS B/member |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m in result["memory"]:
-        mem.append(f"| {m['members']:,} | {m['stored_per_member']:.0f} | {m['all_in_per_member']:.0f} "
-                   f"| {m['every_member_active_per_member']:.0f} | {m['bare_zset_per_member']:.0f} "
-                   f"| {m['ratio_to_bare']:.2f} | {m['rss_per_member']:.0f} |")
+        mem.append(
+            f"| {m['members']:,} | {m['stored_per_member']:.0f} | {m['all_in_per_member']:.0f} "
+            f"| {m['every_member_active_per_member']:.0f} | {m['bare_zset_per_member']:.0f} "
+            f"| {m['ratio_to_bare']:.2f} | {m['rss_per_member']:.0f} |"
+        )
     scale = ["| router processes | UpdateScore calls/s | per router core | p99 ms |", "|---|---|---|---|"]
     for s in result["scaling"]:
-        scale.append(f"| {s['routers']} | {_n(s['calls_per_s'])} | {_n(s['calls_per_router_core'])} | {s['p99_ms']:.2f} |")
+        scale.append(
+            f"| {s['routers']} | {_n(s['calls_per_s'])} | {_n(s['calls_per_router_core'])} | {s['p99_ms']:.2f} |"
+        )
     lat = ["| RPC at rate | echo p50 / p99 ms | router p50 / p99 ms |", "|---|---|---|"]
-    for kind, l in result["latency"].items():
-        e, r = l["echo"]["latency"], l["router"]["latency"]
-        lat.append(f"| {kind} at {l['rate']:,.0f}/s | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} "
-                   f"| {r['p50_ms']:.2f} / {r['p99_ms']:.2f} |")
-    kinds = ", ".join(f"{k} {v['calls_per_s']:,.0f}/s p99 {v['latency']['p99_ms']:.1f} ms"
-                      for k, v in run["kinds"].items())
+    for kind, probe in result["latency"].items():
+        e, r = probe["echo"]["latency"], probe["router"]["latency"]
+        lat.append(
+            f"| {kind} at {probe['rate']:,.0f}/s | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} "
+            f"| {r['p50_ms']:.2f} / {r['p99_ms']:.2f} |"
+        )
+    kinds = ", ".join(
+        f"{k} {v['calls_per_s']:,.0f}/s p99 {v['latency']['p99_ms']:.1f} ms" for k, v in run["kinds"].items()
+    )
     pre = result["preload"]
-    return "\n\n".join([
-        f"# rankshard bench: profile {p['name']}",
-        f"Command: `{result['command']}`. Took {result['seconds']:.0f} s. Machine-relative figures: compare the "
-        "ratios, each measured against a baseline in this same run.",
-        "## Goals\n\n" + headline(result),
-        "## Capacity plan for the full model\n\n" + capacity_table(result),
-        "## Throughput, side by side (closed loop)\n\n" + throughput_table(result),
-        "## Latency at the same offered load (open loop)\n\nEach row: the pair of probes (echo, then router) whose p99 ratio "
-        "is the median of the rounds.\n\n" + "\n".join(lat),
-        "## Memory per member\n\n" + "\n".join(mem)
-        + f"\n\nThe board was created for {pre['laid_out_for']:,} members (`expected_members`: its index and "
-        "version registers spread over hashes of about 64 entries at that size, as a deployment would create "
-        "a board for its size). Stored: index, shard and version registers. A request-id record costs "
-        f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for an hour "
-        f"hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s with `rankshard leaderboards import` "
-        "(append-only files on, as deployed)" + (f", then filled to {pre['filled_to']:,} with it, append-only files paused."
-                                                  if pre["filled_to"] > pre["members"] else "."),
-        "## Router processes on one port\n\n" + "\n".join(scale),
-        f"## Traffic simulation\n\n{run['seconds']:.0f} s open loop at {run['offered_per_s']:,.0f} calls/s "
-        f"({sim['scale']:.2e} of the full-scale peak; {SIM_SHARE_NOTE}), completed {run['calls_per_s']:,.0f}/s, "
-        f"p50 {run['latency']['p50_ms']:.2f} ms, p99 {run['latency']['p99_ms']:.2f} ms, errors {run['errors'] or 0}, "
-        f"shed {run['shed']}.\n\nBy call: {kinds}.",
-        "Plots: " + ", ".join(f"[{name}]({name})" for name in PLOTS),
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"# rankshard bench: profile {p['name']}",
+                f"Command: `{result['command']}`. Took {result['seconds']:.0f} s. "
+                "Machine-relative figures: compare the ratios, each measured against a baseline in this same run.",
+                "## Goals\n\n" + headline(result),
+                "## Capacity plan for the full model\n\n" + capacity_table(result),
+                "## Throughput, side by side (closed loop)\n\n" + throughput_table(result),
+                "## Latency at the same offered load (open loop)\n\n"
+                "Each row: the pair of probes (echo, then router) whose p99 ratio is the median of the rounds.\n\n"
+                + "\n".join(lat),
+                "## Memory per member\n\n"
+                + "\n".join(mem)
+                + f"\n\nThe board was created for {pre['laid_out_for']:,} members (`expected_members`: its index and "
+                "version registers spread over hashes of about 64 entries at that size, as a deployment would create "
+                "a board for its size). Stored: index, shard and version registers. A request-id record costs "
+                f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for "
+                f"an hour hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s with "
+                "`rankshard leaderboards import` "
+                "(append-only files on, as deployed)"
+                + (
+                    f", then filled to {pre['filled_to']:,} with it, append-only files paused."
+                    if pre["filled_to"] > pre["members"]
+                    else "."
+                ),
+                "## Router processes on one port\n\n" + "\n".join(scale),
+                f"## Traffic simulation\n\n{run['seconds']:.0f} s open loop at {run['offered_per_s']:,.0f} calls/s "
+                f"({sim['scale']:.2e} of the full-scale peak; {SIM_SHARE_NOTE}), "
+                f"completed {run['calls_per_s']:,.0f}/s, p50 {run['latency']['p50_ms']:.2f} ms, "
+                f"p99 {run['latency']['p99_ms']:.2f} ms, errors {run['errors'] or 0}, shed {run['shed']}.\n\n"
+                f"By call: {kinds}.",
+                "Plots: " + ", ".join(f"[{name}]({name})" for name in PLOTS),
+            ]
+        )
+        + "\n"
+    )
 
 
 SIM_SHARE_NOTE = "60% of this machine's measured capacity for the mix"

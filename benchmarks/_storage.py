@@ -55,10 +55,13 @@ async def _probe(address: str, board: str, seed: int, chunks: list[int], in_flig
                 start = queue.pop()
                 # Calls of 100, as a backend reporting matches would send them.
                 for at in range(start, start + CHUNK, 100):
-                    updates = [pb.ScoreUpdate(user_id=user_id(i), score=0, request_id=f"match-{seed}-{i:012d}")
-                               for i in range(at, at + 100)]
-                    await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates),
-                                                 timeout=120)
+                    updates = [
+                        pb.ScoreUpdate(user_id=user_id(i), score=0, request_id=f"match-{seed}-{i:012d}")
+                        for i in range(at, at + 100)
+                    ]
+                    await stub.BatchUpdateScores(
+                        pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates), timeout=120
+                    )
 
         await asyncio.gather(*(worker() for _ in range(in_flight)))
     return time.perf_counter() - started
@@ -100,8 +103,10 @@ def bare_zset_bytes(nodes: list[redis.Redis], board: str) -> dict[str, int]:
         after = home.info("memory")
     home.delete(_BARE_KEY, *(k for k in sources if isinstance(k, str)))
     wait_lazy_free(home)
-    return {"used_memory": int(after["used_memory"]) - int(before["used_memory"]),
-            "rss": int(after["used_memory_rss"]) - int(before["used_memory_rss"])}
+    return {
+        "used_memory": int(after["used_memory"]) - int(before["used_memory"]),
+        "rss": int(after["used_memory_rss"]) - int(before["used_memory_rss"]),
+    }
 
 
 @contextmanager

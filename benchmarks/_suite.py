@@ -9,8 +9,16 @@ from typing import Any
 from ._bench import Bench
 from ._capacity import Measured, plan
 from ._model import Profile
-from ._storage import (CHUNK, aof_paused, bare_zset_bytes, chunk_scores, compact_aof, no_aof_rewrite,
-                       probe_request_ids, raw_baseline)
+from ._storage import (
+    CHUNK,
+    aof_paused,
+    bare_zset_bytes,
+    chunk_scores,
+    compact_aof,
+    no_aof_rewrite,
+    probe_request_ids,
+    raw_baseline,
+)
 
 SIM_BOARD = "sim"
 SIM_LOAD = 0.6
@@ -37,18 +45,23 @@ def run_suite(bench: Bench) -> dict[str, Any]:
     rounds = result["rounds"] = _rounds(bench, cmp_boards)
     # The tables show each series' median measurement; the goals, the median of each round's ratio.
     result["echo"] = {kind: _median(rounds[kind], "baseline", "calls_per_server_core") for kind in ("update", "rank")}
-    result["shards"] = {str(n): {kind: _median(rounds[kind], side, "items_per_s") for kind in rounds}
-                        for n, side in ((few, "few"), (many, "many"))}
+    result["shards"] = {
+        str(n): {kind: _median(rounds[kind], side, "items_per_s") for kind in rounds}
+        for n, side in ((few, "few"), (many, "many"))
+    }
     bench.progress("the other shard counts, the gRPC floor for batches, raw storage one command at a time")
     for n, board in cmp_boards.items():
         if n not in (few, many):
             result["shards"][str(n)] = {
                 kind: bench.measure(f"{n} shards {kind}", "router", board, {kind: 1.0}, population=p.shard_population)
-                for kind in ("update", "rank", "batch")}
+                for kind in ("update", "rank", "batch")
+            }
     result["echo"]["batch"] = bench.measure("echo batch", "echo", "echo", {"batch": 1.0})
     node = bench.cluster.nodes[0]  # type: ignore[union-attr]
-    result["raw"] = {"one_by_one": bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, False)])[0],
-                     "pipelined": _median(rounds["batch"], "baseline", "updates_per_s")}
+    result["raw"] = {
+        "one_by_one": bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, False)])[0],
+        "pipelined": _median(rounds["batch"], "baseline", "updates_per_s"),
+    }
     if all("direct" in r for r in rounds["batch"]):
         result["raw"]["direct"] = {**_median(rounds["batch"], "direct", "updates_per_s"), "shards": many}
 
@@ -56,9 +69,16 @@ def run_suite(bench: Bench) -> dict[str, Any]:
     result["scaling"] = _scaling(bench, cmp_boards[max(p.shard_counts)])
     result["simulation"] = _simulation(bench)
     shard_map = bench.shard_map(SIM_BOARD)
-    result["shard_balance"] = [{"id": s.id, "node": s.node, "members": s.members,
-                                "lower": s.lower if s.HasField("lower") else None,
-                                "upper": s.upper if s.HasField("upper") else None} for s in shard_map.shards]
+    result["shard_balance"] = [
+        {
+            "id": s.id,
+            "node": s.node,
+            "members": s.members,
+            "lower": s.lower if s.HasField("lower") else None,
+            "upper": s.upper if s.HasField("upper") else None,
+        }
+        for s in shard_map.shards
+    ]
     result["capacity"] = _capacity(p, result)
     result["goals"] = goals(result)
     result["seconds"] = time.time() - started
@@ -80,16 +100,21 @@ def _rounds(bench: Bench, boards: dict[int, str]) -> dict[str, list[dict[str, An
     node = bench.cluster.nodes[0]  # type: ignore[union-attr]
     out: dict[str, list[dict[str, Any]]] = {"update": [], "rank": [], "batch": []}
     for i in range(1, ROUNDS + 1):
-        bench.progress(f"side by side, round {i} of {ROUNDS}: baseline, {few} shard(s), {many} shards; "
-                       "UpdateScore, GetRank, BatchUpdateScores(100)")
+        bench.progress(
+            f"side by side, round {i} of {ROUNDS}: baseline, {few} shard(s), {many} shards; "
+            "UpdateScore, GetRank, BatchUpdateScores(100)"
+        )
         for kind, rounds in out.items():
             if kind == "batch":
                 base = bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, True)])[0]
             else:
                 base = bench.measure(f"echo {kind} ({i})", "echo", "echo", {kind: 1.0})
-            sides = {side: bench.measure(f"{n} shards {kind} ({i})", "router", boards[n], {kind: 1.0},
-                                         population=p.shard_population)
-                     for side, n in (("few", few), ("many", many))}
+            sides = {
+                side: bench.measure(
+                    f"{n} shards {kind} ({i})", "router", boards[n], {kind: 1.0}, population=p.shard_population
+                )
+                for side, n in (("few", few), ("many", many))
+            }
             if kind == "batch" and (direct := bench.measure_direct(boards[many], p.shard_population)):
                 sides["direct"] = direct
             rounds.append({"baseline": base, **sides})
@@ -114,15 +139,16 @@ DEDUP_PROBE = 100_000
 def _load(bench: Bench, board: str, start: int, stop: int) -> float:
     """Loads members start..stop-1 (CHUNK-aligned) with ``rankshard leaderboards import``."""
     p = bench.profile
-    return bench.import_members(board, (f"{u},{s}\n" for at in range(start, stop, CHUNK)
-                                        for u, s in chunk_scores(p.model, bench.seed, at)))
+    return bench.import_members(
+        board, (f"{u},{s}\n" for at in range(start, stop, CHUNK) for u, s in chunk_scores(p.model, bench.seed, at))
+    )
 
 
 def _probe(bench: Bench, board: str, stop: int) -> None:
     """Members 0..stop-1 (CHUNK-aligned) each get one request-id record, from every load generator."""
     p = bench.profile
     chunks = list(range(0, stop, CHUNK))
-    shares = [chunks[i:: p.loaders] for i in range(p.loaders)]
+    shares = [chunks[i :: p.loaders] for i in range(p.loaders)]
     bench.run_in_pool(probe_request_ids, [(bench.router_address, board, bench.seed, s) for s in shares if s])
 
 
@@ -148,16 +174,24 @@ def _memory(bench: Bench) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 seconds = _load(bench, SIM_BOARD, 0, target)
                 imported = {"members": target, "seconds": seconds, "members_per_s": target / seconds}
             else:
-                bench.progress(f"filling board {SIM_BOARD!r} to {target:,} members (the same import, "
-                               "append-only files paused)")
+                bench.progress(
+                    f"filling board {SIM_BOARD!r} to {target:,} members (the same import, append-only files paused)"
+                )
                 with aof_paused(nodes):
                     _load(bench, SIM_BOARD, loaded, target)
             loaded = target
             used, rss = cluster.used_memory() - base_used, cluster.rss() - base_rss
             bare = bare_zset_bytes(nodes, SIM_BOARD)
-            rows.append({"members": target, "stored_bytes": used, "stored_per_member": used / target,
-                         "rss_per_member": rss / target, "bare_zset_per_member": bare["used_memory"] / target,
-                         "bare_zset_rss_per_member": bare["rss"] / target})
+            rows.append(
+                {
+                    "members": target,
+                    "stored_bytes": used,
+                    "stored_per_member": used / target,
+                    "rss_per_member": rss / target,
+                    "bare_zset_per_member": bare["used_memory"] / target,
+                    "bare_zset_rss_per_member": bare["rss"] / target,
+                }
+            )
         probed = min(DEDUP_PROBE, loaded)
         bench.progress(f"request-id records: a zero update with a request id for {probed:,} members")
         before = cluster.used_memory()
@@ -185,15 +219,28 @@ def _latency(bench: Bench, board: str) -> dict[str, Any]:
     pop = bench.profile.shard_population
     seconds = bench.profile.phase_seconds / 2
     for kind in ("update", "rank"):
-        bench.progress(f"latency of {kind} calls: the router's rate now, then {ROUNDS} times 70% of it open loop, "
-                       "echo then router")
+        bench.progress(
+            f"latency of {kind} calls: the router's rate now, then {ROUNDS} times 70% of it open loop, echo then router"
+        )
         capacity = bench.measure(f"router {kind} capacity", "router", board, {kind: 1.0}, population=pop)
         rate = LATENCY_LOAD * capacity["calls_per_s"]
-        pairs = [{"echo": bench.measure(f"echo {kind} open ({i})", "echo", "echo", {kind: 1.0}, rate=rate,
-                                        seconds=seconds),
-                  "router": bench.measure(f"router {kind} open ({i})", "router", board, {kind: 1.0}, rate=rate,
-                                          seconds=seconds, population=pop)}
-                 for i in range(1, ROUNDS + 1)]
+        pairs = [
+            {
+                "echo": bench.measure(
+                    f"echo {kind} open ({i})", "echo", "echo", {kind: 1.0}, rate=rate, seconds=seconds
+                ),
+                "router": bench.measure(
+                    f"router {kind} open ({i})",
+                    "router",
+                    board,
+                    {kind: 1.0},
+                    rate=rate,
+                    seconds=seconds,
+                    population=pop,
+                ),
+            }
+            for i in range(1, ROUNDS + 1)
+        ]
         median = sorted(pairs, key=_p99_ratio)[len(pairs) // 2]
         out[kind] = {"rate": rate, "capacity": capacity, "rounds": pairs, **median}
     return out
@@ -210,10 +257,23 @@ def _scaling(bench: Bench, board: str) -> list[dict[str, Any]]:
     for n in bench.profile.router_processes:
         bench.progress(f"{n} router process(es) on one port")
         bench.cluster.scale_routers(n)
-        m = bench.measure(f"{n} routers update", "router", board, {"update": 1.0}, channels=4 * n,
-                          population=bench.profile.shard_population)
-        rows.append({"routers": n, "calls_per_s": m["calls_per_s"], "calls_per_router_core": m["calls_per_server_core"],
-                     "router_cpu_s": m["server_cpu_s"], "p99_ms": m["latency"]["p99_ms"]})
+        m = bench.measure(
+            f"{n} routers update",
+            "router",
+            board,
+            {"update": 1.0},
+            channels=4 * n,
+            population=bench.profile.shard_population,
+        )
+        rows.append(
+            {
+                "routers": n,
+                "calls_per_s": m["calls_per_s"],
+                "calls_per_router_core": m["calls_per_server_core"],
+                "router_cpu_s": m["server_cpu_s"],
+                "p99_ms": m["latency"]["p99_ms"],
+            }
+        )
     bench.cluster.scale_routers(1)
     return rows
 
@@ -229,8 +289,9 @@ def _simulation(bench: Bench) -> dict[str, Any]:
     capacity = bench.measure("mix capacity", "router", SIM_BOARD, mix, population=pop, new_player_share=new)
     rate = SIM_LOAD * capacity["calls_per_s"]
     bench.progress(f"traffic simulation: {p.duration:.0f} s open loop at {rate:,.0f} calls/s")
-    run = bench.measure("simulation", "router", SIM_BOARD, mix, rate=rate, seconds=p.duration, population=pop,
-                        new_player_share=new)
+    run = bench.measure(
+        "simulation", "router", SIM_BOARD, mix, rate=rate, seconds=p.duration, population=pop, new_player_share=new
+    )
     full = sum(p.model.peak_rates().values())
     return {"mix": mix, "capacity": capacity, "run": run, "scale": rate / full}
 
@@ -263,26 +324,67 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     counts = sorted(map(int, result["shards"]))
     rows = []
     for kind, rpc in (("update", "UpdateScore"), ("rank", "GetRank")):
-        r, spread = _median_ratio([_ratio(x["many"]["calls_per_server_core"], x["baseline"]["calls_per_server_core"])
-                                   for x in rounds[kind]])
-        rows.append({"goal": f"{rpc} calls per router core / echo per core ({spread})", "value": r,
-                     "target": ">= 0.70", "met": r >= 0.70})
+        r, spread = _median_ratio(
+            [_ratio(x["many"]["calls_per_server_core"], x["baseline"]["calls_per_server_core"]) for x in rounds[kind]]
+        )
+        rows.append(
+            {
+                "goal": f"{rpc} calls per router core / echo per core ({spread})",
+                "value": r,
+                "target": ">= 0.70",
+                "met": r >= 0.70,
+            }
+        )
         p99, spread = _median_ratio([_p99_ratio(pair) for pair in lat[kind]["rounds"]])
-        rows.append({"goal": f"{rpc} p99 / echo p99 at {lat[kind]['rate']:,.0f}/s ({spread})", "value": p99,
-                     "target": "<= 2.0", "met": p99 <= 2.0})
+        rows.append(
+            {
+                "goal": f"{rpc} p99 / echo p99 at {lat[kind]['rate']:,.0f}/s ({spread})",
+                "value": p99,
+                "target": "<= 2.0",
+                "met": p99 <= 2.0,
+            }
+        )
     if all("direct" in x for x in rounds["batch"]):
-        b, spread = _median_ratio([_ratio(x["many"]["items_per_s"], x["direct"]["updates_per_s"])
-                                   for x in rounds["batch"]])
-        rows.append({"goal": f"BatchUpdateScores(100) updates/s / the same node operations driven directly "
-                             f"from one process ({spread})", "value": b, "target": ">= 0.80", "met": b >= 0.80})
-    b, spread = _median_ratio([_ratio(x["many"]["items_per_s"], x["baseline"]["updates_per_s"]) for x in rounds["batch"]])
-    rows.append({"goal": f"BatchUpdateScores(100) updates/s / raw pipelined redis-py on a bare sorted set ({spread})",
-                 "value": b, "target": ">= 0.80", "met": b >= 0.80})
+        b, spread = _median_ratio(
+            [_ratio(x["many"]["items_per_s"], x["direct"]["updates_per_s"]) for x in rounds["batch"]]
+        )
+        rows.append(
+            {
+                "goal": f"BatchUpdateScores(100) updates/s / the same node operations driven directly "
+                f"from one process ({spread})",
+                "value": b,
+                "target": ">= 0.80",
+                "met": b >= 0.80,
+            }
+        )
+    b, spread = _median_ratio(
+        [_ratio(x["many"]["items_per_s"], x["baseline"]["updates_per_s"]) for x in rounds["batch"]]
+    )
+    rows.append(
+        {
+            "goal": f"BatchUpdateScores(100) updates/s / raw pipelined redis-py on a bare sorted set ({spread})",
+            "value": b,
+            "target": ">= 0.80",
+            "met": b >= 0.80,
+        }
+    )
     for kind in ("update", "rank", "batch"):
         r, spread = _median_ratio([_ratio(x["many"]["items_per_s"], x["few"]["items_per_s"]) for x in rounds[kind]])
-        rows.append({"goal": f"{kind} throughput, {counts[-1]} shards / {counts[0]} ({spread})", "value": r,
-                     "target": "0.90-1.10", "met": 0.9 <= r <= 1.1})
+        rows.append(
+            {
+                "goal": f"{kind} throughput, {counts[-1]} shards / {counts[0]} ({spread})",
+                "value": r,
+                "target": "0.90-1.10",
+                "met": 0.9 <= r <= 1.1,
+            }
+        )
     for m in result["memory"]:
-        rows.append({"goal": f"memory all in / bare sorted set at {m['members']:,} members", "value": m["ratio_to_bare"],
-                     "target": "<= 2.0", "met": m["ratio_to_bare"] <= 2.0})
+        rows.append(
+            {
+                "goal": f"memory all in / bare sorted set at {m['members']:,} members",
+                "value": m["ratio_to_bare"],
+                "target": "<= 2.0",
+                "met": m["ratio_to_bare"] <= 2.0,
+            }
+        )
     return rows

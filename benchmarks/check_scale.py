@@ -1,4 +1,4 @@
-"""How long `rankshard check` takes on a big board: ``python -m benchmarks.check_scale --members 1000000``.
+"""How long `rankshard check` takes on a big board: ``python -m rankshard.benchmarks.check_scale --members 1000000``.
 
 Starts a local cluster in a temporary folder, loads the board through BatchUpdateScores (the public
 API), then times `rankshard check` and `rankshard repair` (which, on a sound board, is a full scan too).
@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import grpc
 
@@ -40,9 +39,13 @@ async def load(address: str, members: int, seed: int) -> float:
             while not queue.empty():
                 start = queue.get_nowait()
                 assert start is not None
-                updates = [pb.ScoreUpdate(user_id=f"user-{i:09d}", score=int(rng.expovariate(1 / 1000)))
-                           for i in range(start, min(members, start + BATCH))]
-                await stub.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard="global", updates=updates), timeout=60)
+                updates = [
+                    pb.ScoreUpdate(user_id=f"user-{i:09d}", score=int(rng.expovariate(1 / 1000)))
+                    for i in range(start, min(members, start + BATCH))
+                ]
+                await stub.BatchUpdateScores(
+                    pb.BatchUpdateScoresRequest(leaderboard="global", updates=updates), timeout=60
+                )
                 done = start + len(updates)
                 if done % 100_000 < BATCH:
                     print(f"  loaded {done:,} in {time.monotonic() - started:.0f}s", file=sys.stderr)
@@ -53,7 +56,7 @@ async def load(address: str, members: int, seed: int) -> float:
 
 def timed(*args: str) -> tuple[float, str]:
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "rankshard.cli", *args], capture_output=True, text=True)
     return time.monotonic() - started, (out.stdout + out.stderr).strip().splitlines()[-1]
 
 
@@ -67,8 +70,22 @@ def main() -> None:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         up = subprocess.Popen(
-            [sys.executable, "-m", "cli", "--data-dir", tmp, "cluster", "up", "--shards", "8", "--port", str(port)],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "RANKSHARD_PG_FAST": "1"},
+            [
+                sys.executable,
+                "-m",
+                "rankshard.cli",
+                "--data-dir",
+                tmp,
+                "cluster",
+                "up",
+                "--shards",
+                "8",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RANKSHARD_PG_FAST": "1"},
         )
         try:
             assert up.stdout is not None

@@ -1,4 +1,4 @@
-"""A node's CPU per request when requests come far apart: ``python -m benchmarks.node_wakeups``.
+"""A node's CPU per request when requests come far apart: ``python -m rankshard.benchmarks.node_wakeups``.
 
 The capacity plan divides the nodes' CPU time during the simulation by its calls. There the nodes are
 mostly idle between requests, and a request that wakes an idle node costs it more CPU than the same

@@ -1,4 +1,4 @@
-"""``python -m cli`` is ``rankshard``."""
+"""``python -m rankshard.cli`` is ``rankshard``."""
 
 from . import main
 

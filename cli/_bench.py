@@ -10,24 +10,40 @@ from pathlib import Path
 import click
 import grpc
 
-from benchmarks import PROFILES, print_progress, run_bench
-from benchmarks._report import capacity_table, headline
+from rankshard.benchmarks import PROFILES, print_progress, run_bench
+from rankshard.benchmarks._report import capacity_table, headline
 
 from ._direct import direct_batches
 
 
 @click.command()
-@click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default="500m-dau", show_default=True,
-              help="shape of the run (500m-dau: the full benchmark; smoke: a few seconds, for tests)")
+@click.option(
+    "--profile",
+    "profile_name",
+    type=click.Choice(sorted(PROFILES)),
+    default="500m-dau",
+    show_default=True,
+    help="shape of the run (500m-dau: the full benchmark; smoke: a few seconds, for tests)",
+)
 @click.option("--duration", type=click.FloatRange(1, 3600), help="seconds of the traffic simulation [profile's]")
-@click.option("--members", type=click.IntRange(1000, 50_000_000),
-              help="members on the simulated board; memory is measured at 1M and here [profile's]")
+@click.option(
+    "--members",
+    type=click.IntRange(1000, 50_000_000),
+    help="members on the simulated board; memory is measured at 1M and here [profile's]",
+)
 @click.option("--dau", type=click.IntRange(1), help="daily active users of the modelled game [500,000,000]")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
-              show_default=True, help="folder for result.json, report.md and the plots")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="folder for result.json, report.md and the plots",
+)
 @click.option("--seed", default=1, show_default=True)
-def bench(profile_name: str, duration: float | None, members: int | None, dau: int | None, out_dir: Path,
-          seed: int) -> None:
+def bench(
+    profile_name: str, duration: float | None, members: int | None, dau: int | None, out_dir: Path, seed: int
+) -> None:
     """Simulate a game's leaderboard traffic against a local cluster, side by side with a gRPC echo
     server, raw redis-py and the same node operations driven directly, and write a report with a
     capacity plan for the full-scale model.
@@ -49,8 +65,9 @@ def bench(profile_name: str, duration: float | None, members: int | None, dau: i
         profile = profile.scaled(model=replace(profile.model, dau=dau, board_members=dau))
     command = "rankshard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        result, paths = run_bench(profile, out_dir, command=command, progress=print_progress, seed=seed,
-                                  direct=direct_batches)
+        result, paths = run_bench(
+            profile, out_dir, command=command, progress=print_progress, seed=seed, direct=direct_batches
+        )
     except (RuntimeError, OSError) as exc:
         raise click.ClickException(f"bench failed: {exc}") from exc
     except grpc.RpcError as exc:

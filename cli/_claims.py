@@ -78,6 +78,10 @@ def reserve_port(host: str, port: int) -> socket.socket:
             raise
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ClaimRefused(f"router port {host}:{port} is in use by another process; choose another --port") from None
-        raise ClaimRefused(f"cannot listen on router port {host}:{port}: {(exc.strerror or str(exc)).lower()}") from None
+            raise ClaimRefused(
+                f"router port {host}:{port} is in use by another process; choose another --port"
+            ) from None
+        raise ClaimRefused(
+            f"cannot listen on router port {host}:{port}: {(exc.strerror or str(exc)).lower()}"
+        ) from None
     return hold

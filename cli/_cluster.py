@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shard_map import BoardConfig, ControlPlane, NotFound, SlotTable, default_boundaries
-from shard_node import connect_cluster, create_board
+from rankshard.shard_map import BoardConfig, ControlPlane, NotFound, SlotTable, default_boundaries
+from rankshard.shard_node import connect_cluster, create_board
 
 from ._claims import ClaimRefused, DataDirLock, reserve_port
 from ._local import LocalPostgres, LocalValkey, die_with_parent, free_port
@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_BOARD", "ClaimRefused", "GaveUp", "LocalCluster", "LocalRout
 
 
 class LocalRouter:
-    """One `python -m router` of a local cluster, sharing the cluster's port with its other routers
+    """One `python -m rankshard.router` of a local cluster, sharing the cluster's port with its other routers
     (`--reuse-port`). Its stderr goes to `log_path`. `start` returns once it serves, and starts it again after
     it died; a start that fails kills what it spawned and raises RuntimeError."""
 
@@ -58,11 +58,22 @@ class LocalRouter:
         if self._proc is not None and self._proc.poll() is None:
             return
         self._close_pipe()
-        argv = [sys.executable, "-m", "router", "--control-plane", self.control_plane, "--host", HOST,
-                "--port", str(self.port), "--reuse-port"]
+        argv = [
+            sys.executable,
+            "-m",
+            "rankshard.router",
+            "--control-plane",
+            self.control_plane,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--reuse-port",
+        ]
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                          preexec_fn=die_with_parent)
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, preexec_fn=die_with_parent
+            )
         if not self._wait_serving(time.monotonic() + timeout):
             self.kill()
             raise RuntimeError(f"{self.name} did not start (exit code {self.exit_code}); see {self.log_path}")

@@ -66,7 +66,9 @@ async def _play(address: str, games: int, players: int, rng: random.Random) -> s
                 points = int(rng.expovariate(1 / 60) * skill[user]) + 1
                 updates.append(pb.ScoreUpdate(user_id=user, score=points, request_id=f"game-{done + j}"))
             t0 = time.perf_counter()
-            await board.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=DEFAULT_BOARD, updates=updates), timeout=10)
+            await board.BatchUpdateScores(
+                pb.BatchUpdateScoresRequest(leaderboard=DEFAULT_BOARD, updates=updates), timeout=10
+            )
             latencies.append(time.perf_counter() - t0)
             done += size
             if view.due() or done == games:
@@ -81,7 +83,9 @@ async def _play(address: str, games: int, players: int, rng: random.Random) -> s
             f"\n{someone}: score {rank.entry.score}, rank {rank.entry.rank} of {rank.total} "
             f"(better than {rank.percentile:.1f}% of players)"
         )
-        around = await board.GetAround(pb.GetAroundRequest(leaderboard=DEFAULT_BOARD, user_id=someone, radius=3), timeout=5)
+        around = await board.GetAround(
+            pb.GetAroundRequest(leaderboard=DEFAULT_BOARD, user_id=someone, radius=3), timeout=5
+        )
         _table(f"Around {someone}", around.entries, mark=someone)
         shard_map = await admin.GetShardMap(admin_pb2.GetShardMapRequest(leaderboard=DEFAULT_BOARD), timeout=5)
         click.echo("\nShards of 'global' (score ranges, members):")

@@ -18,14 +18,22 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from benchmarks import TrafficModel
-from benchmarks._loadgen import user_id
-from shard_map import ControlPlane
-from shard_node import BoardLayout, Update, apply_updates, connect_cluster
+from rankshard.benchmarks import TrafficModel
+from rankshard.benchmarks._loadgen import user_id
+from rankshard.shard_map import ControlPlane
+from rankshard.shard_node import BoardLayout, Update, apply_updates, connect_cluster
 
 
-def direct_batches(control_plane: str, board: str, seconds: float, population: int, seed: int,
-                   model: TrafficModel, in_flight: int = 64, batch: int = 100) -> dict[str, float]:
+def direct_batches(
+    control_plane: str,
+    board: str,
+    seconds: float,
+    population: int,
+    seed: int,
+    model: TrafficModel,
+    in_flight: int = 64,
+    batch: int = 100,
+) -> dict[str, float]:
     """Runs `apply_updates` for `seconds` on batches of `batch` updates, `in_flight` batches at once,
     each update what the load generator's BatchUpdateScores calls carry: a preloaded member, a game's
     points, a request id of its own. Returns updates/s, this process's CPU time, and how many updates
@@ -36,8 +44,16 @@ def direct_batches(control_plane: str, board: str, seconds: float, population: i
     return _run(_direct(control_plane, board, seconds, population, seed, model, in_flight, batch))
 
 
-async def _direct(control_plane: str, board: str, seconds: float, population: int, seed: int,
-                  model: TrafficModel, in_flight: int, batch: int) -> dict[str, float]:
+async def _direct(
+    control_plane: str,
+    board: str,
+    seconds: float,
+    population: int,
+    seed: int,
+    model: TrafficModel,
+    in_flight: int,
+    batch: int,
+) -> dict[str, float]:
     rng = random.Random(seed * 7919 + os.getpid())
     ids = itertools.count()
     # Unique per run, as the load generator's: a request id sent again would be answered as a retry
@@ -51,8 +67,10 @@ async def _direct(control_plane: str, board: str, seconds: float, population: in
     async def worker(end: float) -> None:
         nonlocal done, applied
         while time.perf_counter() < end:
-            updates = [Update(user_id(rng.randrange(population)), model.sample_points(rng), f"{tag}-{next(ids)}")
-                       for _ in range(batch)]
+            updates = [
+                Update(user_id(rng.randrange(population)), model.sample_points(rng), f"{tag}-{next(ids)}")
+                for _ in range(batch)
+            ]
             outcomes = await apply_updates(cluster, layout, updates)
             done += batch
             applied += sum(o.applied for o in outcomes)

@@ -8,8 +8,16 @@ import time
 
 import click
 
-from shard_map import ControlPlane
-from shard_node import BoardLayout, Finding, LostMembers, RepairReport, audit_board, connect_cluster, repair_board
+from rankshard.shard_map import ControlPlane
+from rankshard.shard_node import (
+    BoardLayout,
+    Finding,
+    LostMembers,
+    RepairReport,
+    audit_board,
+    connect_cluster,
+    repair_board,
+)
 
 from ._manage import run
 
@@ -48,14 +56,23 @@ def check(ctx: click.Context, leaderboard: str | None, as_json: bool) -> None:
     results = run(ctx, work)
     violations = sum(len(f) for f in results.values())
     if as_json:
-        click.echo(json.dumps({b: [{"kind": f.kind, "shard": f.shard, "user": f.user, "detail": f.detail} for f in fs]
-                               for b, fs in results.items()}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    b: [{"kind": f.kind, "shard": f.shard, "user": f.user, "detail": f.detail} for f in fs]
+                    for b, fs in results.items()
+                },
+                indent=2,
+            )
+        )
     else:
         for board, findings in results.items():
             for finding in findings:
                 click.echo(f"{board}: {finding}")
-        click.echo(f"checked {len(results)} board(s) in {time.monotonic() - started:.1f}s: "
-                   f"{violations or 'no'} violation(s)", file=sys.stderr)
+        click.echo(
+            f"checked {len(results)} board(s) in {time.monotonic() - started:.1f}s: {violations or 'no'} violation(s)",
+            file=sys.stderr,
+        )
     ctx.exit(1 if violations else 0)
 
 
@@ -98,24 +115,35 @@ def repair(ctx: click.Context, leaderboard: str | None) -> None:
 
 
 def _report_lines(report: RepairReport) -> list[str]:
-    done = (f"descriptors restored {len(report.descriptors_installed)}, moves finished {report.moves_finished}, "
-            f"members rewritten {report.members_rewritten}, stray copies removed {report.copies_removed}, "
-            f"index entries rebuilt {report.entries_rebuilt}, index entries merged {report.entries_merged}")
+    done = (
+        f"descriptors restored {len(report.descriptors_installed)}, moves finished {report.moves_finished}, "
+        f"members rewritten {report.members_rewritten}, stray copies removed {report.copies_removed}, "
+        f"index entries rebuilt {report.entries_rebuilt}, index entries merged {report.entries_merged}"
+    )
     lines = [done]
     if report.records_lost:
-        lines.append(f"lost: request-id records of {report.records_lost} members (their index entries were rebuilt "
-                     "from the shards): a retry of a request they sent before the loss may be applied again")
+        lines.append(
+            f"lost: request-id records of {report.records_lost} members (their index entries were rebuilt "
+            "from the shards): a retry of a request they sent before the loss may be applied again"
+        )
     if report.entries_tied:
-        lines.append(f"guessed: {report.entries_tied} rebuilt members were in two shards at one version (a move under "
-                     "way when their index was lost): the better score was kept, the other copy removed")
+        lines.append(
+            f"guessed: {report.entries_tied} rebuilt members were in two shards at one version (a move under "
+            "way when their index was lost): the better score was kept, the other copy removed"
+        )
     lines += [f"lost: {_lost_members(lost)}" for lost in report.lost]
     return lines
 
 
 def _lost_members(lost: LostMembers) -> str:
-    what = (f"members indexed on {lost.index_node} that lived in shards {', '.join(lost.shards)} "
-            "(their index entries and shard copies were both lost): nothing that survived names them, so how many is unknown")
+    what = (
+        f"members indexed on {lost.index_node} that lived in shards {', '.join(lost.shards)} "
+        "(their index entries and shard copies were both lost): nothing that survived names them, "
+        "so how many is unknown"
+    )
     if lost.estimate is None:
         return f"{what} (no index node of the board survived to estimate it from)"
-    return (f"{what}; about {lost.estimate}, by the share of index slots {lost.index_node} held "
-            f"({lost.basis} members indexed on other nodes lived in those shards)")
+    return (
+        f"{what}; about {lost.estimate}, by the share of index slots {lost.index_node} held "
+        f"({lost.basis} members indexed on other nodes lived in those shards)"
+    )

@@ -9,8 +9,8 @@ from typing import IO
 
 import click
 
-from shard_map import ControlPlane, RankshardError, ShardFrozen, StaleMap, check_score, check_user_id
-from shard_node import BoardLayout, ImportInterrupted, connect_cluster, import_members, sweep_board
+from rankshard.shard_map import ControlPlane, RankshardError, ShardFrozen, StaleMap, check_score, check_user_id
+from rankshard.shard_node import BoardLayout, ImportInterrupted, connect_cluster, import_members, sweep_board
 
 from ._manage import _name, run
 
@@ -47,7 +47,8 @@ def read_members(stream: IO[str], source: str) -> list[tuple[str, int]]:
             raise click.ClickException(f"{source} line {n}: {exc}; nothing was imported") from None
         if user in line_of:
             raise click.ClickException(
-                f"{source} line {n}: user_id {user!r} is also on line {line_of[user]}; nothing was imported")
+                f"{source} line {n}: user_id {user!r} is also on line {line_of[user]}; nothing was imported"
+            )
         line_of[user] = n
         members.append((user, score))
     return members
@@ -83,7 +84,7 @@ def import_cmd(ctx: click.Context, name: str, source: IO[str]) -> None:
             nonlocal layout, added, stale, done, last_report
             while queue:
                 at = queue.pop()
-                chunk = members[at: at + CHUNK]
+                chunk = members[at : at + CHUNK]
                 for attempt in range(1, ATTEMPTS + 1):
                     try:
                         n = await import_members(cluster, layout, chunk)
@@ -96,8 +97,11 @@ def import_cmd(ctx: click.Context, name: str, source: IO[str]) -> None:
                     except ShardFrozen:  # a migration step holds the shard for a moment
                         await asyncio.sleep(0.05 * attempt)
                 else:
-                    raise ShardFrozen("?", f"the shards of {board!r} kept changing under the import; run it again "
-                                           "(members already imported are left as they are)")
+                    raise ShardFrozen(
+                        "?",
+                        f"the shards of {board!r} kept changing under the import; run it again "
+                        "(members already imported are left as they are)",
+                    )
                 added, done = added + n, done + len(chunk)  # after the await: other workers count too
                 if time.monotonic() - last_report > 5:
                     last_report = time.monotonic()
@@ -113,5 +117,7 @@ def import_cmd(ctx: click.Context, name: str, source: IO[str]) -> None:
 
     added, seconds = run(ctx, work)
     rate = f" ({added / seconds:,.0f}/s)" if seconds > 0 and added else ""
-    click.echo(f"imported {added:,} members into {board} in {seconds:.1f} s{rate}; "
-               f"{len(members) - added:,} already on the board were left as they were")
+    click.echo(
+        f"imported {added:,} members into {board} in {seconds:.1f} s{rate}; "
+        f"{len(members) - added:,} already on the board were left as they were"
+    )

@@ -141,7 +141,7 @@ def _descendants(pid: int) -> list[int]:
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         with suppress(OSError, ValueError):
             text = stat_file.read_text()  # the command name may hold ')': the fields after its last one are fixed
-            parents[int(stat_file.parent.name)] = int(text[text.rindex(")") + 2:].split()[1])
+            parents[int(stat_file.parent.name)] = int(text[text.rindex(")") + 2 :].split()[1])
     found: list[int] = []
     frontier = {pid}
     while frontier := {child for child, parent in parents.items() if parent in frontier}:
@@ -241,8 +241,14 @@ class _ServerProcess:
 
     def _spawn(self, argv: list[str], account: pwd.struct_passwd | None = None) -> None:
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          cwd=self.data_dir, **_run_as(account, self._stop_signal))
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                **_run_as(account, self._stop_signal),
+            )
 
     def _wait_ready(self, is_ready: Callable[[], bool], deadline: float, what: str) -> None:
         """Poll `is_ready` until it holds; if the server exits first or `deadline` passes, kill it and raise."""
@@ -280,14 +286,34 @@ class LocalValkey(_ServerProcess):
             return
         deadline = time.monotonic() + timeout
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn([
-            self.binary, "--bind", "127.0.0.1", "--port", str(self._port), "--dir", str(self.data_dir),
-            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", "",
-            "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.log_path),
-            # rankshard spreads index entries, version registers and request-id records over small hashes;
-            # up to 1024 entries each stay listpacks (~18 B/entry, against ~54 B in a hashtable), which
-            # keeps boards of up to ~16M members per index and ~8M per node compact (shard_node._keys).
-            "--hash-max-listpack-entries", "1024"])
+        self._spawn(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self._port),
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.log_path),
+                # rankshard spreads index entries, version registers and request-id records over small hashes;
+                # up to 1024 entries each stay listpacks (~18 B/entry, against ~54 B in a hashtable), which
+                # keeps boards of up to ~16M members per index and ~8M per node compact (shard_node._keys).
+                "--hash-max-listpack-entries",
+                "1024",
+            ]
+        )
         self._wait_ready(self._answers_ping, deadline, "valkey")
 
     def pause(self) -> None:
@@ -330,8 +356,13 @@ def _hand_over(data_dir: Path, account: pwd.struct_passwd) -> None:
             os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
     for parent in data_dir.resolve().parents:
         info = parent.stat()
-        if not (info.st_mode & stat.S_IXOTH or info.st_uid == account.pw_uid and info.st_mode & stat.S_IXUSR
-                or info.st_gid == account.pw_gid and info.st_mode & stat.S_IXGRP):
+        if not (
+            info.st_mode & stat.S_IXOTH
+            or info.st_uid == account.pw_uid
+            and info.st_mode & stat.S_IXUSR
+            or info.st_gid == account.pw_gid
+            and info.st_mode & stat.S_IXGRP
+        ):
             # e.g. pytest's 0700 basetemp: the server must pass through it, and need not list it.
             parent.chmod(info.st_mode | stat.S_IXOTH)
 
@@ -386,19 +417,39 @@ class LocalPostgres(_ServerProcess):
 
     def _initdb(self, account: pwd.struct_passwd | None, deadline: float) -> None:
         # Locale C: a locale the host lacks would make initdb fail, and byte order is all we need.
-        argv = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", _PG_USER, "--auth=trust",
-                "-E", "UTF8", "--locale=C", *(["--no-sync"] if self.fast else [])]
+        argv = [
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            _PG_USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            *(["--no-sync"] if self.fast else []),
+        ]
         with self.log_path.open("ab") as log:
             try:
-                failed = subprocess.run(
-                    argv, check=False, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.data_dir, timeout=max(deadline - time.monotonic(), 1.0),
-                    **_run_as(account, signal.SIGTERM)).returncode != 0
+                failed = (
+                    subprocess.run(
+                        argv,
+                        check=False,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=self.data_dir,
+                        timeout=max(deadline - time.monotonic(), 1.0),
+                        **_run_as(account, signal.SIGTERM),
+                    ).returncode
+                    != 0
+                )
             except subprocess.TimeoutExpired:
                 failed = True
         if failed:
-            raise RuntimeError(f"initdb failed for {self.data_dir}; tail of {self.log_path}:\n"
-                               f"{log_tail(self.log_path)}")
+            raise RuntimeError(
+                f"initdb failed for {self.data_dir}; tail of {self.log_path}:\n{log_tail(self.log_path)}"
+            )
 
     def _is_ready(self) -> bool:
         # The server notes in its pid file when it accepts connections. Reading that, rather than connecting,

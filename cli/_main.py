@@ -60,8 +60,9 @@ def _as_clause(message: str) -> str:
 class _Rankshard(click.Group):
     """The root of the command tree: every error below it, in parsing or in a command, is one line."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         with _one_line():
             return super().make_context(info_name, args, parent, **extra)
 
@@ -103,7 +104,9 @@ def cluster() -> None:
 @cluster.command("up")
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 64), help="data nodes (Valkey/Redis)")
 @click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 256), help="shards of board `global`")
-@click.option("--routers", default=1, show_default=True, type=click.IntRange(1, 64), help="router processes on one port")
+@click.option(
+    "--routers", default=1, show_default=True, type=click.IntRange(1, 64), help="router processes on one port"
+)
 @click.option("--port", default=50051, show_default=True, type=click.IntRange(1, 65535), help="router port")
 @click.option("--boundaries", help="cut points of board `global` (default: spread for a skewed distribution)")
 @click.pass_context

@@ -10,9 +10,21 @@ from typing import Any, TypeVar
 
 import click
 
-from shard_map import (AlreadyExists, BoardConfig, ControlPlane, Node, NodeError, Operator, RankshardError,
-                       SchemaMissing, SortOrder, check_board_name, check_expected_members, schema_version)
-from shard_node import BoardLayout, check_new_node, connect_cluster, create_board, delete_board, shard_sizes
+from rankshard.shard_map import (
+    AlreadyExists,
+    BoardConfig,
+    ControlPlane,
+    Node,
+    NodeError,
+    Operator,
+    RankshardError,
+    SchemaMissing,
+    SortOrder,
+    check_board_name,
+    check_expected_members,
+    schema_version,
+)
+from rankshard.shard_node import BoardLayout, check_new_node, connect_cluster, create_board, delete_board, shard_sizes
 
 from ._settings import control_plane_dsn
 
@@ -45,10 +57,13 @@ def run(ctx: click.Context, work: Callable[[ControlPlane], Awaitable[T]], *, mig
 
 def _schema_problem(exc: SchemaMissing) -> str:
     if exc.none_applied:
-        return (f"the control plane at {exc.where} has no rankshard schema; "
-                "run `rankshard init` or `rankshard cluster up`")
-    return (f"the control plane at {exc.where} has an older rankshard schema: schema migration(s) "
-            f"{', '.join(map(str, exc.missing))} not applied; run `rankshard init` to upgrade it")
+        return (
+            f"the control plane at {exc.where} has no rankshard schema; run `rankshard init` or `rankshard cluster up`"
+        )
+    return (
+        f"the control plane at {exc.where} has an older rankshard schema: schema migration(s) "
+        f"{', '.join(map(str, exc.missing))} not applied; run `rankshard init` to upgrade it"
+    )
 
 
 @click.command()
@@ -74,8 +89,9 @@ def init(ctx: click.Context) -> None:
         click.echo(f"rankshard: the control plane at {where} is up to date (schema version {schema_version()})")
         return
     done = "initialised" if min(applied) == 1 else "upgraded"
-    click.echo(f"rankshard: {done} the control plane at {where} "
-               f"(applied schema migrations {', '.join(map(str, applied))})")
+    click.echo(
+        f"rankshard: {done} the control plane at {where} (applied schema migrations {', '.join(map(str, applied))})"
+    )
 
 
 def parse_boundaries(text: str | None) -> list[int]:
@@ -84,7 +100,9 @@ def parse_boundaries(text: str | None) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint="--boundaries") from None
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of integers", param_hint="--boundaries"
+        ) from None
 
 
 def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
@@ -93,9 +111,9 @@ def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
         return
     cells = [[("-" if r[c] is None else str(r[c])) for c in columns] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 @click.group()
@@ -108,11 +126,17 @@ def leaderboards() -> None:
 @click.option("--order", type=click.Choice(list(ORDERS)), default="desc", show_default=True)
 @click.option("--operator", type=click.Choice(list(OPERATORS)), default="increment", show_default=True)
 @click.option("--boundaries", help="ascending cut points, e.g. 100,1000,10000 (n cut points make n+1 shards)")
-@click.option("--expected-members", type=int, default=0, show_default=True,
-              help="members to lay the board out for (fixed at creation); 0: a layout for up to a few million")
+@click.option(
+    "--expected-members",
+    type=int,
+    default=0,
+    show_default=True,
+    help="members to lay the board out for (fixed at creation); 0: a layout for up to a few million",
+)
 @click.pass_context
-def create(ctx: click.Context, name: str, order: str, operator: str, boundaries: str | None,
-           expected_members: int) -> None:
+def create(
+    ctx: click.Context, name: str, order: str, operator: str, boundaries: str | None, expected_members: int
+) -> None:
     """Create leaderboard NAME.
 
     \b
@@ -120,8 +144,7 @@ def create(ctx: click.Context, name: str, order: str, operator: str, boundaries:
       rankshard leaderboards create weekly --order desc --operator best --boundaries 100,1000
       rankshard leaderboards create season --boundaries 1000,5000 --expected-members 500000000
     """
-    config = BoardConfig(_name(name), ORDERS[order], OPERATORS[operator],
-                         _expected(expected_members))
+    config = BoardConfig(_name(name), ORDERS[order], OPERATORS[operator], _expected(expected_members))
     cuts = parse_boundaries(boundaries)
 
     async def work(cp: ControlPlane) -> BoardLayout:
@@ -226,7 +249,14 @@ def list_shards(ctx: click.Context, leaderboard: str, as_json: bool) -> None:
         finally:
             await cluster.aclose()
         return [
-            {"id": s.id, "lower": s.lower, "upper": s.upper, "node": s.node, "members": sizes[s.id], "state": str(s.state)}
+            {
+                "id": s.id,
+                "lower": s.lower,
+                "upper": s.upper,
+                "node": s.node,
+                "members": sizes[s.id],
+                "state": str(s.state),
+            }
             for s in layout.map.shards
         ]
 

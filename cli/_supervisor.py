@@ -85,8 +85,10 @@ class GaveUp:
     log_path: Path
 
     def __str__(self) -> str:
-        return (f"{self.name} keeps dying: {self.deaths} exits within {self.window:g} s, the last with exit code "
-                f"{self.exit_code}; its log: {self.log_path}")
+        return (
+            f"{self.name} keeps dying: {self.deaths} exits within {self.window:g} s, the last with exit code "
+            f"{self.exit_code}; its log: {self.log_path}"
+        )
 
     def log_lines(self) -> list[str]:
         """The last lines of its log (blank ones left out)."""
@@ -132,8 +134,10 @@ def _tend(watch: _Watch, say: Callable[[str], None]) -> GaveUp | None:
         except RuntimeError:
             gave_up = _schedule(watch, watch.child.exit_code, time.monotonic())
             if gave_up is None:
-                say(f"rankshard: {watch.child.name} exited with code {previous}; restart failed (exit code "
-                    f"{watch.exit_code}), next try in {watch.backoff.delay:g} s")
+                say(
+                    f"rankshard: {watch.child.name} exited with code {previous}; restart failed (exit code "
+                    f"{watch.exit_code}), next try in {watch.backoff.delay:g} s"
+                )
             return gave_up
         watch.backoff.started(time.monotonic())
         say(f"rankshard: {watch.child.name} exited with code {previous}; restarted")

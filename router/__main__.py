@@ -1,4 +1,4 @@
-"""``python -m router --control-plane DSN [--host H] [--port P] [--reuse-port]``: one router process."""
+"""``python -m rankshard.router --control-plane DSN [--host H] [--port P] [--reuse-port]``: one router process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from shard_map import RankshardError
+from rankshard.shard_map import RankshardError
 
 from ._server import ListenError, serve
 from ._sweeper import DEFAULT_INTERVAL
@@ -22,15 +22,20 @@ N-th (default first) time a write reaches that step of shard_node.MOVE_STEPS."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rankshard.router", description=__doc__)
     parser.add_argument("--control-plane", default=os.environ.get("RANKSHARD_CONTROL_PLANE"), help="PostgreSQL DSN")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
-    parser.add_argument("--reuse-port", action="store_true",
-                        help="share --port with the other routers of this cluster (SO_REUSEPORT); without it, a port "
-                             "another process serves is refused")
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share --port with the other routers of this cluster (SO_REUSEPORT); without it, a port "
+        "another process serves is refused",
+    )
     parser.add_argument("--sweep-interval", type=float, default=DEFAULT_INTERVAL, help="seconds between sweeps")
-    parser.add_argument("--sweep-age-ms", type=int, default=5000, help="age at which a pending move counts as abandoned")
+    parser.add_argument(
+        "--sweep-age-ms", type=int, default=5000, help="age at which a pending move counts as abandoned"
+    )
     args = parser.parse_args(argv)
     if not args.control_plane:
         parser.error("--control-plane (or RANKSHARD_CONTROL_PLANE) is required")

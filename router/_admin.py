@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import grpc
 
-from shard_map import BoardConfig, InvalidArgument, Operator, SortOrder, check_board_name, check_expected_members
-from shard_node import BoardLayout, create_board, delete_board, shard_sizes
-
+from rankshard.shard_map import (
+    BoardConfig,
+    InvalidArgument,
+    Operator,
+    SortOrder,
+    check_board_name,
+    check_expected_members,
+)
+from rankshard.shard_node import BoardLayout, create_board, delete_board, shard_sizes
 from rankshard.v1 import admin_pb2 as pb
 from rankshard.v1 import admin_pb2_grpc as pb_grpc
 
@@ -19,18 +25,24 @@ class AdminService(pb_grpc.AdminServicer):
         self.catalog = catalog
 
     @handler
-    async def CreateLeaderboard(self, request: pb.LeaderboardConfig, context: grpc.aio.ServicerContext) -> pb.LeaderboardConfig:
+    async def CreateLeaderboard(
+        self, request: pb.LeaderboardConfig, context: grpc.aio.ServicerContext
+    ) -> pb.LeaderboardConfig:
         config = config_from_proto(request)
         layout = await create_board(self.catalog.control_plane, self.catalog.cluster, config, request.boundaries)
         self.catalog.adopt(layout)
         return config_to_proto(layout)
 
     @handler
-    async def GetLeaderboard(self, request: pb.GetLeaderboardRequest, context: grpc.aio.ServicerContext) -> pb.LeaderboardConfig:
+    async def GetLeaderboard(
+        self, request: pb.GetLeaderboardRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LeaderboardConfig:
         return config_to_proto(await self.catalog.refresh(check_board_name(request.name, "name")))
 
     @handler
-    async def ListLeaderboards(self, request: pb.ListLeaderboardsRequest, context: grpc.aio.ServicerContext) -> pb.ListLeaderboardsResponse:
+    async def ListLeaderboards(
+        self, request: pb.ListLeaderboardsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLeaderboardsResponse:
         maps = await self.catalog.control_plane.shard_maps()
         configs = await self.catalog.control_plane.list_boards()
         return pb.ListLeaderboardsResponse(
@@ -51,7 +63,9 @@ class AdminService(pb_grpc.AdminServicer):
         )
 
     @handler
-    async def DeleteLeaderboard(self, request: pb.DeleteLeaderboardRequest, context: grpc.aio.ServicerContext) -> pb.DeleteLeaderboardResponse:
+    async def DeleteLeaderboard(
+        self, request: pb.DeleteLeaderboardRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteLeaderboardResponse:
         name = check_board_name(request.name, "name")
         try:
             await delete_board(self.catalog.control_plane, self.catalog.cluster, name)
@@ -77,6 +91,9 @@ def config_from_proto(request: pb.LeaderboardConfig) -> BoardConfig:
 def config_to_proto(layout: BoardLayout) -> pb.LeaderboardConfig:
     c = layout.config
     return pb.LeaderboardConfig(
-        name=c.name, sort_order=int(c.sort_order), operator=int(c.operator), boundaries=layout.map.boundaries,
+        name=c.name,
+        sort_order=int(c.sort_order),
+        operator=int(c.operator),
+        boundaries=layout.map.boundaries,
         expected_members=c.expected_members,
     )

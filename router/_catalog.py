@@ -10,8 +10,8 @@ import asyncio
 import logging
 import time
 
-from shard_map import ControlPlane, NotFound, RankshardError
-from shard_node import BoardLayout, Cluster, NodeClient
+from rankshard.shard_map import ControlPlane, NotFound, RankshardError
+from rankshard.shard_node import BoardLayout, Cluster, NodeClient
 
 log = logging.getLogger("rankshard.router")
 

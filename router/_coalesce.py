@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
-I = TypeVar("I")
+Item = TypeVar("Item")
 R = TypeVar("R")
 
-BatchRunner = Callable[[K, list[I]], Awaitable[Sequence["R | BaseException"]]]
+BatchRunner = Callable[[K, list[Item]], Awaitable[Sequence["R | BaseException"]]]
 
 
-class Coalescer(Generic[K, I, R]):
+class Coalescer(Generic[K, Item, R]):
     """Groups `submit`ted items by key; `run(key, items)` answers each item in order, with a result or
     an exception for that item alone. An exception raised by `run` itself fails the whole batch.
 
@@ -34,15 +34,15 @@ class Coalescer(Generic[K, I, R]):
     cancel the others' work. `aclose` waits for the batches under way.
     """
 
-    def __init__(self, run: BatchRunner[K, I, R], max_batch: int = 1000, max_in_flight: int = 1) -> None:
+    def __init__(self, run: BatchRunner[K, Item, R], max_batch: int = 1000, max_in_flight: int = 1) -> None:
         self._run = run
         self._max = max_batch
         self._max_in_flight = max_in_flight
-        self._waiting: dict[K, list[tuple[I, asyncio.Future[R]]]] = {}
+        self._waiting: dict[K, list[tuple[Item, asyncio.Future[R]]]] = {}
         self._running: dict[K, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, key: K, item: I) -> R:
+    async def submit(self, key: K, item: Item) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(key, [])
         waiting.append((item, future))
@@ -64,7 +64,7 @@ class Coalescer(Generic[K, I, R]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, key: K, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+    async def _execute(self, key: K, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
         try:
             await self._answer(key, batch)
         finally:
@@ -74,7 +74,7 @@ class Coalescer(Generic[K, I, R]):
             if key in self._waiting:
                 self._start(key)
 
-    async def _answer(self, key: K, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+    async def _answer(self, key: K, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
         try:
             results = await self._run(key, [item for item, _ in batch])
         except Exception as exc:

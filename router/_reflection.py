@@ -30,7 +30,9 @@ def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> 
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
     for service in (REFLECTION_V1, REFLECTION_V1ALPHA):
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": method}),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": method}),)
+        )
 
 
 def _install_v1_descriptor() -> None:

@@ -13,9 +13,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shard_map import ControlPlane
-from shard_node import DEFAULT_MIN_AGE_MS, StepHook, connect_cluster
-
+from rankshard.shard_map import ControlPlane
+from rankshard.shard_node import DEFAULT_MIN_AGE_MS, StepHook, connect_cluster
 from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService

@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import grpc
 
-from shard_map import StaleMap
-from shard_node import (
+from rankshard.shard_map import StaleMap
+from rankshard.shard_node import (
     BoardLayout,
     Entry,
     StepHook,
@@ -24,7 +24,6 @@ from shard_node import (
     read_entry,
     remove_member,
 )
-
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
@@ -56,13 +55,17 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
             await coalescer.aclose()
 
     @handler
-    async def UpdateScore(self, request: pb.UpdateScoreRequest, context: grpc.aio.ServicerContext) -> pb.UpdateScoreResponse:
+    async def UpdateScore(
+        self, request: pb.UpdateScoreRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateScoreResponse:
         board, update = validate.update(request)
         outcome = await self._updates.submit(board, update)
         return pb.UpdateScoreResponse(score=outcome.score, rank=outcome.rank, applied=outcome.applied)
 
     @handler
-    async def BatchUpdateScores(self, request: pb.BatchUpdateScoresRequest, context: grpc.aio.ServicerContext) -> pb.BatchUpdateScoresResponse:
+    async def BatchUpdateScores(
+        self, request: pb.BatchUpdateScoresRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchUpdateScoresResponse:
         board, updates = validate.batch(request)
         outcomes = await self._write(board, lambda lay: apply_updates(self.cluster, lay, updates, self.on_step))
         return pb.BatchUpdateScoresResponse(
@@ -96,7 +99,9 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         return pb.GetAroundResponse(entries=[_entry(e) for e in entries], total=total)
 
     @handler
-    async def RemoveMember(self, request: pb.RemoveMemberRequest, context: grpc.aio.ServicerContext) -> pb.RemoveMemberResponse:
+    async def RemoveMember(
+        self, request: pb.RemoveMemberRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveMemberResponse:
         board, user = validate.member(request)
         removed = await self._write(board, lambda lay: remove_member(self.cluster, lay, user, self.on_step))
         return pb.RemoveMemberResponse(removed=removed)
@@ -108,8 +113,10 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
 
     async def _rank_batch(self, board: str, users: list[str]) -> list[tuple[Entry, int] | BaseException]:
         """Concurrent GetRank calls of one board: index entries read together, ranks in one count round."""
-        found = await self._read(board, lambda lay: asyncio.gather(
-            *(read_entry(self.cluster, lay, u) for u in users), return_exceptions=True))
+        found = await self._read(
+            board,
+            lambda lay: asyncio.gather(*(read_entry(self.cluster, lay, u) for u in users), return_exceptions=True),
+        )
         known = [e for e in found if not isinstance(e, BaseException)]
         ranks, total = await self._read(board, lambda lay: rank_of_scores(self.cluster, lay, [e.score for e in known]))
         rank_of = iter(ranks)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from shard_map import (
+from rankshard.shard_map import (
     AlreadyExists,
     ControlPlaneError,
     InvalidArgument,
@@ -48,6 +48,7 @@ a control plane that does not answer becomes UNAVAILABLE naming it while the cli
 def _control_plane_budget(seconds: float) -> float:
     return seconds - min(_ANSWER_MARGIN, seconds / 10)
 
+
 R = TypeVar("R")
 
 
@@ -84,7 +85,9 @@ def handler(
         except RankshardError as exc:
             await context.abort(status_of(exc), str(exc))
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed (a call without one gets {DEFAULT_DEADLINE:.0f} s)")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed (a call without one gets {DEFAULT_DEADLINE:.0f} s)"
+            )
         except asyncio.CancelledError:
             raise
         except grpc.aio.AbortError:

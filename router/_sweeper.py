@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from shard_map import RankshardError
-from shard_node import DEFAULT_MIN_AGE_MS, collect_tombstones, sweep_board
+from rankshard.shard_map import RankshardError
+from rankshard.shard_node import DEFAULT_MIN_AGE_MS, collect_tombstones, sweep_board
 
 from ._catalog import Catalog
 
@@ -18,7 +18,9 @@ _BOARD_LIST_EVERY = 15
 """Sweeps between lookups of the full board list, so boards this router never served are swept too."""
 
 
-async def sweep_forever(catalog: Catalog, interval: float = DEFAULT_INTERVAL, min_age_ms: int = DEFAULT_MIN_AGE_MS) -> None:
+async def sweep_forever(
+    catalog: Catalog, interval: float = DEFAULT_INTERVAL, min_age_ms: int = DEFAULT_MIN_AGE_MS
+) -> None:
     """Runs until cancelled. A failing board is logged and retried on the next round."""
     rounds = 0
     while True:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shard_map import (
+from rankshard.shard_map import (
     DEFAULT_LIMIT,
     DEFAULT_RADIUS,
     MAX_BATCH,
@@ -16,17 +16,14 @@ from shard_map import (
     check_score,
     check_user_id,
 )
-from shard_node import Update
-
+from rankshard.shard_node import Update
 from rankshard.v1 import leaderboard_pb2 as pb
 
 
 def update(request: pb.UpdateScoreRequest) -> tuple[str, Update]:
     board = check_board_name(request.leaderboard)
     rid = request.request_id if request.HasField("request_id") else ""
-    return board, Update(
-        check_user_id(request.user_id), check_score(request.score), check_request_id(rid)
-    )
+    return board, Update(check_user_id(request.user_id), check_score(request.score), check_request_id(rid))
 
 
 def batch(request: pb.BatchUpdateScoresRequest) -> tuple[str, list[Update]]:

@@ -48,13 +48,46 @@ from ._model import (
 )
 
 __all__ = [
-    "AlreadyExists", "BoardConfig", "Buckets", "ControlPlaneError", "DEFAULT_LIMIT", "DEFAULT_RADIUS",
-    "InvalidArgument", "MAX_BATCH", "MAX_EXPECTED_MEMBERS", "MAX_LIMIT", "MAX_RADIUS", "MAX_SCORE",
-    "NUM_SLOTS", "NodeError", "NodeUnavailable", "NotFound", "Operator", "OutOfRange", "RankshardError",
-    "RequestIdConflict", "Shard", "ShardFrozen", "ShardMap", "ShardState", "SlotTable", "SortOrder",
-    "StaleMap", "check_board_name", "check_boundaries", "check_count", "check_expected_members",
-    "check_offset", "check_request_id", "check_score", "check_user_id", "default_boundaries", "ranges_for",
-    "slot_for", "tiling_problems", "user_hash",
+    "AlreadyExists",
+    "BoardConfig",
+    "Buckets",
+    "ControlPlaneError",
+    "DEFAULT_LIMIT",
+    "DEFAULT_RADIUS",
+    "InvalidArgument",
+    "MAX_BATCH",
+    "MAX_EXPECTED_MEMBERS",
+    "MAX_LIMIT",
+    "MAX_RADIUS",
+    "MAX_SCORE",
+    "NUM_SLOTS",
+    "NodeError",
+    "NodeUnavailable",
+    "NotFound",
+    "Operator",
+    "OutOfRange",
+    "RankshardError",
+    "RequestIdConflict",
+    "Shard",
+    "ShardFrozen",
+    "ShardMap",
+    "ShardState",
+    "SlotTable",
+    "SortOrder",
+    "StaleMap",
+    "check_board_name",
+    "check_boundaries",
+    "check_count",
+    "check_expected_members",
+    "check_offset",
+    "check_request_id",
+    "check_score",
+    "check_user_id",
+    "default_boundaries",
+    "ranges_for",
+    "slot_for",
+    "tiling_problems",
+    "user_hash",
 ]
 
 # The control plane store (PostgreSQL).
@@ -62,4 +95,12 @@ from ._migrate import SchemaMissing, schema_version  # noqa: E402
 from ._nodes import Node, NodeInUse  # noqa: E402
 from ._store import ControlPlane, StaleEpoch, control_plane_deadline  # noqa: E402
 
-__all__ += ["ControlPlane", "Node", "NodeInUse", "SchemaMissing", "StaleEpoch", "control_plane_deadline", "schema_version"]
+__all__ += [
+    "ControlPlane",
+    "Node",
+    "NodeInUse",
+    "SchemaMissing",
+    "StaleEpoch",
+    "control_plane_deadline",
+    "schema_version",
+]

@@ -31,9 +31,7 @@ def check_board_name(name: str, field: str = "leaderboard") -> str:
     if not name:
         raise InvalidArgument(field, "is required")
     if not _BOARD_NAME.fullmatch(name):
-        raise InvalidArgument(
-            field, f"{name[:80]!r} must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}$"
-        )
+        raise InvalidArgument(field, f"{name[:80]!r} must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}$")
     return name
 
 

@@ -42,8 +42,11 @@ class SchemaMissing(ControlPlaneError):
         self.where = where
         self.missing = tuple(missing)
         self.none_applied = none_applied
-        problem = ("has no rankshard schema" if none_applied else
-                   f"lacks schema migration(s) {', '.join(map(str, self.missing))}")
+        problem = (
+            "has no rankshard schema"
+            if none_applied
+            else f"lacks schema migration(s) {', '.join(map(str, self.missing))}"
+        )
         super().__init__(f"control plane (PostgreSQL at {where}) {problem}; apply the migrations first")
 
 
@@ -116,9 +119,7 @@ async def applied_versions(conn: AsyncConnection) -> set[int]:
 async def _apply_one(conn: AsyncConnection, migration: Migration) -> bool:
     async with conn.transaction():
         await _lock(conn)
-        cur = await conn.execute(
-            "SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)
-        )
+        cur = await conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,))
         if await cur.fetchone() is not None:
             return False  # another process applied it while we waited for the lock
         # No parameters: psycopg sends the file as one simple query, several statements allowed.

@@ -66,8 +66,10 @@ class Buckets:
         defaults when `members` is 0 (not given)."""
         if members <= 0:
             return cls()
-        return cls(index=max(1, math.ceil(members / (NUM_SLOTS * ENTRIES_PER_HASH))),
-                   versions=max(1, math.ceil(members / (max(1, nodes) * ENTRIES_PER_HASH))))
+        return cls(
+            index=max(1, math.ceil(members / (NUM_SLOTS * ENTRIES_PER_HASH))),
+            versions=max(1, math.ceil(members / (max(1, nodes) * ENTRIES_PER_HASH))),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +102,7 @@ class Shard:
     generation: int = 1
 
     def holds(self, score: int) -> bool:
-        return (self.lower is None or score >= self.lower) and (
-            self.upper is None or score < self.upper
-        )
+        return (self.lower is None or score >= self.lower) and (self.upper is None or score < self.upper)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +151,9 @@ def tiling_problems(shards: Sequence[Shard]) -> list[str]:
         problems.append(f"gap below {shards[0].lower} (first shard {shards[0].id})")
     if shards[-1].upper is not None:
         problems.append(f"gap from {shards[-1].upper} up (last shard {shards[-1].id})")
-    for left, right in zip(shards, shards[1:]):
+    for left, right in zip(shards, shards[1:], strict=True):
         if left.upper is None or right.lower is None or left.upper != right.lower:
-            problems.append(
-                f"shards {left.id} [..,{left.upper}) and {right.id} [{right.lower},..) do not meet"
-            )
+            problems.append(f"shards {left.id} [..,{left.upper}) and {right.id} [{right.lower},..) do not meet")
         elif right.upper is not None and right.lower >= right.upper:
             problems.append(f"shard {right.id} is empty: [{right.lower}, {right.upper})")
     ids = [s.id for s in shards]
@@ -180,7 +178,7 @@ def check_boundaries(boundaries: Iterable[int], field: str = "boundaries") -> tu
 def ranges_for(boundaries: Sequence[int]) -> list[tuple[int | None, int | None]]:
     """The n + 1 half-open ranges that n ascending cut points make."""
     edges: list[int | None] = [None, *boundaries, None]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def default_boundaries(shards: int, typical_score: int = 1000) -> tuple[int, ...]:

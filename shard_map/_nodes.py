@@ -38,8 +38,10 @@ class NodeInUse(RankshardError):
             owned.append(f"{len(shards)} shard(s) ({named})")
         if slots:
             owned.append(f"{slots} index slot(s)")
-        super().__init__(f"node {node} owns {' and '.join(owned)}; only a node that owns nothing can be "
-                         "removed (nothing was removed)")
+        super().__init__(
+            f"node {node} owns {' and '.join(owned)}; only a node that owns nothing can be "
+            "removed (nothing was removed)"
+        )
         self.node = node
         self.shards = tuple(shards)
         self.slots = slots

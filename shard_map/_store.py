@@ -61,8 +61,10 @@ _SHARD_NUMBER = re.compile(r"s(\d{1,9})")
 # TCP keepalives: a connection to a host that vanished fails within about a minute instead of hanging.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("rankshard_control_plane_deadline", default=None)
-"""`asyncio` loop time by which control-plane calls in this context must have answered (see `control_plane_deadline`)."""
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "rankshard_control_plane_deadline", default=None
+)
+"""Loop time by which control-plane calls in this context must have answered (see `control_plane_deadline`)."""
 
 
 @contextlib.contextmanager
@@ -115,7 +117,14 @@ class ControlPlane:
         """The schema versions `open` applied (none when the schema was current, or with ``migrate=False``)."""
 
     @classmethod
-    async def open(cls, dsn: str, *, max_size: int = 4, timeout: float = 10.0, migrate: bool = True) -> ControlPlane:
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        max_size: int = 4,
+        timeout: float = 10.0,  # noqa: ASYNC109 -- configures the pool (every later call's wait), not this call
+        migrate: bool = True,
+    ) -> ControlPlane:
         """Connects, applies pending schema migrations and opens the pool.
 
         With ``migrate=False`` nothing is written: the schema is only checked, and `SchemaMissing` is raised
@@ -124,7 +133,12 @@ class ControlPlane:
         reached within `timeout` seconds or refuses.
         """
         pool = AsyncConnectionPool(
-            dsn, min_size=1, max_size=max_size, open=False, timeout=timeout, name=_POOL_NAME,
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            timeout=timeout,
+            name=_POOL_NAME,
             kwargs={"autocommit": True, "application_name": _POOL_NAME, **_KEEPALIVES},
             check=AsyncConnectionPool.check_connection,  # a connection PostgreSQL dropped is replaced
         )
@@ -224,9 +238,7 @@ class ControlPlane:
 
     # ---- boards and shard maps --------------------------------------------------------------------------
 
-    async def create_board(
-        self, config: BoardConfig, boundaries: Sequence[int], nodes: Sequence[str]
-    ) -> ShardMap:
+    async def create_board(self, config: BoardConfig, boundaries: Sequence[int], nodes: Sequence[str]) -> ShardMap:
         """`begin_board` then `activate_board`: for a board whose nodes need nothing installed. Raises as
         `begin_board`."""
         _, shard_map = await self.begin_board(config, boundaries, nodes)
@@ -268,8 +280,16 @@ class ControlPlane:
                 "INSERT INTO boards (name, sort_order, operator, expected_members, index_buckets, version_buckets,"
                 " epoch, next_shard, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'CREATING')"
                 " ON CONFLICT (name) DO NOTHING RETURNING epoch",
-                (name, int(config.sort_order), int(config.operator), config.expected_members,
-                 config.buckets.index, config.buckets.versions, epoch + 1, len(shards) + 1),
+                (
+                    name,
+                    int(config.sort_order),
+                    int(config.operator),
+                    config.expected_members,
+                    config.buckets.index,
+                    config.buckets.versions,
+                    epoch + 1,
+                    len(shards) + 1,
+                ),
             )
             if await cur.fetchone() is None:  # a concurrent call inserted it first
                 raise AlreadyExists(f"leaderboard {name!r} is being created by another call; retry")
@@ -336,9 +356,7 @@ class ControlPlane:
 
     async def get_board(self, name: str) -> BoardConfig:
         """Raises `NotFound` for an unknown board."""
-        rows = await self._fetch(
-            f"reading leaderboard {name!r}", _BOARD_QUERY + " AND name = %s", (_ACTIVE, name)
-        )
+        rows = await self._fetch(f"reading leaderboard {name!r}", _BOARD_QUERY + " AND name = %s", (_ACTIVE, name))
         if not rows:
             raise NotFound(f"leaderboard {name!r} not found")
         return _config(*rows[0])
@@ -374,7 +392,9 @@ class ControlPlane:
         """
         new = _checked_shards(shards)
         async with self._transaction(f"replacing the shards of leaderboard {board!r}") as conn:
-            cur = await conn.execute("SELECT epoch FROM boards WHERE name = %s AND state = 'ACTIVE' FOR UPDATE", (board,))
+            cur = await conn.execute(
+                "SELECT epoch FROM boards WHERE name = %s AND state = 'ACTIVE' FOR UPDATE", (board,)
+            )
             if (row := await cur.fetchone()) is None:
                 raise NotFound(f"leaderboard {board!r} not found")
             if row[0] != expected_epoch:
@@ -456,9 +476,7 @@ class ControlPlane:
             yield
         except psycopg.Error as exc:
             problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ControlPlaneError(
-                f"control plane (PostgreSQL at {self._where}): {action} failed: {problem}"
-            ) from exc
+            raise ControlPlaneError(f"control plane (PostgreSQL at {self._where}): {action} failed: {problem}") from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self, action: str) -> AsyncIterator[AsyncConnection]:
@@ -479,7 +497,9 @@ class ControlPlane:
         deadline = _DEADLINE.get()
         left = self._timeout if deadline is None else min(self._timeout, deadline - asyncio.get_running_loop().time())
         if left <= 0:
-            raise ControlPlaneError(f"control plane (PostgreSQL at {self._where}): {action}: no time left in the call's deadline")
+            raise ControlPlaneError(
+                f"control plane (PostgreSQL at {self._where}): {action}: no time left in the call's deadline"
+            )
         with self._translated(action):
             try:
                 async with asyncio.timeout(left) as scope:
@@ -559,9 +579,7 @@ def _checked_shards(shards: Sequence[Shard]) -> tuple[Shard, ...]:
 
 async def _check_generations(conn: AsyncConnection, board: str, new: Sequence[Shard]) -> None:
     """A kept shard's generation never goes down, and goes up when its range, node or state changes."""
-    cur = await conn.execute(
-        "SELECT id, lower, upper, node, state, generation FROM shards WHERE board = %s", (board,)
-    )
+    cur = await conn.execute("SELECT id, lower, upper, node, state, generation FROM shards WHERE board = %s", (board,))
     old = {row[0]: row[1:] for row in await cur.fetchall()}
     for i, shard in enumerate(new):
         if shard.id not in old:
@@ -587,8 +605,7 @@ async def _check_nodes(conn: AsyncConnection, node_ids: Iterable[str]) -> None:
 async def _insert_shards(conn: AsyncConnection, board: str, shards: Sequence[Shard]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO shards (board, id, lower, upper, node, state, generation)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO shards (board, id, lower, upper, node, state, generation) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             [(board, s.id, s.lower, s.upper, s.node, str(s.state), s.generation) for s in shards],
         )
 

@@ -1,7 +1,7 @@
 """Everything that touches node data: key layout, Lua scripts, the write and read paths, moves."""
 
-from ._audit import Finding, audit_board
 from ._admin import connect_cluster, create_board, delete_board, install_descriptors
+from ._audit import Finding, audit_board
 from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
 from ._import import ImportInterrupted, import_members
 from ._keys import IndexEntry
@@ -15,11 +15,41 @@ from ._tombstones import Collected, collect_tombstones
 from ._writes import Update, UpdateOutcome, apply_each, apply_updates, remove_member
 
 __all__ = [
-    "DEFAULT_MIN_AGE_MS", "Finding", "LostMembers", "RepairReport", "audit_board", "repair_board", "sweep_board",
-    "Collected", "collect_tombstones",
-    "DEFAULT_NODE_TIMEOUT", "MOVE_STEPS", "BoardLayout", "Cluster", "Entry", "IndexEntry",
-    "NodeClient", "StepHook", "Update", "UpdateOutcome", "apply_each", "apply_updates", "connect_cluster",
-    "ImportInterrupted", "check_new_node", "create_board", "delete_board", "finish_move", "import_members",
-    "get_around", "get_rank", "get_ranks", "get_top", "install_descriptors", "rank_of_scores",
-    "read_entry", "remove_member", "shard_sizes",
+    "DEFAULT_MIN_AGE_MS",
+    "Finding",
+    "LostMembers",
+    "RepairReport",
+    "audit_board",
+    "repair_board",
+    "sweep_board",
+    "Collected",
+    "collect_tombstones",
+    "DEFAULT_NODE_TIMEOUT",
+    "MOVE_STEPS",
+    "BoardLayout",
+    "Cluster",
+    "Entry",
+    "IndexEntry",
+    "NodeClient",
+    "StepHook",
+    "Update",
+    "UpdateOutcome",
+    "apply_each",
+    "apply_updates",
+    "connect_cluster",
+    "ImportInterrupted",
+    "check_new_node",
+    "create_board",
+    "delete_board",
+    "finish_move",
+    "import_members",
+    "get_around",
+    "get_rank",
+    "get_ranks",
+    "get_top",
+    "install_descriptors",
+    "rank_of_scores",
+    "read_entry",
+    "remove_member",
+    "shard_sizes",
 ]

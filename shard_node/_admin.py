@@ -6,8 +6,16 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
-from shard_map import (BoardConfig, Buckets, ControlPlane, ControlPlaneError, NodeError, NodeUnavailable,
-                       check_board_name, check_boundaries)
+from rankshard.shard_map import (
+    BoardConfig,
+    Buckets,
+    ControlPlane,
+    ControlPlaneError,
+    NodeError,
+    NodeUnavailable,
+    check_board_name,
+    check_boundaries,
+)
 
 from ._client import NodeClient
 from ._keys import board_pattern, descriptor_key

@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from shard_map import Shard, tiling_problems
+from rankshard.shard_map import Shard, tiling_problems
 
 from ._client import NodeClient
 from ._keys import IndexEntry, descriptor_key, index_pattern, registered_version, shard_data_pattern, shard_key
@@ -33,7 +33,9 @@ class Finding:
     user: str | None = None
 
     def __str__(self) -> str:
-        where = " ".join(x for x in (f"shard {self.shard}" if self.shard else "", f"user {self.user!r}" if self.user else "") if x)
+        where = " ".join(
+            x for x in (f"shard {self.shard}" if self.shard else "", f"user {self.user!r}" if self.user else "") if x
+        )
         return f"{self.kind}: {where + ': ' if where else ''}{self.detail}"
 
 
@@ -75,7 +77,7 @@ async def shard_members(cluster: Cluster, layout: BoardLayout, shard: Shard) -> 
         rows = await node.command("ZRANGE", key, start, start + _CHUNK - 1, "WITHSCORES")
         if not rows:
             return
-        yield [(str(u), layout.unstored(int(float(s)))) for u, s in zip(rows[::2], rows[1::2])]
+        yield [(str(u), layout.unstored(int(float(s)))) for u, s in zip(rows[::2], rows[1::2], strict=True)]
         start += _CHUNK
         if len(rows) < 2 * _CHUNK:
             return
@@ -88,9 +90,14 @@ async def scan_board(cluster: Cluster, layout: BoardLayout) -> BoardScan:
     for shard in layout.map.shards:
         actual = await cluster.node(shard.node).command("GET", descriptor_key(layout.board, shard.id))
         if actual != layout.descriptors[shard.id]:
-            scan.findings.append(Finding(
-                "descriptor", f"node {shard.node} holds {actual!r}, map epoch {layout.map.epoch} says "
-                f"{layout.descriptors[shard.id]!r}", shard=shard.id))
+            scan.findings.append(
+                Finding(
+                    "descriptor",
+                    f"node {shard.node} holds {actual!r}, map epoch {layout.map.epoch} says "
+                    f"{layout.descriptors[shard.id]!r}",
+                    shard=shard.id,
+                )
+            )
         size = 0
         async for rows in shard_members(cluster, layout, shard):
             size += len(rows)
@@ -108,10 +115,21 @@ def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:
     for user, entry in scan.entries.items():
         places = scan.placed.get(user, [])
         if entry.moving:
-            found.append(Finding("pending-move", f"{entry.from_} -> {entry.to or '(removal)'} at version {entry.version}", user=user))
+            found.append(
+                Finding(
+                    "pending-move", f"{entry.from_} -> {entry.to or '(removal)'} at version {entry.version}", user=user
+                )
+            )
             continue
         if not places:
-            found.append(Finding("missing", f"index says score {entry.score} in {entry.home}; no shard holds it", shard=entry.home, user=user))
+            found.append(
+                Finding(
+                    "missing",
+                    f"index says score {entry.score} in {entry.home}; no shard holds it",
+                    shard=entry.home,
+                    user=user,
+                )
+            )
             continue
         if len(places) > 1:
             found.append(Finding("duplicate", f"in shards {', '.join(s for s, _ in places)}", user=user))
@@ -119,13 +137,26 @@ def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:
             if shard_id != entry.home:
                 found.append(Finding("wrong-shard", f"index says {entry.home}", shard=shard_id, user=user))
             elif score != entry.score:
-                found.append(Finding("score-mismatch", f"shard has {score}, index has {entry.score}", shard=shard_id, user=user))
+                found.append(
+                    Finding("score-mismatch", f"shard has {score}, index has {entry.score}", shard=shard_id, user=user)
+                )
         home = layout.shards.get(entry.home)
         if home is None or not home.holds(entry.score):
-            found.append(Finding("out-of-range", f"score {entry.score} is outside home shard {entry.home}", shard=entry.home, user=user))
+            found.append(
+                Finding(
+                    "out-of-range",
+                    f"score {entry.score} is outside home shard {entry.home}",
+                    shard=entry.home,
+                    user=user,
+                )
+            )
     for user, places in scan.placed.items():
         if user not in scan.entries:
-            why = f"of a member removed at version {scan.removed[user]}" if user in scan.removed else "with no index entry"
+            why = (
+                f"of a member removed at version {scan.removed[user]}"
+                if user in scan.removed
+                else "with no index entry"
+            )
             for shard_id, score in places:
                 found.append(Finding("orphan", f"score {score} {why}", shard=shard_id, user=user))
     return found
@@ -154,7 +185,7 @@ async def audit_board(cluster: Cluster, layout: BoardLayout) -> list[Finding]:
 
 async def _ranks(cluster: Cluster, layout: BoardLayout, scan: BoardScan) -> list[Finding]:
     """Invariant 4 on a sample: served ranks equal the single sorted list's competition ranks."""
-    scores = sorted((layout.stored(e.score) for e in scan.entries.values()))
+    scores = sorted(layout.stored(e.score) for e in scan.entries.values())
     first_at: dict[int, int] = {}
     for position, stored in enumerate(scores):
         first_at.setdefault(stored, position + 1)
@@ -165,7 +196,7 @@ async def _ranks(cluster: Cluster, layout: BoardLayout, scan: BoardScan) -> list
     found = []
     if total != len(scan.entries):
         found.append(Finding("rank", f"shards hold {total} members, the index {len(scan.entries)}"))
-    for user, rank in zip(sample, served):
+    for user, rank in zip(sample, served, strict=True):
         expected = first_at[layout.stored(scan.entries[user].score)]
         if rank != expected:
             found.append(Finding("rank", f"served rank {rank}, the sorted list says {expected}", user=user))

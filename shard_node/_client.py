@@ -17,7 +17,7 @@ from typing import Any
 
 from hiredis import pack_command
 
-from shard_map import NodeUnavailable
+from rankshard.shard_map import NodeUnavailable
 
 from ._resp import NodeConnection, ReplyError
 from ._scripts import ALL, Script
@@ -31,6 +31,7 @@ DOWN_FOR = 1.0
 """Seconds a node that just timed out is answered for without asking it: calls fail at once instead of
 each waiting out the timeout of a frozen or partitioned node; the first call after that probes it
 again. (A refused connection fails fast by itself, so it does not trip this.)"""
+
 
 class NodeClient:
     """Connections to one node, opened on first use and again after they break. Close with `aclose()`
@@ -71,7 +72,7 @@ class NodeClient:
         missing = [i for i, r in enumerate(results) if isinstance(r, ReplyError) and r.code == "NOSCRIPT"]
         if missing:
             await self.load_scripts()
-            for i, result in zip(missing, await self._evalsha([calls[i] for i in missing])):
+            for i, result in zip(missing, await self._evalsha([calls[i] for i in missing]), strict=True):
                 results[i] = result
         for result in results:
             if isinstance(result, ReplyError):
@@ -97,7 +98,7 @@ class NodeClient:
             if isinstance(reply, ReplyError):
                 self._check_serving(reply)
                 raise NodeUnavailable(self.id, f"refused a command: {reply}") from reply
-        return [_shaped(c, r) for c, r in zip(commands, replies)]
+        return [_shaped(c, r) for c, r in zip(commands, replies, strict=True)]
 
     async def load_scripts(self) -> None:
         await self.commands([("SCRIPT", "LOAD", s.source) for s in ALL])
@@ -152,7 +153,7 @@ def _shaped(args: Sequence[Any], reply: Any) -> Any:
     """`reply` in the shape redis-py (5.2, RESP2) gave callers for the commands they use."""
     name = str(args[0]).upper()
     if name == "HGETALL":
-        return dict(zip(reply[::2], reply[1::2]))
+        return dict(zip(reply[::2], reply[1::2], strict=True))
     if name == "SCAN":
         return int(reply[0]), reply[1]
     if name == "SET":

@@ -42,7 +42,7 @@ class Forgets:
     def _start(self, slot: tuple[str, str]) -> None:
         node, keys, args = self._waiting.pop(slot)
         if len(keys) > MAX_MARKS:  # a backlog (a slow node) goes in several calls, not one long script
-            self._waiting[slot] = (node, keys[MAX_MARKS:], args[2 * MAX_MARKS:])
+            self._waiting[slot] = (node, keys[MAX_MARKS:], args[2 * MAX_MARKS :])
             keys, args = keys[:MAX_MARKS], args[: 2 * MAX_MARKS]
         self._running.add(slot)
         task = asyncio.get_running_loop().create_task(self._send(slot, node, keys, args))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from shard_map import StaleMap, user_hash
+from rankshard.shard_map import StaleMap, user_hash
 
 from ._client import NodeClient
 from ._keys import moves_key
@@ -45,12 +45,15 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
         keys.append(key)
         mine.append((user, score))
     nodes = list(by_node.values())
-    homes = await asyncio.gather(*(
-        node.run(INDEX_IMPORT, [*keys, moves_key(board)], [*layout.index_args, *(x for m in mine for x in m)])
-        for node, keys, mine in nodes))
+    homes = await asyncio.gather(
+        *(
+            node.run(INDEX_IMPORT, [*keys, moves_key(board)], [*layout.index_args, *(x for m in mine for x in m)])
+            for node, keys, mine in nodes
+        )
+    )
     by_shard: dict[str, list[object]] = {}
     added: list[tuple[NodeClient, str, str, int]] = []
-    for (node, keys, mine), answer in zip(nodes, homes):
+    for (node, keys, mine), answer in zip(nodes, homes, strict=True):
         for key, (user, score), home, version in zip(keys, mine, answer[::2], answer[1::2], strict=True):
             if home:
                 by_shard.setdefault(str(home), []).extend((user, layout.stored(score), int(version)))

@@ -24,8 +24,9 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
   (``|``, NUL, newlines), cut out by that length. Records that do not parse (a NUL id was once stored
   cut at the NUL) are dropped when read and the member's records stored again without them.
   ``bucket = h % DEDUP_BUCKETS``. A member's records sit in one generation, the one of its last update
-  with a request id, which its index entry names (one lookup, not one per generation); the hash expires ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle
-  for an hour costs no dedup memory once that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).
+  with a request id, which its index entry names (one lookup, not one per generation); the hash expires
+  ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle for an hour costs no dedup memory once
+  that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).
   The router names ``rs:r:{b}/{bucket}``; the index script appends the generations it reads and writes.
 - ``rs:m:{b}/``             zset  on each index node: users with a write, move or removal committed
   on the index but not yet confirmed done in the shards -> ms of the commit; the sweeper finishes
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shard_map import NUM_SLOTS, Buckets, Shard
+from rankshard.shard_map import NUM_SLOTS, Buckets, Shard
 
 KEY_PREFIX = "rs:"
 """Every key rankshard writes starts with this: a node holding any other key is not rankshard's alone."""
@@ -192,4 +193,3 @@ def records_generation(raw: str) -> str | None:
     """The ``rgen`` field of a stored index entry; None when the entry predates the field."""
     fields = raw.split("|", 5)
     return fields[5] if len(fields) == 6 else None
-

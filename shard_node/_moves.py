@@ -18,7 +18,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 
-from shard_map import ShardFrozen, StaleMap
+from rankshard.shard_map import ShardFrozen, StaleMap
 
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, descriptor_state, moves_key
@@ -102,7 +102,7 @@ async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> 
     """Each node's calls in one pipelined round trip, all nodes at once; answers per node id, in order."""
     node_ids = list(calls)
     answers = await asyncio.gather(*(cluster.node(n).run_many(calls[n]) for n in node_ids))
-    return dict(zip(node_ids, answers))
+    return dict(zip(node_ids, answers, strict=True))
 
 
 async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: str) -> None:

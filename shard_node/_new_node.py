@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shard_map import NodeError, NodeUnavailable
+from rankshard.shard_map import NodeError, NodeUnavailable
 
 from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
 from ._keys import KEY_PREFIX
@@ -10,7 +10,11 @@ from ._keys import KEY_PREFIX
 _SCAN_COUNT = 1000
 
 
-async def check_new_node(address: str, *, timeout: float = DEFAULT_NODE_TIMEOUT) -> None:
+async def check_new_node(
+    address: str,
+    *,
+    timeout: float = DEFAULT_NODE_TIMEOUT,  # noqa: ASYNC109 -- the probing client's wait for each command
+) -> None:
     """Returns if the server at `address` answers and holds no key but rankshard's (an empty node, or one
     an earlier rankshard cluster used): its keys are never touched.
 
@@ -28,8 +32,11 @@ async def check_new_node(address: str, *, timeout: float = DEFAULT_NODE_TIMEOUT)
                 raise NodeUnavailable(address, f"does not answer ({cause})") from exc
             raise  # it answered, refusing (a password, say): the node's own words say why
         if (key := await _foreign_key(node)) is not None:
-            raise NodeError(address, f"holds keys that are not rankshard's (such as {key!r}); rankshard only "
-                                     f"takes a node that is empty or holds its own keys ({KEY_PREFIX}*)")
+            raise NodeError(
+                address,
+                f"holds keys that are not rankshard's (such as {key!r}); rankshard only "
+                f"takes a node that is empty or holds its own keys ({KEY_PREFIX}*)",
+            )
 
 
 async def _foreign_key(node: NodeClient) -> str | None:

@@ -10,14 +10,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from shard_map import NodeUnavailable, NotFound
+from rankshard.shard_map import NodeUnavailable, NotFound
 
 from ._client import ScriptCall
 from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
 from ._moves import apply_call, check_fence, shard_call
 from ._scripts import SHARD_COUNT, SHARD_PAGE
-
 
 SIZE_WAIT = 0.5
 """Seconds a node is waited for when only its shard sizes are wanted and last-known sizes exist."""
@@ -92,7 +91,7 @@ async def count_after(
     )
     sizes: dict[str, int] = {}
     results = [0] * len(queries)
-    for (node_id, shards), answer in zip(nodes, answers):
+    for (node_id, shards), answer in zip(nodes, answers, strict=True):
         if isinstance(answer, (NodeUnavailable, TimeoutError)) and node_id not in needed:
             # Only sizes were wanted from this node: while it is down nothing can change its shards,
             # so the sizes last seen are still right (as far as this router's own writes go; see
@@ -102,14 +101,14 @@ async def count_after(
                 if isinstance(answer, TimeoutError):
                     raise NodeUnavailable(node_id, f"did not report shard sizes within {SIZE_WAIT}s") from answer
                 raise answer
-            sizes.update({s.id: int(n) for s, n in zip(shards, known)})  # type: ignore[arg-type]
+            sizes.update({s.id: int(n) for s, n in zip(shards, known, strict=True)})  # type: ignore[arg-type]
             continue
         if isinstance(answer, BaseException):
             raise answer
-        for s, card in zip(shards, answer[1 : 1 + len(shards)]):
+        for s, card in zip(shards, answer[1 : 1 + len(shards)], strict=True):
             sizes[s.id] = int(card)
             cluster.last_sizes[(layout.board, layout.descriptors[s.id], s.id)] = int(card)
-        for i, value in zip(per_node.get(node_id, ()), answer[1 + len(shards) :]):
+        for i, value in zip(per_node.get(node_id, ()), answer[1 + len(shards) :], strict=True):
             results[i] = int(value)
     return sizes, results, prefixes
 
@@ -128,9 +127,7 @@ async def shard_sizes(cluster: Cluster, layout: BoardLayout) -> dict[str, int]:
     return sizes
 
 
-async def rank_of_scores(
-    cluster: Cluster, layout: BoardLayout, scores: Sequence[int]
-) -> tuple[list[int], int]:
+async def rank_of_scores(cluster: Cluster, layout: BoardLayout, scores: Sequence[int]) -> tuple[list[int], int]:
     """Competition ranks that `scores` have (or would have) on the board, and the board's size.
 
     Rank = 1 + members of every better shard + members of the score's shard with a strictly
@@ -148,10 +145,10 @@ async def rank_after(
 ) -> tuple[list[int], int, dict[str, list[object]]]:
     """`rank_of_scores` counted right after `before` (see `count_after`), in the same round trip."""
     shards = [layout.map.shard_for(s).id for s in scores]
-    queries = [_Query("b", sid, layout.stored(s)) for sid, s in zip(shards, scores)]
+    queries = [_Query("b", sid, layout.stored(s)) for sid, s in zip(shards, scores, strict=True)]
     sizes, better, prefixes = await count_after(cluster, layout, queries, before)
     sums = _better_sums(layout, sizes)
-    return [1 + sums[sid] + b for sid, b in zip(shards, better)], sum(sizes.values()), prefixes
+    return [1 + sums[sid] + b for sid, b in zip(shards, better, strict=True)], sum(sizes.values()), prefixes
 
 
 async def read_entry(cluster: Cluster, layout: BoardLayout, user_id: str) -> IndexEntry:
@@ -179,27 +176,26 @@ async def get_ranks(cluster: Cluster, layout: BoardLayout, user_ids: Sequence[st
         users.append(user)
         keys.append(key)
     answers = await asyncio.gather(
-        *(node.commands([("HGET", k, u) for k, u in zip(keys, users)]) for node, users, keys in by_node.values())
+        *(
+            node.commands([("HGET", k, u) for k, u in zip(keys, users, strict=True)])
+            for node, users, keys in by_node.values()
+        )
     )
     found = []
-    for (_, users, _), raws in zip(by_node.values(), answers):
-        found += [e for e in (IndexEntry.parse(u, r) for u, r in zip(users, raws)) if e]
+    for (_, users, _), raws in zip(by_node.values(), answers, strict=True):
+        found += [e for e in (IndexEntry.parse(u, r) for u, r in zip(users, raws, strict=True)) if e]
     ranks, _ = await rank_of_scores(cluster, layout, [e.score for e in found])
-    entries = [Entry(e.user_id, e.score, r) for e, r in zip(found, ranks)]
+    entries = [Entry(e.user_id, e.score, r) for e, r in zip(found, ranks, strict=True)]
     return sorted(entries, key=lambda e: (e.rank, e.user_id.encode()))
 
 
-async def get_top(
-    cluster: Cluster, layout: BoardLayout, offset: int, limit: int
-) -> tuple[list[Entry], int]:
+async def get_top(cluster: Cluster, layout: BoardLayout, offset: int, limit: int) -> tuple[list[Entry], int]:
     """Positions offset..offset+limit-1 across all shards, best first, and the board's size."""
     sizes, _ = await _count(cluster, layout)
     return await _read_range(cluster, layout, sizes, offset, limit), sum(sizes.values())
 
 
-async def get_around(
-    cluster: Cluster, layout: BoardLayout, user_id: str, radius: int
-) -> tuple[list[Entry], int]:
+async def get_around(cluster: Cluster, layout: BoardLayout, user_id: str, radius: int) -> tuple[list[Entry], int]:
     """Up to `radius` members either side of the member, best first; raises `NotFound`."""
     entry = await read_entry(cluster, layout, user_id)
     for _ in range(2):
@@ -237,7 +233,7 @@ async def _read_range(
     sums = _better_sums(layout, sizes)
     entries: list[Entry] = []
     seen_users: set[str] = set()
-    for (shard_id, _, _, position), (better, rows) in zip(pages, results):
+    for (shard_id, _, _, position), (better, rows) in zip(pages, results, strict=True):
         for j, (user, stored) in enumerate(rows):
             if user in seen_users:
                 continue  # caught mid-move in two shards: list it once
@@ -268,14 +264,14 @@ async def _read_pages(
             keys = layout.fenced_keys[shard_id]
             calls.append((SHARD_PAGE, keys, [layout.descriptors[shard_id], first, last]))
         answers = await node.run_many(calls)
-        for i, answer in zip(indexes, answers):
+        for i, answer in zip(indexes, answers, strict=True):
             check_fence(node, layout, pages[i][0], answer)
         return answers
 
     out: list[tuple[int, list[tuple[str, int]]]] = [(0, [])] * len(pages)
     node_ids = list(by_node)
-    for node_id, answers in zip(node_ids, await asyncio.gather(*(read(n, by_node[n]) for n in node_ids))):
-        for i, answer in zip(by_node[node_id], answers):
+    for node_id, answers in zip(node_ids, await asyncio.gather(*(read(n, by_node[n]) for n in node_ids)), strict=True):
+        for i, answer in zip(by_node[node_id], answers, strict=True):
             flat = answer[2:]
-            out[i] = (int(answer[1]), [(str(u), int(float(s))) for u, s in zip(flat[::2], flat[1::2])])
+            out[i] = (int(answer[1]), [(str(u), int(float(s))) for u, s in zip(flat[::2], flat[1::2], strict=True)])
     return out

@@ -31,7 +31,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shard_map import MAX_SCORE, Operator
+from rankshard.shard_map import MAX_SCORE, Operator
 
 from ._audit import BoardScan
 from ._keys import IndexEntry, records_generation, registered_version
@@ -67,18 +67,23 @@ async def reindex_board(cluster: Cluster, layout: BoardLayout, scan: BoardScan) 
     """Rebuilds and merges index entries from the shard copies in `scan` (see the module docstring);
     moves must be finished first. Raises `NodeError`."""
     orphans = [u for u in scan.placed if u not in scan.entries and u not in scan.removed]
-    suspects = [u for u, e in scan.entries.items()
-                if not e.moving and e.home in layout.shards and scan.placed.get(u, []) != [(e.home, e.score)]]
+    suspects = [
+        u
+        for u, e in scan.entries.items()
+        if not e.moving and e.home in layout.shards and scan.placed.get(u, []) != [(e.home, e.score)]
+    ]
     probes = [(u, layout.shards[s].node) for u in orphans + suspects for s, _ in scan.placed.get(u, [])]
     probes += [(u, layout.shards[scan.entries[u].home].node) for u in suspects]
     registers = await _registers(cluster, layout, probes)
-    copies = {u: [Copy(s, score, registers[u, layout.shards[s].node]) for s, score in scan.placed.get(u, [])]
-              for u in orphans + suspects}
+    copies = {
+        u: [Copy(s, score, registers[u, layout.shards[s].node]) for s, score in scan.placed.get(u, [])]
+        for u in orphans + suspects
+    }
     writes = [w for u in orphans if (w := _rebuilt(layout, u, copies[u])) is not None]
     tied = {u for u in orphans if _tied(layout, copies[u])}
     newest = {u: max(v for (w, _), v in registers.items() if w == u) for u in suspects}
     behind = [u for u in suspects if newest[u] > scan.entries[u].version]
-    for user, raw in zip(behind, await _index_values(cluster, layout, behind)):
+    for user, raw in zip(behind, await _index_values(cluster, layout, behind), strict=True):
         if raw is not None and IndexEntry.parse(user, raw) == scan.entries[user]:  # else: changed since
             writes.append(_merged(layout, user, raw, scan.entries[user], copies[user], newest[user]))
     written = await _write(cluster, layout, writes)
@@ -131,7 +136,9 @@ def _newest(layout: BoardLayout, copies: Sequence[Copy]) -> Copy:
     return max(copies, key=lambda c: (c.version, layout.shards[c.shard].holds(c.score), -layout.stored(c.score)))
 
 
-async def _registers(cluster: Cluster, layout: BoardLayout, probes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+async def _registers(
+    cluster: Cluster, layout: BoardLayout, probes: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
     """The version each (user, node) of `probes` registers (0 for none)."""
     by_node: dict[str, list[str]] = {}
     for user, node_id in dict.fromkeys(probes):
@@ -141,9 +148,9 @@ async def _registers(cluster: Cluster, layout: BoardLayout, probes: Sequence[tup
     async def read(node_id: str, users: list[str]) -> None:
         node = cluster.node(node_id)
         for start in range(0, len(users), _CHUNK):
-            chunk = users[start:start + _CHUNK]
+            chunk = users[start : start + _CHUNK]
             replies = await node.commands([("HGET", layout.versions_key(u), u) for u in chunk])
-            found.update(((u, node_id), registered_version(raw)) for u, raw in zip(chunk, replies))
+            found.update(((u, node_id), registered_version(raw)) for u, raw in zip(chunk, replies, strict=True))
 
     await asyncio.gather(*(read(n, users) for n, users in by_node.items()))
     return found
@@ -169,7 +176,7 @@ async def _write(cluster: Cluster, layout: BoardLayout, writes: Sequence[tuple[s
     async def run(node_id: str, todo: list[tuple[str, tuple[str, str, str]]]) -> None:
         node = cluster.node(node_id)
         for start in range(0, len(todo), _CHUNK):
-            chunk = todo[start:start + _CHUNK]
+            chunk = todo[start : start + _CHUNK]
             users = await node.run(INDEX_REBUILD, [k for k, _ in chunk], [x for _, w in chunk for x in w])
             written.extend(str(u) for u in users)
 

@@ -74,8 +74,14 @@ class RepairReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.descriptors_installed or self.moves_finished or self.members_rewritten
-                    or self.copies_removed or self.entries_rebuilt or self.entries_merged)
+        return bool(
+            self.descriptors_installed
+            or self.moves_finished
+            or self.members_rewritten
+            or self.copies_removed
+            or self.entries_rebuilt
+            or self.entries_merged
+        )
 
 
 async def repair_board(cluster: Cluster, layout: BoardLayout) -> RepairReport:
@@ -120,12 +126,12 @@ async def _place_members(cluster: Cluster, layout: BoardLayout, scan: BoardScan,
                 removals.setdefault(shard_id, []).extend((user, entry.version))
     for shard_id, writes in rewrites.items():
         for start in range(0, len(writes), 3 * _CHUNK):
-            chunk = writes[start:start + 3 * _CHUNK]
+            chunk = writes[start : start + 3 * _CHUNK]
             await shard_call(cluster, layout, shard_id, apply_call(layout, shard_id, chunk, mode="rewrite"))
             report.members_rewritten += len(chunk) // 3
     for shard_id, pairs in removals.items():
         for start in range(0, len(pairs), 2 * _CHUNK):
-            chunk = pairs[start:start + 2 * _CHUNK]
+            chunk = pairs[start : start + 2 * _CHUNK]
             result = await shard_call(cluster, layout, shard_id, remove_call(layout, shard_id, chunk))
             report.copies_removed += int(result[2])  # type: ignore[call-overload]
     for user, places in scan.placed.items():
@@ -134,7 +140,9 @@ async def _place_members(cluster: Cluster, layout: BoardLayout, scan: BoardScan,
                 report.copies_removed += await _remove_orphan(cluster, layout, scan.removed.get(user), user, shard_id)
 
 
-async def _remove_orphan(cluster: Cluster, layout: BoardLayout, removed_at: int | None, user: str, shard_id: str) -> int:
+async def _remove_orphan(
+    cluster: Cluster, layout: BoardLayout, removed_at: int | None, user: str, shard_id: str
+) -> int:
     """Removes the copy of a member the index removed (`removed_at`), or that no register knows;
     returns 1 if it was removed. Any other copy stays: its member gets an index entry (a write
     committed since the scan, or the next repair's rebuild)."""
@@ -162,9 +170,13 @@ def _lost_members(
         return []
     slots = Counter(cluster.slots.owners)
     surviving = sum(n for node, n in slots.items() if node not in lost_index)
-    basis = sum(1 for e in scan.entries.values() if e.home in lost_shards and _index_node(cluster, layout, e) not in lost_index)
-    return [LostMembers(node, lost_shards, basis, round(basis * slots[node] / surviving) if surviving else None)
-            for node in sorted(lost_index)]
+    basis = sum(
+        1 for e in scan.entries.values() if e.home in lost_shards and _index_node(cluster, layout, e) not in lost_index
+    )
+    return [
+        LostMembers(node, lost_shards, basis, round(basis * slots[node] / surviving) if surviving else None)
+        for node in sorted(lost_index)
+    ]
 
 
 def _index_node(cluster: Cluster, layout: BoardLayout, entry: IndexEntry) -> str:

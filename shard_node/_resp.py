@@ -25,7 +25,9 @@ from typing import Any
 
 import hiredis
 
-_REDIS_CODES = frozenset({"ERR", "OOM", "WRONGPASS", "EXECABORT", "LOADING", "NOSCRIPT", "READONLY", "NOAUTH", "NOPERM"})
+_REDIS_CODES = frozenset(
+    {"ERR", "OOM", "WRONGPASS", "EXECABORT", "LOADING", "NOSCRIPT", "READONLY", "NOAUTH", "NOPERM"}
+)
 
 
 class ReplyError(Exception):
@@ -62,7 +64,12 @@ class NodeConnection(asyncio.Protocol):
         self.is_open = False
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float) -> NodeConnection:
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        timeout: float,  # noqa: ASYNC109 -- configures the connection (every command's wait), not this call
+    ) -> NodeConnection:
         """Connects within `timeout` seconds; raises `OSError` (`TimeoutError` when it took too long)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
@@ -95,7 +102,10 @@ class NodeConnection(asyncio.Protocol):
         return future
 
     def close(
-        self, kind: type[OSError] = ConnectionResetError, why: str = "connection closed", cause: BaseException | None = None
+        self,
+        kind: type[OSError] = ConnectionResetError,
+        why: str = "connection closed",
+        cause: BaseException | None = None,
     ) -> None:
         """Closes at once; every waiting command fails with ``kind(why)``."""
         if not self.is_open:

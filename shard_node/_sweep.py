@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from shard_map import NodeError
+from rankshard.shard_map import NodeError
 
 from ._client import NodeClient
 from ._keys import IndexEntry, moves_key
@@ -36,9 +36,7 @@ async def sweep_board(
     return sum(counts)
 
 
-async def _sweep_node(
-    cluster: Cluster, layout: BoardLayout, node: NodeClient, min_age_ms: int, limit: int
-) -> int:
+async def _sweep_node(cluster: Cluster, layout: BoardLayout, node: NodeClient, min_age_ms: int, limit: int) -> int:
     try:
         users = await node.run(INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])
         finished = 0

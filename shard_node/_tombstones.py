@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from shard_map import NUM_SLOTS, NodeError
+from rankshard.shard_map import NUM_SLOTS, NodeError
 
 from ._client import NodeClient
 from ._keys import TOMBSTONE_TTL_MS, collection_key, index_stem, versions_stem
@@ -39,8 +39,12 @@ class Collected:
     """Nodes whose walk passed its start during the step: everything there was looked at since the last time."""
 
     def __add__(self, other: Collected) -> Collected:
-        return Collected(self.deleted + other.deleted, self.stamped + other.stamped,
-                         self.looked_at + other.looked_at, self.rounds + other.rounds)
+        return Collected(
+            self.deleted + other.deleted,
+            self.stamped + other.stamped,
+            self.looked_at + other.looked_at,
+            self.rounds + other.rounds,
+        )
 
 
 async def collect_tombstones(
@@ -64,7 +68,9 @@ async def _step(cluster: Cluster, layout: BoardLayout, node: NodeClient, max_age
     slots = " ".join(str(s) for s in range(NUM_SLOTS) if cluster.slots.node_for(s) == node.id)
     args = [index_stem(board), slots, buckets.index, versions_stem(board), buckets.versions, max_age_ms, budget]
     try:
-        deleted, stamped, looked_at, wrapped = await node.run(COLLECT_TOMBSTONES, [collection_key(board)], args, lazy=True)
+        deleted, stamped, looked_at, wrapped = await node.run(
+            COLLECT_TOMBSTONES, [collection_key(board)], args, lazy=True
+        )
     except NodeError as exc:
         log.warning("tombstone collection of %r skipped a node: %s", board, exc)
         return Collected()

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shard_map import Operator, OutOfRange, RequestIdConflict, StaleMap, user_hash
+from rankshard.shard_map import Operator, OutOfRange, RequestIdConflict, StaleMap, user_hash
 
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
@@ -98,12 +98,10 @@ async def _finish(
     in the background."""
     ranks = await _write_shards(cluster, layout, committed, on_step, rank=True) if committed else []
     _forget_written(cluster, layout, committed)
-    return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks)]
+    return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks, strict=True)]
 
 
-async def remove_member(
-    cluster: Cluster, layout: BoardLayout, user_id: str, on_step: StepHook | None = None
-) -> bool:
+async def remove_member(cluster: Cluster, layout: BoardLayout, user_id: str, on_step: StepHook | None = None) -> bool:
     """Removes a member; False if it was not on the board. Raises `NodeError`."""
     node, key = cluster.index_of(layout, user_id)
     for _ in range(_MAX_ROUNDS):
@@ -152,7 +150,7 @@ async def _commit(
         )
         intents: list[IndexEntry] = []
         refused: tuple[list[object], list[int]] | None = None
-        for node_id, answer in zip(nodes, answers):
+        for node_id, answer in zip(nodes, answers, strict=True):
             positions = todo[node_id]
             if answer[0] == "abort":
                 refused = refused or (answer[1], positions)
@@ -161,7 +159,7 @@ async def _commit(
                 intents.extend(_entry(str(raw[1]), raw[2:]) for raw in answer[1:])
                 continue
             held = []
-            for i, raw in zip(positions, answer[1:]):
+            for i, raw in zip(positions, answer[1:], strict=True):
                 if raw[0] == "intent":
                     intents.append(_entry(str(raw[1]), raw[2:]))
                     held.append(i)
@@ -300,7 +298,10 @@ def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Comm
 
 
 async def _write_groups(
-    cluster: Cluster, layout: BoardLayout, by_shard: dict[str, list[object]], scores: Sequence[int] = (),
+    cluster: Cluster,
+    layout: BoardLayout,
+    by_shard: dict[str, list[object]],
+    scores: Sequence[int] = (),
     mode: str = "write",
 ) -> list[int]:
     """One SHARD_APPLY per shard (in `mode`, see `apply_call`), pipelined per node; then the ranks of
@@ -318,7 +319,7 @@ async def _write_groups(
         answers = await run_per_node(cluster, calls)
     for node_id, shards in shard_ids.items():
         node = cluster.node(node_id)
-        for shard_id, result in zip(shards, answers[node_id]):
+        for shard_id, result in zip(shards, answers[node_id], strict=True):
             check_fence(node, layout, shard_id, result)  # type: ignore[arg-type]
             record_size(cluster, layout, shard_id, result)  # type: ignore[arg-type]
     return ranks

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-
 from _router import Client, RouterThread, bootstrap
 
 

@@ -52,8 +52,16 @@ class Op:
     took: float = 0.0
 
 
-def update(stub: pb_grpc.LeaderboardStub, board: str, member: str, delta: int, request_id: str,
-           timeout: float, router: str = "", wait_for_ready: bool = False) -> Op:
+def update(
+    stub: pb_grpc.LeaderboardStub,
+    board: str,
+    member: str,
+    delta: int,
+    request_id: str,
+    timeout: float,
+    router: str = "",
+    wait_for_ready: bool = False,
+) -> Op:
     """One `UpdateScore` call, logged whatever happens. `wait_for_ready`: a call to a router being restarted
     waits for it (within its deadline) instead of failing at once with "connection refused"."""
     request = pb.UpdateScoreRequest(leaderboard=board, user_id=member, score=delta, request_id=request_id)
@@ -62,15 +70,35 @@ def update(stub: pb_grpc.LeaderboardStub, board: str, member: str, delta: int, r
         reply = stub.UpdateScore(request, timeout=timeout, wait_for_ready=wait_for_ready)
     except grpc.RpcError as exc:
         return failed_op(member, delta, request_id, exc, router, sent)
-    return Op(member, delta, request_id, OK, "OK", router, reply.score, reply.applied, reply.rank,
-              sent=sent, took=time.time() - sent)
+    return Op(
+        member,
+        delta,
+        request_id,
+        OK,
+        "OK",
+        router,
+        reply.score,
+        reply.applied,
+        reply.rank,
+        sent=sent,
+        took=time.time() - sent,
+    )
 
 
 def failed_op(member: str, delta: int, request_id: str, exc: grpc.RpcError, router: str = "", sent: float = 0.0) -> Op:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     detail = (exc.details() or "") if isinstance(exc, grpc.Call) else repr(exc)
-    return Op(member, delta, request_id, FAILED if code in DEFINITE else UNKNOWN, code.name, router,
-              detail=detail[:300], sent=sent, took=time.time() - sent if sent else 0.0)
+    return Op(
+        member,
+        delta,
+        request_id,
+        FAILED if code in DEFINITE else UNKNOWN,
+        code.name,
+        router,
+        detail=detail[:300],
+        sent=sent,
+        took=time.time() - sent if sent else 0.0,
+    )
 
 
 def subset_sums(deltas: Sequence[int]) -> set[tuple[int, int]]:
@@ -102,7 +130,9 @@ def check_counter(ops: Iterable[Op], finals: Mapping[str, Final | None]) -> list
         unknown: dict[str, int] = {}
         for rid, tries in attempts.items():
             if len({t.delta for t in tries}) != 1:
-                problems.append(f"{member}: the history itself is bad: {rid!r} sent with deltas {[t.delta for t in tries]}")
+                problems.append(
+                    f"{member}: the history itself is bad: {rid!r} sent with deltas {[t.delta for t in tries]}"
+                )
                 continue
             delta = tries[0].delta
             answers = [t for t in tries if t.outcome == OK]
@@ -114,19 +144,23 @@ def check_counter(ops: Iterable[Op], finals: Mapping[str, Final | None]) -> list
         final = finals.get(member)
         score, version = (final.score, final.version) if final else (0, 0)
         if final is None and acked:
-            problems.append(f"{member}: absent at the end, but {len(acked)} update(s) were acknowledged: {sorted(acked)}")
+            problems.append(
+                f"{member}: absent at the end, but {len(acked)} update(s) were acknowledged: {sorted(acked)}"
+            )
             continue
         rest, extra = score - sum(acked.values()), version - len(acked)
         reachable = subset_sums(list(unknown.values()))
         if not any(s == rest for _, s in reachable):
             problems.append(
                 f"{member}: final score {score} != acknowledged sum {sum(acked.values())} ({len(acked)} ids) + any "
-                f"subset of the unknown deltas {sorted(unknown.values())}")
+                f"subset of the unknown deltas {sorted(unknown.values())}"
+            )
         elif final is not None and (extra, rest) not in reachable:
             problems.append(
                 f"{member}: final version {version} says {extra} unacknowledged update(s) were applied, but no "
                 f"{extra} of the unknown deltas {sorted(unknown.values())} sum to {rest} (score {score}, "
-                f"acknowledged {len(acked)} ids summing to {sum(acked.values())})")
+                f"acknowledged {len(acked)} ids summing to {sum(acked.values())})"
+            )
     return problems
 
 
@@ -144,12 +178,13 @@ def _idempotency(member: str, rid: str, tries: list[Op], answers: list[Op]) -> l
     return problems
 
 
-def read_finals(node_addresses: Sequence[str], board: str, members: Iterable[str],
-                allow_moving: bool = False) -> dict[str, Final | None]:
+def read_finals(
+    node_addresses: Sequence[str], board: str, members: Iterable[str], allow_moving: bool = False
+) -> dict[str, Final | None]:
     """Each member's score and version from its index entry (the authoritative copy), straight off the nodes;
     every member of the board, and None for those of `members` it does not hold."""
-    from shard_node import IndexEntry
-    from shard_node._keys import index_pattern
+    from rankshard.shard_node import IndexEntry
+    from rankshard.shard_node._keys import index_pattern
 
     found: dict[str, Final] = {}
     for address in node_addresses:
@@ -184,8 +219,17 @@ def next_delta(rng: random.Random, last: int | None, low: int, high: int) -> int
     return rng.choice([d for d in range(-30, 31) if d])
 
 
-def writer(worker: int, ports: Sequence[int], board: str, members: Sequence[str], requests: int, pace: float,
-           seed: int, barrier: object, results: object) -> None:
+def writer(
+    worker: int,
+    ports: Sequence[int],
+    board: str,
+    members: Sequence[str],
+    requests: int,
+    pace: float,
+    seed: int,
+    barrier: object,
+    results: object,
+) -> None:
     """A client process: `requests` updates to hot `members` through the routers on `ports`, each with its
     own request id, one every `pace` seconds; some with a short deadline (unknown outcomes), some resent (to
     either router, or to both at once). Puts its list of `Op`s on the `results` queue.
@@ -196,8 +240,11 @@ def writer(worker: int, ports: Sequence[int], board: str, members: Sequence[str]
     about 10 updates a second."""
     rng = random.Random(seed)
     # Reconnect fast to a router restarted on its port (the default backoff waits a second or more).
-    options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-               ("grpc.max_reconnect_backoff_ms", 300)]
+    options = [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 300),
+    ]
     channels = [grpc.insecure_channel(f"127.0.0.1:{p}", options=options) for p in ports]
     stubs = [pb_grpc.LeaderboardStub(c) for c in channels]
     names = [f"router{i}" for i in range(len(ports))]
@@ -219,11 +266,24 @@ def writer(worker: int, ports: Sequence[int], board: str, members: Sequence[str]
                 request = pb.UpdateScoreRequest(leaderboard=board, user_id=member, score=delta, request_id=rid)
                 sent = time.time()
                 futures = [s.UpdateScore.future(request, timeout=10) for s in stubs]
-                for name, future in zip(names, futures):
+                for name, future in zip(names, futures, strict=True):
                     try:
                         reply = future.result()
-                        ops.append(Op(member, delta, rid, OK, "OK", name, reply.score, reply.applied, reply.rank,
-                                      sent=sent, took=time.time() - sent))
+                        ops.append(
+                            Op(
+                                member,
+                                delta,
+                                rid,
+                                OK,
+                                "OK",
+                                name,
+                                reply.score,
+                                reply.applied,
+                                reply.rank,
+                                sent=sent,
+                                took=time.time() - sent,
+                            )
+                        )
                     except grpc.RpcError as exc:
                         ops.append(failed_op(member, delta, rid, exc, name, sent))
             else:
@@ -248,8 +308,13 @@ def writer(worker: int, ports: Sequence[int], board: str, members: Sequence[str]
             c.close()
 
 
-def poll(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05,
-         report: Callable[[], str] = lambda: "") -> object:
+def poll(
+    condition: Callable[[], object],
+    timeout: float,
+    what: str,
+    every: float = 0.05,
+    report: Callable[[], str] = lambda: "",
+) -> object:
     """Calls `condition()` until it returns something truthy, or fails the test after `timeout` seconds
     (with `report()` in the message)."""
     deadline = time.monotonic() + timeout
@@ -265,7 +330,7 @@ def check_board(dsn: str, board: str, *options: str) -> tuple[int, str]:
     """`rankshard check -l BOARD`: (exit code, output)."""
     from click.testing import CliRunner
 
-    from cli import main
+    from rankshard.cli import main
 
     result = CliRunner().invoke(main, ["--control-plane", dsn, "check", "-l", board, *options])
     return result.exit_code, result.output

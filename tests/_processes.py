@@ -1,4 +1,4 @@
-"""Routers as real processes (``python -m router``), for tests that SIGKILL or race them."""
+"""Routers as real processes (``python -m rankshard.router``), for tests that SIGKILL or race them."""
 
 from __future__ import annotations
 
@@ -10,14 +10,21 @@ import sys
 import threading
 import time
 
-from cli._local import die_with_parent, free_port
+from rankshard.cli._local import die_with_parent, free_port
 
 
 class RouterProcess:
     """One router process. `crash_at` ("STEP" or "STEP:N") makes it SIGKILL itself at that move step."""
 
-    def __init__(self, dsn: str, port: int | None = None, *, crash_at: str | None = None,
-                 sweep_interval: float = 2.0, sweep_age_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        port: int | None = None,
+        *,
+        crash_at: str | None = None,
+        sweep_interval: float = 2.0,
+        sweep_age_ms: int = 5000,
+    ) -> None:
         self.dsn = dsn
         self.port = port or free_port()
         self.crash_at = crash_at
@@ -34,9 +41,24 @@ class RouterProcess:
         if self.crash_at:
             env["RANKSHARD_CRASH_AT"] = self.crash_at
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "--control-plane", self.dsn, "--port", str(self.port),
-             "--sweep-interval", str(self.sweep[0]), "--sweep-age-ms", str(self.sweep[1])],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=die_with_parent,
+            [
+                sys.executable,
+                "-m",
+                "rankshard.router",
+                "--control-plane",
+                self.dsn,
+                "--port",
+                str(self.port),
+                "--sweep-interval",
+                str(self.sweep[0]),
+                "--sweep-age-ms",
+                str(self.sweep[1]),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=die_with_parent,
         )
         lines: queue.Queue[str] = queue.Queue()
 

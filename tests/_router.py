@@ -9,11 +9,9 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from shard_map import ControlPlane, SlotTable
-from router import running_router
-
-from rankshard.v1 import admin_pb2, admin_pb2_grpc
-from rankshard.v1 import leaderboard_pb2_grpc
+from rankshard.router import running_router
+from rankshard.shard_map import ControlPlane, SlotTable
+from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2_grpc
 
 ORDERS = {"desc": admin_pb2.SORT_ORDER_DESCENDING, "asc": admin_pb2.SORT_ORDER_ASCENDING}
 OPERATORS = {"increment": admin_pb2.OPERATOR_INCREMENT, "best": admin_pb2.OPERATOR_BEST, "set": admin_pb2.OPERATOR_SET}
@@ -81,11 +79,20 @@ class Client:
         self.lb = leaderboard_pb2_grpc.LeaderboardStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
 
-    def create(self, name: str, order: str = "desc", operator: str = "increment", boundaries: Sequence[int] = (),
-               expected_members: int = 0) -> admin_pb2.LeaderboardConfig:
+    def create(
+        self,
+        name: str,
+        order: str = "desc",
+        operator: str = "increment",
+        boundaries: Sequence[int] = (),
+        expected_members: int = 0,
+    ) -> admin_pb2.LeaderboardConfig:
         return self.admin.CreateLeaderboard(
             admin_pb2.LeaderboardConfig(
-                name=name, sort_order=ORDERS[order], operator=OPERATORS[operator], boundaries=list(boundaries),
+                name=name,
+                sort_order=ORDERS[order],
+                operator=OPERATORS[operator],
+                boundaries=list(boundaries),
                 expected_members=expected_members,
             ),
             timeout=10,

@@ -21,7 +21,7 @@ import pytest
 import redis
 from psycopg import sql
 
-from cli._local import LocalPostgres, LocalValkey, free_port
+from rankshard.cli._local import LocalPostgres, LocalValkey, free_port
 
 pytest_plugins = ["_fixtures_cluster"]
 
@@ -96,8 +96,9 @@ class _ContainerPostgres:
     def __init__(self) -> None:
         from testcontainers.community.postgres import PostgresContainer
 
-        self._container = PostgresContainer(POSTGRES_IMAGE, username="rankshard", password="rankshard",
-                                            dbname="rankshard", driver=None).start()
+        self._container = PostgresContainer(
+            POSTGRES_IMAGE, username="rankshard", password="rankshard", dbname="rankshard", driver=None
+        ).start()
         self.dsn = self._container.get_connection_url()
 
     def stop(self) -> None:

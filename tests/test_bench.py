@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import PROFILES, TrafficModel
-from benchmarks._capacity import GIB, Headroom, Measured, plan
-from benchmarks._hist import Histogram
-from benchmarks._loadgen import merge
-from benchmarks._report import PLOTS
+from rankshard.benchmarks import PROFILES, TrafficModel
+from rankshard.benchmarks._capacity import GIB, Headroom, Measured, plan
+from rankshard.benchmarks._hist import Histogram
+from rankshard.benchmarks._loadgen import merge
+from rankshard.benchmarks._report import PLOTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,8 +53,9 @@ def test_boundaries_cut_the_score_distribution_into_equal_populations() -> None:
     assert max(counts) < 1.15 * min(counts), counts
 
 
-@given(st.lists(st.integers(min_value=0, max_value=10**8), min_size=1, max_size=400),
-       st.sampled_from([50, 90, 99, 99.9]))
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**8), min_size=1, max_size=400), st.sampled_from([50, 90, 99, 99.9])
+)
 def test_histogram_percentiles_are_within_a_thirty_second_of_the_exact_value(values: list[int], p: float) -> None:
     h = Histogram()
     for v in values:
@@ -78,9 +79,12 @@ def test_load_generator_results_merge_across_processes() -> None:
         h = Histogram()
         for i in range(calls):
             h.record(1000 + i)
-        return {"kinds": {"update": {"calls": calls, "items": calls, "hist": h.to_json()}},
-                "errors": {"UNAVAILABLE": 1}, "shed": 2,
-                "timeline": {str(second): {"items": calls, "hist": h.to_json()}}}
+        return {
+            "kinds": {"update": {"calls": calls, "items": calls, "hist": h.to_json()}},
+            "errors": {"UNAVAILABLE": 1},
+            "shed": 2,
+            "timeline": {str(second): {"items": calls, "hist": h.to_json()}},
+        }
 
     m = merge([one(10, 0), one(5, 0), one(3, 1)])
     assert m["kinds"]["update"]["calls"] == 18 and m["kinds"]["update"]["hist"].total == 18
@@ -91,8 +95,11 @@ def test_load_generator_results_merge_across_processes() -> None:
 def test_capacity_plan_is_bound_by_whichever_of_cpu_and_memory_needs_more_nodes() -> None:
     model = TrafficModel()
     calls = sum(model.peak_rates().values())
-    cpu_bound = plan(model, Measured(router_cpu_per_call=1e-3, node_cpu_per_call=1e-4, bytes_per_member=100),
-                     Headroom(router_utilisation=0.5, node_utilisation=0.5, node_memory_gib=25, replicas=1))
+    cpu_bound = plan(
+        model,
+        Measured(router_cpu_per_call=1e-3, node_cpu_per_call=1e-4, bytes_per_member=100),
+        Headroom(router_utilisation=0.5, node_utilisation=0.5, node_memory_gib=25, replicas=1),
+    )
     assert cpu_bound["router_cores"] == -(-round(calls * 1e-3 / 0.5 * 1e6) // 10**6)
     assert cpu_bound["bound_by"] == "node cpu"
     assert cpu_bound["nodes_with_replicas"] == 2 * cpu_bound["primary_nodes"]
@@ -118,8 +125,14 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
     out, work = tmp_path / "out", tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "TMPDIR": str(work), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "cli", "bench", "--profile", "smoke", "--out", str(out)],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=280)
+    done = subprocess.run(
+        [sys.executable, "-m", "rankshard.cli", "bench", "--profile", "smoke", "--out", str(out)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert _processes_under(tmp_path) == []
     assert list(work.iterdir()) == []  # the run's temporary folder is gone
@@ -163,7 +176,7 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
 def test_the_direct_batch_baseline_sends_new_writes_every_run(client, control_plane_dsn):
     """The baseline stands for BatchUpdateScores' work: a run that sent an earlier run's request ids again
     would be answered as retries (no writes) and look faster than the router for doing less."""
-    from cli._direct import direct_batches
+    from rankshard.cli._direct import direct_batches
 
     client.create("direct", boundaries=TrafficModel().boundaries(4))
     runs = [direct_batches(control_plane_dsn, "direct", 0.3, 10**6, 1, TrafficModel()) for _ in range(2)]

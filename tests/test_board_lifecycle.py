@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 import redis
-
-from cli._local import LocalValkey
-
 from _processes import RouterProcess
 from _router import Client, RouterThread, bootstrap
+
+from rankshard.cli._local import LocalValkey
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -59,8 +58,9 @@ def top(client: Client, board: str) -> tuple[list[tuple[str, int, int]], int]:
 def fill(client: Client, board: str) -> None:
     """MEMBERS, with request ids (so request-id records exist), and one member removed again (a tombstone)."""
     for i, (user, score) in enumerate(MEMBERS):
-        client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=f"r{i}"),
-                              timeout=T)
+        client.lb.UpdateScore(
+            pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=f"r{i}"), timeout=T
+        )
     client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard=board, user_id="gone", score=1), timeout=T)
     client.lb.RemoveMember(pb.RemoveMemberRequest(leaderboard=board, user_id="gone"), timeout=T)
 
@@ -91,13 +91,14 @@ def test_a_create_that_fails_part_way_leaves_no_board_and_can_be_retried(split: 
     split.create("other")
     fresh_valkey.stop()
 
-    error = error_of(split.admin.CreateLeaderboard,
-                     admin_pb2.LeaderboardConfig(name="weekly", boundaries=CUTS))
+    error = error_of(split.admin.CreateLeaderboard, admin_pb2.LeaderboardConfig(name="weekly", boundaries=CUTS))
     assert error.code() == grpc.StatusCode.UNAVAILABLE and "n2" in error.details()
     # Nothing half made is visible: not listed, unknown to every call, and the name is not taken.
     assert listed(split) == ["other"]
-    for call in (lambda: top(split, "weekly"),
-                 lambda: split.admin.GetLeaderboard(admin_pb2.GetLeaderboardRequest(name="weekly"), timeout=T)):
+    for call in (
+        lambda: top(split, "weekly"),
+        lambda: split.admin.GetLeaderboard(admin_pb2.GetLeaderboardRequest(name="weekly"), timeout=T),
+    ):
         assert code_of(call) == grpc.StatusCode.NOT_FOUND
     retry = error_of(split.admin.CreateLeaderboard, admin_pb2.LeaderboardConfig(name="weekly", boundaries=CUTS))
     assert retry.code() == grpc.StatusCode.UNAVAILABLE
@@ -136,7 +137,8 @@ def delete(client: Client, name: str) -> admin_pb2.DeleteLeaderboardResponse:
 
 
 def test_delete_removes_the_board_everywhere_and_the_name_can_be_made_again(
-        split: Client, control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey):
+    split: Client, control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey
+):
     addresses = [node_addresses[0], fresh_valkey.address]
     split.create("weekly", boundaries=CUTS)
     split.create("x:weekly", boundaries=CUTS)  # its keys end in "weekly/" too, behind a colon
@@ -150,8 +152,10 @@ def test_delete_removes_the_board_everywhere_and_the_name_can_be_made_again(
 
         assert delete(split, "weekly").deleted
         assert code_of(lambda: top(split, "weekly")) == grpc.StatusCode.NOT_FOUND
-        wait_for(lambda: code_of(lambda: top(other_router, "weekly")) == grpc.StatusCode.NOT_FOUND,
-                 "the other router to forget the deleted board")
+        wait_for(
+            lambda: code_of(lambda: top(other_router, "weekly")) == grpc.StatusCode.NOT_FOUND,
+            "the other router to forget the deleted board",
+        )
         assert listed(split) == ["x:weekly"]
         assert keys_of(addresses, "weekly") == []
         assert top(split, "x:weekly") == top(other_router, "x:weekly") == FILLED
@@ -163,11 +167,14 @@ def test_delete_removes_the_board_everywhere_and_the_name_can_be_made_again(
         split.create("weekly", order="asc", boundaries=[100])
         assert keys_of(addresses, "weekly") and not [k for k in keys_of(addresses, "weekly") if k.startswith("rs:i:")]
         assert top(split, "weekly") == ([], 0)
-        wait_for(lambda: code_of(lambda: top(other_router, "weekly")) == grpc.StatusCode.OK,
-                 "the other router to serve the board made again")
+        wait_for(
+            lambda: code_of(lambda: top(other_router, "weekly")) == grpc.StatusCode.OK,
+            "the other router to serve the board made again",
+        )
         assert top(other_router, "weekly") == ([], 0)
-        r = other_router.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="weekly", user_id="a", score=3, request_id="r0"),
-                                        timeout=T)
+        r = other_router.lb.UpdateScore(
+            pb.UpdateScoreRequest(leaderboard="weekly", user_id="a", score=3, request_id="r0"), timeout=T
+        )
         assert (r.score, r.rank, r.applied) == (3, 1, True)  # a new member, not the old one's 5 + 3 nor a repeat of r0
         assert top(split, "weekly") == ([("a", 3, 1)], 1)
     finally:
@@ -176,7 +183,8 @@ def test_delete_removes_the_board_everywhere_and_the_name_can_be_made_again(
 
 
 def test_a_delete_with_a_node_down_says_so_and_finishes_when_run_again(
-        split: Client, node_addresses: list[str], fresh_valkey: LocalValkey):
+    split: Client, node_addresses: list[str], fresh_valkey: LocalValkey
+):
     split.create("weekly", boundaries=CUTS)
     fill(split, "weekly")
     fresh_valkey.stop()

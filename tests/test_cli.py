@@ -12,10 +12,10 @@ import time
 
 import pytest
 import redis
+from _router import Client
 from click.testing import CliRunner
 
-from cli import main
-from _router import Client
+from rankshard.cli import main
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -26,8 +26,20 @@ def _run(dsn: str, *args: str) -> tuple[int, str]:
 
 
 def test_boards_shards_and_nodes(control_plane_dsn: str, client: Client, node_addresses: list[str]) -> None:
-    code, out = _run(control_plane_dsn, "leaderboards", "create", "weekly", "--order", "asc", "--operator", "best",
-                     "--boundaries", "100,1000", "--expected-members", "2000000")
+    code, out = _run(
+        control_plane_dsn,
+        "leaderboards",
+        "create",
+        "weekly",
+        "--order",
+        "asc",
+        "--operator",
+        "best",
+        "--boundaries",
+        "100,1000",
+        "--expected-members",
+        "2000000",
+    )
     assert code == 0, out
     assert "3 shard(s)" in out
     for user, score in [("a", 50), ("b", 500), ("c", 5000), ("d", 700)]:
@@ -37,12 +49,24 @@ def test_boards_shards_and_nodes(control_plane_dsn: str, client: Client, node_ad
     assert code == 0, out
     rows = json.loads(out)
     assert [(r["id"], r["lower"], r["upper"], r["members"], r["state"]) for r in rows] == [
-        ("s1", None, 100, 1, "ACTIVE"), ("s2", 100, 1000, 2, "ACTIVE"), ("s3", 1000, None, 1, "ACTIVE")]
+        ("s1", None, 100, 1, "ACTIVE"),
+        ("s2", 100, 1000, 2, "ACTIVE"),
+        ("s3", 1000, None, 1, "ACTIVE"),
+    ]
     assert {r["node"] for r in rows} == {"n1", "n2"}
 
     code, out = _run(control_plane_dsn, "leaderboards", "list", "--json")
-    assert json.loads(out) == [{"name": "weekly", "order": "asc", "operator": "best", "shards": 3, "epoch": 1,
-                                "boundaries": [100, 1000], "expected_members": 2_000_000}]
+    assert json.loads(out) == [
+        {
+            "name": "weekly",
+            "order": "asc",
+            "operator": "best",
+            "shards": 3,
+            "epoch": 1,
+            "boundaries": [100, 1000],
+            "expected_members": 2_000_000,
+        }
+    ]
     code, out = _run(control_plane_dsn, "nodes", "list", "--json")
     assert [n["address"] for n in json.loads(out)] == node_addresses
 
@@ -72,8 +96,9 @@ def test_errors_are_one_clear_line(control_plane_dsn: str, client: Client, args:
     assert "Traceback" not in out
 
 
-def test_delete_asks_or_takes_yes_and_removes_the_board(control_plane_dsn: str, client: Client,
-                                                         node_addresses: list[str]) -> None:
+def test_delete_asks_or_takes_yes_and_removes_the_board(
+    control_plane_dsn: str, client: Client, node_addresses: list[str]
+) -> None:
     client.create("weekly", boundaries=[10])
     client.create("daily")
     for board in ("weekly", "daily"):
@@ -84,7 +109,9 @@ def test_delete_asks_or_takes_yes_and_removes_the_board(control_plane_dsn: str, 
     assert refused.exit_code != 0 and refused.stdout == ""
     assert refused.stderr.count("\n") == 1 and "--yes" in refused.stderr
     assert [b["name"] for b in json.loads(_run(control_plane_dsn, "leaderboards", "list", "--json")[1])] == [
-        "daily", "weekly"]
+        "daily",
+        "weekly",
+    ]
 
     code, out = _run(control_plane_dsn, "leaderboards", "delete", "weekly", "--yes")
     assert code == 0, out
@@ -103,7 +130,16 @@ def test_delete_asks_or_takes_yes_and_removes_the_board(control_plane_dsn: str, 
 
 def test_delete_on_a_terminal_asks_first(control_plane_dsn: str, client: Client) -> None:
     client.create("weekly")
-    argv = [sys.executable, "-m", "cli", "--control-plane", control_plane_dsn, "leaderboards", "delete", "weekly"]
+    argv = [
+        sys.executable,
+        "-m",
+        "rankshard.cli",
+        "--control-plane",
+        control_plane_dsn,
+        "leaderboards",
+        "delete",
+        "weekly",
+    ]
     assert "Aborted" in _on_a_terminal(argv, "n")
     assert client.admin.GetLeaderboard(admin_pb2.GetLeaderboardRequest(name="weekly"), timeout=10).name == "weekly"
     assert "deleted leaderboard weekly" in _on_a_terminal(argv, "y")
@@ -142,7 +178,9 @@ def _on_a_terminal(argv: list[str], answer: str, timeout: float = 30.0) -> str:
 
 
 def test_without_a_control_plane_the_error_says_how_to_get_one(tmp_path) -> None:
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "nodes", "list"], env={"RANKSHARD_CONTROL_PLANE": ""})
+    result = CliRunner().invoke(
+        main, ["--data-dir", str(tmp_path), "nodes", "list"], env={"RANKSHARD_CONTROL_PLANE": ""}
+    )
     assert result.exit_code != 0
     assert "cluster up" in result.output
 

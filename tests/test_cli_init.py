@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import main
-from cli._local import free_port
-from shard_map._migrate import load_migrations
+from rankshard.cli import main
+from rankshard.cli._local import free_port
+from rankshard.shard_map._migrate import load_migrations
 
 
 def _invoke(dsn: str, *args: str) -> Result:
@@ -51,8 +51,10 @@ def test_commands_on_a_database_without_the_schema_say_so_and_create_nothing(
     assert "Traceback" not in result.output
     where = control_plane_dsn.rsplit("@", 1)[1]
     assert result.stderr.splitlines() == [
-        (f"rankshard: the control plane at {where} has no rankshard schema; "
-         "run `rankshard init` or `rankshard cluster up`")
+        (
+            f"rankshard: the control plane at {where} has no rankshard schema; "
+            "run `rankshard init` or `rankshard cluster up`"
+        )
     ]
     assert _relations(control_plane_dsn) == []
 
@@ -81,8 +83,10 @@ def test_an_older_schema_is_named_and_init_upgrades_it(control_plane_dsn: str) -
     first, *later = load_migrations()
     missing = ", ".join(str(m.version) for m in later)
     with psycopg.connect(control_plane_dsn) as conn:  # what an earlier release left
-        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                     " applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         conn.execute(cast(LiteralString, first.sql))
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (first.version, first.name))
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import redis
+from _router import bootstrap
 from click.testing import CliRunner, Result
 
-from cli import main
-from cli._local import LocalValkey, free_port
-from _router import bootstrap
+from rankshard.cli import main
+from rankshard.cli._local import LocalValkey, free_port
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from cli._local import _alive, _descendants, free_port
+from rankshard.cli._local import _alive, _descendants, free_port
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
@@ -36,17 +36,37 @@ class Up:
         self.data_dir = data_dir
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "cluster", "up", "--port", str(port),
-             "--nodes", "2", "--shards", "3", "--boundaries", "100,200", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "rankshard.cli",
+                "--data-dir",
+                str(data_dir),
+                "cluster",
+                "up",
+                "--port",
+                str(port),
+                "--nodes",
+                "2",
+                "--shards",
+                "3",
+                "--boundaries",
+                "100,200",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "RANKSHARD_PG_FAST": "1"},
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._changed = threading.Condition()
         self._ended = 0
-        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -120,8 +140,11 @@ class Up:
 
 def _children(pid: int) -> list[int]:
     with suppress(OSError):
-        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()]
+        return [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
     return []
 
 
@@ -135,7 +158,7 @@ def _postgres_on(port: int) -> Callable[[list[str]], bool]:
 
 
 def _is_router(argv: list[str]) -> bool:
-    return argv[1:3] == ["-m", "router"]
+    return argv[1:3] == ["-m", "rankshard.router"]
 
 
 def _listeners(port: int) -> int:
@@ -157,8 +180,9 @@ def _top(port: int) -> list[tuple[str, int]] | None:
     """Board `global`'s top 100, or None while the cluster cannot answer."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
-            reply = pb_grpc.LeaderboardStub(channel).GetTop(pb.GetTopRequest(leaderboard="global", limit=100),
-                                                            timeout=5)
+            reply = pb_grpc.LeaderboardStub(channel).GetTop(
+                pb.GetTopRequest(leaderboard="global", limit=100), timeout=5
+            )
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return None
@@ -266,8 +290,13 @@ def test_up_refuses_a_router_port_another_cluster_serves(tmp_path: Path, start_u
     assert not (tmp_path / "b" / "cluster.json").exists()
 
     dsn = f"postgresql://rankshard@127.0.0.1:{first.settings()['postgres_port']}/rankshard"
-    lone = subprocess.run([sys.executable, "-m", "router", "--control-plane", dsn, "--port", str(port)],
-                          check=False, capture_output=True, text=True, timeout=30)
+    lone = subprocess.run(
+        [sys.executable, "-m", "rankshard.router", "--control-plane", dsn, "--port", str(port)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert lone.returncode == 1
     assert lone.stderr.splitlines() == [f"rankshard router: cannot listen on 127.0.0.1:{port}: address already in use"]
     assert _listeners(port) == 2 and _top(port) == []

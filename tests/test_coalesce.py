@@ -7,8 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from router._coalesce import Coalescer
-
+from rankshard.router._coalesce import Coalescer
 from rankshard.v1 import leaderboard_pb2 as pb
 
 T = 10.0
@@ -79,15 +78,18 @@ def test_concurrent_updates_with_one_conflicting_request_id_fail_only_that_call(
     users = [f"p{i:02d}" for i in range(40)]
 
     def update(i: int, u: str) -> grpc.Future:
-        return lb.UpdateScore.future(pb.UpdateScoreRequest(leaderboard="co", user_id=u, score=3 * i, request_id="r1"),
-                                     timeout=T)
+        return lb.UpdateScore.future(
+            pb.UpdateScoreRequest(leaderboard="co", user_id=u, score=3 * i, request_id="r1"), timeout=T
+        )
 
     # The refused call goes in the middle of a burst, so it is batched with calls that must still succeed.
     calls = [update(i, u) for i, u in enumerate(users[:20])]
     conflict = lb.UpdateScore.future(
-        pb.UpdateScoreRequest(leaderboard="co", user_id="dup", score=6, request_id="r1"), timeout=T)
+        pb.UpdateScoreRequest(leaderboard="co", user_id="dup", score=6, request_id="r1"), timeout=T
+    )
     replay = lb.UpdateScore.future(
-        pb.UpdateScoreRequest(leaderboard="co", user_id="dup", score=5, request_id="r1"), timeout=T)
+        pb.UpdateScoreRequest(leaderboard="co", user_id="dup", score=5, request_id="r1"), timeout=T
+    )
     calls += [update(i, u) for i, u in enumerate(users[20:], 20)]
     with pytest.raises(grpc.RpcError) as refused:
         conflict.result()
@@ -105,8 +107,12 @@ def test_concurrent_rank_lookups_answer_each_user_and_not_found_only_the_unknown
     client.create("cr", boundaries=[10, 20])
     lb = client.lb
     scores = {f"m{i}": (i * 7) % 31 for i in range(30)}
-    lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(
-        leaderboard="cr", updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]), timeout=T)
+    lb.BatchUpdateScores(
+        pb.BatchUpdateScoresRequest(
+            leaderboard="cr", updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]
+        ),
+        timeout=T,
+    )
     asked = [*scores, "nobody"]
     futures = {u: lb.GetRank.future(pb.GetRankRequest(leaderboard="cr", user_id=u), timeout=T) for u in asked}
     with pytest.raises(grpc.RpcError) as missing:

@@ -18,13 +18,25 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
-from shard_node import MOVE_STEPS
-
-from _jepsen import (OK, UNKNOWN, Final, Op, check_board, check_counter, expected_top, failed_op, poll, read_finals,
-                     top, wait_clean, writer)
+from _jepsen import (
+    OK,
+    UNKNOWN,
+    Final,
+    Op,
+    check_board,
+    check_counter,
+    expected_top,
+    failed_op,
+    poll,
+    read_finals,
+    top,
+    wait_clean,
+    writer,
+)
 from _processes import RouterProcess
 from _router import Client, bootstrap
+
+from rankshard.shard_node import MOVE_STEPS
 from rankshard.v1 import leaderboard_pb2 as pb
 
 BOARD = "hot"
@@ -74,7 +86,9 @@ def _run_writers(ports: list[int], requests: int = REQUESTS) -> list[Op]:
     barrier = ctx.Barrier(WORKERS + 1)
     results = ctx.Queue()
     workers = [
-        ctx.Process(target=writer, args=(w, ports, BOARD, MEMBERS, requests, PACE, 1000 + w, barrier, results), daemon=True)
+        ctx.Process(
+            target=writer, args=(w, ports, BOARD, MEMBERS, requests, PACE, 1000 + w, barrier, results), daemon=True
+        )
         for w in range(WORKERS)
     ]
     for p in workers:
@@ -105,8 +119,13 @@ def _assert_history_holds(dsn: str, node_addresses: list[str], history: list[Op]
     outcomes = Counter(op.outcome for op in history)
     assert all(op.code != "FAILED_PRECONDITION" for op in history), "a resend with the same value was refused"
     # Calls cut off by their deadline (or their router's death) may leave moves behind: the sweepers finish them.
-    poll(lambda: not any(f and f.moving for f in read_finals(node_addresses, BOARD, MEMBERS, allow_moving=True).values()),
-         30, "the sweepers to finish every abandoned move")
+    poll(
+        lambda: (
+            not any(f and f.moving for f in read_finals(node_addresses, BOARD, MEMBERS, allow_moving=True).values())
+        ),
+        30,
+        "the sweepers to finish every abandoned move",
+    )
     finals = read_finals(node_addresses, BOARD, MEMBERS)
     problems = check_counter(history, finals)
     assert not problems, "\n".join(problems)
@@ -127,7 +146,9 @@ def test_concurrent_writers_through_two_routers_lose_nothing_and_apply_nothing_t
     outcomes = Counter(op.outcome for op in history)
     resent = sum(1 for n in Counter((op.member, op.request_id) for op in history).values() if n > 1)
     assert outcomes[OK] > WORKERS * REQUESTS * 0.6, f"too few acknowledged calls to mean anything: {outcomes}"
-    assert outcomes[UNKNOWN] > 0 and resent > 10, f"the history lacks unknown outcomes or retries: {outcomes}, {resent} resent"
+    assert outcomes[UNKNOWN] > 0 and resent > 10, (
+        f"the history lacks unknown outcomes or retries: {outcomes}, {resent} resent"
+    )
     _assert_history_holds(control_plane_dsn, node_addresses, history, ports)
 
 
@@ -143,8 +164,9 @@ def test_concurrent_writers_lose_nothing_while_routers_die_mid_move(
     def restart(i: int) -> None:
         # From the main thread only: a router gets SIGTERM when the thread that started it ends.
         crash_at = f"{plans[i].pop(0)}:15" if plans[i] else None
-        slots[i] = RouterProcess(control_plane_dsn, port=slots[i].port, crash_at=crash_at,
-                                 sweep_interval=0.1, sweep_age_ms=300)
+        slots[i] = RouterProcess(
+            control_plane_dsn, port=slots[i].port, crash_at=crash_at, sweep_interval=0.1, sweep_age_ms=300
+        )
         two_routers.append(slots[i])  # the fixture stops it
         slots[i].start()
 
@@ -211,7 +233,9 @@ def test_one_request_sent_to_two_routers_at_once_is_applied_once(
                 request = pb.UpdateScoreRequest(leaderboard=BOARD, user_id=member, score=delta, request_id=rid)
                 try:
                     reply = client.lb.UpdateScore(request, timeout=10)
-                    answers[i].append(Op(member, delta, rid, OK, "OK", f"router{i}", reply.score, reply.applied, reply.rank))
+                    answers[i].append(
+                        Op(member, delta, rid, OK, "OK", f"router{i}", reply.score, reply.applied, reply.rank)
+                    )
                 except grpc.RpcError as exc:
                     answers[i].append(failed_op(member, delta, rid, exc, f"router{i}"))
         finally:
@@ -226,10 +250,12 @@ def test_one_request_sent_to_two_routers_at_once_is_applied_once(
     assert [len(a) for a in answers] == [rounds, rounds], "a sender stopped early (broken barrier?)"
 
     expected: dict[str, int] = {}
-    for (member, delta, rid), a, b in zip(plan, *answers):
+    for (member, delta, rid), a, b in zip(plan, *answers, strict=True):
         expected[member] = expected.get(member, 0) + delta
         assert (a.outcome, b.outcome) == (OK, OK), f"{rid}: {a.code} / {b.code}"
-        assert a.score == b.score == expected[member], f"{rid}: answers {a.score}, {b.score}; applied once gives {expected[member]}"
+        assert a.score == b.score == expected[member], (
+            f"{rid}: answers {a.score}, {b.score}; applied once gives {expected[member]}"
+        )
         assert [a.applied, b.applied].count(True) == 1, f"{rid}: applied flags {a.applied}, {b.applied}"
         # Both answers come after the move finished and nothing else is in flight: the exact rank.
         rank = 1 + sum(1 for s in expected.values() if s > expected[member])

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from shard_map import (
+from rankshard.shard_map import (
     AlreadyExists,
     BoardConfig,
     Buckets,
@@ -31,8 +31,8 @@ from shard_map import (
     SortOrder,
     StaleEpoch,
 )
-from shard_map._migrate import _CREATE_TABLE, load_migrations
-from shard_map._store import LISTENER_NAME
+from rankshard.shard_map._migrate import _CREATE_TABLE, load_migrations
+from rankshard.shard_map._store import LISTENER_NAME
 
 WAIT = 10.0  # seconds: the deadline of every wait on a notification
 
@@ -43,9 +43,7 @@ def run(coro):
 
 def migration_rows(dsn: str) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
-        ).fetchall()
+        return conn.execute("SELECT version, name, applied_at FROM schema_migrations ORDER BY version").fetchall()
 
 
 async def with_nodes(plane: ControlPlane, count: int) -> list[str]:
@@ -427,8 +425,7 @@ def test_replace_shards_with_a_stale_epoch_fails_and_only_one_racer_wins(control
             await with_nodes(plane, 2)
             await plane.create_board(BoardConfig("g"), [], ["n1"])
             racers = [
-                plane.replace_shards("g", 1, [Shard("s1", None, None, node, generation=2)])
-                for node in ("n1", "n2")
+                plane.replace_shards("g", 1, [Shard("s1", None, None, node, generation=2)]) for node in ("n1", "n2")
             ]
             results = await asyncio.gather(*racers, return_exceptions=True)
             winners = [r for r in results if not isinstance(r, BaseException)]

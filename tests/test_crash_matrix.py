@@ -20,15 +20,27 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from click.testing import CliRunner
-
-from cli import main
-from shard_node import MOVE_STEPS, _writes
-
-from _jepsen import (OK, UNKNOWN, Final, Op, check_board, check_counter, expected_top, next_delta, poll, read_finals,
-                     top, update, wait_clean)
+from _jepsen import (
+    OK,
+    UNKNOWN,
+    Final,
+    Op,
+    check_board,
+    check_counter,
+    expected_top,
+    next_delta,
+    poll,
+    read_finals,
+    top,
+    update,
+    wait_clean,
+)
 from _processes import RouterProcess
 from _router import Client, RouterThread, bootstrap
+from click.testing import CliRunner
+
+from rankshard.cli import main
+from rankshard.shard_node import MOVE_STEPS, _writes
 
 BOARD = "crash"
 BOUNDARIES = [-50, 0, 50, 100]
@@ -165,8 +177,9 @@ def test_a_router_killed_at_any_step_of_a_crossing_loses_nothing(
         victim_kinds = {f["kind"] for f in found if f["user"] == VICTIM and f["kind"] != "rank"}
         assert victim_kinds == (set() if step == "intent_cleared" else {"pending-move"}), found
 
-        restarted = opened.router(port=doomed.port, sweep_interval=0.1,
-                                  sweep_age_ms=300 if healer == "sweeper" else NEVER)
+        restarted = opened.router(
+            port=doomed.port, sweep_interval=0.1, sweep_age_ms=300 if healer == "sweeper" else NEVER
+        )
         if healer == "sweeper":
             # The restarted router's sweeper finishes the move while the load goes on.
             poll(lambda: not _moving(node_addresses), 30, "the sweeper to finish the victim's move")
@@ -178,7 +191,9 @@ def test_a_router_killed_at_any_step_of_a_crossing_loses_nothing(
             assert not _moving(node_addresses)
         poll(lambda: load.progressed(calls_at_crash + 20), 30, "the load to keep going after the crash")
     history += load.ops
-    assert all(op.outcome == OK for op in load.ops), f"writes through the other router failed: {Counter(o.code for o in load.ops)}"
+    assert all(op.outcome == OK for op in load.ops), (
+        f"writes through the other router failed: {Counter(o.code for o in load.ops)}"
+    )
 
     if healer in ("repair", "next-write"):
         code, found = _findings(control_plane_dsn)
@@ -214,10 +229,13 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("expected", [0, 50], ids=["default-layout", "one-hash-per-slot"])
-@pytest.mark.parametrize("healer", [
-    "sweeper",
-    "repair",
-])
+@pytest.mark.parametrize(
+    "healer",
+    [
+        "sweeper",
+        "repair",
+    ],
+)
 def test_a_writer_lost_between_index_commit_and_shard_write_is_healed_without_another_write(
     control_plane_dsn: str, node_addresses: list[str], monkeypatch: pytest.MonkeyPatch, healer: str, expected: int
 ) -> None:

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import redis
+from _router import Client, RouterThread, bootstrap
 from click.testing import CliRunner
 
-from cli import main
-from shard_node import MOVE_STEPS
-
-from _router import Client, RouterThread, bootstrap
+from rankshard.cli import main
+from rankshard.shard_node import MOVE_STEPS
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -28,7 +27,9 @@ class InjectedCrash(Exception):
 
 def _cli(dsn: str, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["--control-plane", dsn, *args])
-    return result.exit_code, result.output + (repr(result.exception) if result.exception and not isinstance(result.exception, SystemExit) else "")
+    return result.exit_code, result.output + (
+        repr(result.exception) if result.exception and not isinstance(result.exception, SystemExit) else ""
+    )
 
 
 def _node(address: str) -> redis.Redis:
@@ -39,8 +40,11 @@ def _node(address: str) -> redis.Redis:
 def _populate(client: Client, board: str = "b", users: int = 40) -> dict[str, int]:
     client.create(board, boundaries=BOUNDARIES)
     scores = {f"u{i:02d}": (i * 7) % 45 - 5 for i in range(users)}
-    client.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(
-        leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]))
+    client.lb.BatchUpdateScores(
+        pb.BatchUpdateScoresRequest(
+            leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]
+        )
+    )
     return scores
 
 
@@ -50,7 +54,9 @@ def _expected_top(scores: dict[str, int]) -> list[tuple[str, int, int]]:
 
 
 def _top(client: Client, board: str = "b") -> list[tuple[str, int, int]]:
-    return [(e.user_id, e.score, e.rank) for e in client.lb.GetTop(pb.GetTopRequest(leaderboard=board, limit=1000)).entries]
+    return [
+        (e.user_id, e.score, e.rank) for e in client.lb.GetTop(pb.GetTopRequest(leaderboard=board, limit=1000)).entries
+    ]
 
 
 def _crash_once(router: RouterThread, step: str) -> None:
@@ -58,6 +64,7 @@ def _crash_once(router: RouterThread, step: str) -> None:
         if at == step:
             router.hook = None
             raise InjectedCrash(at)
+
     router.hook = hook
 
 
@@ -120,7 +127,9 @@ def test_the_sweeper_heals_an_abandoned_move_without_another_write(
         client.close()
 
 
-def test_a_lost_shard_is_rebuilt_from_the_index(control_plane_dsn: str, client: Client, node_addresses: list[str]) -> None:
+def test_a_lost_shard_is_rebuilt_from_the_index(
+    control_plane_dsn: str, client: Client, node_addresses: list[str]
+) -> None:
     scores = _populate(client)
     lost = None
     for address in node_addresses:
@@ -143,7 +152,9 @@ def test_a_lost_shard_is_rebuilt_from_the_index(control_plane_dsn: str, client: 
         assert reply.entry.rank == 1 + sum(1 for v in scores.values() if v > scores[user])
 
 
-def test_stray_copies_and_orphans_are_reported_and_removed(control_plane_dsn: str, client: Client, node_addresses: list[str]) -> None:
+def test_stray_copies_and_orphans_are_reported_and_removed(
+    control_plane_dsn: str, client: Client, node_addresses: list[str]
+) -> None:
     scores = _populate(client)
     shard_map = client.admin.GetShardMap(admin_pb2.GetShardMapRequest(leaderboard="b"))
     s4 = next(s for s in shard_map.shards if s.id == "s4")

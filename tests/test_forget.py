@@ -6,9 +6,9 @@ import asyncio
 
 import redis
 
-from shard_node import NodeClient
-from shard_node._forget import MAX_MARKS, Forgets
-from shard_node._keys import moves_key
+from rankshard.shard_node import NodeClient
+from rankshard.shard_node._forget import MAX_MARKS, Forgets
+from rankshard.shard_node._keys import moves_key
 
 
 def test_marks_are_cleared_in_calls_of_bounded_size_and_held_ones_stay(node_addresses: list[str]) -> None:

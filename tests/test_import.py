@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from _router import Client
 from click.testing import CliRunner
 
-from cli import main
-from shard_map import ControlPlane
-
-from _router import Client
+from rankshard.cli import main
+from rankshard.shard_map import ControlPlane
 from rankshard.v1 import leaderboard_pb2 as pb
 
 CUTS = [10, 20, 30]
@@ -81,8 +80,9 @@ def test_an_import_that_meets_a_moved_shard_counts_every_member_once(client, con
         current = await real(self, board)
         if calls > 1:
             return current
-        return dataclasses.replace(current, shards=tuple(
-            dataclasses.replace(s, generation=s.generation - 1) for s in current.shards))
+        return dataclasses.replace(
+            current, shards=tuple(dataclasses.replace(s, generation=s.generation - 1) for s in current.shards)
+        )
 
     monkeypatch.setattr(ControlPlane, "shard_map", first_one_stale)
     scores = {f"m{i:04d}": i % 40 for i in range(5000)}

@@ -18,11 +18,10 @@ import grpc
 import psycopg
 import pytest
 import redis
-
-from shard_map import slot_for
-from shard_map._store import LISTENER_NAME
-
 from _router import Client, RouterThread, bootstrap
+
+from rankshard.shard_map import slot_for
+from rankshard.shard_map._store import LISTENER_NAME
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -119,8 +118,13 @@ class Req:
     def every_rpc(board: str, user: str = "m1") -> list[Any]:
         """One ordinary request of every Leaderboard RPC."""
         return [
-            Req.update(board, user), Req.batch(board, [(user, 1)]), Req.rank(board, user), Req.ranks(board, [user]),
-            Req.top(board), Req.around(board, user), Req.remove(board, user),
+            Req.update(board, user),
+            Req.batch(board, [(user, 1)]),
+            Req.rank(board, user),
+            Req.ranks(board, [user]),
+            Req.top(board),
+            Req.around(board, user),
+            Req.remove(board, user),
         ]
 
 
@@ -281,11 +285,13 @@ def test_a_board_created_through_the_router_is_known_to_it_at_once(client, contr
     network blip would; without the cut the same failure shows up now and then, as a race)."""
     deadline = time.monotonic() + T
     with psycopg.connect(control_plane_dsn, autocommit=True) as conn:
-        while not (cut := conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = %s AND datname = current_database()",
-            (LISTENER_NAME,),
-        ).fetchall()):
+        while not (
+            cut := conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND datname = current_database()",
+                (LISTENER_NAME,),
+            ).fetchall()
+        ):
             assert time.monotonic() < deadline, "the router's epoch listener never connected"
     assert cut == [(True,)]
     with pytest.raises(grpc.RpcError) as info:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from cli._local import (
+from rankshard.cli._local import (
     LocalPostgres,
     LocalValkey,
     bundled_postgres_bin_dir,
@@ -40,8 +40,9 @@ def running(pid: int) -> bool:
 
 
 def children(pid: int) -> list[int]:
-    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()]
+    return [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
 
 
 def wait_gone(pids: Iterable[int], timeout: float = 15.0) -> None:
@@ -148,7 +149,7 @@ def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from cli._local import LocalPostgres, LocalValkey, free_port
+        from rankshard.cli._local import LocalPostgres, LocalValkey, free_port
         node = LocalValkey(Path({str(tmp_path)!r}) / "valkey", free_port())
         node.start()
         server = LocalPostgres(Path({str(tmp_path)!r}) / "pg", free_port(), fast=True)
@@ -156,8 +157,7 @@ def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
         print(node.pid, server.pid, flush=True)
         sys.stdin.read()
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
         pids = [int(pid) for pid in parent.stdout.readline().split()]

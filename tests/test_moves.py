@@ -9,10 +9,9 @@ from __future__ import annotations
 import grpc
 import pytest
 import redis
-
-from shard_node import MOVE_STEPS
-
 from _router import Client, RouterThread
+
+from rankshard.shard_node import MOVE_STEPS
 from rankshard.v1 import leaderboard_pb2 as pb
 
 BOUNDARIES = [10, 20, 30]
@@ -40,7 +39,9 @@ def _expected_shard(score: int) -> str:
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
-def test_member_crossing_boundaries_lives_in_exactly_one_shard(client: Client, node_addresses: list[str], order: str) -> None:
+def test_member_crossing_boundaries_lives_in_exactly_one_shard(
+    client: Client, node_addresses: list[str], order: str
+) -> None:
     client.create("crossing", order=order, operator="set", boundaries=BOUNDARIES)
     for score in [5, 15, 25, 35, 12, -3, 30, 29, 10, 9]:
         reply = client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="crossing", user_id="alice", score=score))

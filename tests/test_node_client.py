@@ -19,12 +19,12 @@ import pytest
 import redis
 from hiredis import pack_command
 
-from cli._local import LocalValkey, free_port
-from shard_map import NodeUnavailable
-from shard_node import NodeClient
-from shard_node._client import DOWN_FOR
-from shard_node._resp import NodeConnection
-from shard_node._scripts import INDEX_STALE_MOVES, Script
+from rankshard.cli._local import LocalValkey, free_port
+from rankshard.shard_map import NodeUnavailable
+from rankshard.shard_node import NodeClient
+from rankshard.shard_node._client import DOWN_FOR
+from rankshard.shard_node._resp import NodeConnection
+from rankshard.shard_node._scripts import INDEX_STALE_MOVES, Script
 
 
 def _redis(address: str) -> redis.Redis:
@@ -32,9 +32,9 @@ def _redis(address: str) -> redis.Redis:
     return redis.Redis(host=host, port=int(port), decode_responses=True)
 
 
-async def _wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Polls `condition` until it holds; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def _wait_until(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    """Polls `condition` until it holds; fails after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
@@ -54,6 +54,7 @@ def _blocked_clients(address: str) -> Callable[[], Awaitable[bool]]:
 def test_many_concurrent_callers_each_get_their_own_replies(node_addresses: list[str]) -> None:
     async def main() -> None:
         async with NodeClient("n1", node_addresses[0]) as node:
+
             async def single(i: int) -> None:
                 assert await node.command("ECHO", f"one-{i}") == f"one-{i}"
 

@@ -30,14 +30,13 @@ from typing import Any
 
 import grpc
 import pytest
+from _router import Client, RouterThread, bootstrap
 from click.testing import CliRunner
 
-from cli import main
-from cli._local import LocalValkey, free_port
-from shard_map import slot_for
-from shard_node._client import DOWN_FOR
-
-from _router import Client, RouterThread, bootstrap
+from rankshard.cli import main
+from rankshard.cli._local import LocalValkey, free_port
+from rankshard.shard_map import slot_for
+from rankshard.shard_node._client import DOWN_FOR
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -59,7 +58,9 @@ def index_node(user: str) -> str:
 
 
 def users_indexed_on(node: str, prefix: str, count: int) -> list[str]:
-    return list(itertools.islice((u for u in (f"{prefix}{i}" for i in itertools.count()) if index_node(u) == node), count))
+    return list(
+        itertools.islice((u for u in (f"{prefix}{i}" for i in itertools.count()) if index_node(u) == node), count)
+    )
 
 
 def shard_node_of(score: int) -> str:
@@ -233,8 +234,12 @@ class Writer(threading.Thread):
     def send(self, request: Request) -> bool:
         started = self.phase
         try:
-            r = self.client.lb.UpdateScore(pb.UpdateScoreRequest(
-                leaderboard=self.board, user_id=request.user, score=request.delta, request_id=request.rid), timeout=T)
+            r = self.client.lb.UpdateScore(
+                pb.UpdateScoreRequest(
+                    leaderboard=self.board, user_id=request.user, score=request.delta, request_id=request.rid
+                ),
+                timeout=T,
+            )
         except grpc.RpcError as error:
             with self.lock:
                 request.attempts.append(Attempt(started, self.phase, error.code(), error.details() or ""))
@@ -278,12 +283,15 @@ def test_a_node_sigkilled_during_writes_and_restarted_loses_nothing_acknowledged
         for user in users_indexed_on(node, f"mover-{node}-", 2):
             deltas[user] = _deltas(6, itertools.cycle([4, 4, -4, -4]).__next__)
     # Every kind of update: all on n1, index on n1 and shard on n2, index on n2 and shard on n1, all on n2.
-    kinds = {(index_node(u), shard_node_of(5 if u.startswith("low") else 100)) for u in deltas if not u.startswith("mover")}
+    kinds = {
+        (index_node(u), shard_node_of(5 if u.startswith("low") else 100)) for u in deltas if not u.startswith("mover")
+    }
     assert kinds == {("n1", "n1"), ("n1", "n2"), ("n2", "n1"), ("n2", "n2")}
 
     writer = Writer(client, "k", deltas)
     writer.start()
     try:
+
         def acked(phase: str | None = None) -> int:
             return sum(1 for r in writer.all_requests() if r.ack and (phase is None or r.attempts[-1].started == phase))
 
@@ -298,9 +306,9 @@ def test_a_node_sigkilled_during_writes_and_restarted_loses_nothing_acknowledged
             down = writer.attempts_in("down")
             served = [r for r, a in down if a.code == grpc.StatusCode.OK]
             refused = [r for r, a in down if a.code != grpc.StatusCode.OK]
-            return (sum(1 for r in served if r.user.startswith("low-n1")) >= 20
-                    and {(index_node(r.user), r.user.split("-")[0]) for r in refused}
-                    >= {("n1", "high"), ("n2", "low"), ("n2", "high")})
+            return sum(1 for r in served if r.user.startswith("low-n1")) >= 20 and {
+                (index_node(r.user), r.user.split("-")[0]) for r in refused
+            } >= {("n1", "high"), ("n2", "low"), ("n2", "high")}
 
         wait_for(seen_both, 20, "both served and refused calls while n2 is down", last_failures)
         writer.phase = "restarting"
@@ -330,8 +338,10 @@ def test_a_node_sigkilled_during_writes_and_restarted_loses_nothing_acknowledged
     down = writer.attempts_in("down")
     for r, a in down:
         if r.needs(DOWN) != (a.code != grpc.StatusCode.OK):
-            problems.append(f"{r.rid} {r.before}{r.delta:+} (index on {index_node(r.user)}) while n2 was down: "
-                            f"{a.code.name} {a.details!r}")
+            problems.append(
+                f"{r.rid} {r.before}{r.delta:+} (index on {index_node(r.user)}) while n2 was down: "
+                f"{a.code.name} {a.details!r}"
+            )
     # Each request applied exactly once, in order: every acknowledged score is the sum of the member's deltas
     # so far. A call refused after its index commit (index on n1) was committed: its retry is a duplicate.
     for r in requests:
@@ -342,8 +352,10 @@ def test_a_node_sigkilled_during_writes_and_restarted_loses_nothing_acknowledged
         if first.started == first.ended == "down" and first.code != grpc.StatusCode.OK:
             committed = index_node(r.user) == "n1"
             if r.ack[1] == committed:
-                problems.append(f"{r.rid}: retry answered applied={r.ack[1]}, but the first call "
-                                f"{'was' if committed else 'was not'} committed on the index")
+                problems.append(
+                    f"{r.rid}: retry answered applied={r.ack[1]}, but the first call "
+                    f"{'was' if committed else 'was not'} committed on the index"
+                )
     assert not problems, "\n".join(problems[:30])
     refused_down = sum(1 for _, a in down if a.code != grpc.StatusCode.OK)
     assert 0 < refused_down < len(down), "the down phase had both served and refused calls"
@@ -377,8 +389,12 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
     for board in models:
         client.create(board, "desc" if descending[board] else "asc", boundaries=CUTS)
         check_layout(client, board)
-        client.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(
-            leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]), timeout=T)
+        client.lb.BatchUpdateScores(
+            pb.BatchUpdateScoresRequest(
+                leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]
+            ),
+            timeout=T,
+        )
         assert full_top(client, board) == (ranked(scores, descending[board]), len(scores))
 
     fresh_valkey.kill()
@@ -398,8 +414,13 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
             assert r.percentile == pytest.approx(100 * (len(model) - r.entry.rank) / len(model))
             # Around: the member's neighbours within its own shard.
             i = position[user]
-            same = [j for j in (i - 1, i + 1) if 0 <= j < len(expected)
-                    and shard_node_of(expected[j][1]) == "n1" and (expected[j][1] >= 20) == (model[user] >= 20)]
+            same = [
+                j
+                for j in (i - 1, i + 1)
+                if 0 <= j < len(expected)
+                and shard_node_of(expected[j][1]) == "n1"
+                and (expected[j][1] >= 20) == (model[user] >= 20)
+            ]
             if len(same) == 2:
                 r = client.lb.GetAround(pb.GetAroundRequest(leaderboard=board, user_id=user, radius=1), timeout=T)
                 assert (entries(r), r.total) == (expected[i - 1 : i + 2], len(model)), user
@@ -420,26 +441,51 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
         assert {index_node(u) for u in needs_n2} == {"n1", "n2"}  # both an index on n2 and a shard on n2
         for user in needs_n2:
             label = f"{board} {user} (index {index_node(user)}, score {model[user]})"
-            expect_unavailable(f"GetRank {label}", lambda: client.lb.GetRank(
-                pb.GetRankRequest(leaderboard=board, user_id=user), timeout=T), problems)
-            expect_unavailable(f"GetAround {label}", lambda: client.lb.GetAround(
-                pb.GetAroundRequest(leaderboard=board, user_id=user, radius=1), timeout=T), problems)
-        expect_unavailable(f"GetRanks {board}", lambda: client.lb.GetRanks(
-            pb.GetRanksRequest(leaderboard=board, user_ids=list(model)), timeout=T), problems)
-        expect_unavailable(f"GetTop {board} whole board", lambda: client.lb.GetTop(
-            pb.GetTopRequest(leaderboard=board, limit=1000), timeout=T), problems)
+            expect_unavailable(
+                f"GetRank {label}",
+                lambda user=user: client.lb.GetRank(pb.GetRankRequest(leaderboard=board, user_id=user), timeout=T),
+                problems,
+            )
+            expect_unavailable(
+                f"GetAround {label}",
+                lambda user=user: client.lb.GetAround(
+                    pb.GetAroundRequest(leaderboard=board, user_id=user, radius=1), timeout=T
+                ),
+                problems,
+            )
+        expect_unavailable(
+            f"GetRanks {board}",
+            lambda: client.lb.GetRanks(pb.GetRanksRequest(leaderboard=board, user_ids=list(model)), timeout=T),
+            problems,
+        )
+        expect_unavailable(
+            f"GetTop {board} whole board",
+            lambda: client.lb.GetTop(pb.GetTopRequest(leaderboard=board, limit=1000), timeout=T),
+            problems,
+        )
         # One position past the end of n1's s3, or before its start: into n2's s2 or s4.
         inside = [i for i, (_, s, _) in enumerate(expected) if 20 <= s < 30]
         for offset, limit in ((inside[0], len(inside) + 1), (inside[0] - 1, 2)):
-            expect_unavailable(f"GetTop {board} offset {offset} limit {limit}", lambda: client.lb.GetTop(
-                pb.GetTopRequest(leaderboard=board, offset=offset, limit=limit), timeout=T), problems)
+            expect_unavailable(
+                f"GetTop {board} offset {offset} limit {limit}",
+                lambda offset=offset, limit=limit: client.lb.GetTop(
+                    pb.GetTopRequest(leaderboard=board, offset=offset, limit=limit), timeout=T
+                ),
+                problems,
+            )
         # An n1 member whose window reaches into n2's shards.
         user = next(u for u in model if only_n1(board, u) and model[u] >= 20)
-        expect_unavailable(f"GetAround {board} {user} radius 10", lambda: client.lb.GetAround(
-            pb.GetAroundRequest(leaderboard=board, user_id=user, radius=10), timeout=T), problems)
+        expect_unavailable(
+            f"GetAround {board} {user} radius 10",
+            lambda: client.lb.GetAround(pb.GetAroundRequest(leaderboard=board, user_id=user, radius=10), timeout=T),
+            problems,
+        )
         on_n2 = next(u for u in model if index_node(u) == "n2")
-        expect_unavailable(f"RemoveMember {board} {on_n2}", lambda: client.lb.RemoveMember(
-            pb.RemoveMemberRequest(leaderboard=board, user_id=on_n2), timeout=T), problems)
+        expect_unavailable(
+            f"RemoveMember {board} {on_n2}",
+            lambda: client.lb.RemoveMember(pb.RemoveMemberRequest(leaderboard=board, user_id=on_n2), timeout=T),
+            problems,
+        )
 
     for board, model in models.items():
         check_served(board)
@@ -447,7 +493,9 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
         # Writes that need only n1: an existing member within its shard, a new member, a batch, a removal.
         user = next(u for u in model if only_n1(board, u) and model[u] >= 20)
         model[user] += 1
-        r = client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=1, request_id="w1"), timeout=T)
+        r = client.lb.UpdateScore(
+            pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=1, request_id="w1"), timeout=T
+        )
         assert (r.score, r.rank, r.applied) == (model[user], rank_in(model, descending[board], user), True)
         newbie = users_indexed_on("n1", "new", 1)[0]
         model[newbie] = -3
@@ -456,8 +504,12 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
         batch = [u for u in model if only_n1(board, u) and model[u] < 10][:3]
         for u in batch:
             model[u] -= 1
-        r = client.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(
-            leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=-1) for u in batch]), timeout=T)
+        r = client.lb.BatchUpdateScores(
+            pb.BatchUpdateScoresRequest(
+                leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=-1) for u in batch]
+            ),
+            timeout=T,
+        )
         assert [x.score for x in r.results] == [model[u] for u in batch]
         gone = next(u for u in model if only_n1(board, u) and 20 <= model[u] < 30 and u != user)
         assert client.lb.RemoveMember(pb.RemoveMemberRequest(leaderboard=board, user_id=gone), timeout=T).removed
@@ -473,13 +525,21 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
         indexed_on_n2 = next(u for u in model if index_node(u) == "n2")
         for user, delta in ((crossing, 10), (in_n2_shard, 1), (indexed_on_n2, 1)):
             request = pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=delta, request_id=f"r-{user}")
-            expect_unavailable(f"UpdateScore {board} {user}", lambda: client.lb.UpdateScore(request, timeout=T), problems)
+            expect_unavailable(
+                f"UpdateScore {board} {user}",
+                lambda request=request: client.lb.UpdateScore(request, timeout=T),
+                problems,
+            )
             retries.append((board, request))
         pair = (next(u for u in model if only_n1(board, u)), indexed_on_n2)
-        batch = pb.BatchUpdateScoresRequest(leaderboard=board, updates=[
-            pb.ScoreUpdate(user_id=u, score=1, request_id=f"batch-{u}") for u in pair])
-        expect_unavailable(f"BatchUpdateScores {board} with an n2 member", lambda: client.lb.BatchUpdateScores(
-            batch, timeout=T), problems)
+        batch = pb.BatchUpdateScoresRequest(
+            leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=1, request_id=f"batch-{u}") for u in pair]
+        )
+        expect_unavailable(
+            f"BatchUpdateScores {board} with an n2 member",
+            lambda batch=batch: client.lb.BatchUpdateScores(batch, timeout=T),
+            problems,
+        )
         retries.append((board, batch))
     assert not problems, "\n".join(problems)
 
@@ -495,7 +555,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
             except grpc.RpcError as error:
                 assert error.code() == UNAVAILABLE and time.monotonic() < deadline, error
                 time.sleep(0.05)
-        for update, result in zip(request.updates, r.results) if batch else [(request, r)]:
+        for update, result in zip(request.updates, r.results, strict=True) if batch else [(request, r)]:
             models[board][update.user_id] += update.score
             assert result.score == models[board][update.user_id], update
     for board, model in models.items():
@@ -529,8 +589,12 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
     healthy = users_indexed_on("n1", "h", 3)  # index and shard on n1
     frozen = users_indexed_on("n2", "z", 2)  # index on n2
     model = {healthy[0]: 3, healthy[1]: 22, healthy[2]: 25, frozen[0]: 15, frozen[1]: 35}
-    client.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(
-        leaderboard="f", updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in model.items()]), timeout=T)
+    client.lb.BatchUpdateScores(
+        pb.BatchUpdateScoresRequest(
+            leaderboard="f", updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in model.items()]
+        ),
+        timeout=T,
+    )
     assert full_top(client, "f") == (ranked(model), len(model))
 
     def rank_of(user: str) -> int:
@@ -539,8 +603,11 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
     def healthy_write(n: int) -> float:
         """An update needing only n1, answered promptly and exactly although n2 is frozen; the write's seconds."""
         model[healthy[0]] -= 1  # stays in s1
-        r, took = timed(lambda: client.lb.UpdateScore(pb.UpdateScoreRequest(
-            leaderboard="f", user_id=healthy[0], score=-1, request_id=f"h{n}"), timeout=T))
+        r, took = timed(
+            lambda: client.lb.UpdateScore(
+                pb.UpdateScoreRequest(leaderboard="f", user_id=healthy[0], score=-1, request_id=f"h{n}"), timeout=T
+            )
+        )
         assert not isinstance(r, grpc.RpcError), r
         assert (r.score, r.rank, r.applied) == (model[healthy[0]], rank_of(healthy[0]), True)
         assert took < 3.0, f"a write needing only n1 took {took:.2f}s while n2 was frozen"
@@ -556,11 +623,16 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
     with ThreadPoolExecutor(2) as pool:
         # Calls needing n2, one with a 1 s deadline and one with none, in flight while n1's calls are served.
         rid = "z-deadline"
-        with_deadline = pool.submit(timed, lambda: client.lb.UpdateScore(pb.UpdateScoreRequest(
-            leaderboard="f", user_id=frozen[0], score=1, request_id=rid), timeout=1.0))
+        with_deadline = pool.submit(
+            timed,
+            lambda: client.lb.UpdateScore(
+                pb.UpdateScoreRequest(leaderboard="f", user_id=frozen[0], score=1, request_id=rid), timeout=1.0
+            ),
+        )
         unsettled.append((frozen[0], 1, rid))
-        no_deadline = pool.submit(timed, lambda: client.lb.GetRank(
-            pb.GetRankRequest(leaderboard="f", user_id=frozen[1])))
+        no_deadline = pool.submit(
+            timed, lambda: client.lb.GetRank(pb.GetRankRequest(leaderboard="f", user_id=frozen[1]))
+        )
         healthy_write(0)
         error, took = with_deadline.result(timeout=15)
         assert isinstance(error, grpc.RpcError), "served by a frozen node"
@@ -579,8 +651,11 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
     until, n = time.monotonic() + 2.5 * DOWN_FOR, 1
     while time.monotonic() < until:
         healthy_write(n)
-        error, took = timed(lambda: client.lb.UpdateScore(pb.UpdateScoreRequest(
-            leaderboard="f", user_id=frozen[1], score=1, request_id=rid)))
+        error, took = timed(
+            lambda: client.lb.UpdateScore(
+                pb.UpdateScoreRequest(leaderboard="f", user_id=frozen[1], score=1, request_id=rid)
+            )
+        )
         assert isinstance(error, grpc.RpcError), "served by a frozen node"
         assert error.code() == UNAVAILABLE and DOWN in (error.details() or ""), error
         assert took < 12.0, f"a write without a deadline took {took:.2f}s"
@@ -599,7 +674,9 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
     wait_for(serves_n2, 10, "the resumed node to serve")
     # The frozen node may have run the queued writes on resuming; the retries settle each exactly once.
     for user, delta, rid in unsettled:
-        r = client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="f", user_id=user, score=delta, request_id=rid), timeout=T)
+        r = client.lb.UpdateScore(
+            pb.UpdateScoreRequest(leaderboard="f", user_id=user, score=delta, request_id=rid), timeout=T
+        )
         model[user] += delta
         assert r.score == model[user], rid
     assert full_top(client, "f") == (ranked(model), len(model))

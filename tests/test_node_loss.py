@@ -24,13 +24,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from _router import Client, RouterThread, bootstrap
 from click.testing import CliRunner
 
-from cli import main
-from cli._local import LocalValkey, free_port
-from shard_map import slot_for
-
-from _router import Client, RouterThread, bootstrap
+from rankshard.cli import main
+from rankshard.cli._local import LocalValkey, free_port
+from rankshard.shard_map import slot_for
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -72,8 +71,9 @@ def _top(client: Client) -> tuple[list[tuple[str, int, int]], int]:
 
 
 def _update(client: Client, user: str, delta: int, rid: str) -> pb.UpdateScoreResponse:
-    return client.lb.UpdateScore(pb.UpdateScoreRequest(
-        leaderboard=BOARD, user_id=user, score=delta, request_id=rid), timeout=T)
+    return client.lb.UpdateScore(
+        pb.UpdateScoreRequest(leaderboard=BOARD, user_id=user, score=delta, request_id=rid), timeout=T
+    )
 
 
 @pytest.fixture
@@ -180,8 +180,10 @@ def test_repair_after_a_node_lost_its_data_keeps_every_member_that_survived(
     code, again = _cli(control_plane_dsn, "repair")
     assert code == 0, again
     assert "lost:" not in again
-    assert (f"{BOARD}: descriptors restored 0, moves finished 0, members rewritten 0, stray copies removed 0, "
-            "index entries rebuilt 0, index entries merged 0") in again
+    assert (
+        f"{BOARD}: descriptors restored 0, moves finished 0, members rewritten 0, stray copies removed 0, "
+        "index entries rebuilt 0, index entries merged 0"
+    ) in again
 
 
 def test_updates_between_the_loss_and_repair_are_merged_with_the_surviving_scores(
@@ -194,13 +196,18 @@ def test_updates_between_the_loss_and_repair_are_merged_with_the_surviving_score
     member nothing of which survived comes back as new, with what its updates since the loss gave it."""
     scores = _traffic(client, "desc")
     _lose_data(nodes[1], tmp_path)
-    late = list(itertools.islice((u for u, s in scores.items() if _index_node(u) == "n2" and _shard_node(s) == "n1"), 3))
+    late = list(
+        itertools.islice((u for u, s in scores.items() if _index_node(u) == "n2" and _shard_node(s) == "n1"), 3)
+    )
     assert len(late) == 3
     # And one that moved from n1 to n2 on its second update, and was lost: n1 registers its removal at
     # version 2, above the version 1 of its new entry, so its update is ignored there too.
     first = {u: BASE_SCORES[i % len(BASE_SCORES)] for i, u in enumerate(scores)}
-    reborn = next(u for u, s in scores.items()
-                  if _index_node(u) == "n2" and _shard_node(first[u]) == "n1" and _shard_node(s) == "n2")
+    reborn = next(
+        u
+        for u, s in scores.items()
+        if _index_node(u) == "n2" and _shard_node(first[u]) == "n1" and _shard_node(s) == "n2"
+    )
     with pytest.raises(grpc.RpcError):
         _update(client, reborn, 2, f"{reborn}-late")
     scores[reborn] = 2

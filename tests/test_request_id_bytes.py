@@ -9,19 +9,29 @@ import re
 import grpc
 import pytest
 import redis
-
-from shard_map import user_hash
-from shard_node._keys import dedup_key
-
-from rankshard.v1 import leaderboard_pb2 as pb
-
 from _router import Client
+
+from rankshard.shard_map import user_hash
+from rankshard.shard_node._keys import dedup_key
+from rankshard.v1 import leaderboard_pb2 as pb
 
 T = 10.0
 NUL_ID = "\0" * 10
 # Every kind of byte the stored format gives a meaning to, and ids that only differ past one of them.
 ODD_IDS = [
-    "\0", "\0a", "\0b", "a\0", "|", "||", "a|b", "|1|x", "1|2|3|1|x", "\n", "\r\n", "line\nbreak", "\t|\0\n",
+    "\0",
+    "\0a",
+    "\0b",
+    "a\0",
+    "|",
+    "||",
+    "a|b",
+    "|1|x",
+    "1|2|3|1|x",
+    "\n",
+    "\r\n",
+    "line\nbreak",
+    "\t|\0\n",
     "".join(map(chr, range(128))),  # 128 bytes: every ASCII byte, controls and NUL included
     "é" * 64,  # 128 bytes of two-byte UTF-8
     "\0" * 128,
@@ -30,13 +40,15 @@ ODD_IDS = [
 
 def _update(client: Client, board: str, user: str, score: int, rid: str) -> tuple[int, bool]:
     response = client.lb.UpdateScore(
-        pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=rid), timeout=T)
+        pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=rid), timeout=T
+    )
     return response.score, response.applied
 
 
 def _batch(client: Client, board: str, updates: list[tuple[str, int, str]]) -> list[tuple[int, bool]]:
     request = pb.BatchUpdateScoresRequest(
-        leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=s, request_id=r) for u, s, r in updates])
+        leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=s, request_id=r) for u, s, r in updates]
+    )
     return [(r.score, r.applied) for r in client.lb.BatchUpdateScores(request, timeout=T).results]
 
 
@@ -70,7 +82,7 @@ def _stored_ids(raw: bytes) -> list[bytes]:
         assert head, raw[pos:]
         end = head.end() + int(head.group(1))
         assert end <= len(raw), raw[pos:]
-        ids.append(raw[head.end():end])
+        ids.append(raw[head.end() : end])
         pos = end
     return ids
 
@@ -96,7 +108,7 @@ def test_request_ids_of_any_bytes_are_stored_whole_and_told_apart(client, node_a
         for i, rid in enumerate(ids):
             assert _update(client, "odd", user, 1, rid) == (i + 1, True), rid
             # Still recognised among the member's last 8 updates, and the newest is the first call's result.
-            for back, old in enumerate(ids[max(0, i - 7): i + 1][::-1]):
+            for back, old in enumerate(ids[max(0, i - 7) : i + 1][::-1]):
                 assert _update(client, "odd", user, 1, old) == (i + 1 - back, False), old
         node, _, raw = _records(node_addresses, "odd", user)
         assert _stored_ids(raw) == [r.encode() for r in ids[-8:]]
@@ -131,15 +143,21 @@ def test_concurrent_unary_updates_coalesced_with_a_nul_request_id_all_succeed(cl
     victim_ids = [NUL_ID, "x", "y", "\0\0", NUL_ID]
     for round_ in range(len(victim_ids)):
         # The victim's call goes in the middle of a burst: the router answers the burst with few script calls.
-        calls = [client.lb.UpdateScore.future(
-            pb.UpdateScoreRequest(leaderboard="nc", user_id=u, score=2, request_id=f"r{round_}"), timeout=T)
-            for u in users[:15]]
+        calls = [
+            client.lb.UpdateScore.future(
+                pb.UpdateScoreRequest(leaderboard="nc", user_id=u, score=2, request_id=f"r{round_}"), timeout=T
+            )
+            for u in users[:15]
+        ]
         victim = client.lb.UpdateScore.future(
-            pb.UpdateScoreRequest(leaderboard="nc", user_id="victim", score=1, request_id=victim_ids[round_]),
-            timeout=T)
-        calls += [client.lb.UpdateScore.future(
-            pb.UpdateScoreRequest(leaderboard="nc", user_id=u, score=2, request_id=f"r{round_}"), timeout=T)
-            for u in users[15:]]
+            pb.UpdateScoreRequest(leaderboard="nc", user_id="victim", score=1, request_id=victim_ids[round_]), timeout=T
+        )
+        calls += [
+            client.lb.UpdateScore.future(
+                pb.UpdateScoreRequest(leaderboard="nc", user_id=u, score=2, request_id=f"r{round_}"), timeout=T
+            )
+            for u in users[15:]
+        ]
         assert [(c.result().score, c.result().applied) for c in calls] == [(2 * round_ + 2, True)] * len(users)
         assert victim.result().applied is (victim_ids[round_] not in victim_ids[:round_])
     assert _score(client, "nc", "victim") == 4
@@ -179,8 +197,7 @@ def _record(ts: bytes, value: int, score: int, rid: bytes, length: int | None = 
 
 @pytest.mark.parametrize("first", ["retry", "new-id"])
 @pytest.mark.parametrize("damage", ["nul-then-one", "nul-then-short", "nul-last", "garbage"])
-def test_a_member_whose_stored_records_are_corrupt_fails_no_neighbour_and_heals(
-        client, node_addresses, damage, first):
+def test_a_member_whose_stored_records_are_corrupt_fails_no_neighbour_and_heals(client, node_addresses, damage, first):
     client.create("heal", boundaries=[10])
     users = ["n1", "n2", "n3"]
     assert _batch(client, "heal", [("victim", 1, "r0"), *((u, 1, "r0") for u in users)]) == [(1, True)] * 4

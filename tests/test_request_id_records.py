@@ -8,18 +8,17 @@ import re
 
 import grpc
 import redis
-
-from shard_map import Buckets, user_hash
-from shard_node._keys import DEDUP_DEPTH, DEDUP_GEN_MS, DEDUP_WINDOW_MS, dedup_key, index_key
-
-from rankshard.v1 import leaderboard_pb2 as pb
-
 from _router import Client
+
+from rankshard.shard_map import Buckets, user_hash
+from rankshard.shard_node._keys import DEDUP_DEPTH, DEDUP_GEN_MS, DEDUP_WINDOW_MS, dedup_key, index_key
+from rankshard.v1 import leaderboard_pb2 as pb
 
 
 def _update(client: Client, board: str, user: str, score: int, rid: str) -> tuple[int, bool]:
     response = client.lb.UpdateScore(
-        pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=rid), timeout=10)
+        pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=rid), timeout=10
+    )
     return response.score, response.applied
 
 
@@ -99,7 +98,7 @@ def _stored_ids(stored: str) -> list[str]:
     while pos < len(stored):
         head = re.compile(r"-?\d+\|[^|]*\|[^|]*\|(\d+)\|").match(stored, pos)
         assert head, stored[pos:]
-        ids.append(stored[head.end(): head.end() + int(head.group(1))])
+        ids.append(stored[head.end() : head.end() + int(head.group(1))])
         pos = head.end() + int(head.group(1))
     return ids
 

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from _processes import RouterProcess
+from _router import bootstrap
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha
 
-from cli._local import LocalPostgres, free_port
-from router import REFLECTION_V1
-
+from rankshard.cli._local import LocalPostgres, free_port
+from rankshard.router import REFLECTION_V1
 from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2, leaderboard_pb2_grpc
-
-from _processes import RouterProcess
-from _router import bootstrap
 
 
 @pytest.fixture
@@ -66,14 +64,18 @@ def test_with_the_control_plane_down_admin_calls_fail_within_their_deadline_nami
             assert "control plane" in caught.value.details(), name
             assert took < 2.0, (name, took)
         # The data path goes on from the cached map.
-        reply = lb.UpdateScore(leaderboard_pb2.UpdateScoreRequest(leaderboard="before", user_id="u", score=4), timeout=5)
+        reply = lb.UpdateScore(
+            leaderboard_pb2.UpdateScoreRequest(leaderboard="before", user_id="u", score=4), timeout=5
+        )
         assert (reply.score, reply.rank) == (7, 1)
     router_over_lone_postgres.stop()
     log = "".join(router_over_lone_postgres.output)
     assert "never retrieved" not in log, log
 
 
-def _reflect(channel: grpc.Channel, service: str, request: v1alpha.ServerReflectionRequest) -> v1alpha.ServerReflectionResponse:
+def _reflect(
+    channel: grpc.Channel, service: str, request: v1alpha.ServerReflectionRequest
+) -> v1alpha.ServerReflectionResponse:
     """One request on `service`'s reflection stream. v1 and v1alpha messages are the same on the wire."""
     call = channel.stream_stream(
         f"/{service}/ServerReflectionInfo",
@@ -90,7 +92,10 @@ def test_reflection_is_served_as_v1_and_v1alpha(router, service: str) -> None:
         names = {s.name for s in listed.list_services_response.service}
         assert {"rankshard.v1.Leaderboard", "rankshard.v1.Admin", "grpc.health.v1.Health", REFLECTION_V1} <= names
         found = _reflect(channel, service, v1alpha.ServerReflectionRequest(file_containing_symbol="rankshard.v1.Admin"))
-        files = [descriptor_pb2.FileDescriptorProto.FromString(raw) for raw in found.file_descriptor_response.file_descriptor_proto]
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in found.file_descriptor_response.file_descriptor_proto
+        ]
         admin = next(f for f in files if f.package == "rankshard.v1" and any(s.name == "Admin" for s in f.service))
         assert "CreateLeaderboard" in {m.name for s in admin.service for m in s.method}
         own = _reflect(channel, service, v1alpha.ServerReflectionRequest(file_containing_symbol=REFLECTION_V1))

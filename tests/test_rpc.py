@@ -11,8 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from shard_map import slot_for
-
+from rankshard.shard_map import slot_for
 from rankshard.v1 import admin_pb2
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -28,8 +27,31 @@ SERVICES = ("rankshard.v1.Leaderboard", "rankshard.v1.Admin")
 
 # Ids whose order is bytewise, not case-insensitive or locale order: "B" < "Z" < "a" < "b" < "é" < "ü".
 NAMES = [
-    "zoe", "Amy", "bob", "émile", "carl", "Dan", "eve", "B", "a", "Z", "üwe", "frank", "Gus", "hal", "ivy",
-    "Jo", "kim", "lee", "Max", "ned", "o1", "o10", "o2", "pat", "Quinn",
+    "zoe",
+    "Amy",
+    "bob",
+    "émile",
+    "carl",
+    "Dan",
+    "eve",
+    "B",
+    "a",
+    "Z",
+    "üwe",
+    "frank",
+    "Gus",
+    "hal",
+    "ivy",
+    "Jo",
+    "kim",
+    "lee",
+    "Max",
+    "ned",
+    "o1",
+    "o10",
+    "o2",
+    "pat",
+    "Quinn",
 ]
 SCORES = [0, 5, 5, 5, 9, 10, 10, 12, 15, 19, 20, 20, 20, 20, 25, 29, 30, 30, 33, 40, -1, -7, 100, 9, 19]
 """Ties inside shards, at shard boundaries, and across the first rows of most pages."""
@@ -130,9 +152,9 @@ def status_of(call, *args, **kwargs) -> grpc.RpcError:
 
 
 def fill(client, board: str, model: Model, names=NAMES, scores=SCORES) -> None:
-    for user, score in zip(names, scores):
+    for user, score in zip(names, scores, strict=True):
         model.update(user, score)
-    batch(client, board, list(zip(names, scores)))
+    batch(client, board, list(zip(names, scores, strict=True)))
 
 
 def check_board(client, board: str, model: Model) -> None:
@@ -154,8 +176,20 @@ def check_board(client, board: str, model: Model) -> None:
 # (user, value): new members in every shard, then updates that cross shard boundaries both ways, ties
 # with the old score, and a zero.
 SCRIPT = [
-    ("a", 5), ("b", 15), ("c", 25), ("d", 35), ("e", -4),
-    ("a", 12), ("b", 15), ("c", 3), ("d", -20), ("e", 40), ("f", 25), ("a", 0), ("c", 30), ("f", -25),
+    ("a", 5),
+    ("b", 15),
+    ("c", 25),
+    ("d", 35),
+    ("e", -4),
+    ("a", 12),
+    ("b", 15),
+    ("c", 3),
+    ("d", -20),
+    ("e", 40),
+    ("f", 25),
+    ("a", 0),
+    ("c", 30),
+    ("f", -25),
 ]
 
 
@@ -227,7 +261,10 @@ def test_request_ids_make_retries_harmless(client):
 
     # Batches honour request ids too, also for an id first seen earlier in the same batch.
     assert batch(client, "inc", [("u2", 5, "r1"), ("u3", 4, "b1"), ("u3", 4, "b1"), ("u1", 2, "b2")]) == [
-        (5, 3, False), (4, 3, True), (4, 3, False), (33, 1, True),
+        (5, 3, False),
+        (4, 3, True),
+        (4, 3, False),
+        (33, 1, True),
     ]
     model.update("u3", 4), model.update("u1", 2)
     error = status_of(client.lb.BatchUpdateScores, batch_request("inc", [("u4", 1), ("u3", 5, "b1")]))
@@ -264,7 +301,7 @@ def test_batch_update_scores(client):
     users = [f"p{i}" for i in range(10)]
     assert {slot_for(u) % 2 for u in users} == {0, 1}, "the batch should span both index nodes"
     values = [-5, 3, 12, 18, 22, 29, 30, 31, 45, 10]
-    updates = [*zip(users, values), ("new", 5), ("p3", 4), ("new", 20)]
+    updates = [*zip(users, values, strict=True), ("new", 5), ("p3", 4), ("new", 20)]
     expected = [model.update(u, v) for u, v in updates]
     results = batch(client, "b", updates)
     # In request order; a member updated twice sees its first update (new -> 5 -> 25, p3 18 -> 22).

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shard_map import (
+from rankshard.shard_map import (
     DEFAULT_LIMIT,
     DEFAULT_RADIUS,
     MAX_BATCH,
@@ -41,8 +41,7 @@ from shard_map import (
 
 def make_map(cuts: list[int] | tuple[int, ...], board: str = "b") -> ShardMap:
     shards = tuple(
-        Shard(f"s{i}", lower, upper, f"n{i % 2 + 1}")
-        for i, (lower, upper) in enumerate(ranges_for(cuts), start=1)
+        Shard(f"s{i}", lower, upper, f"n{i % 2 + 1}") for i, (lower, upper) in enumerate(ranges_for(cuts), start=1)
     )
     return ShardMap(board, 1, shards)
 
@@ -159,10 +158,10 @@ def test_default_boundaries_are_strictly_ascending_and_skewed(shards):
     assert len(cuts) == shards - 1
     assert list(cuts) == sorted(set(cuts))
     assert check_boundaries(cuts) == cuts
-    widths = [b - a for a, b in zip((0, *cuts), cuts)]
+    widths = [b - a for a, b in zip((0, *cuts), cuts, strict=True)]
     # Exponential quantiles: each range is at least as wide as the one below it (up to rounding to
     # integers), and the top one much wider than the bottom one.
-    assert all(upper >= lower - 1 for lower, upper in zip(widths, widths[1:]))
+    assert all(upper >= lower - 1 for lower, upper in zip(widths, widths[1:], strict=True))
     if shards >= 4:
         assert widths[-1] > 2 * widths[0]
 

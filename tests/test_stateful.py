@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from _router import Client, RouterThread
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -53,12 +54,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from shard_node import MOVE_STEPS
-
+from rankshard.shard_node import MOVE_STEPS
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc
-
-from _router import Client, RouterThread
 
 # Bytewise order: "B" < "a" < "a-b" < "aa" < "é" (c3 a9) < "日本" (e6) < "Ａ" (ef bc a1) < "🏆" (f0).
 USERS = ("a", "B", "aa", "a-b", "é", "日本", "Ａ", "🏆")
@@ -118,6 +116,7 @@ class Model:
 
     def ordered(self) -> list[tuple[str, int, int]]:
         """(user, score, rank) best first; ties by user id bytes."""
+
         def key(user: str) -> tuple[int, bytes]:
             return (-self.scores[user] if self.descending else self.scores[user], user.encode())
 
@@ -292,7 +291,9 @@ class BoardMachine(RuleBasedStateMachine):
         self.model = trial
         assert len(answer.results) == len(updates)
         last = {u: i for i, (u, _, _) in enumerate(updates)}
-        for i, ((user, _, _), (kind, score, applied), got) in enumerate(zip(updates, expected, answer.results)):
+        for i, ((user, _, _), (kind, score, applied), got) in enumerate(
+            zip(updates, expected, answer.results, strict=True)
+        ):
             assert (got.score, got.applied) == (score, applied), (i, updates, answer)
             # A member's rank after the call is pinned down for its last update in the batch.
             if last[user] == i and trial.scores.get(user) == score and kind != "dup":
@@ -578,9 +579,7 @@ class BoardMachine(RuleBasedStateMachine):
         batch=st.booleans(),
         copies=st.lists(st.sampled_from(("same", "same", "other_value", "part")), min_size=1, max_size=3),
     )
-    def concurrent_retries(
-        self, data: st.DataObject, pool: list[str], batch: bool, copies: list[str]
-    ) -> None:
+    def concurrent_retries(self, data: st.DataObject, pool: list[str], batch: bool, copies: list[str]) -> None:
         """A call and 1-3 copies of it racing it (a client retrying too soon, through any router): the same
         request ids with the same values (each update applied once), with one value changed (refused), or
         part of a batch."""
@@ -629,10 +628,14 @@ class BoardMachine(RuleBasedStateMachine):
         except AssertionError as exc:
             # A race seldom replays the same way, so hypothesis may not print the steps: say what ran here.
             lines = [f"{exc}", f"after these calls, sent in the order {list(sent)} (members before: {before}):"]
-            for j, (op, outcome) in enumerate(zip(ops, outcomes)):
-                got = (f"{outcome.code.name}: {outcome.details}" if outcome.code is not None
-                       else outcome.answer.removed if op.kind == "remove"  # type: ignore[attr-defined]
-                       else outcome.results())
+            for j, (op, outcome) in enumerate(zip(ops, outcomes, strict=True)):
+                got = (
+                    f"{outcome.code.name}: {outcome.details}"
+                    if outcome.code is not None
+                    else outcome.answer.removed
+                    if op.kind == "remove"  # type: ignore[attr-defined]
+                    else outcome.results()
+                )
                 lines.append(f"  call {j} via router {op.via}: {op.kind} {op.items} -> {got}")
             raise AssertionError("\n".join(lines)) from exc
         self.settle(data, members)
@@ -736,7 +739,7 @@ class BoardMachine(RuleBasedStateMachine):
                 sim, kinds = base.copy(), {}
                 replayed = all(
                     self.replay(sim, user, j, idx, ops[j], outcomes[j], pick, kinds)
-                    for (j, idx), pick in zip(order, picks)
+                    for (j, idx), pick in zip(order, picks, strict=True)
                 )
                 if replayed and sim.scores.get(user) == observed:
                     # The first order that fits. (Others may differ in request ids; `settle` forgets them.)
@@ -758,7 +761,13 @@ class BoardMachine(RuleBasedStateMachine):
 
     @staticmethod
     def replay(
-        sim: Model, user: str, j: int, idx: list[int], op: Op, outcome: Outcome, way: str,
+        sim: Model,
+        user: str,
+        j: int,
+        idx: list[int],
+        op: Op,
+        outcome: Outcome,
+        way: str,
         kinds: dict[tuple[int, int], str],
     ) -> bool:
         """Applies call `j`'s updates `idx` of `user` (or its removal) to `sim` the `way` given; False if
@@ -775,24 +784,25 @@ class BoardMachine(RuleBasedStateMachine):
             return False
         if outcome.code is None:
             answers = outcome.results()
-            if any((score, applied) != (answers[i][0], answers[i][2]) for i, (_, score, applied) in zip(idx, got)):
+            if any(
+                (score, applied) != (answers[i][0], answers[i][2])
+                for i, (_, score, applied) in zip(idx, got, strict=True)
+            ):
                 return False
         sim.scores, sim.history = trial.scores, trial.history
-        kinds.update({(j, i): kind for i, (kind, _, _) in zip(idx, got)})
+        kinds.update({(j, i): kind for i, (kind, _, _) in zip(idx, got, strict=True)})
         return True
 
-    def check_concurrent_ranks(
-        self, ops: list[Op], outcomes: list[Outcome], kinds: dict[tuple[int, int], str]
-    ) -> None:
+    def check_concurrent_ranks(self, ops: list[Op], outcomes: list[Outcome], kinds: dict[tuple[int, int], str]) -> None:
         """The rank of each member's last update in a call, against the board after the group: one off at
         most per member another call of the group wrote (moved, added or removed) while it ran."""
         touched = [len(op.members()) for op in ops]
-        for j, (op, outcome) in enumerate(zip(ops, outcomes)):
+        for j, (op, outcome) in enumerate(zip(ops, outcomes, strict=True)):
             if op.kind == "remove" or outcome.code is not None:
                 continue
             slack = sum(touched) - touched[j]
             answers = outcome.results()
-            for user, i in {u: i for i, (u, _, _) in enumerate(op.items)}.items():
+            for i in {u: i for i, (u, _, _) in enumerate(op.items)}.values():
                 if kinds.get((j, i)) == "upd":
                     score, rank, _ = answers[i]
                     expected = self.model.rank_of_score(score)
@@ -908,8 +918,10 @@ def test_a_batch_refused_on_one_index_node_still_writes_what_the_other_applied(
                 ],
             )
             single = pb.UpdateScoreRequest(leaderboard="partial", user_id="a", score=7, request_id=f"r{n}")
-            calls = [lambda: client.lb.BatchUpdateScores.future(batch, timeout=TIMEOUT),
-                     lambda: client2.lb.UpdateScore.future(single, timeout=TIMEOUT)]
+            calls = [
+                lambda batch=batch: client.lb.BatchUpdateScores.future(batch, timeout=TIMEOUT),
+                lambda single=single: client2.lb.UpdateScore.future(single, timeout=TIMEOUT),
+            ]
             futures = [call() for call in (calls if n % 2 else calls[::-1])]
             for future in futures:
                 try:

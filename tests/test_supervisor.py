@@ -5,7 +5,7 @@ been healthy for a while is again restarted promptly, and one that keeps dying i
 
 from __future__ import annotations
 
-from cli._supervisor import Backoff, RestartPolicy
+from rankshard.cli._supervisor import Backoff, RestartPolicy
 
 POLICY = RestartPolicy(first=0.5, cap=8.0, stable_after=10.0, deaths=5, window=60.0)
 

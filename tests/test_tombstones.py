@@ -13,15 +13,20 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import redis
-
-from shard_map import ControlPlane
-from shard_node import BoardLayout, Collected, audit_board, collect_tombstones, connect_cluster, import_members
-from shard_node._keys import TOMBSTONE_TTL_MS, registered_version
-from shard_node._moves import apply_call, shard_call
-
-from rankshard.v1 import leaderboard_pb2 as pb
-
 from _router import Client
+
+from rankshard.shard_map import ControlPlane
+from rankshard.shard_node import (
+    BoardLayout,
+    Collected,
+    audit_board,
+    collect_tombstones,
+    connect_cluster,
+    import_members,
+)
+from rankshard.shard_node._keys import TOMBSTONE_TTL_MS, registered_version
+from rankshard.shard_node._moves import apply_call, shard_call
+from rankshard.v1 import leaderboard_pb2 as pb
 
 T = 10.0
 CUTS = [10, 20, 30]
@@ -38,6 +43,7 @@ def nodes(node_addresses: list[str]) -> Iterator[list[redis.Redis]]:
 
 def _on_board(dsn: str, board: str, work):
     """`work(cluster, layout)`'s result, on a cluster and layout of the test's own (as the CLI builds them)."""
+
     async def main():
         async with await ControlPlane.open(dsn) as cp:
             cluster = await connect_cluster(cp)
@@ -45,6 +51,7 @@ def _on_board(dsn: str, board: str, work):
                 return await work(cluster, BoardLayout(await cp.get_board(board), await cp.shard_map(board)))
             finally:
                 await cluster.aclose()
+
     return asyncio.run(main())
 
 
@@ -68,8 +75,9 @@ def _tombstones(nodes: list[redis.Redis], board: str) -> dict[tuple[int, bytes, 
 
 
 def _update(client: Client, board: str, user: str, score: int, rid: str = "") -> tuple[int, bool]:
-    r = client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=rid),
-                              timeout=T)
+    r = client.lb.UpdateScore(
+        pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=score, request_id=rid), timeout=T
+    )
     return r.score, r.applied
 
 
@@ -99,7 +107,8 @@ def _index_version(nodes: list[redis.Redis], board: str, user: str) -> int:
 
 
 def test_removed_members_leave_nothing_on_the_nodes_once_their_tombstones_are_collected(
-        client, nodes, control_plane_dsn):
+    client, nodes, control_plane_dsn
+):
     client.create("gone", boundaries=CUTS)
     users = [f"u{i}" for i in range(40)]
     for i, user in enumerate(users):
@@ -121,7 +130,9 @@ def test_removed_members_leave_nothing_on_the_nodes_once_their_tombstones_are_co
     assert collected.deleted == len(left) and collected.rounds == len(nodes)
     assert _tombstones(nodes, "gone") == {}
     # What is left instead: a floor per index slot (in its first hash), the highest version it lost.
-    floors = {(n, key): registered_version(v.decode()) for (n, key, u), v in _stored(nodes, "gone", "i").items() if not u}
+    floors = {
+        (n, key): registered_version(v.decode()) for (n, key, u), v in _stored(nodes, "gone", "i").items() if not u
+    }
     highest: dict[tuple[int, bytes], int] = {}
     for (n, key, _), value in left.items():
         if key.startswith(b"rs:i:"):
@@ -135,7 +146,8 @@ def test_removed_members_leave_nothing_on_the_nodes_once_their_tombstones_are_co
 
 
 def test_a_member_back_after_collection_gets_versions_above_any_left_and_its_writes_land(
-        client, nodes, control_plane_dsn):
+    client, nodes, control_plane_dsn
+):
     client.create("back", boundaries=CUTS)
     for user in ("m", "i"):
         for score in (1, 12, 25, 35, 5):  # through every shard, so both nodes' registers know the member
@@ -166,7 +178,8 @@ def test_a_member_back_after_collection_gets_versions_above_any_left_and_its_wri
 
 
 def test_a_late_old_write_does_not_bring_a_removed_member_back_while_its_tombstone_is_needed(
-        client, nodes, control_plane_dsn):
+    client, nodes, control_plane_dsn
+):
     client.create("late", boundaries=CUTS)
     assert _update(client, "late", "m", 15) == (15, True)
     _update(client, "late", "other", 5)
@@ -187,8 +200,7 @@ def test_a_late_old_write_does_not_bring_a_removed_member_back_while_its_tombsto
     assert _on_board(control_plane_dsn, "late", audit_board) == []
 
 
-def test_tombstones_from_older_releases_are_stamped_when_first_seen_then_collected(
-        client, nodes, control_plane_dsn):
+def test_tombstones_from_older_releases_are_stamped_when_first_seen_then_collected(client, nodes, control_plane_dsn):
     client.create("old", boundaries=CUTS)
     _update(client, "old", "m", 15)
     _update(client, "old", "n", 15)
