@@ -319,7 +319,7 @@ def _median_ratio(values: list[float]) -> tuple[float, str]:
 
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal of the issue as measured/baseline ratio, its target, and whether it was met."""
+    """Each goal of the benchmark as measured/baseline ratio, its target, and whether it was met."""
     rounds, lat = result["rounds"], result["latency"]
     counts = sorted(map(int, result["shards"]))
     rows = []

@@ -6,6 +6,7 @@ Used by ``rankshard cluster up`` (foreground, supervised, until a signal) and by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,15 @@ HOST = "127.0.0.1"
 ROUTER_START_TIMEOUT = 30.0
 ROUTER_STOP_TIMEOUT = 10.0
 
-__all__ = ["DEFAULT_BOARD", "ClaimRefused", "GaveUp", "LocalCluster", "LocalRouter", "supervise_until_signal"]
+__all__ = [
+    "DEFAULT_BOARD",
+    "ClaimRefused",
+    "GaveUp",
+    "LocalCluster",
+    "LocalRouter",
+    "signals_caught",
+    "supervise_until_signal",
+]
 
 
 class LocalRouter:
@@ -263,9 +272,11 @@ class LocalCluster:
         self.stop()
 
 
-def supervise_until_signal(cluster: LocalCluster, say: Callable[[str], None]) -> GaveUp | str:
-    """Restarts whatever of `cluster` dies until SIGINT/SIGTERM (returns the signal's name) or until a process
-    keeps dying (returns which, and how). Stops nothing: the caller stops the cluster."""
+@contextlib.contextmanager
+def signals_caught() -> Iterator[list[str]]:
+    """Within the block, SIGINT and SIGTERM are recorded (by name, in the list it yields) instead of ending the
+    process. Entered before a cluster starts, so that a signal arriving while it starts, or right after it
+    says it serves, still stops every process it started."""
     received: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -273,8 +284,14 @@ def supervise_until_signal(cluster: LocalCluster, say: Callable[[str], None]) ->
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        gave_up = supervise(cluster.processes(), lambda: bool(received), say)
+        yield received
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def supervise_until_signal(cluster: LocalCluster, say: Callable[[str], None], received: list[str]) -> GaveUp | str:
+    """Restarts whatever of `cluster` dies until `received` (from `signals_caught`) names a signal (returns its
+    name) or until a process keeps dying (returns which, and how). Stops nothing: the caller stops the cluster."""
+    gave_up = supervise(cluster.processes(), lambda: bool(received), say)
     return gave_up or received[0]

@@ -1,9 +1,9 @@
 """The storage side of `rankshard bench`'s batch baseline: BatchUpdateScores' node operations, driven
 directly by one process, without a router or gRPC in between.
 
-The issue's second baseline is "one Python process driving the same node operations directly". The
-benchmarks see rankshard only through its public surfaces (gRPC, the CLI), and the node operations lie
-below them, so the CLI, which may use shard_node, hands this function to the bench
+This baseline is one Python process driving the same node operations directly. The benchmarks see
+rankshard only through its public surfaces (gRPC, the CLI), and the node operations lie below them, so
+the CLI, which may use shard_node, hands this function to the bench
 (`run_bench(direct=...)`). It runs in a load-generator process (module-level, picklable arguments, a
 JSON-ready result).
 """

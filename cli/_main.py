@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 
 from ._bench import bench
-from ._cluster import ClaimRefused, GaveUp, LocalCluster, supervise_until_signal
+from ._cluster import ClaimRefused, GaveUp, LocalCluster, signals_caught, supervise_until_signal
 from ._demo import demo
 from ._doctor import check, repair
 from ._import import import_cmd
@@ -125,25 +125,26 @@ def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, bou
     """
     cuts = parse_boundaries(boundaries) if boundaries else None
     local = LocalCluster(ctx.obj["data_dir"], nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts)
-    try:
-        local.start()
-    except ClaimRefused as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        raise click.ClickException(f"cluster did not start: {exc}") from exc
-    try:
-        click.echo(f"rankshard: control plane {local.control_plane}")
-        click.echo(f"rankshard: nodes {', '.join(n.address for n in local.nodes)}")
-        click.echo(f"rankshard: router listening on {local.address}")
-        outcome = supervise_until_signal(local, click.echo)
-        if isinstance(outcome, GaveUp):
-            click.echo(f"rankshard: {outcome.name} keeps dying; stopping. The last lines of {outcome.log_path}:")
-            for line in outcome.log_lines():
-                click.echo(f"  {line}")
-        else:
-            click.echo(f"rankshard: stopping ({outcome})")
-    finally:
-        local.stop()
+    with signals_caught() as received:
+        try:
+            local.start()
+        except ClaimRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            raise click.ClickException(f"cluster did not start: {exc}") from exc
+        try:
+            click.echo(f"rankshard: control plane {local.control_plane}")
+            click.echo(f"rankshard: nodes {', '.join(n.address for n in local.nodes)}")
+            click.echo(f"rankshard: router listening on {local.address}")
+            outcome = supervise_until_signal(local, click.echo, received)
+            if isinstance(outcome, GaveUp):
+                click.echo(f"rankshard: {outcome.name} keeps dying; stopping. The last lines of {outcome.log_path}:")
+                for line in outcome.log_lines():
+                    click.echo(f"  {line}")
+            else:
+                click.echo(f"rankshard: stopping ({outcome})")
+        finally:
+            local.stop()
     if isinstance(outcome, GaveUp):
         raise click.ClickException(str(outcome))
 
