@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 from _router import Client, RouterThread, bootstrap
 
+from rankshard.cli._local import LocalValkey
+
 
 @pytest.fixture
 def router(control_plane_dsn: str, node_addresses: list[str]) -> Iterator[RouterThread]:
@@ -23,3 +25,21 @@ def client(router: RouterThread) -> Iterator[Client]:
     c = Client(router.port)
     yield c
     c.close()
+
+
+def serve(dsn: str, addresses: list[str]) -> Iterator[Client]:
+    """A client of a router over the nodes at `addresses` (bootstrapped into `dsn`); everything stops after."""
+    asyncio.run(bootstrap(dsn, addresses))
+    thread = RouterThread(dsn).start()
+    client = Client(thread.port)
+    try:
+        yield client
+    finally:
+        client.close()
+        thread.stop()
+
+
+@pytest.fixture
+def split_client(control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey) -> Iterator[Client]:
+    """A router over a shared node (n1) and `fresh_valkey` (n2), which the test may stop, kill or pause."""
+    yield from serve(control_plane_dsn, [node_addresses[0], fresh_valkey.address])

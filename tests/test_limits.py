@@ -8,17 +8,15 @@ with ordinary calls that succeed: no input, however malformed, stops a router se
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import psycopg
 import pytest
 import redis
-from _router import Client, RouterThread, bootstrap
+from _router import Client
 
 from rankshard.shard_map import slot_for
 from rankshard.shard_map._store import LISTENER_NAME
@@ -518,19 +516,6 @@ def test_a_passed_deadline_is_deadline_exceeded(router, client):
 
 
 # ---- a node down ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def split_client(control_plane_dsn: str, node_addresses: list[str], fresh_valkey: Any) -> Iterator[Client]:
-    """A router over a shared node (n1) and `fresh_valkey` (n2), which the test may stop."""
-    asyncio.run(bootstrap(control_plane_dsn, [node_addresses[0], fresh_valkey.address]))
-    thread = RouterThread(control_plane_dsn).start()
-    client = Client(thread.port)
-    try:
-        yield client
-    finally:
-        client.close()
-        thread.stop()
 
 
 def test_a_node_down_is_unavailable_and_the_rest_keeps_serving(split_client, fresh_valkey):

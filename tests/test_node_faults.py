@@ -17,7 +17,6 @@ n2 is always the node the test breaks.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 import threading
@@ -30,7 +29,8 @@ from typing import Any
 
 import grpc
 import pytest
-from _router import Client, RouterThread, bootstrap
+from _fixtures_cluster import serve
+from _router import Client
 from click.testing import CliRunner
 
 from rankshard.cli import main
@@ -145,27 +145,10 @@ def own_nodes(fresh_valkey: LocalValkey, tmp_path: Path) -> Iterator[tuple[Local
         other.stop()
 
 
-def _serve(dsn: str, addresses: list[str]) -> Iterator[Client]:
-    asyncio.run(bootstrap(dsn, addresses))
-    thread = RouterThread(dsn).start()
-    client = Client(thread.port)
-    try:
-        yield client
-    finally:
-        client.close()
-        thread.stop()
-
-
 @pytest.fixture
 def own_client(control_plane_dsn: str, own_nodes: tuple[LocalValkey, LocalValkey]) -> Iterator[Client]:
     """A router over `own_nodes`."""
-    yield from _serve(control_plane_dsn, [node.address for node in own_nodes])
-
-
-@pytest.fixture
-def split_client(control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey) -> Iterator[Client]:
-    """A router over a shared node (n1) and `fresh_valkey` (n2), which the test may kill or pause."""
-    yield from _serve(control_plane_dsn, [node_addresses[0], fresh_valkey.address])
+    yield from serve(control_plane_dsn, [node.address for node in own_nodes])
 
 
 # ---- SIGKILL during writes, restart from the AOF ----------------------------------------------------------
