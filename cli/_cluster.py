@@ -18,13 +18,23 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankshard.shard_map import BoardConfig, ControlPlane, NotFound, SlotTable, default_boundaries
+from rankshard.shard_map import (
+    DEFAULTS,
+    ROUTER,
+    BoardConfig,
+    ControlPlane,
+    NotFound,
+    Settings,
+    SlotTable,
+    default_boundaries,
+    setting_specs,
+)
 from rankshard.shard_node import connect_cluster, create_board
 
 from ._claims import ClaimRefused, DataDirLock, reserve_port
 from ._local import LocalPostgres, LocalValkey, die_with_parent, free_port
 from ._settings import LocalSettings
-from ._supervisor import GaveUp, Supervised, supervise
+from ._supervisor import GaveUp, RestartPolicy, Supervised, supervise
 
 DEFAULT_BOARD = "global"
 HOST = "127.0.0.1"
@@ -42,16 +52,31 @@ __all__ = [
 ]
 
 
+def router_flags(settings: Settings) -> list[str]:
+    """The router flags of every router setting `settings` changed from its default (the control plane apart):
+    what a local cluster's routers are started with, so that `rankshard` options reach them as the environment
+    does (they inherit it)."""
+    flags = []
+    for spec in setting_specs(ROUTER):
+        value = getattr(settings, spec.name)
+        if spec.has_flag and spec.name != "control_plane" and value != getattr(DEFAULTS, spec.name):
+            flags += [spec.flag, str(value)]
+    return flags
+
+
 class LocalRouter:
     """One `python -m rankshard.router` of a local cluster, sharing the cluster's port with its other routers
-    (`--reuse-port`). Its stderr goes to `log_path`. `start` returns once it serves, and starts it again after
-    it died; a start that fails kills what it spawned and raises RuntimeError."""
+    (`--reuse-port`), run with the cluster's `settings`. Its stderr goes to `log_path`. `start` returns once it
+    serves, and starts it again after it died; a start that fails kills what it spawned and raises RuntimeError."""
 
-    def __init__(self, number: int, control_plane: str, port: int, log_path: Path) -> None:
+    def __init__(
+        self, number: int, control_plane: str, port: int, log_path: Path, settings: Settings = DEFAULTS
+    ) -> None:
         self.number = number
         self.control_plane = control_plane
         self.port = port
         self.log_path = log_path
+        self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,6 +103,7 @@ class LocalRouter:
             "--port",
             str(self.port),
             "--reuse-port",
+            *router_flags(self.settings),
         ]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
@@ -146,7 +172,8 @@ class _NamedServer:
 
 
 class LocalCluster:
-    """Starts (or restarts, from the same data dir) a cluster; `stop()` stops every process it started.
+    """Starts (or restarts, from the same data dir) a cluster; `stop()` stops every process it started. Its
+    servers, routers and supervision follow `settings` (its node, PostgreSQL, restart and router settings).
 
     While it runs it holds its data dir and its router port (see `_claims`): a second cluster on either is
     refused with `ClaimRefused` before anything is changed."""
@@ -160,7 +187,7 @@ class LocalCluster:
         routers: int = 1,
         port: int = 50051,
         boundaries: Sequence[int] | None = None,
-        fast: bool = False,
+        settings: Settings = DEFAULTS,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.node_count = nodes
@@ -168,11 +195,12 @@ class LocalCluster:
         self.router_count = routers
         self.port = port
         self.boundaries = boundaries
-        self.fast = fast
+        self.settings = settings
         self.postgres: LocalPostgres | None = None
         self.nodes: list[LocalValkey] = []
         self.routers: list[LocalRouter] = []
-        self.settings: LocalSettings | None = None
+        self.ports: LocalSettings | None = None
+        """The ports of `cluster.json`, once started."""
         self._node_ids: dict[str, str] = {}
         self._lock = DataDirLock(self.data_dir)
         self._port_hold: socket.socket | None = None
@@ -183,8 +211,8 @@ class LocalCluster:
 
     @property
     def control_plane(self) -> str:
-        assert self.settings is not None
-        return self.settings.control_plane
+        assert self.ports is not None
+        return self.ports.control_plane
 
     def start(self) -> None:
         """Brings every process up and the board `global` into existence; on failure, stops what started.
@@ -198,26 +226,27 @@ class LocalCluster:
     def _start(self) -> None:
         self._lock.acquire(self.address)
         self._port_hold = reserve_port(HOST, self.port)
-        settings = LocalSettings.load(self.data_dir) or LocalSettings(postgres_port=free_port())
-        while len(settings.node_ports) < self.node_count:
-            settings.node_ports.append(free_port())
-        settings.router_port = self.port
-        settings.save(self.data_dir)
-        self.settings = settings
-        self.postgres = LocalPostgres(self.data_dir / "postgres", settings.postgres_port, fast=self.fast)
+        ports = LocalSettings.load(self.data_dir) or LocalSettings(postgres_port=free_port())
+        while len(ports.node_ports) < self.node_count:
+            ports.node_ports.append(free_port())
+        ports.router_port = self.port
+        ports.save(self.data_dir)
+        self.ports = ports
+        self.postgres = LocalPostgres(self.data_dir / "postgres", ports.postgres_port, settings=self.settings)
         self.postgres.start()
-        for i, node_port in enumerate(settings.node_ports, 1):
-            node = LocalValkey(self.data_dir / "nodes" / f"node{i}", node_port)
+        for i, node_port in enumerate(ports.node_ports, 1):
+            node = LocalValkey(self.data_dir / "nodes" / f"node{i}", node_port, settings=self.settings)
             self.nodes.append(node)
             node.start()
         asyncio.run(self._bootstrap())
         for i in range(1, self.router_count + 1):
-            self.routers.append(LocalRouter(i, self.control_plane, self.port, self.data_dir / f"router-{i}.log"))
+            log_path = self.data_dir / f"router-{i}.log"
+            self.routers.append(LocalRouter(i, self.control_plane, self.port, log_path, self.settings))
             self.routers[-1].start()
 
     async def _bootstrap(self) -> None:
         """Registers nodes, deals the index slots and creates board `global`, each only if absent."""
-        async with await ControlPlane.open(self.control_plane) as cp:
+        async with await ControlPlane.open(self.control_plane, timeout=self.settings.control_plane_timeout) as cp:
             known = {n.address for n in await cp.list_nodes()}
             for node in self.nodes:
                 if node.address not in known:
@@ -293,5 +322,5 @@ def signals_caught() -> Iterator[list[str]]:
 def supervise_until_signal(cluster: LocalCluster, say: Callable[[str], None], received: list[str]) -> GaveUp | str:
     """Restarts whatever of `cluster` dies until `received` (from `signals_caught`) names a signal (returns its
     name) or until a process keeps dying (returns which, and how). Stops nothing: the caller stops the cluster."""
-    gave_up = supervise(cluster.processes(), lambda: bool(received), say)
+    gave_up = supervise(cluster.processes(), lambda: bool(received), say, RestartPolicy.of(cluster.settings))
     return gave_up or received[0]

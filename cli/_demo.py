@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import statistics
 import sys
@@ -19,6 +20,7 @@ from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
 from ._cluster import DEFAULT_BOARD, LocalCluster
 from ._local import free_port
+from ._options import settings_of
 
 PLAYERS = 2000
 GAMES = 20000
@@ -29,7 +31,8 @@ BATCH = 50
 @click.option("--games", default=GAMES, show_default=True, type=click.IntRange(100, 1_000_000))
 @click.option("--players", default=PLAYERS, show_default=True, type=click.IntRange(10, 1_000_000))
 @click.option("--seed", default=7, show_default=True, help="random seed of the simulation")
-def demo(games: int, players: int, seed: int) -> None:
+@click.pass_context
+def demo(ctx: click.Context, games: int, players: int, seed: int) -> None:
     """Start a local cluster in a temporary folder, play simulated games through the router with a
     live view, show the top 10, one player's rank and neighbours, and stop everything.
 
@@ -39,9 +42,11 @@ def demo(games: int, players: int, seed: int) -> None:
       rankshard demo --games 100000 --players 5000
     """
     started = time.monotonic()
+    # A throwaway cluster: no need for PostgreSQL to sync what the folder's removal drops anyway.
+    settings = dataclasses.replace(settings_of(ctx), pg_fast=True)
     with tempfile.TemporaryDirectory(prefix="rankshard-demo-") as tmp:
         click.echo("rankshard demo: starting PostgreSQL, 2 Valkey nodes and a router ...")
-        with LocalCluster(Path(tmp), nodes=2, shards=4, routers=1, port=free_port(), fast=True) as local:
+        with LocalCluster(Path(tmp), nodes=2, shards=4, routers=1, port=free_port(), settings=settings) as local:
             click.echo(f"rankshard: router listening on {local.address}")
             summary = asyncio.run(_play(local.address, games, players, random.Random(seed)))
         click.echo("rankshard demo: cluster stopped, temporary folder removed")

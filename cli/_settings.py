@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,7 +49,3 @@ def control_plane_dsn(data_dir: Path, explicit: str | None) -> str:
             f"or start a local cluster with `rankshard --data-dir {data_dir} cluster up`"
         )
     return settings.control_plane
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("RANKSHARD_DATA_DIR", ".rankshard"))

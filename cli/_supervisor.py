@@ -3,7 +3,8 @@ dying stops the whole cluster, named, with its exit code and the end of its log.
 
 The policy: the first restart comes `first` seconds after a death, each further one waits twice as long, up to
 `cap`; a process that has stayed up `stable_after` seconds starts again from `first`. A process that dies `deaths`
-times within `window` seconds (a failed restart counts) is given up on.
+times within `window` seconds (a failed restart counts) is given up on. `RestartPolicy.of` takes them from the
+settings (`restart_*`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from rankshard.shard_map import DEFAULTS, Settings
 
 from ._local import log_tail
 
@@ -41,11 +44,21 @@ class Supervised(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RestartPolicy:
-    first: float = 0.5
-    cap: float = 8.0
-    stable_after: float = 10.0
-    deaths: int = 5
-    window: float = 60.0
+    first: float = DEFAULTS.restart_delay
+    cap: float = DEFAULTS.restart_max_delay
+    stable_after: float = DEFAULTS.restart_stable_after
+    deaths: int = DEFAULTS.restart_max_deaths
+    window: float = DEFAULTS.restart_window
+
+    @classmethod
+    def of(cls, settings: Settings) -> RestartPolicy:
+        return cls(
+            settings.restart_delay,
+            settings.restart_max_delay,
+            settings.restart_stable_after,
+            settings.restart_max_deaths,
+            settings.restart_window,
+        )
 
 
 @dataclass(slots=True)

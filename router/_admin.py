@@ -21,8 +21,9 @@ from ._status import handler
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, call_deadline: float) -> None:
         self.catalog = catalog
+        self.call_deadline = call_deadline
 
     @handler
     async def CreateLeaderboard(

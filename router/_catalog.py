@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from rankshard.shard_map import ControlPlane, NotFound, RankshardError
+from rankshard.shard_map import ControlPlane, ControlPlaneError, NotFound, RankshardError
 from rankshard.shard_node import BoardLayout, Cluster, NodeClient
 
 log = logging.getLogger("rankshard.router")
@@ -19,10 +19,21 @@ _UNKNOWN_TTL = 2.0
 """Seconds an unknown board name is remembered, so a flood of bad names does not reach PostgreSQL."""
 
 
+async def open_cluster(control_plane: ControlPlane, node_timeout: float) -> Cluster:
+    """Every registered node and the slot table, as `shard_node.connect_cluster` has them, with the router's own
+    `node_timeout` for every node command. Raises `ControlPlaneError`."""
+    slots = await control_plane.slot_table()
+    if slots is None:
+        raise ControlPlaneError("the control plane has no index slot table yet (no nodes bootstrapped)")
+    nodes = {n.id: NodeClient(n.id, n.address, timeout=node_timeout) for n in await control_plane.list_nodes()}
+    return Cluster(nodes, slots)
+
+
 class Catalog:
-    def __init__(self, control_plane: ControlPlane, cluster: Cluster) -> None:
+    def __init__(self, control_plane: ControlPlane, cluster: Cluster, node_timeout: float) -> None:
         self.control_plane = control_plane
         self.cluster = cluster
+        self._node_timeout = node_timeout
         self._layouts: dict[str, BoardLayout] = {}
         self._loading: dict[str, asyncio.Future[BoardLayout]] = {}
         self._unknown: dict[str, float] = {}
@@ -83,7 +94,7 @@ class Catalog:
     async def _add_nodes(self, node_ids: set[str]) -> None:
         for node in await self.control_plane.list_nodes():
             if node.id in node_ids and node.id not in self.cluster.nodes:
-                self.cluster.nodes[node.id] = NodeClient(node.id, node.address)
+                self.cluster.nodes[node.id] = NodeClient(node.id, node.address, timeout=self._node_timeout)
 
     async def every_layout(self) -> list[BoardLayout]:
         """Layouts of every board the control plane knows (the cached ones when it is unreachable)."""
@@ -103,7 +114,13 @@ class Catalog:
         return list(self._layouts.values())
 
     async def follow_epochs(self) -> None:
-        """Runs until cancelled: reloads a cached board whenever the control plane announces a newer epoch."""
+        """Runs until cancelled: reloads a cached board whenever the control plane announces a newer epoch.
+
+        A lost connection is not a crash (`ControlPlane.epoch_changes` reconnects). Anything it raises is a bug:
+        its owner (`BackgroundTasks`) logs it and starts it again after a backoff, rather than stopping the
+        router. Nothing is missed meanwhile: a restart first reads every board's current epoch, and until then
+        a node answers STALE to a call on an outdated map, which reloads it.
+        """
         async for board, epoch in self.control_plane.epoch_changes():
             self._unknown.pop(board, None)
             cached = self._layouts.get(board)

@@ -8,20 +8,20 @@ import logging
 import signal
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from rankshard.shard_map import ControlPlane
-from rankshard.shard_node import DEFAULT_MIN_AGE_MS, StepHook, connect_cluster
+from rankshard.shard_map import DEFAULTS, ControlPlane, Settings
+from rankshard.shard_node import StepHook
 from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
-from ._catalog import Catalog
+from ._catalog import Catalog, open_cluster
 from ._reflection import enable_reflection
 from ._service import LeaderboardService
-from ._sweeper import DEFAULT_INTERVAL, sweep_forever
+from ._sweeper import sweep_forever
+from ._tasks import BackgroundTasks
 from ._wire import add_service
 
 log = logging.getLogger("rankshard.router")
@@ -71,63 +71,80 @@ async def running_router(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
+    settings: Settings = DEFAULTS,
     on_step: StepHook | None = None,
-    sweep_interval: float = DEFAULT_INTERVAL,
-    sweep_age_ms: int = DEFAULT_MIN_AGE_MS,
     reuse_port: bool = False,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
     """A serving router; yields the server and the port it bound. Everything is closed on exit.
 
-    `reuse_port` lets it share `port` with the other routers of its cluster (SO_REUSEPORT); without it a port
-    that any other process serves is refused.
+    `settings` gives its timeouts, pool size and sweeper (see `Settings`); `reuse_port` lets it share `port` with
+    the other routers of its cluster (SO_REUSEPORT); without it a port that any other process serves is refused.
 
     Raises `ControlPlaneError` when the control plane cannot be reached or has no nodes yet, `ListenError` when
     the port cannot be bound.
     """
-    control_plane = await ControlPlane.open(control_plane_dsn)
+    control_plane = await ControlPlane.open(
+        control_plane_dsn, max_size=settings.control_plane_pool_size, timeout=settings.control_plane_timeout
+    )
     try:
-        cluster = await connect_cluster(control_plane)
-        catalog = Catalog(control_plane, cluster)
-        server = grpc.aio.server(options=_server_options(reuse_port))
-        leaderboard = LeaderboardService(catalog, on_step)
-        add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2)
-        add_service(server, AdminService(catalog), ADMIN, admin_pb2)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
-        bound = _listen(server, host, port, reuse_port)
-        await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        tasks = [
-            asyncio.create_task(catalog.follow_epochs(), name="follow-epochs"),
-            asyncio.create_task(sweep_forever(catalog, sweep_interval, sweep_age_ms), name="sweeper"),
-        ]
+        cluster = await open_cluster(control_plane, settings.node_timeout)
         try:
-            yield server, bound
+            catalog = Catalog(control_plane, cluster, settings.node_timeout)
+            async with _serving(catalog, host, port, settings, on_step, reuse_port) as served:
+                yield served
         finally:
-            for name in ("", *SERVICE_NAMES):
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-            await server.stop(grace=2.0)
-            await leaderboard.aclose()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             await cluster.aclose()
     finally:
         await control_plane.close()
 
 
-async def serve(control_plane_dsn: str, host: str, port: int, **options: Any) -> None:
-    """Serves until SIGINT or SIGTERM, then drains in-flight calls and exits. `options` go to
-    `running_router`."""
+@contextlib.asynccontextmanager
+async def _serving(
+    catalog: Catalog, host: str, port: int, settings: Settings, on_step: StepHook | None, reuse_port: bool
+) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
+    """The gRPC server over `catalog`, with its background tasks, from start to drain."""
+    server = grpc.aio.server(options=_server_options(reuse_port))
+    leaderboard = LeaderboardService(catalog, settings.call_deadline, on_step)
+    add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2)
+    add_service(server, AdminService(catalog, settings.call_deadline), ADMIN, admin_pb2)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
+    bound = _listen(server, host, port, reuse_port)
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    async with BackgroundTasks(
+        settings.task_restart_delay, settings.task_restart_max_delay, settings.fail_task
+    ) as tasks:
+        tasks.keep_running("epoch-follower", catalog.follow_epochs)
+        tasks.keep_running("sweeper", lambda: sweep_forever(catalog, settings.sweep_interval, settings.sweep_age_ms))
+        try:
+            yield server, bound
+        finally:
+            for name in ("", *SERVICE_NAMES):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.stop(grace=settings.drain_grace)
+            await leaderboard.aclose()
+
+
+async def serve(
+    control_plane_dsn: str,
+    host: str,
+    port: int,
+    *,
+    settings: Settings = DEFAULTS,
+    on_step: StepHook | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serves until SIGINT or SIGTERM, then drains in-flight calls and exits. The arguments are `running_router`'s."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_router(control_plane_dsn, host, port, **options) as (_, bound):
+    async with running_router(
+        control_plane_dsn, host, port, settings=settings, on_step=on_step, reuse_port=reuse_port
+    ) as (_, bound):
         log.info("rankshard: router listening on %s:%d", host, bound)
         print(f"rankshard: router listening on {host}:{bound}", flush=True)
         await stop.wait()

@@ -37,8 +37,9 @@ _READ_ATTEMPTS = 3
 
 
 class LeaderboardService(pb_grpc.LeaderboardServicer):
-    def __init__(self, catalog: Catalog, on_step: StepHook | None = None) -> None:
+    def __init__(self, catalog: Catalog, call_deadline: float, on_step: StepHook | None = None) -> None:
         self.catalog = catalog
+        self.call_deadline = call_deadline
         self.cluster = catalog.cluster
         self.on_step = on_step
         """Test-only hook into the boundary-crossing protocol (see shard_node.MOVE_STEPS)."""

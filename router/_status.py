@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -37,9 +37,6 @@ STATUS_OF: tuple[tuple[type[RankshardError], grpc.StatusCode], ...] = (
     (ControlPlaneError, grpc.StatusCode.UNAVAILABLE),
 )
 
-DEFAULT_DEADLINE = 10.0
-"""Seconds a call may take when the client set no deadline: nothing waits forever."""
-
 _ANSWER_MARGIN = 0.25
 """Seconds (at most a tenth of the call's time) kept back from the control plane's share of a deadline, so that
 a control plane that does not answer becomes UNAVAILABLE naming it while the client still listens."""
@@ -52,6 +49,16 @@ def _control_plane_budget(seconds: float) -> float:
 R = TypeVar("R")
 
 
+class Service(Protocol):
+    """What `handler` needs of the servicer it runs in."""
+
+    call_deadline: float
+    """Seconds a call may take when its client set no deadline (`Settings.call_deadline`)."""
+
+
+S = TypeVar("S", bound=Service)
+
+
 def status_of(error: RankshardError) -> grpc.StatusCode:
     for kind, code in STATUS_OF:
         if isinstance(error, kind):
@@ -60,16 +67,17 @@ def status_of(error: RankshardError) -> grpc.StatusCode:
 
 
 def handler(
-    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
-    """Runs a handler within the client's deadline and turns errors into statuses.
+    method: Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    """Runs a handler within the client's deadline (the servicer's `call_deadline` when it set none) and turns
+    errors into statuses.
 
     Domain errors get their code from `STATUS_OF`; the deadline passing gets DEADLINE_EXCEEDED; a
     bug gets INTERNAL and a log line with the traceback, and the router keeps serving.
     """
 
     @functools.wraps(method)
-    async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def run(self: S, request: Any, context: grpc.aio.ServicerContext) -> R:
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
         try:
@@ -79,14 +87,14 @@ def handler(
                 # DEADLINE_EXCEEDED): a timer of our own per call would cost about 10 µs for nothing.
                 with control_plane_deadline(_control_plane_budget(remaining)):
                     return await method(self, request, context)
-            async with asyncio.timeout(DEFAULT_DEADLINE):
-                with control_plane_deadline(_control_plane_budget(DEFAULT_DEADLINE)):
+            async with asyncio.timeout(self.call_deadline):
+                with control_plane_deadline(_control_plane_budget(self.call_deadline)):
                     return await method(self, request, context)
         except RankshardError as exc:
             await context.abort(status_of(exc), str(exc))
         except TimeoutError:
             await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed (a call without one gets {DEFAULT_DEADLINE:.0f} s)"
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed (a call without one gets {self.call_deadline:g} s)"
             )
         except asyncio.CancelledError:
             raise

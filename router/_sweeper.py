@@ -7,21 +7,24 @@ import asyncio
 import logging
 
 from rankshard.shard_map import RankshardError
-from rankshard.shard_node import DEFAULT_MIN_AGE_MS, collect_tombstones, sweep_board
+from rankshard.shard_node import collect_tombstones, sweep_board
 
 from ._catalog import Catalog
 
 log = logging.getLogger("rankshard.sweeper")
 
-DEFAULT_INTERVAL = 2.0
 _BOARD_LIST_EVERY = 15
 """Sweeps between lookups of the full board list, so boards this router never served are swept too."""
 
 
-async def sweep_forever(
-    catalog: Catalog, interval: float = DEFAULT_INTERVAL, min_age_ms: int = DEFAULT_MIN_AGE_MS
-) -> None:
-    """Runs until cancelled. A failing board is logged and retried on the next round."""
+async def sweep_forever(catalog: Catalog, interval: float, min_age_ms: int) -> None:
+    """Runs until cancelled: a round every `interval` seconds finishes what is `min_age_ms` old. A board that
+    fails (a node or the control plane down) is logged and retried on the next round.
+
+    Anything else it raises is a bug: its owner (`BackgroundTasks`) logs it and starts it again after a backoff,
+    rather than stopping the router, since every write keeps working without the sweeper (each finishes the
+    abandoned move of its member first) and one bad round must not end the serving of every call.
+    """
     rounds = 0
     while True:
         await asyncio.sleep(interval)

@@ -104,3 +104,30 @@ __all__ += [
     "control_plane_deadline",
     "schema_version",
 ]
+
+# Every tunable of a process, and the values the contract fixes.
+from ._settings import (  # noqa: E402
+    DEFAULTS,
+    FIXED,
+    LOCAL_CLUSTER,
+    RANKSHARD,
+    ROUTER,
+    Fixed,
+    Settings,
+    SettingsError,
+    SettingSpec,
+    setting_specs,
+)
+
+__all__ += [
+    "DEFAULTS",
+    "FIXED",
+    "LOCAL_CLUSTER",
+    "RANKSHARD",
+    "ROUTER",
+    "Fixed",
+    "SettingSpec",
+    "Settings",
+    "SettingsError",
+    "setting_specs",
+]

@@ -17,15 +17,15 @@ from typing import Any
 
 from hiredis import pack_command
 
-from rankshard.shard_map import NodeUnavailable
+from rankshard.shard_map import DEFAULTS, NodeUnavailable
 
 from ._resp import NodeConnection, ReplyError
 from ._scripts import ALL, Script
 
 ScriptCall = tuple[Script, Sequence[str], Sequence[Any]]
 
-DEFAULT_NODE_TIMEOUT = 2.0
-"""Seconds a node may take to answer one command before it counts as unavailable."""
+DEFAULT_NODE_TIMEOUT = DEFAULTS.node_timeout
+"""Seconds a node may take to answer one command before it counts as unavailable (`Settings.node_timeout`)."""
 
 DOWN_FOR = 1.0
 """Seconds a node that just timed out is answered for without asking it: calls fail at once instead of

@@ -14,7 +14,9 @@ from rankshard.cli._local import die_with_parent, free_port
 
 
 class RouterProcess:
-    """One router process. `crash_at` ("STEP" or "STEP:N") makes it SIGKILL itself at that move step."""
+    """One router process. `crash_at` ("STEP" or "STEP:N") makes it SIGKILL itself at that move step; `env` is
+    added to its environment (settings as ``RANKSHARD_*`` variables); the sweep settings not given are the
+    environment's, else the defaults."""
 
     def __init__(
         self,
@@ -22,13 +24,18 @@ class RouterProcess:
         port: int | None = None,
         *,
         crash_at: str | None = None,
-        sweep_interval: float = 2.0,
-        sweep_age_ms: int = 5000,
+        sweep_interval: float | None = None,
+        sweep_age_ms: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
         self.port = port or free_port()
         self.crash_at = crash_at
-        self.sweep = (sweep_interval, sweep_age_ms)
+        self.flags = [
+            *(["--sweep-interval", str(sweep_interval)] if sweep_interval is not None else []),
+            *(["--sweep-age-ms", str(sweep_age_ms)] if sweep_age_ms is not None else []),
+        ]
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
 
@@ -37,7 +44,7 @@ class RouterProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> RouterProcess:
-        env = {k: v for k, v in os.environ.items() if k != "RANKSHARD_CRASH_AT"}
+        env = {k: v for k, v in os.environ.items() if k != "RANKSHARD_CRASH_AT"} | self.env
         if self.crash_at:
             env["RANKSHARD_CRASH_AT"] = self.crash_at
         self.proc = subprocess.Popen(
@@ -49,10 +56,7 @@ class RouterProcess:
                 self.dsn,
                 "--port",
                 str(self.port),
-                "--sweep-interval",
-                str(self.sweep[0]),
-                "--sweep-age-ms",
-                str(self.sweep[1]),
+                *self.flags,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from rankshard.router import running_router
-from rankshard.shard_map import ControlPlane, SlotTable
+from rankshard.shard_map import ControlPlane, Settings, SlotTable
 from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2_grpc
 
 ORDERS = {"desc": admin_pb2.SORT_ORDER_DESCENDING, "asc": admin_pb2.SORT_ORDER_ASCENDING}
@@ -25,7 +25,8 @@ async def bootstrap(dsn: str, node_addresses: Sequence[str]) -> None:
 
 
 class RouterThread:
-    """One router process's worth of serving, in a thread. `hook` is the test-only step hook."""
+    """One router process's worth of serving, in a thread. `hook` is the test-only step hook; `options` are
+    `Settings` fields (the rest are the defaults)."""
 
     def __init__(self, dsn: str, **options: object) -> None:
         self.dsn = dsn
@@ -65,7 +66,8 @@ class RouterThread:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with running_router(self.dsn, on_step=self._on_step, **self.options) as (_, port):  # type: ignore[arg-type]
+        settings = Settings(**self.options)  # type: ignore[arg-type]  # the fields' types are Settings' to check
+        async with running_router(self.dsn, on_step=self._on_step, settings=settings) as (_, port):
             self.port = port
             self._ready.set()
             await self._stop.wait()

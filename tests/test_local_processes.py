@@ -20,14 +20,8 @@ import psycopg
 import pytest
 import redis
 
-from rankshard.cli._local import (
-    LocalPostgres,
-    LocalValkey,
-    bundled_postgres_bin_dir,
-    bundled_valkey_binary,
-    free_port,
-    valkey_binary,
-)
+from rankshard.cli._binaries import bundled_postgres_bin_dir, bundled_valkey_binary, valkey_binary
+from rankshard.cli._local import LocalPostgres, LocalValkey, free_port
 
 
 def running(pid: int) -> bool:
