@@ -20,21 +20,25 @@ _OPTIONS = (("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 16 * 1
 
 
 class EchoLeaderboard(pb_grpc.LeaderboardServicer):
-    async def UpdateScore(self, request, context):  # type: ignore[no-untyped-def]
+    async def UpdateScore(
+        self, request: pb.UpdateScoreRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateScoreResponse:
         return pb.UpdateScoreResponse(score=request.score, rank=1, applied=True)
 
-    async def BatchUpdateScores(self, request, context):  # type: ignore[no-untyped-def]
+    async def BatchUpdateScores(
+        self, request: pb.BatchUpdateScoresRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchUpdateScoresResponse:
         return pb.BatchUpdateScoresResponse(
             results=[pb.UpdateResult(score=u.score, rank=1, applied=True) for u in request.updates]
         )
 
-    async def GetRank(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetRank(self, request: pb.GetRankRequest, context: grpc.aio.ServicerContext) -> pb.GetRankResponse:
         return pb.GetRankResponse(entry=pb.Entry(user_id=request.user_id, score=1, rank=1), total=1, percentile=0.0)
 
-    async def GetTop(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetTop(self, request: pb.GetTopRequest, context: grpc.aio.ServicerContext) -> pb.GetTopResponse:
         return pb.GetTopResponse(entries=[pb.Entry(user_id="u", score=1, rank=1)] * (request.limit or 10), total=1)
 
-    async def GetAround(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetAround(self, request: pb.GetAroundRequest, context: grpc.aio.ServicerContext) -> pb.GetAroundResponse:
         entries = [pb.Entry(user_id=request.user_id, score=1, rank=1)] * (2 * (request.radius or 4) + 1)
         return pb.GetAroundResponse(entries=entries, total=1)
 

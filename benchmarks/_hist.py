@@ -82,7 +82,9 @@ class Histogram:
         assert isinstance(counts, Mapping)
         h.counts = {int(i): int(n) for i, n in counts.items()}
         h.total = sum(h.counts.values())
-        h.max = int(data["max"])  # type: ignore[call-overload]
+        maximum = data["max"]
+        assert isinstance(maximum, int)
+        h.max = maximum
         return h
 
     @classmethod

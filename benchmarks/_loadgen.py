@@ -13,8 +13,9 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -189,15 +190,15 @@ class _Runner:
                 pb.ScoreUpdate(user_id=self._updater(), score=s.model.sample_points(self.rng), request_id=self._rid())
                 for _ in range(s.batch_size)
             ]
-            req = pb.BatchUpdateScoresRequest(leaderboard=s.board, updates=updates)
-            return stub.BatchUpdateScores(req, timeout=s.timeout), s.batch_size
+            batch = pb.BatchUpdateScoresRequest(leaderboard=s.board, updates=updates)
+            return stub.BatchUpdateScores(batch, timeout=s.timeout), s.batch_size
         if kind == "rank":
             return stub.GetRank(pb.GetRankRequest(leaderboard=s.board, user_id=self._member()), timeout=s.timeout), 1
         if kind == "top":
             return stub.GetTop(pb.GetTopRequest(leaderboard=s.board, limit=10), timeout=s.timeout), 1
         if kind == "around":
-            req = pb.GetAroundRequest(leaderboard=s.board, user_id=self._member(), radius=5)
-            return stub.GetAround(req, timeout=s.timeout), 1
+            around = pb.GetAroundRequest(leaderboard=s.board, user_id=self._member(), radius=5)
+            return stub.GetAround(around, timeout=s.timeout), 1
         raise ValueError(f"kind: unknown call kind {kind!r}")
 
     def _result(self) -> dict[str, object]:
@@ -211,22 +212,22 @@ class _Runner:
         }
 
 
-def merge(results: Sequence[dict[str, object]]) -> dict[str, object]:
-    """One phase's measurements from the results of all its processes."""
-    kinds: dict[str, dict[str, object]] = {}
+def merge(results: Sequence[Mapping[str, Any]]) -> dict[str, object]:
+    """One phase's measurements from the results of all its processes (each `_result()`'s JSON, as read back)."""
+    kinds: dict[str, dict[str, Any]] = {}
     errors: dict[str, int] = {}
-    timeline: dict[int, list[object]] = {}
+    timeline: dict[int, list[Any]] = {}
     shed = 0
     for r in results:
-        for kind, k in r["kinds"].items():  # type: ignore[attr-defined]
+        for kind, k in r["kinds"].items():
             into = kinds.setdefault(kind, {"calls": 0, "items": 0, "hist": Histogram()})
             into["calls"] += k["calls"]
             into["items"] += k["items"]
             into["hist"].merge(Histogram.from_json(k["hist"]))
-        for code, n in r["errors"].items():  # type: ignore[attr-defined]
+        for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + n
-        shed += r["shed"]  # type: ignore[operator]
-        for t, point in r["timeline"].items():  # type: ignore[attr-defined]
+        shed += r["shed"]
+        for t, point in r["timeline"].items():
             into_t = timeline.setdefault(int(t), [0, Histogram()])
             into_t[0] += point["items"]
             into_t[1].merge(Histogram.from_json(point["hist"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 SECONDS_PER_DAY = 86_400
 
@@ -124,8 +125,8 @@ class Profile:
     loaders: int = 2
     in_flight: int = 64
 
-    def scaled(self, **changes: object) -> Profile:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def scaled(self, **changes: Any) -> Profile:
+        return replace(self, **changes)
 
 
 PROFILES: dict[str, Profile] = {

@@ -7,10 +7,10 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+from ._hist import Histogram
 
-from ._hist import Histogram  # noqa: E402
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402 -- imported once the backend is chosen, which pyplot fixes
 
 _PERCENTILES = (50, 75, 90, 95, 99, 99.9)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import redis
 
+from ._replies import info
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
@@ -162,15 +164,15 @@ class Cluster:
         """CPU time every node has used so far, as the nodes themselves report it (INFO cpu)."""
         total = 0.0
         for address in self.nodes:
-            info = self.node(address).info("cpu")
-            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+            cpu = info(self.node(address), "cpu")
+            total += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
         return total
 
     def used_memory(self) -> int:
-        return sum(int(self.node(a).info("memory")["used_memory"]) for a in self.nodes)
+        return sum(int(info(self.node(a), "memory")["used_memory"]) for a in self.nodes)
 
     def rss(self) -> int:
-        return sum(int(self.node(a).info("memory")["used_memory_rss"]) for a in self.nodes)
+        return sum(int(info(self.node(a), "memory")["used_memory_rss"]) for a in self.nodes)
 
     def node(self, address: str) -> redis.Redis:
         """A plain client of node `address`, for INFO and the storage baselines."""

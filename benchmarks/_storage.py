@@ -22,6 +22,7 @@ from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
 from ._loadgen import user_id
 from ._model import TrafficModel
+from ._replies import config_value, dump, info
 
 CHUNK = 1000
 """Members per unit of loading (and of the request-id probe)."""
@@ -91,16 +92,16 @@ def bare_zset_bytes(nodes: list[redis.Redis], board: str) -> dict[str, int]:
                 sources.append(key)
             else:
                 sources.append(f"{_BARE_KEY}:copy:{len(sources)}")
-                home.restore(sources[-1], 0, node.dump(key), replace=True)
+                home.restore(sources[-1], 0, dump(node, key), replace=True)
     copy_page = home.register_script(_COPY_PAGE)
     home.delete(_BARE_KEY)
     with no_aof_rewrite([home]):
-        before = home.info("memory")
+        before = info(home, "memory")
         for key in sources:
             at = 0
             while (n := copy_page(keys=[key, _BARE_KEY], args=[at])) > 0:
                 at += n
-        after = home.info("memory")
+        after = info(home, "memory")
     home.delete(_BARE_KEY, *(k for k in sources if isinstance(k, str)))
     wait_lazy_free(home)
     return {
@@ -116,7 +117,7 @@ def no_aof_rewrite(nodes: list[redis.Redis], timeout: float = 300.0) -> Iterator
     reading then says more about the moment than about the data."""
     with ExitStack() as stack:
         for node in nodes:
-            old = next(iter(node.config_get("auto-aof-rewrite-percentage").values()))
+            old = config_value(node, "auto-aof-rewrite-percentage")
             node.config_set("auto-aof-rewrite-percentage", 0)
             stack.callback(node.config_set, "auto-aof-rewrite-percentage", old)
         _wait_no_rewrite(nodes, timeout)
@@ -129,7 +130,7 @@ def aof_paused(nodes: list[redis.Redis], timeout: float = 600.0) -> Iterator[Non
     afresh from their data (Valkey rewrites it when it is turned back on), and this waits for that. For
     filling a board to a size, not for anything timed: writing a bulk load's log is a share of the nodes'
     work (a tenth to a fifth of it here), and only the data is measured afterwards."""
-    paused = [n for n in nodes if int(n.info("persistence").get("aof_enabled", 0))]
+    paused = [n for n in nodes if int(info(n, "persistence").get("aof_enabled", 0))]
     for node in paused:
         node.config_set("appendonly", "no")
     try:
@@ -145,7 +146,7 @@ def compact_aof(nodes: list[redis.Redis], timeout: float = 600.0) -> None:
     times the size of the data; left alone, its automatic rewrite (a child process copying the whole
     dataset, and copy-on-write faults in the node) lands in the middle of a later measurement."""
     for node in nodes:
-        if int(node.info("persistence").get("aof_enabled", 0)):
+        if int(info(node, "persistence").get("aof_enabled", 0)):
             try:
                 node.bgrewriteaof()
             except redis.ResponseError:
@@ -158,8 +159,8 @@ def _wait_no_rewrite(nodes: list[redis.Redis], timeout: float) -> None:
     deadline = time.monotonic() + timeout
 
     def busy(node: redis.Redis) -> bool:
-        info = node.info("persistence")
-        return bool(int(info["aof_rewrite_in_progress"]) or int(info.get("aof_rewrite_scheduled", 0)))
+        state = info(node, "persistence")
+        return bool(int(state["aof_rewrite_in_progress"]) or int(state.get("aof_rewrite_scheduled", 0)))
 
     while any(busy(n) for n in nodes) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -169,7 +170,7 @@ def wait_lazy_free(node: redis.Redis, timeout: float = 120.0) -> None:
     """Waits until the node has freed what deletions handed to its background thread (Valkey frees big
     keys lazily), so the next used_memory reading is not shrinking under the measurement."""
     deadline = time.monotonic() + timeout
-    while int(node.info("memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
+    while int(info(node, "memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

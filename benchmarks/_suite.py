@@ -57,7 +57,8 @@ def run_suite(bench: Bench) -> dict[str, Any]:
                 for kind in ("update", "rank", "batch")
             }
     result["echo"]["batch"] = bench.measure("echo batch", "echo", "echo", {"batch": 1.0})
-    node = bench.cluster.nodes[0]  # type: ignore[union-attr]
+    assert bench.cluster is not None, "the bench starts its cluster first"
+    node = bench.cluster.nodes[0]
     result["raw"] = {
         "one_by_one": bench.run_in_pool(raw_baseline, [(node, p.phase_seconds, False)])[0],
         "pipelined": _median(rounds["batch"], "baseline", "updates_per_s"),
@@ -97,7 +98,8 @@ def _rounds(bench: Bench, boards: dict[int, str]) -> dict[str, list[dict[str, An
     shards, driven directly (`Bench.measure_direct`)."""
     p = bench.profile
     few, many = min(boards), max(boards)
-    node = bench.cluster.nodes[0]  # type: ignore[union-attr]
+    assert bench.cluster is not None, "the bench starts its cluster first"
+    node = bench.cluster.nodes[0]
     out: dict[str, list[dict[str, Any]]] = {"update": [], "rank": [], "batch": []}
     for i in range(1, ROUNDS + 1):
         bench.progress(

@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from ._procs import Cluster, free_port
+from ._replies import info
 
 _SCRIPT = """
 local out = {}
@@ -33,8 +34,8 @@ GAPS_MS = (0.0, 0.2, 0.5, 1.0, 2.0)
 
 
 def _node_cpu(node: redis.Redis) -> float:
-    info = node.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    cpu = info(node, "cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def measure(node: redis.Redis, gap_ms: float, calls: int) -> tuple[float, float]:

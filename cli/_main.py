@@ -75,7 +75,7 @@ class _Rankshard(click.Group):
 @click.group(name="rankshard", cls=_Rankshard, context_settings={"help_option_names": ["-h", "--help"]})
 @setting_options(RANKSHARD)
 @click.pass_context
-def main(ctx: click.Context, **given: Any) -> None:
+def main(ctx: click.Context, /, **given: Any) -> None:
     """rankshard: a sharded leaderboard cluster.
 
     \b
@@ -109,7 +109,7 @@ def cluster() -> None:
 @setting_options(LOCAL_CLUSTER)
 @click.pass_context
 def up(
-    ctx: click.Context, nodes: int, shards: int, routers: int, port: int, boundaries: str | None, **given: Any
+    ctx: click.Context, /, nodes: int, shards: int, routers: int, port: int, boundaries: str | None, **given: Any
 ) -> None:
     """Start PostgreSQL, the nodes and the routers in the foreground, until SIGINT or SIGTERM.
 

@@ -19,6 +19,13 @@ from rankshard.v1 import admin_pb2_grpc as pb_grpc
 from ._catalog import Catalog
 from ._status import handler
 
+_ORDER_TO_PROTO = {SortOrder.DESCENDING: pb.SORT_ORDER_DESCENDING, SortOrder.ASCENDING: pb.SORT_ORDER_ASCENDING}
+_OPERATOR_TO_PROTO = {
+    Operator.INCREMENT: pb.OPERATOR_INCREMENT,
+    Operator.BEST: pb.OPERATOR_BEST,
+    Operator.SET: pb.OPERATOR_SET,
+}
+
 
 class AdminService(pb_grpc.AdminServicer):
     def __init__(self, catalog: Catalog, call_deadline: float) -> None:
@@ -93,8 +100,8 @@ def config_to_proto(layout: BoardLayout) -> pb.LeaderboardConfig:
     c = layout.config
     return pb.LeaderboardConfig(
         name=c.name,
-        sort_order=int(c.sort_order),
-        operator=int(c.operator),
+        sort_order=_ORDER_TO_PROTO[c.sort_order],
+        operator=_OPERATOR_TO_PROTO[c.operator],
         boundaries=layout.map.boundaries,
         expected_members=c.expected_members,
     )

@@ -78,7 +78,7 @@ def _bad_string_field(descriptor: Descriptor, data: bytes, prefix: str) -> str |
             if field is None:
                 continue
             name = prefix + field.name
-            if _is_repeated(field):
+            if field.is_repeated:
                 counts[field.name] = counts.get(field.name, -1) + 1
                 name += f"[{counts[field.name]}]"
             if field.type == FieldDescriptor.TYPE_STRING:
@@ -86,18 +86,13 @@ def _bad_string_field(descriptor: Descriptor, data: bytes, prefix: str) -> str |
                     chunk.decode("utf-8")
                 except UnicodeDecodeError:
                     return name
-            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
                 found = _bad_string_field(field.message_type, chunk, name + ".")
                 if found:
                     return found
     except IndexError:
         return None
     return None
-
-
-def _is_repeated(field: FieldDescriptor) -> bool:
-    # protobuf 5+ spells it `is_repeated`; older releases only have `label`.
-    return getattr(field, "is_repeated", field.label == FieldDescriptor.LABEL_REPEATED)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
