@@ -39,7 +39,8 @@ from ._supervisor import GaveUp, RestartPolicy, Supervised, supervise
 DEFAULT_BOARD = "global"
 HOST = "127.0.0.1"
 ROUTER_START_TIMEOUT = 30.0
-ROUTER_STOP_TIMEOUT = 10.0
+ROUTER_STOP_MARGIN = 8.0
+"""Seconds a stopping router may take beyond its drain grace (`Settings.drain_grace`) before it is killed."""
 
 __all__ = [
     "DEFAULT_BOARD",
@@ -137,7 +138,7 @@ class LocalRouter:
         self.terminate()
         if self._proc is not None:
             try:
-                self._proc.wait(ROUTER_STOP_TIMEOUT)
+                self._proc.wait(self.settings.drain_grace + ROUTER_STOP_MARGIN)
             except subprocess.TimeoutExpired:
                 self.kill()
         self._close_pipe()

@@ -16,8 +16,11 @@ flight, 21 with one, and 1.3x the calls per router core at a lower p99).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
+
+log = logging.getLogger("rankshard.router")
 
 K = TypeVar("K", bound=Hashable)
 Item = TypeVar("Item")
@@ -31,7 +34,8 @@ class Coalescer(Generic[K, Item, R]):
     an exception for that item alone. An exception raised by `run` itself fails the whole batch.
 
     Each batch runs in a task this object owns: a caller that gives up (its deadline passed) does not
-    cancel the others' work. `aclose` waits for the batches under way.
+    cancel the others' work. `aclose` waits for the batches under way. What a batch raises goes to its
+    callers; anything a task raises besides (a bug of this class) is logged with its traceback.
     """
 
     def __init__(self, run: BatchRunner[K, Item, R], max_batch: int = 1000, max_in_flight: int = 1) -> None:
@@ -62,7 +66,12 @@ class Coalescer(Generic[K, Item, R]):
         self._running[key] = self._running.get(key, 0) + 1
         task = asyncio.get_running_loop().create_task(self._execute(key, batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("a coalesced batch's task failed", exc_info=error)
 
     async def _execute(self, key: K, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
         try:
