@@ -32,7 +32,7 @@ async def _layouts(cp: ControlPlane, board: str | None) -> list[BoardLayout]:
 @click.option("--json", "as_json", is_flag=True, help="print the violations as JSON")
 @click.pass_context
 def check(ctx: click.Context, leaderboard: str | None, as_json: bool) -> None:
-    """Verify SPEC invariants 1, 2 and 4 on the live cluster; exit 0 only when none is violated.
+    """Verify docs/architecture.md invariants 1, 2 and 4 on the live cluster; exit 0 only when none is violated.
 
     \b
     Checks: the shards tile the score line; each node holds the descriptor the map says; every

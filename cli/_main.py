@@ -1,4 +1,4 @@
-"""``rankshard``: the SRE and newcomer command line (SPEC section 2)."""
+"""``rankshard``: the SRE and newcomer command line (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class _OneLineUsageError(_OneLineError):
 def _one_line() -> Iterator[None]:
     """Turns any click error into one line: ``rankshard nodes add: missing argument 'ADDRESS' (see
     rankshard nodes add --help)`` for usage errors (exit status 2, as click's), ``rankshard: MESSAGE``
-    for the rest (SPEC section 2: errors are one line on stderr)."""
+    for the rest (docs/operations.md: errors are one line on stderr)."""
     try:
         yield
     except (_OneLineError, click.exceptions.NoArgsIsHelpError):  # the latter is `rankshard nodes`: help

@@ -1,7 +1,7 @@
 """The router's cached view of the control plane: board layouts by name, refreshed by epoch.
 
 PostgreSQL is never on the request path once a board is cached: layouts change only when a
-NOTIFY announces a newer epoch or a node answers STALE (DESIGN.md, control plane).
+NOTIFY announces a newer epoch or a node answers STALE (docs/architecture.md, control plane).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A router under load has many calls in flight; run one by one, each pays its own node round trips, Lua
 calls and Python bookkeeping. Grouped, `UpdateScore` calls become one index-script call per index node
 and one shard write per node, and `GetRank` calls one pipelined read per node, which is most of what
-a router core can gain (DESIGN.md: batching and pipelining per node).
+a router core can gain (docs/architecture.md: batching and pipelining per node).
 
 Batching is natural, not timed (group commit): a key runs at most `max_in_flight` batches at once (one by
 default); calls arriving meanwhile wait for a batch to finish and then go together as the next one. An

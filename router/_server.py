@@ -40,7 +40,7 @@ class ListenError(OSError):
 def _server_options(reuse_port: bool) -> tuple[tuple[str, int], ...]:
     # gRPC turns SO_REUSEPORT on unless told otherwise, and with it a router silently shares a port with any
     # other process of ours that has it too: another cluster's routers included. Only the routers of one cluster
-    # (DESIGN.md: N processes behind SO_REUSEPORT) ask for it.
+    # (docs/architecture.md: N processes behind SO_REUSEPORT) ask for it.
     return (("grpc.so_reuseport", int(reuse_port)), _MAX_MESSAGE)
 
 

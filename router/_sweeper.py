@@ -1,4 +1,4 @@
-"""The router's sweeper task: finishes moves that crashed writers abandoned (DESIGN.md failure model), and
+"""The router's sweeper task: finishes moves that crashed writers abandoned (docs/architecture.md failure model), and
 collects tombstones nothing needs any more (a step per board and round: `shard_node.collect_tombstones`)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Requests to domain values: every SPEC limit checked before anything is read or written."""
+"""Requests to domain values: every docs/api.md limit checked before anything is read or written."""
 
 from __future__ import annotations
 

@@ -329,12 +329,12 @@ FIXED = (
     Fixed(
         "DEDUP_WINDOW_MS",
         3_600_000,
-        "a request id is recognised for at most one hour (SPEC, idempotency); index_apply.lua hard-codes it",
+        "a request id is recognised for at most one hour (docs/api.md, idempotency); index_apply.lua hard-codes it",
     ),
     Fixed(
         "DEDUP_DEPTH",
         8,
-        "a request id is recognised while among its member's last 8 updates (SPEC); index_apply.lua hard-codes it",
+        "a request id is recognised while among its member's last 8 updates (docs/api.md); index_apply.lua hard-codes it",
     ),
     Fixed(
         "DEDUP_GEN_MS",

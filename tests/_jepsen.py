@@ -6,7 +6,7 @@ Every call a client makes is logged as an `Op` with its outcome:
 - ``failed``: a definite refusal (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE): nothing was applied;
 - ``unknown``: anything else (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, a dead router ...): it may or may not be in.
 
-The counter rule (SPEC invariant 3), per member, counting each request id once however often it was sent:
+The counter rule (docs/architecture.md invariant 3), per member, counting each request id once however often it was sent:
 final score == Σ deltas of the acknowledged request ids + Σ deltas of SOME subset of the request ids whose
 every attempt had an unknown outcome. Every applied update bumps the member's index version by one, so the
 version pins the size of that subset too: final version == #acknowledged ids + #ids of the subset. An id
@@ -234,7 +234,7 @@ def writer(
     own request id, one every `pace` seconds; some with a short deadline (unknown outcomes), some resent (to
     either router, or to both at once). Puts its list of `Op`s on the `results` queue.
 
-    The pace matters: a request id is recognised only while among the member's last 8 updates (SPEC), so a
+    The pace matters: a request id is recognised only while among the member's last 8 updates (docs/api.md), so a
     resend that reaches the index after 8 other updates of its member may rightly be applied again. A router
     stalled for 100 ms on this 2-core machine is common, so the writers together give each member at most
     about 10 updates a second."""
@@ -291,7 +291,7 @@ def writer(
                 ops.append(update(stubs[first], board, member, delta, rid, timeout, names[first], wait_for_ready=True))
                 # A client that lost the answer (or never got one) resends at once: same id, same delta. A resend
                 # never waits for a router to come back: a request id is recognised only while among the member's
-                # last 8 updates (SPEC), and the other writers make that many in well under a second.
+                # last 8 updates (docs/api.md), and the other writers make that many in well under a second.
                 if rng.random() < (0.5 if ops[-1].outcome == UNKNOWN else 0.15):
                     again = (first + 1) % len(stubs) if rng.random() < 0.5 else first
                     timeout = rng.uniform(0.0005, 0.01) if rng.random() < 0.1 else 10.0

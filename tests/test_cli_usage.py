@@ -1,4 +1,4 @@
-"""Usage errors anywhere in the `rankshard` command tree: one line on stderr, exit status 2 (SPEC section 2)."""
+"""Usage errors anywhere in the `rankshard` command tree: one line on stderr, exit status 2 (docs/operations.md)."""
 
 from __future__ import annotations
 

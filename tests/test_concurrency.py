@@ -1,4 +1,4 @@
-"""Concurrent writers through several router processes (SPEC invariants 2, 3 and 4, and Idempotency).
+"""Concurrent writers through several router processes (docs/architecture.md invariants 2, 3 and 4, and Idempotency).
 
 Writer processes hammer a few hot members of an increment board whose ranges are narrow, so members keep crossing
 boundaries; some calls get deadlines too short to finish (unknown outcomes), some are resent with their request id

@@ -1,7 +1,7 @@
 """Crash-point matrix: a router process SIGKILLed at every step of a boundary crossing, under load.
 
 For each step of `shard_node.MOVE_STEPS` a router started with ``crash_at=STEP`` takes one update that crosses a
-boundary and dies right there (DESIGN.md write path step 4, failure model "router killed mid-write"). Another
+boundary and dies right there (docs/architecture.md write path step 4, failure model "router killed mid-write"). Another
 router keeps serving writes to other members the whole time. A new router on the dead one's port, and then the
 healer under test -- its sweeper, `rankshard repair`, or the member's next write through the other router --
 must bring back every invariant (`rankshard check` exits 0: invariants 1, 2, 4) with no acknowledged update lost
@@ -171,7 +171,7 @@ def test_a_router_killed_at_any_step_of_a_crossing_loses_nothing(
 
         # Before anyone heals it: the move is pending unless the router died after its last step. The
         # load keeps writing meanwhile, so a rank served after check's scan may differ from the scan's
-        # sorted list (SPEC promises equal ranks only with no writes in flight): rank findings say
+        # sorted list (docs/api.md promises equal ranks only with no writes in flight): rank findings say
         # nothing here (they are checked once the load has stopped, below).
         _, found = _findings(control_plane_dsn)
         victim_kinds = {f["kind"] for f in found if f["user"] == VICTIM and f["kind"] != "rank"}

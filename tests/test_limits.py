@@ -1,4 +1,4 @@
-"""SPEC section 1, "Limits and errors", row by row through a real router.
+"""docs/api.md, "Limits and errors", row by row through a real router.
 
 Each test runs a table of cases against one router (a router per case would cost half a second each) and
 reports every case that went wrong, not just the first. Around every table of refused requests the data of
@@ -338,7 +338,7 @@ def test_user_ids(client, node_addresses):
 
 
 def test_a_user_id_that_is_not_utf8_is_invalid_argument(client, node_addresses):
-    """A client in another language can put any bytes in a protobuf string. SPEC: user_id is UTF-8, else
+    """A client in another language can put any bytes in a protobuf string. docs/api.md: user_id is UTF-8, else
     INVALID_ARGUMENT naming the field (the same holds for the board name's rule)."""
     populate(client)
     raw = client.channel.unary_unary("/rankshard.v1.Leaderboard/UpdateScore")

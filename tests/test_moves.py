@@ -1,4 +1,4 @@
-"""Boundary crossings (DESIGN.md write path step 4): one home per member, and crash repair.
+"""Boundary crossings (docs/architecture.md write path step 4): one home per member, and crash repair.
 
 A crash is injected through the router's test-only step hook: the hook raises right after a step of
 the protocol is durable, which abandons the move exactly there, as a router dying would.

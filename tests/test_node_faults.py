@@ -1,4 +1,4 @@
-"""Node faults through a real router (DESIGN.md failure model; SPEC "Limits and errors" and invariant 3).
+"""Node faults through a real router (docs/architecture.md failure model; docs/api.md "Limits" and invariant 3).
 
 - A node SIGKILLed in the middle of a stream of writes and restarted on its data directory (AOF) loses nothing
   that was acknowledged, and retries with the same request ids apply every update exactly once.
@@ -548,7 +548,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
 def test_reads_while_a_node_is_down_reflect_a_removal_that_returned_before(
     split_client: Client, fresh_valkey: LocalValkey
 ) -> None:
-    """SPEC: "once a call has returned, every later read reflects it" — also when a node is down."""
+    """docs/api.md: "once a call has returned, every later read reflects it" — also when a node is down."""
     client = split_client
     client.create("gone", boundaries=CUTS)
     stays, leaves = users_indexed_on("n1", "s", 1)[0], users_indexed_on("n1", "l", 1)[0]
@@ -668,7 +668,7 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
 def test_a_frozen_node_does_not_stop_calls_with_short_deadlines_that_do_not_need_it(
     split_client: Client, fresh_valkey: LocalValkey
 ) -> None:
-    """SPEC: a node the call needs is down -> UNAVAILABLE, "other shards keep serving" — whatever the deadline."""
+    """docs/api.md: a node the call needs is down -> UNAVAILABLE, "other shards keep serving" — whatever the deadline."""
     client = split_client
     client.create("short", boundaries=CUTS)
     healthy = users_indexed_on("n1", "h", 1)[0]

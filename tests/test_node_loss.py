@@ -1,4 +1,4 @@
-"""A node whose data is lost for good (DESIGN.md failure model): `rankshard repair` rebuilds what survives.
+"""A node whose data is lost for good (docs/architecture.md failure model): `rankshard repair` rebuilds what survives.
 
 Two nodes of the test's own: n1 owns the even index slots and shards s1 (-inf, 10) and s3 [20, 30); n2 owns
 the odd slots and s2 [10, 20) and s4 [30, +inf) (slots and shards are dealt round-robin; `_check_layout`

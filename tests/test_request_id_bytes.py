@@ -1,4 +1,4 @@
-"""Request ids are any bytes up to 128 (SPEC limits): NUL, ``|``, newlines and record-like ids are stored
+"""Request ids are any bytes up to 128 (docs/api.md limits): NUL, ``|``, newlines and record-like ids are stored
 whole and told apart exactly, and one member's request-id records, however they got into the node, never
 fail the other updates of the same script call. Through a real router over real nodes."""
 

@@ -1,7 +1,7 @@
-"""Every RPC of SPEC section 1 in normal use, through a real router over two real nodes.
+"""Every RPC of docs/api.md in normal use, through a real router over two real nodes.
 
 Boards are cut so their members live in several shards (and, through the index slots, on both nodes), and
-every read is compared with `Model`: one plain sorted list of all members, as SPEC's Semantics define it.
+every read is compared with `Model`: one plain sorted list of all members, as docs/api.md's Semantics define it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ SCORES = [0, 5, 5, 5, 9, 10, 10, 12, 15, 19, 20, 20, 20, 20, 25, 29, 30, 30, 33,
 
 
 class Model:
-    """The single sorted list SPEC describes: best score first, ties by user id bytewise; competition ranks."""
+    """The single sorted list docs/api.md describes: best score first, ties by user id bytewise; competition ranks."""
 
     def __init__(self, order: str = "desc", operator: str = "increment") -> None:
         self.descending = order == "desc"

@@ -1,4 +1,4 @@
-"""The router over real nodes against a plain sorted-list model (SPEC.md section 1), driven by hypothesis.
+"""The router over real nodes against a plain sorted-list model (docs/api.md), driven by hypothesis.
 
 One router per (sort order, operator) pair; every hypothesis example works on a fresh board with small
 score ranges, so members cross shard boundaries often. Rules write (single, batch, with and without request
@@ -6,7 +6,7 @@ ids, retries of earlier ids with the same or another value, removals), read (ran
 and crash the boundary-crossing protocol at each step of `shard_node.MOVE_STEPS`; after every step the
 whole board must equal the model.
 
-Crashes: the step hook fires only after the index commit (DESIGN.md write path step 2), so a crashed call's
+Crashes: the step hook fires only after the index commit (docs/architecture.md write path step 2), so a crashed call's
 update has happened; the model applies it. Until the member's next write the member may sit in two
 shards or none (a write in flight), so every crash rule ends with a write for each member the crashed call
 touched, and the invariants then require the board to be whole again.
@@ -15,16 +15,16 @@ Concurrent interleavings: two rules send 2-4 writes at once (gRPC futures issued
 order, spread over two routers on the same control plane and nodes) on 1-3 shared members: updates with and
 without request ids, often crossing boundaries; the same request sent twice (applied once); the same request id
 with another value (refused once the other is in); overlapping batches; removals racing updates. The history
-must be linearizable. The index is the per-user point of linearisation (DESIGN.md) and batches are applied per
-update (SPEC), so the check is per member (linearizability is local): for each member, some order of the calls
+must be linearizable. The index is the per-user point of linearisation (docs/architecture.md) and batches are applied per
+update (docs/api.md), so the check is per member (linearizability is local): for each member, some order of the calls
 that touched it (at most 4! orders) must give every answer each call got and the score, or absence, the board
 then shows; with nothing in flight the index (GetRanks) must agree with the shards (GetTop) through both
-routers. Ranks in concurrent answers may be off by one per member another call of the group wrote (SPEC
+routers. Ranks in concurrent answers may be off by one per member another call of the group wrote (docs/api.md
 invariant 5); everywhere else they are exact. Who wins a race is not up to hypothesis, so the group's members
 are then removed (and maybe re-added) to keep later draws reproducible (see `settle`); a failure in a group
 prints its calls and what each got, since a race seldom replays (hypothesis then reports it as Flaky).
 
-Left unchecked, where SPEC does not pin the answer down: the rank in a duplicate's answer, the rank of a
+Left unchecked, where docs/api.md does not pin the answer down: the rank in a duplicate's answer, the rank of a
 member's non-final update within a batch, and retries of request ids from before a member's removal.
 """
 
@@ -64,7 +64,7 @@ BOUNDARY_SETS = ((-20, 0, 10, 25), (-5, 5, 30))
 NEAR_BOUNDARIES = (-21, -20, -19, -6, -5, -4, -1, 0, 1, 4, 5, 6, 9, 10, 11, 24, 25, 26, 29, 30, 31)
 RAW_VALUES = st.one_of(st.integers(-40, 60), st.sampled_from(NEAR_BOUNDARIES))
 REMOVAL_STEPS = ("intent_recorded", "source_removed", "intent_cleared")
-DEDUP_DEPTH = 8  # SPEC: a request id is recognised while among the member's last 8 updates
+DEDUP_DEPTH = 8  # docs/api.md: a request id is recognised while among the member's last 8 updates
 TIMEOUT = 10.0
 FAILED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
 
@@ -99,7 +99,7 @@ class Sent:
 
 @dataclass
 class Model:
-    """The single sorted list of SPEC.md section 1."""
+    """The single sorted list of docs/api.md."""
 
     descending: bool
     operator: str
@@ -156,7 +156,7 @@ class Model:
         return "upd", new, applied
 
     def remove(self, user: str) -> bool:
-        self.history.pop(user, None)  # a re-added member's old request ids are not retried (SPEC is silent)
+        self.history.pop(user, None)  # a re-added member's old request ids are not retried (docs/api.md is silent)
         return self.scores.pop(user, None) is not None
 
 
@@ -193,7 +193,7 @@ CONCURRENT_RID_MODES = ("none", "fresh", "retry_same", "retry_other", "twin", "t
 
 
 def conflict_index(details: str) -> int:
-    """The update a FAILED_PRECONDITION message names (SPEC: every message names the field at fault)."""
+    """The update a FAILED_PRECONDITION message names (docs/api.md: every message names the field at fault)."""
     found = CONFLICT_AT.match(details)
     assert found, f"a request id conflict that names no update: {details!r}"
     return int(found.group(1) or 0)
@@ -268,7 +268,7 @@ class BoardMachine(RuleBasedStateMachine):
 
     def check_update(self, user: str, value: int, rid: str, slack: int = 0) -> None:
         """One UpdateScore call, checked against the model and then applied to it. `slack`: how many
-        other members' writes are still in flight (each may put the rank off by one, SPEC invariant 5)."""
+        other members' writes are still in flight (each may put the rank off by one, docs/architecture.md invariant 5)."""
         trial = self.model.copy()
         kind, score, applied = trial.apply(user, value, rid)
         if kind == "conflict":
@@ -311,7 +311,7 @@ class BoardMachine(RuleBasedStateMachine):
         self, data: st.DataObject, user: str, raw: int, rid_mode: str, model: Model | None = None
     ) -> tuple[int, str]:
         """(value, request id) for an update of `user`: none, fresh, or a retry of an id that `model` (by
-        default the board's) must recognise. Ids past the window are never retried: SPEC only says
+        default the board's) must recognise. Ids past the window are never retried: docs/api.md only says
         when an id is recognised, not when it must be forgotten."""
         value = self.value(raw)
         sent = (model or self.model).recognised(user)
@@ -674,7 +674,7 @@ class BoardMachine(RuleBasedStateMachine):
         return user, value, self.fresh_rid()
 
     def without_unpinned_ids(self, ops: list[Op]) -> list[Op]:
-        """Rewrites request ids whose answer SPEC (or the model) leaves open in some order of the group:
+        """Rewrites request ids whose answer docs/api.md (or the model) leaves open in some order of the group:
         ids reused across a removal of their member, and ids a group could push out of the model's window
         (which counts every update, while the board counts only those with an id: the board remembers longer)."""
         removed = {op.items[0][0] for op in ops if op.kind == "remove"}
