@@ -334,7 +334,8 @@ FIXED = (
     Fixed(
         "DEDUP_DEPTH",
         8,
-        "a request id is recognised while among its member's last 8 updates (docs/api.md); index_apply.lua hard-codes it",
+        "a request id is recognised while among its member's last 8 updates (docs/api.md); "
+        "index_apply.lua hard-codes it",
     ),
     Fixed(
         "DEDUP_GEN_MS",

@@ -6,7 +6,8 @@ Every call a client makes is logged as an `Op` with its outcome:
 - ``failed``: a definite refusal (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE): nothing was applied;
 - ``unknown``: anything else (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, a dead router ...): it may or may not be in.
 
-The counter rule (docs/architecture.md invariant 3), per member, counting each request id once however often it was sent:
+The counter rule (invariant 3 of docs/architecture.md), per member, counting each request id once however
+often it was sent:
 final score == Σ deltas of the acknowledged request ids + Σ deltas of SOME subset of the request ids whose
 every attempt had an unknown outcome. Every applied update bumps the member's index version by one, so the
 version pins the size of that subset too: final version == #acknowledged ids + #ids of the subset. An id

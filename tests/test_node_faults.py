@@ -668,7 +668,8 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
 def test_a_frozen_node_does_not_stop_calls_with_short_deadlines_that_do_not_need_it(
     split_client: Client, fresh_valkey: LocalValkey
 ) -> None:
-    """docs/api.md: a node the call needs is down -> UNAVAILABLE, "other shards keep serving" — whatever the deadline."""
+    """docs/api.md: a node the call needs is down -> UNAVAILABLE, "other shards keep serving", whatever the
+    deadline."""
     client = split_client
     client.create("short", boundaries=CUTS)
     healthy = users_indexed_on("n1", "h", 1)[0]

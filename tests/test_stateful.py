@@ -15,8 +15,8 @@ Concurrent interleavings: two rules send 2-4 writes at once (gRPC futures issued
 order, spread over two routers on the same control plane and nodes) on 1-3 shared members: updates with and
 without request ids, often crossing boundaries; the same request sent twice (applied once); the same request id
 with another value (refused once the other is in); overlapping batches; removals racing updates. The history
-must be linearizable. The index is the per-user point of linearisation (docs/architecture.md) and batches are applied per
-update (docs/api.md), so the check is per member (linearizability is local): for each member, some order of the calls
+must be linearizable. The index is the per-user point of linearisation (docs/architecture.md) and batches are
+applied per update (docs/api.md), so the check is per member (linearizability is local): for each member, some order of the calls
 that touched it (at most 4! orders) must give every answer each call got and the score, or absence, the board
 then shows; with nothing in flight the index (GetRanks) must agree with the shards (GetTop) through both
 routers. Ranks in concurrent answers may be off by one per member another call of the group wrote (docs/api.md
@@ -268,7 +268,8 @@ class BoardMachine(RuleBasedStateMachine):
 
     def check_update(self, user: str, value: int, rid: str, slack: int = 0) -> None:
         """One UpdateScore call, checked against the model and then applied to it. `slack`: how many
-        other members' writes are still in flight (each may put the rank off by one, docs/architecture.md invariant 5)."""
+        other members' writes are still in flight (each may put the rank off by one: invariant 5 of
+        docs/architecture.md)."""
         trial = self.model.copy()
         kind, score, applied = trial.apply(user, value, rid)
         if kind == "conflict":
