@@ -16,11 +16,11 @@ order, spread over two routers on the same control plane and nodes) on 1-3 share
 without request ids, often crossing boundaries; the same request sent twice (applied once); the same request id
 with another value (refused once the other is in); overlapping batches; removals racing updates. The history
 must be linearizable. The index is the per-user point of linearisation (docs/architecture.md) and batches are
-applied per update (docs/api.md), so the check is per member (linearizability is local): for each member, some order of the calls
-that touched it (at most 4! orders) must give every answer each call got and the score, or absence, the board
-then shows; with nothing in flight the index (GetRanks) must agree with the shards (GetTop) through both
-routers. Ranks in concurrent answers may be off by one per member another call of the group wrote (docs/api.md
-invariant 5); everywhere else they are exact. Who wins a race is not up to hypothesis, so the group's members
+applied per update (docs/api.md), so the check is per member (linearizability is local): for each member,
+some order of the calls that touched it (at most 4! orders) must give every answer each call got and the
+score, or absence, the board then shows; with nothing in flight the index (GetRanks) must agree with the
+shards (GetTop) through both routers. Ranks in concurrent answers may be off by one per member another call
+of the group wrote (invariant 5 of docs/architecture.md); everywhere else they are exact. Who wins a race is not up to hypothesis, so the group's members
 are then removed (and maybe re-added) to keep later draws reproducible (see `settle`); a failure in a group
 prints its calls and what each got, since a race seldom replays (hypothesis then reports it as Flaky).
 
