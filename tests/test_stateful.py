@@ -20,8 +20,9 @@ applied per update (docs/api.md), so the check is per member (linearizability is
 some order of the calls that touched it (at most 4! orders) must give every answer each call got and the
 score, or absence, the board then shows; with nothing in flight the index (GetRanks) must agree with the
 shards (GetTop) through both routers. Ranks in concurrent answers may be off by one per member another call
-of the group wrote (invariant 5 of docs/architecture.md); everywhere else they are exact. Who wins a race is not up to hypothesis, so the group's members
-are then removed (and maybe re-added) to keep later draws reproducible (see `settle`); a failure in a group
+of the group wrote (invariant 5 of docs/architecture.md); everywhere else they are exact. Who wins a race is
+not up to hypothesis, so the group's members are then removed (and maybe re-added) to keep later draws
+reproducible (see `settle`); a failure in a group
 prints its calls and what each got, since a race seldom replays (hypothesis then reports it as Flaky).
 
 Left unchecked, where docs/api.md does not pin the answer down: the rank in a duplicate's answer, the rank of a
