@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -151,7 +152,7 @@ def tiling_problems(shards: Sequence[Shard]) -> list[str]:
         problems.append(f"gap below {shards[0].lower} (first shard {shards[0].id})")
     if shards[-1].upper is not None:
         problems.append(f"gap from {shards[-1].upper} up (last shard {shards[-1].id})")
-    for left, right in zip(shards, shards[1:], strict=True):
+    for left, right in itertools.pairwise(shards):
         if left.upper is None or right.lower is None or left.upper != right.lower:
             problems.append(f"shards {left.id} [..,{left.upper}) and {right.id} [{right.lower},..) do not meet")
         elif right.upper is not None and right.lower >= right.upper:
