@@ -63,7 +63,7 @@ def load_migrations() -> list[Migration]:
     Raises `RuntimeError` on a misnamed file or a repeated version: a packaging bug, not a runtime condition.
     """
     found: dict[int, Migration] = {}
-    for entry in resources.files("shard_map").joinpath("migrations").iterdir():
+    for entry in resources.files(__package__).joinpath("migrations").iterdir():
         if not entry.name.endswith(".sql"):
             continue
         match = _FILE_NAME.fullmatch(entry.name)
