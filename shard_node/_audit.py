@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rankshard.shard_map import Shard, tiling_problems
 
+from . import _replies as replies
 from ._client import NodeClient
 from ._keys import IndexEntry, descriptor_key, index_pattern, registered_version, shard_data_pattern, shard_key
 from ._layout import BoardLayout, Cluster
@@ -74,12 +75,13 @@ async def shard_members(cluster: Cluster, layout: BoardLayout, shard: Shard) -> 
     """The shard's members with their scores, best first, in chunks."""
     node, key, start = cluster.node(shard.node), shard_key(layout.board, shard.id), 0
     while True:
-        rows = await node.command("ZRANGE", key, start, start + _CHUNK - 1, "WITHSCORES")
+        raw = await node.command("ZRANGE", key, start, start + _CHUNK - 1, "WITHSCORES")
+        rows = replies.scored_members(node.id, "ZRANGE", raw)
         if not rows:
             return
-        yield [(str(u), layout.unstored(int(float(s)))) for u, s in zip(rows[::2], rows[1::2], strict=True)]
+        yield [(user, layout.unstored(score)) for user, score in rows]
         start += _CHUNK
-        if len(rows) < 2 * _CHUNK:
+        if len(rows) < _CHUNK:
             return
 
 
