@@ -37,6 +37,18 @@ class Tag(StrEnum):
     ABSENT = "absent"  # index_remove: the member is not on the board
 
 
+# The tags as plain strings, for the decoders' comparisons: comparing a str with an enum member, attribute
+# lookup included, takes about 6x as long (~120 ns), and a fenced shard script runs ~30 times per batch.
+_OK, _STALE, _ABORT, _INTENT, _REFUSED, _ABSENT = (
+    Tag.OK.value,
+    Tag.STALE.value,
+    Tag.ABORT.value,
+    Tag.INTENT.value,
+    Tag.REFUSED.value,
+    Tag.ABSENT.value,
+)
+
+
 class UpdateKind(StrEnum):
     """How index_apply took an update."""
 
@@ -93,14 +105,15 @@ class ShardPage:
 def shard_change(node: str, script: Script, raw: object) -> ShardChange | Stale:
     """The reply of `script` (SHARD_APPLY or SHARD_REMOVE): ``{'stale', actual}``, ``{'ok', size}``
     (shard_apply) or ``{'ok', size, removed}`` (shard_remove)."""
-    reply = _reply(node, script, raw)
-    if reply[0] == Tag.STALE:
-        return _stale(node, script, reply)
-    if reply[0] == Tag.OK:
-        if script is scripts.SHARD_APPLY and len(reply) == 2:
-            return ShardChange(_count(node, script, reply[1]))
-        if script is scripts.SHARD_REMOVE and len(reply) == 3:
-            return ShardChange(_count(node, script, reply[1]), _count(node, script, reply[2]))
+    if type(raw) is list and raw:  # checked inline: on the write path, once per shard and batch
+        tag, size = raw[0], raw[1] if len(raw) > 1 else None
+        if tag == _OK and type(size) is int and size >= 0:
+            if len(raw) == 2 and script is scripts.SHARD_APPLY:
+                return ShardChange(size)
+            if len(raw) == 3 and script is scripts.SHARD_REMOVE and type(raw[2]) is int and raw[2] >= 0:
+                return ShardChange(size, raw[2])
+        elif tag == _STALE and len(raw) == 2 and type(size) is str:
+            return Stale(size)
     _wrong(node, script, raw)
 
 
@@ -108,23 +121,25 @@ def shard_count(node: str, raw: object, shards: int, queries: int) -> ShardCount
     """shard_count's reply for a call over `shards` shards with `queries` queries: ``{'stale', position,
     actual}`` or ``{'ok', size..., answer...}``. A position query answers -1 for a member not there."""
     reply = _reply(node, scripts.SHARD_COUNT, raw)
-    if reply[0] == Tag.STALE and len(reply) == 3:
+    if reply[0] == _STALE and len(reply) == 3:
         position, actual = reply[1], reply[2]
         if type(position) is int and 1 <= position <= shards and type(actual) is str:
             return Stale(actual, position)
-    elif reply[0] == Tag.OK and len(reply) == 1 + shards + queries:
-        numbers = tuple(islice(reply, 1, None))
-        if all(type(n) is int for n in numbers):
-            return ShardCounts(numbers[:shards], numbers[shards:])
+    elif reply[0] == _OK and len(reply) == 1 + shards + queries:
+        for n in islice(reply, 1, None):
+            if type(n) is not int:
+                break
+        else:
+            return ShardCounts(tuple(reply[1 : 1 + shards]), tuple(reply[1 + shards :]))
     _wrong(node, scripts.SHARD_COUNT, raw, f"for {shards} shards and {queries} queries")
 
 
 def shard_page(node: str, raw: object) -> ShardPage | Stale:
     """shard_page's reply: ``{'stale', actual}`` or ``{'ok', better, user, stored score, ...}``."""
     reply = _reply(node, scripts.SHARD_PAGE, raw)
-    if reply[0] == Tag.STALE:
-        return _stale(node, scripts.SHARD_PAGE, reply)
-    if reply[0] == Tag.OK and len(reply) % 2 == 0:
+    if reply[0] == _STALE and len(reply) == 2 and type(reply[1]) is str:
+        return Stale(reply[1])
+    if reply[0] == _OK and len(reply) % 2 == 0:
         better = _count(node, scripts.SHARD_PAGE, reply[1])
         try:
             rows = tuple((_text(m), int(float(s))) for m, s in zip(reply[2::2], reply[3::2], strict=True))
@@ -205,9 +220,9 @@ def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -
     ``{'intent', user, score, ver, home, from, to}`` or (IndexMode.EACH) ``{'refused', kind}``. In
     IndexMode.CHECK the answers are the intents alone."""
     reply = _reply(node, scripts.INDEX_APPLY, raw)
-    if reply[0] == Tag.ABORT:
+    if reply[0] == _ABORT:
         return _aborted(node, reply, len(users))
-    if reply[0] != Tag.OK:
+    if reply[0] != _OK:
         _wrong(node, scripts.INDEX_APPLY, raw)
     if mode is IndexMode.CHECK:
         if len(reply) > len(users) + 1:
@@ -230,9 +245,9 @@ def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -
                     raise ValueError
                 entry = IndexEntry(user, current, version, home, from_, to) if home else None
                 append(Committed(kind, score, applied == 1, entry))
-            elif answer[0] == Tag.INTENT:
+            elif answer[0] == _INTENT:
                 append(_pending_move(node, scripts.INDEX_APPLY, answer))
-            elif answer[0] == Tag.REFUSED and mode is IndexMode.EACH and len(answer) == 2:
+            elif answer[0] == _REFUSED and mode is IndexMode.EACH and len(answer) == 2:
                 append(Refused(_REFUSAL_KINDS[answer[1]]))
             else:
                 raise ValueError
@@ -268,11 +283,11 @@ def index_remove(node: str, raw: object, user: str) -> RemovalRecorded | Pending
     """index_remove's reply for `user`: ``{'absent'}`` (None: not on the board), ``{'intent', score, ver,
     home, from, to}`` (another move first), or ``{'ok', score, ver, home}``."""
     reply = _reply(node, scripts.INDEX_REMOVE, raw)
-    if reply[0] == Tag.ABSENT and len(reply) == 1:
+    if reply[0] == _ABSENT and len(reply) == 1:
         return None
-    if reply[0] == Tag.INTENT:
+    if reply[0] == _INTENT:
         return _pending_move(node, scripts.INDEX_REMOVE, reply, user)
-    if reply[0] == Tag.OK and len(reply) == 4:
+    if reply[0] == _OK and len(reply) == 4:
         score, version, home = reply[1:]
         if type(score) is type(version) is int and type(home) is str:
             return RemovalRecorded(IndexEntry(user, score, version, home, from_=home, to=""))
@@ -375,16 +390,10 @@ def _reply(node: str, script: Script, raw: object) -> list[Any]:
     return raw
 
 
-def _stale(node: str, script: Script, reply: list[Any]) -> Stale:
-    if len(reply) != 2 or type(reply[1]) is not str:
-        _wrong(node, script, reply)
-    return Stale(reply[1])
-
-
 def _pending_move(node: str, script: Script, raw: object, user: str | None = None) -> PendingMove:
     """An intent: index_apply's ``{'intent', user, score, ver, home, from, to}``, or index_remove's (of
     `user`) ``{'intent', score, ver, home, from, to}``."""
-    if type(raw) is list and len(raw) == (7 if user is None else 6) and raw[0] == Tag.INTENT:
+    if type(raw) is list and len(raw) == (7 if user is None else 6) and raw[0] == _INTENT:
         if user is None:
             user = raw[1]
         score, version, home, from_, to = raw[-5:]

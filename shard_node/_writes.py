@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from rankshard.shard_map import Operator, OutOfRange, RequestIdConflict, StaleMap, user_hash
 
@@ -215,16 +216,15 @@ async def _run_index(
 ) -> Aborted | Checked | Answered:
     config = layout.config
     args: list[object] = [mode, int(config.operator), int(layout.descending), *layout.index_args]
+    first = len(args)
     call_keys: list[str] = []
-    users: list[str] = []
     updates, keys = batch.updates, batch.keys
     for i in positions:
         u = updates[i]
         args += (u.user_id, u.value, u.request_id)
         call_keys += keys[i]
-        users.append(u.user_id)
     raw = await node.run(INDEX_APPLY, [*call_keys, moves_key(layout.board)], args)
-    return replies.index_apply(node.id, raw, mode, users)
+    return replies.index_apply(node.id, raw, mode, cast("list[str]", args[first::3]))  # the updates' user ids
 
 
 def _refusable(layout: BoardLayout, updates: Sequence[Update]) -> bool:
