@@ -150,8 +150,8 @@ async def _registers(
         node = cluster.node(node_id)
         for start in range(0, len(users), _CHUNK):
             chunk = users[start : start + _CHUNK]
-            replies = await node.commands([("HGET", layout.versions_key(u), u) for u in chunk])
-            found.update(((u, node_id), registered_version(raw)) for u, raw in zip(chunk, replies, strict=True))
+            values = await node.commands([("HGET", layout.versions_key(u), u) for u in chunk])
+            found.update(((u, node_id), registered_version(raw)) for u, raw in zip(chunk, values, strict=True))
 
     await asyncio.gather(*(read(n, users) for n, users in by_node.items()))
     return found

@@ -23,14 +23,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ._audit import BoardScan, Finding, scan_board
+from ._audit import BoardScan, Finding, FindingKind, scan_board
 from ._keys import IndexEntry, descriptor_key, registered_version
 from ._layout import BoardLayout, Cluster
 from ._moves import apply_call, finish_move, remove_call, shard_call
 from ._reindex import Reindex, reindex_board
 from ._scripts import ShardWriteMode
 
-_HANDLED = {"missing", "score-mismatch", "wrong-shard", "orphan", "duplicate", "pending-move"}
+_HANDLED = {
+    FindingKind.MISSING,
+    FindingKind.SCORE_MISMATCH,
+    FindingKind.WRONG_SHARD,
+    FindingKind.ORPHAN,
+    FindingKind.DUPLICATE,
+    FindingKind.PENDING_MOVE,
+}
 _CHUNK = 1000
 """Members per shard script call."""
 
