@@ -12,6 +12,7 @@ from ._errors import (
     RequestIdConflict,
     ShardFrozen,
     StaleMap,
+    UnexpectedReply,
 )
 from ._limits import (
     DEFAULT_LIMIT,
@@ -75,6 +76,7 @@ __all__ = [
     "SlotTable",
     "SortOrder",
     "StaleMap",
+    "UnexpectedReply",
     "check_board_name",
     "check_boundaries",
     "check_count",
@@ -91,9 +93,9 @@ __all__ = [
 ]
 
 # The control plane store (PostgreSQL).
-from ._migrate import SchemaMissing, schema_version  # noqa: E402
-from ._nodes import Node, NodeInUse  # noqa: E402
-from ._store import ControlPlane, StaleEpoch, control_plane_deadline  # noqa: E402
+from ._migrate import SchemaMissing, schema_version  # noqa: E402 -- the store apart, after the pure model
+from ._nodes import Node, NodeInUse  # noqa: E402 -- the store apart, after the pure model
+from ._store import ControlPlane, StaleEpoch, control_plane_deadline  # noqa: E402 -- the store apart, after the pure model
 
 __all__ += [
     "ControlPlane",

@@ -9,7 +9,8 @@
      ├── NodeError                a data node could not serve the call
      │    ├── NodeUnavailable     down, unreachable or too slow (→ UNAVAILABLE, safe to retry)
      │    ├── StaleMap            the node's shard descriptor disagrees with the caller's map (reload, retry)
-     │    └── ShardFrozen         the shard is fenced for a migration step (retry shortly)
+     │    ├── ShardFrozen         the shard is fenced for a migration step (retry shortly)
+     │    └── UnexpectedReply     the node answered a script with a reply rankshard does not understand
      └── ControlPlaneError       PostgreSQL could not be reached or refused (→ UNAVAILABLE)
 
 Adapters translate redis, psycopg and grpc exceptions into these at the package boundary
@@ -65,6 +66,15 @@ class StaleMap(NodeError):
 
 class ShardFrozen(NodeError):
     """The shard is briefly fenced by a migration step: retry until the deadline."""
+
+
+class UnexpectedReply(NodeError):
+    """The node answered `script` with a reply of another shape than the script gives (shard_node/_replies.py):
+    it is not running rankshard's scripts, or a script and its decoder disagree. The message says what was wrong."""
+
+    def __init__(self, node: str, script: str, problem: str) -> None:
+        super().__init__(node, f"unexpected reply to {script}: {problem}")
+        self.script = script
 
 
 class ControlPlaneError(RankshardError):

@@ -14,7 +14,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import LiteralString, cast
 
 from psycopg import AsyncConnection
 
@@ -123,7 +122,7 @@ async def _apply_one(conn: AsyncConnection, migration: Migration) -> bool:
         if await cur.fetchone() is not None:
             return False  # another process applied it while we waited for the lock
         # No parameters: psycopg sends the file as one simple query, several statements allowed.
-        await conn.execute(cast(LiteralString, migration.sql))
+        await conn.execute(migration.sql)
         await conn.execute(
             "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
             (migration.version, migration.name),

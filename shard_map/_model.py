@@ -119,7 +119,7 @@ class ShardMap:
         problems = tiling_problems(self.shards)
         if problems:
             raise ValueError(f"shard map of {self.board!r} does not tile: {'; '.join(problems)}")
-        object.__setattr__(self, "_uppers", tuple(s.upper for s in self.shards[:-1]))  # type: ignore[misc]
+        object.__setattr__(self, "_uppers", tuple(s.upper for s in self.shards[:-1]))
 
     @property
     def boundaries(self) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any, Self
+from typing import Any, Self, TypedDict
 
 import psycopg
 from psycopg import AsyncConnection
@@ -58,8 +58,19 @@ _POOL_NAME = "rankshard-control-plane"
 _RETRY_FIRST, _RETRY_MAX = 0.1, 5.0  # listener reconnect backoff, seconds
 _PROBE_EVERY = 30.0  # seconds without a notification before the listener checks its connection
 _SHARD_NUMBER = re.compile(r"s(\d{1,9})")
-# TCP keepalives: a connection to a host that vanished fails within about a minute instead of hanging.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+class _Keepalives(TypedDict):
+    """libpq's TCP keepalive settings: a connection to a host that vanished fails within about a minute
+    instead of hanging. A TypedDict so that ``**`` into psycopg's connect keeps each value's type."""
+
+    keepalives: int
+    keepalives_idle: int
+    keepalives_interval: int
+    keepalives_count: int
+
+
+_KEEPALIVES = _Keepalives(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "rankshard_control_plane_deadline", default=None
@@ -443,8 +454,8 @@ class ControlPlane:
                 log.warning("control plane (%s): epoch listener cannot connect: %s", self._where, exc)
             else:
                 try:
-                    for change in await _listen(conn):
-                        yield change
+                    for board_epoch in await _listen(conn):
+                        yield board_epoch
                     delay = _RETRY_FIRST
                     while True:
                         async with contextlib.aclosing(conn.notifies(timeout=_PROBE_EVERY)) as notes:

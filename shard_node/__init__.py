@@ -1,7 +1,7 @@
 """Everything that touches node data: key layout, Lua scripts, the write and read paths, moves."""
 
 from ._admin import connect_cluster, create_board, delete_board, install_descriptors
-from ._audit import Finding, audit_board
+from ._audit import Finding, FindingKind, audit_board
 from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
 from ._import import ImportInterrupted, import_members
 from ._keys import IndexEntry
@@ -17,6 +17,7 @@ from ._writes import Update, UpdateOutcome, apply_each, apply_updates, remove_me
 __all__ = [
     "DEFAULT_MIN_AGE_MS",
     "Finding",
+    "FindingKind",
     "LostMembers",
     "RepairReport",
     "audit_board",

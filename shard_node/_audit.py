@@ -9,9 +9,11 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from rankshard.shard_map import Shard, tiling_problems
 
+from . import _replies as replies
 from ._client import NodeClient
 from ._keys import IndexEntry, descriptor_key, index_pattern, registered_version, shard_data_pattern, shard_key
 from ._layout import BoardLayout, Cluster
@@ -22,12 +24,27 @@ _CHUNK = 5000
 _RANK_SAMPLES = 50
 
 
+class FindingKind(StrEnum):
+    """What a `Finding` found (its value is how reports name it)."""
+
+    TILING = "tiling"  # invariant 1: the map's shards do not tile the score line
+    DESCRIPTOR = "descriptor"  # a node holds another descriptor than the map's
+    PENDING_MOVE = "pending-move"  # a move or removal not rolled forward yet
+    MISSING = "missing"  # an indexed member that no shard holds
+    DUPLICATE = "duplicate"  # a member in more than one shard
+    WRONG_SHARD = "wrong-shard"  # a member in another shard than its index entry's
+    SCORE_MISMATCH = "score-mismatch"  # a shard's score differs from the index's
+    OUT_OF_RANGE = "out-of-range"  # a member's score outside its home shard's range
+    ORPHAN = "orphan"  # a shard member without an index entry
+    STRAY_KEY = "stray-key"  # shard data on a node that does not own the shard
+    RANK = "rank"  # invariant 4: a served rank differs from the single sorted list's
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One violation. `kind` is one of: tiling, descriptor, pending-move, missing, duplicate,
-    wrong-shard, score-mismatch, out-of-range, orphan, stray-key, rank."""
+    """One violation of SPEC's invariants, of `kind`."""
 
-    kind: str
+    kind: FindingKind
     detail: str
     shard: str | None = None
     user: str | None = None
@@ -74,25 +91,26 @@ async def shard_members(cluster: Cluster, layout: BoardLayout, shard: Shard) -> 
     """The shard's members with their scores, best first, in chunks."""
     node, key, start = cluster.node(shard.node), shard_key(layout.board, shard.id), 0
     while True:
-        rows = await node.command("ZRANGE", key, start, start + _CHUNK - 1, "WITHSCORES")
+        raw = await node.command("ZRANGE", key, start, start + _CHUNK - 1, "WITHSCORES")
+        rows = replies.scored_members(node.id, "ZRANGE", raw)
         if not rows:
             return
-        yield [(str(u), layout.unstored(int(float(s)))) for u, s in zip(rows[::2], rows[1::2], strict=True)]
+        yield [(user, layout.unstored(score)) for user, score in rows]
         start += _CHUNK
-        if len(rows) < 2 * _CHUNK:
+        if len(rows) < _CHUNK:
             return
 
 
 async def scan_board(cluster: Cluster, layout: BoardLayout) -> BoardScan:
     scan = BoardScan()
     await scan_index(cluster, layout.board, scan)
-    scan.findings += [Finding("tiling", p) for p in tiling_problems(layout.map.shards)]
+    scan.findings += [Finding(FindingKind.TILING, p) for p in tiling_problems(layout.map.shards)]
     for shard in layout.map.shards:
         actual = await cluster.node(shard.node).command("GET", descriptor_key(layout.board, shard.id))
         if actual != layout.descriptors[shard.id]:
             scan.findings.append(
                 Finding(
-                    "descriptor",
+                    FindingKind.DESCRIPTOR,
                     f"node {shard.node} holds {actual!r}, map epoch {layout.map.epoch} says "
                     f"{layout.descriptors[shard.id]!r}",
                     shard=shard.id,
@@ -117,14 +135,16 @@ def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:
         if entry.moving:
             found.append(
                 Finding(
-                    "pending-move", f"{entry.from_} -> {entry.to or '(removal)'} at version {entry.version}", user=user
+                    FindingKind.PENDING_MOVE,
+                    f"{entry.from_} -> {entry.to or '(removal)'} at version {entry.version}",
+                    user=user,
                 )
             )
             continue
         if not places:
             found.append(
                 Finding(
-                    "missing",
+                    FindingKind.MISSING,
                     f"index says score {entry.score} in {entry.home}; no shard holds it",
                     shard=entry.home,
                     user=user,
@@ -132,19 +152,24 @@ def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:
             )
             continue
         if len(places) > 1:
-            found.append(Finding("duplicate", f"in shards {', '.join(s for s, _ in places)}", user=user))
+            found.append(Finding(FindingKind.DUPLICATE, f"in shards {', '.join(s for s, _ in places)}", user=user))
         for shard_id, score in places:
             if shard_id != entry.home:
-                found.append(Finding("wrong-shard", f"index says {entry.home}", shard=shard_id, user=user))
+                found.append(Finding(FindingKind.WRONG_SHARD, f"index says {entry.home}", shard=shard_id, user=user))
             elif score != entry.score:
                 found.append(
-                    Finding("score-mismatch", f"shard has {score}, index has {entry.score}", shard=shard_id, user=user)
+                    Finding(
+                        FindingKind.SCORE_MISMATCH,
+                        f"shard has {score}, index has {entry.score}",
+                        shard=shard_id,
+                        user=user,
+                    )
                 )
         home = layout.shards.get(entry.home)
         if home is None or not home.holds(entry.score):
             found.append(
                 Finding(
-                    "out-of-range",
+                    FindingKind.OUT_OF_RANGE,
                     f"score {entry.score} is outside home shard {entry.home}",
                     shard=entry.home,
                     user=user,
@@ -158,7 +183,7 @@ def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:
                 else "with no index entry"
             )
             for shard_id, score in places:
-                found.append(Finding("orphan", f"score {score} {why}", shard=shard_id, user=user))
+                found.append(Finding(FindingKind.ORPHAN, f"score {score} {why}", shard=shard_id, user=user))
     return found
 
 
@@ -171,7 +196,7 @@ async def _stray_keys(cluster: Cluster, layout: BoardLayout) -> list[Finding]:
                 shard_id = key.rsplit("/", 1)[1]
                 owner = layout.shards.get(shard_id)
                 if owner is None or owner.node != node_id:
-                    found.append(Finding("stray-key", f"{key} on node {node_id}", shard=shard_id))
+                    found.append(Finding(FindingKind.STRAY_KEY, f"{key} on node {node_id}", shard=shard_id))
     return found
 
 
@@ -195,11 +220,11 @@ async def _ranks(cluster: Cluster, layout: BoardLayout, scan: BoardScan) -> list
     served, total = await rank_of_scores(cluster, layout, [scan.entries[u].score for u in sample])
     found = []
     if total != len(scan.entries):
-        found.append(Finding("rank", f"shards hold {total} members, the index {len(scan.entries)}"))
+        found.append(Finding(FindingKind.RANK, f"shards hold {total} members, the index {len(scan.entries)}"))
     for user, rank in zip(sample, served, strict=True):
         expected = first_at[layout.stored(scan.entries[user].score)]
         if rank != expected:
-            found.append(Finding("rank", f"served rank {rank}, the sorted list says {expected}", user=user))
+            found.append(Finding(FindingKind.RANK, f"served rank {rank}, the sorted list says {expected}", user=user))
     return found
 
 

@@ -19,6 +19,7 @@ from hiredis import pack_command
 
 from rankshard.shard_map import DEFAULTS, NodeUnavailable
 
+from ._replies import command_reply
 from ._resp import NodeConnection, ReplyError
 from ._scripts import ALL, Script
 
@@ -60,13 +61,14 @@ class NodeClient:
         if connection is not None:
             connection.close(ConnectionResetError, "client closed")
 
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, lazy: bool = False) -> Any:
-        """Runs one script; raises `NodeUnavailable`. `lazy`: housekeeping, it may wait a moment to
-        share a write with other commands (see `NodeConnection.send`)."""
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, lazy: bool = False) -> object:
+        """Runs one script and returns its raw reply, for `_replies` to decode; raises `NodeUnavailable`.
+        `lazy`: housekeeping, it may wait a moment to share a write with other commands (see
+        `NodeConnection.send`)."""
         return (await self.run_many([(script, keys, args)], lazy=lazy))[0]
 
-    async def run_many(self, calls: Sequence[ScriptCall], *, lazy: bool = False) -> list[Any]:
-        """Runs scripts in one pipelined round trip, results in order; raises `NodeUnavailable`."""
+    async def run_many(self, calls: Sequence[ScriptCall], *, lazy: bool = False) -> list[object]:
+        """Runs scripts in one pipelined round trip, raw replies in order; raises `NodeUnavailable`."""
         self._check_up()
         results = await self._evalsha(calls, lazy)
         missing = [i for i, r in enumerate(results) if isinstance(r, ReplyError) and r.code == "NOSCRIPT"]
@@ -86,7 +88,7 @@ class NodeClient:
         if isinstance(reply, ReplyError):
             self._check_serving(reply)
             raise NodeUnavailable(self.id, f"refused {args[0]}: {reply}") from reply
-        return _shaped(args, reply)
+        return command_reply(args, reply)
 
     async def commands(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Plain commands in one pipelined round trip; raises `NodeUnavailable`."""
@@ -98,7 +100,7 @@ class NodeClient:
             if isinstance(reply, ReplyError):
                 self._check_serving(reply)
                 raise NodeUnavailable(self.id, f"refused a command: {reply}") from reply
-        return [_shaped(c, r) for c, r in zip(commands, replies, strict=True)]
+        return [command_reply(c, r) for c, r in zip(commands, replies, strict=True)]
 
     async def load_scripts(self) -> None:
         await self.commands([("SCRIPT", "LOAD", s.source) for s in ALL])
@@ -108,7 +110,7 @@ class NodeClient:
         if not calls:
             return []
         payload = b"".join(pack_command(("EVALSHA", s.sha, len(k), *k, *a)) for s, k, a in calls)
-        replies = await self._send(payload, len(calls), lazy)
+        replies: list[Any] = await self._send(payload, len(calls), lazy)
         for reply in replies:
             if isinstance(reply, ReplyError):
                 self._check_serving(reply)
@@ -147,17 +149,3 @@ class NodeClient:
         if isinstance(exc, TimeoutError):
             self._down_until = time.monotonic() + DOWN_FOR
         return NodeUnavailable(self.id, f"{self.address} unreachable: {exc}")
-
-
-def _shaped(args: Sequence[Any], reply: Any) -> Any:
-    """`reply` in the shape redis-py (5.2, RESP2) gave callers for the commands they use."""
-    name = str(args[0]).upper()
-    if name == "HGETALL":
-        return dict(zip(reply[::2], reply[1::2], strict=True))
-    if name == "SCAN":
-        return int(reply[0]), reply[1]
-    if name == "SET":
-        return reply if any(str(a).upper() == "GET" for a in args[3:]) else (reply and reply == "OK")
-    if name in ("ZINCRBY", "ZSCORE"):
-        return None if reply is None else float(reply)
-    return reply

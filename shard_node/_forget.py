@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from . import _replies as replies
 from ._client import NodeClient
 from ._keys import moves_key
 from ._scripts import INDEX_FORGET
@@ -51,7 +52,7 @@ class Forgets:
 
     async def _send(self, slot: tuple[str, str], node: NodeClient, keys: list[str], args: list[object]) -> None:
         try:
-            await node.run(INDEX_FORGET, [*keys, moves_key(slot[1])], args, lazy=True)
+            replies.index_forget(node.id, await node.run(INDEX_FORGET, [*keys, moves_key(slot[1])], args, lazy=True))
         except Exception as exc:  # the marks stay; the sweeper finishes them
             log.debug("clearing %d pending-write marks on %s failed: %s", len(keys), node.id, exc)
         finally:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from rankshard.shard_map import StaleMap, user_hash
 
+from . import _replies as replies
 from ._client import NodeClient
 from ._keys import moves_key
 from ._layout import BoardLayout, Cluster
@@ -53,11 +54,11 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
     )
     by_shard: dict[str, list[object]] = {}
     added: list[tuple[NodeClient, str, str, int]] = []
-    for (node, keys, mine), answer in zip(nodes, homes, strict=True):
-        for key, (user, score), home, version in zip(keys, mine, answer[::2], answer[1::2], strict=True):
-            if home:
-                by_shard.setdefault(str(home), []).extend((user, layout.stored(score), int(version)))
-                added.append((node, key, user, int(version)))
+    for (node, keys, mine), raw in zip(nodes, homes, strict=True):
+        for key, (user, score), imported in zip(keys, mine, replies.index_import(node.id, raw, len(mine)), strict=True):
+            if imported is not None:
+                by_shard.setdefault(imported.home, []).extend((user, layout.stored(score), imported.version))
+                added.append((node, key, user, imported.version))
     if by_shard:
         try:
             await _write_groups(cluster, layout, by_shard)

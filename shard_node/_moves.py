@@ -17,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar, cast
 
-from rankshard.shard_map import ShardFrozen, StaleMap
+from rankshard.shard_map import ShardFrozen, ShardState, StaleMap
 
+from . import _replies as replies
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, descriptor_state, moves_key
 from ._layout import BoardLayout, Cluster
-from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE
+from ._replies import ShardChange, Stale
+from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, MoveStep, Script, ShardWriteMode
 
 StepHook = Callable[[str], None]
 """Test-only: called with a step name right after that step is durable; raising simulates a crash."""
@@ -63,39 +66,46 @@ async def finish_moves(
     are rolled forward like any other."""
     moving = [e for e in entries if e.to]
     if moving:
-        await _shard_step(cluster, layout, moving, "to")
+        await _shard_step(cluster, layout, _destination_writes(layout, moving))
         _step(on_step, "destination_written")
-        await _index_step(cluster, layout, moving, "home")
+        await _index_step(cluster, layout, moving, MoveStep.HOME)
         _step(on_step, "home_switched")
-    await _shard_step(cluster, layout, entries, "from", removals)
+    await _shard_step(cluster, layout, _source_removals(layout, entries), removals)
     _step(on_step, "source_removed")
-    await _index_step(cluster, layout, entries, "done")
+    await _index_step(cluster, layout, entries, MoveStep.DONE)
     _step(on_step, "intent_cleared")
 
 
-async def _shard_step(
-    cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], side: str, run_calls: RunCalls | None = None
-) -> None:
-    """Step 1 (`side` 'to': write the destinations) or step 3 ('from': remove from the sources)."""
+def _destination_writes(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, ScriptCall]:
+    """Step 1's calls: per destination shard, the writes of the members moving there."""
     by_shard: dict[str, list[object]] = {}
     for e in entries:
-        if side == "to":
-            by_shard.setdefault(e.to, []).extend((e.user_id, layout.stored(e.score), e.version))
-        else:
-            by_shard.setdefault(e.from_, []).extend((e.user_id, e.version))
-    by_node: dict[str, list[tuple[str, ScriptCall]]] = {}
-    for shard_id, args in by_shard.items():
-        call = apply_call(layout, shard_id, args) if side == "to" else remove_call(layout, shard_id, args)
-        by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
+        by_shard.setdefault(e.to, []).extend((e.user_id, layout.stored(e.score), e.version))
+    return {shard_id: apply_call(layout, shard_id, writes) for shard_id, writes in by_shard.items()}
 
+
+def _source_removals(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, ScriptCall]:
+    """Step 3's calls: per source shard, the removals of the members leaving it."""
+    by_shard: dict[str, list[object]] = {}
+    for e in entries:
+        by_shard.setdefault(e.from_, []).extend((e.user_id, e.version))
+    return {shard_id: remove_call(layout, shard_id, removals) for shard_id, removals in by_shard.items()}
+
+
+async def _shard_step(
+    cluster: Cluster, layout: BoardLayout, calls: dict[str, ScriptCall], run_calls: RunCalls | None = None
+) -> None:
+    """Step 1 or step 3: each shard's call, one pipelined round trip per node."""
+    by_node: dict[str, list[tuple[str, ScriptCall]]] = {}
+    for shard_id, call in calls.items():
+        by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
     if run_calls is None:
         run_calls = functools.partial(run_per_node, cluster)
-    answers = await run_calls({n: [c for _, c in calls] for n, calls in by_node.items()})
-    for node_id, calls in by_node.items():
+    answers = await run_calls({n: [c for _, c in node_calls] for n, node_calls in by_node.items()})
+    for node_id, node_calls in by_node.items():
         node = cluster.node(node_id)
-        for (shard_id, _), result in zip(calls, answers[node_id], strict=True):
-            check_fence(node, layout, shard_id, result)  # type: ignore[arg-type]
-            record_size(cluster, layout, shard_id, result)  # type: ignore[arg-type]
+        for (shard_id, (script, _, _)), raw in zip(node_calls, answers[node_id], strict=True):
+            shard_changed(cluster, node, layout, shard_id, script, raw)
 
 
 async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
@@ -105,8 +115,8 @@ async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> 
     return dict(zip(node_ids, answers, strict=True))
 
 
-async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: str) -> None:
-    """Step 2 ('home': compare-and-set the index's shard) or step 4 ('done': clear the intent): one
+async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: MoveStep) -> None:
+    """Step 2 (HOME: compare-and-set the index's shard) or step 4 (DONE: clear the intent): one
     INDEX_MOVE per index node for all of `entries` there."""
     by_node: dict[str, tuple[NodeClient, list[str], list[object]]] = {}
     for e in entries:
@@ -115,32 +125,43 @@ async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[I
         keys.append(key)
         args += (e.user_id, e.version, e.from_, e.to)
     moves = moves_key(layout.board)
-    await asyncio.gather(*(node.run(INDEX_MOVE, [*keys, moves], args) for node, keys, args in by_node.values()))
+    nodes = list(by_node.values())
+    answers = await asyncio.gather(*(node.run(INDEX_MOVE, [*keys, moves], args) for node, keys, args in nodes))
+    for (node, _, _), raw in zip(nodes, answers, strict=True):
+        replies.index_move(node.id, raw)  # how many it advanced: fewer when another router got there first
 
 
-async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call: ScriptCall) -> list[object]:
+async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call: ScriptCall) -> ShardChange:
     """Runs a fenced shard script (`apply_call`, `remove_call`) on the shard's node; raises `StaleMap`,
     `ShardFrozen`, `NodeError`."""
     node = shard_node(cluster, layout, shard_id)
-    result = await node.run(*call)
-    check_fence(node, layout, shard_id, result)
-    record_size(cluster, layout, shard_id, result)
-    return result
+    script, keys, args = call
+    return shard_changed(cluster, node, layout, shard_id, script, await node.run(script, keys, args))
 
 
-def apply_call(layout: BoardLayout, shard_id: str, writes: Sequence[object], *, mode: str = "write") -> ScriptCall:
-    """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard. `mode` (see
-    shard_apply.lua): 'write'; 'rewrite' (repair only) also rewrites a member at the version its node
-    has registered."""
-    users = writes[::3]
-    keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]  # type: ignore[arg-type]
+def shard_changed(
+    cluster: Cluster, node: NodeClient, layout: BoardLayout, shard_id: str, script: Script, raw: object
+) -> ShardChange:
+    """`node`'s reply `raw` to a fenced shard script of `shard_id` (SHARD_APPLY or SHARD_REMOVE), its size
+    remembered; raises `StaleMap`, `ShardFrozen` (see `check_fence`), `UnexpectedReply`."""
+    change = check_fence(node, layout, shard_id, replies.shard_change(node.id, script, raw))
+    record_size(cluster, layout, shard_id, change)
+    return change
+
+
+def apply_call(
+    layout: BoardLayout, shard_id: str, writes: Sequence[object], *, mode: ShardWriteMode = ShardWriteMode.WRITE
+) -> ScriptCall:
+    """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard, in `mode`."""
+    users = cast("Sequence[str]", writes[::3])  # every third item is a user id
+    keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]
     return SHARD_APPLY, keys, [layout.descriptors[shard_id], mode, *writes]
 
 
 def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:
     """SHARD_REMOVE of `removals` = (user, version)... from the shard."""
-    users = removals[::2]
-    keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]  # type: ignore[arg-type]
+    users = cast("Sequence[str]", removals[::2])  # every other item is a user id
+    keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]
     return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *removals]
 
 
@@ -151,24 +172,33 @@ def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClie
     return cluster.node(shard.node)
 
 
-def check_fence(node: NodeClient, layout: BoardLayout, shard_id: str, result: list[object]) -> None:
-    """Raises when a fenced script answered 'stale': `ShardFrozen` if only the state differs."""
-    if result[0] != "stale":
-        return
-    actual = str(result[-1])
+R = TypeVar("R")
+
+
+def check_fence(node: NodeClient, layout: BoardLayout, shard_id: str, reply: R | Stale) -> R:
+    """`reply`, unless a fenced script answered `Stale`: then raises `fence_error`'s error."""
+    if isinstance(reply, Stale):
+        raise fence_error(node, layout, shard_id, reply)
+    return reply
+
+
+def fence_error(node: NodeClient, layout: BoardLayout, shard_id: str, stale: Stale) -> ShardFrozen | StaleMap:
+    """What a fenced script's `stale` answer for `shard_id` means: `ShardFrozen` if only the shard's state
+    differs from the caller's map, else `StaleMap`."""
+    actual = stale.descriptor
     expected = layout.descriptors[shard_id]
-    if descriptor_state(actual) == "FROZEN" and actual.rsplit("|", 1)[0] == expected.rsplit("|", 1)[0]:
-        raise ShardFrozen(node.id, f"shard {shard_id} of {layout.board!r} is frozen for a migration")
-    raise StaleMap(
+    if descriptor_state(actual) == ShardState.FROZEN and actual.rsplit("|", 1)[0] == expected.rsplit("|", 1)[0]:
+        return ShardFrozen(node.id, f"shard {shard_id} of {layout.board!r} is frozen for a migration")
+    return StaleMap(
         node.id,
         f"shard {shard_id} of {layout.board!r} is {actual or 'absent'!r} there, "
         f"map epoch {layout.map.epoch} expects {expected!r}",
     )
 
 
-def record_size(cluster: Cluster, layout: BoardLayout, shard_id: str, result: list[object]) -> None:
+def record_size(cluster: Cluster, layout: BoardLayout, shard_id: str, change: ShardChange) -> None:
     """Remembers the size a shard script reported after changing the shard (see `Cluster.last_sizes`)."""
-    cluster.last_sizes[(layout.board, layout.descriptors[shard_id], shard_id)] = int(result[1])  # type: ignore[call-overload]
+    cluster.last_sizes[(layout.board, layout.descriptors[shard_id], shard_id)] = change.size
 
 
 def _step(hook: StepHook | None, name: str) -> None:

@@ -10,13 +10,15 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from rankshard.shard_map import NodeUnavailable, NotFound
+from rankshard.shard_map import NodeUnavailable, NotFound, Shard
 
-from ._client import ScriptCall
+from . import _replies as replies
+from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
-from ._moves import apply_call, check_fence, shard_call
-from ._scripts import SHARD_COUNT, SHARD_PAGE
+from ._moves import apply_call, check_fence, fence_error, shard_call
+from ._replies import ShardCounts, ShardPage, Stale
+from ._scripts import SHARD_COUNT, SHARD_PAGE, CountQuery
 
 SIZE_WAIT = 0.5
 """Seconds a node is waited for when only its shard sizes are wanted and last-known sizes exist."""
@@ -29,9 +31,14 @@ class Entry:
     rank: int
 
 
+_QUERY_ARG = {kind: kind.value for kind in CountQuery}
+"""Each query kind as the plain string it is sent as: hiredis packs an enum member (a str subclass) ~100 ns
+slower, and a batch's ranks are one query per update."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Query:
-    kind: str  # 'b': members strictly better than a stored score; 'r': a member's position
+    kind: CountQuery
     shard_id: str
     arg: object
 
@@ -61,25 +68,27 @@ async def count_after(
         per_node.setdefault(layout.shards[q.shard_id].node, []).append(i)
     prefixes: dict[str, list[object]] = {}
 
-    async def ask(node_id: str) -> list[object]:
+    async def ask(node_id: str) -> ShardCounts:
         node = cluster.node(node_id)
         call = layout.count_calls[node_id]
         args = list(call.args)
-        for i in per_node.get(node_id, ()):
+        mine = per_node.get(node_id, ())
+        for i in mine:
             q = queries[i]
-            args += (q.kind, call.position[q.shard_id], q.arg)
+            args += (_QUERY_ARG[q.kind], call.position[q.shard_id], q.arg)
         prefix = before.get(node_id)
         if prefix:
             answers = await node.run_many([*prefix, (SHARD_COUNT, call.keys, args)])
             prefixes[node_id] = answers[:-1]
-            answer = answers[-1]
+            raw = answers[-1]
         else:
-            answer = await node.run(SHARD_COUNT, call.keys, args)
-        if answer[0] == "stale":
-            check_fence(node, layout, call.shards[int(answer[1]) - 1].id, [answer[0], answer[2]])
-        return answer
+            raw = await node.run(SHARD_COUNT, call.keys, args)
+        reply = replies.shard_count(node.id, raw, len(call.shards), len(mine))
+        if isinstance(reply, Stale):
+            raise fence_error(node, layout, call.shards[reply.position - 1].id, reply)
+        return reply
 
-    async def ask_sizes_only(node_id: str) -> list[object]:
+    async def ask_sizes_only(node_id: str) -> ShardCounts:
         # Sizes alone may come from `last_sizes`, so a slow node is not waited for past SIZE_WAIT:
         # a frozen node must not hold up calls that need nothing else from it.
         return await asyncio.wait_for(ask(node_id), SIZE_WAIT)
@@ -96,21 +105,32 @@ async def count_after(
             # Only sizes were wanted from this node: while it is down nothing can change its shards,
             # so the sizes last seen are still right (as far as this router's own writes go; see
             # `Cluster.last_sizes`) and the rest of the cluster keeps serving.
-            known = [cluster.last_sizes.get((layout.board, layout.descriptors[s.id], s.id)) for s in shards]
-            if None in known:
-                if isinstance(answer, TimeoutError):
-                    raise NodeUnavailable(node_id, f"did not report shard sizes within {SIZE_WAIT}s") from answer
-                raise answer
-            sizes.update({s.id: int(n) for s, n in zip(shards, known, strict=True)})  # type: ignore[arg-type]
+            sizes.update(_last_sizes(cluster, layout, node_id, shards, answer))
             continue
         if isinstance(answer, BaseException):
             raise answer
-        for s, card in zip(shards, answer[1 : 1 + len(shards)], strict=True):
-            sizes[s.id] = int(card)
-            cluster.last_sizes[(layout.board, layout.descriptors[s.id], s.id)] = int(card)
-        for i, value in zip(per_node.get(node_id, ()), answer[1 + len(shards) :], strict=True):
-            results[i] = int(value)
+        for s, card in zip(shards, answer.sizes, strict=True):
+            sizes[s.id] = card
+            cluster.last_sizes[(layout.board, layout.descriptors[s.id], s.id)] = card
+        for i, value in zip(per_node.get(node_id, ()), answer.answers, strict=True):
+            results[i] = value
     return sizes, results, prefixes
+
+
+def _last_sizes(
+    cluster: Cluster, layout: BoardLayout, node_id: str, shards: Sequence[Shard], error: NodeUnavailable | TimeoutError
+) -> dict[str, int]:
+    """The sizes last seen of `shards` (on `node_id`, which could not answer with `error`); raises
+    `NodeUnavailable` when one was never seen."""
+    known: dict[str, int] = {}
+    for s in shards:
+        size = cluster.last_sizes.get((layout.board, layout.descriptors[s.id], s.id))
+        if size is None:
+            if isinstance(error, TimeoutError):
+                raise NodeUnavailable(node_id, f"did not report shard sizes within {SIZE_WAIT}s") from error
+            raise error
+        known[s.id] = size
+    return known
 
 
 def _better_sums(layout: BoardLayout, sizes: dict[str, int]) -> dict[str, int]:
@@ -145,7 +165,8 @@ async def rank_after(
 ) -> tuple[list[int], int, dict[str, list[object]]]:
     """`rank_of_scores` counted right after `before` (see `count_after`), in the same round trip."""
     shards = [layout.map.shard_for(s).id for s in scores]
-    queries = [_Query("b", sid, layout.stored(s)) for sid, s in zip(shards, scores, strict=True)]
+    kind = CountQuery.BETTER
+    queries = [_Query(kind, sid, layout.stored(s)) for sid, s in zip(shards, scores, strict=True)]
     sizes, better, prefixes = await count_after(cluster, layout, queries, before)
     sums = _better_sums(layout, sizes)
     return [1 + sums[sid] + b for sid, b in zip(shards, better, strict=True)], sum(sizes.values()), prefixes
@@ -169,7 +190,7 @@ async def get_rank(cluster: Cluster, layout: BoardLayout, user_id: str) -> tuple
 
 async def get_ranks(cluster: Cluster, layout: BoardLayout, user_ids: Sequence[str]) -> list[Entry]:
     """Entries of the known members among `user_ids`, best first."""
-    by_node: dict[str, tuple[object, list[str], list[str]]] = {}
+    by_node: dict[str, tuple[NodeClient, list[str], list[str]]] = {}
     for user in dict.fromkeys(user_ids):
         node, key = cluster.index_of(layout, user)
         _, users, keys = by_node.setdefault(node.id, (node, [], []))
@@ -199,7 +220,7 @@ async def get_around(cluster: Cluster, layout: BoardLayout, user_id: str, radius
     """Up to `radius` members either side of the member, best first; raises `NotFound`."""
     entry = await read_entry(cluster, layout, user_id)
     for _ in range(2):
-        sizes, (position,) = await _count(cluster, layout, [_Query("r", entry.home, user_id)])
+        sizes, (position,) = await _count(cluster, layout, [_Query(CountQuery.POSITION, entry.home, user_id)])
         if position >= 0:
             break
         # The index committed but the shard write never happened (a crashed writer): heal it.
@@ -233,14 +254,14 @@ async def _read_range(
     sums = _better_sums(layout, sizes)
     entries: list[Entry] = []
     seen_users: set[str] = set()
-    for (shard_id, _, _, position), (better, rows) in zip(pages, results, strict=True):
-        for j, (user, stored) in enumerate(rows):
+    for (shard_id, _, _, position), page in zip(pages, results, strict=True):
+        for j, (user, stored) in enumerate(page.rows):
             if user in seen_users:
                 continue  # caught mid-move in two shards: list it once
             seen_users.add(user)
             score = layout.unstored(stored)
             if not entries:
-                rank = 1 + sums[shard_id] + better
+                rank = 1 + sums[shard_id] + page.better
             elif score == entries[-1].score:
                 rank = entries[-1].rank
             else:
@@ -249,29 +270,29 @@ async def _read_range(
     return entries
 
 
-async def _read_pages(
-    cluster: Cluster, layout: BoardLayout, pages: list[tuple[str, int, int, int]]
-) -> list[tuple[int, list[tuple[str, int]]]]:
+async def _read_pages(cluster: Cluster, layout: BoardLayout, pages: list[tuple[str, int, int, int]]) -> list[ShardPage]:
+    """The pages (shard, first local position, last, global start) of `pages`, in order: one pipelined round
+    trip per node."""
     by_node: dict[str, list[int]] = {}
     for i, (shard_id, *_) in enumerate(pages):
         by_node.setdefault(layout.shards[shard_id].node, []).append(i)
 
-    async def read(node_id: str, indexes: list[int]) -> list[object]:
+    async def read(node_id: str, indexes: list[int]) -> list[ShardPage]:
         node = cluster.node(node_id)
-        calls = []
+        calls: list[ScriptCall] = []
         for i in indexes:
             shard_id, first, last, _ = pages[i]
             keys = layout.fenced_keys[shard_id]
             calls.append((SHARD_PAGE, keys, [layout.descriptors[shard_id], first, last]))
         answers = await node.run_many(calls)
-        for i, answer in zip(indexes, answers, strict=True):
-            check_fence(node, layout, pages[i][0], answer)
-        return answers
+        return [
+            check_fence(node, layout, pages[i][0], replies.shard_page(node.id, raw))
+            for i, raw in zip(indexes, answers, strict=True)
+        ]
 
-    out: list[tuple[int, list[tuple[str, int]]]] = [(0, [])] * len(pages)
+    out: list[ShardPage] = [ShardPage(0, ())] * len(pages)
     node_ids = list(by_node)
-    for node_id, answers in zip(node_ids, await asyncio.gather(*(read(n, by_node[n]) for n in node_ids)), strict=True):
-        for i, answer in zip(by_node[node_id], answers, strict=True):
-            flat = answer[2:]
-            out[i] = (int(answer[1]), [(str(u), int(float(s))) for u, s in zip(flat[::2], flat[1::2], strict=True)])
+    for node_id, found in zip(node_ids, await asyncio.gather(*(read(n, by_node[n]) for n in node_ids)), strict=True):
+        for i, page in zip(by_node[node_id], found, strict=True):
+            out[i] = page
     return out

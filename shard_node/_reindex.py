@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from rankshard.shard_map import MAX_SCORE, Operator
 
+from . import _replies as replies
 from ._audit import BoardScan
 from ._keys import IndexEntry, records_generation, registered_version
 from ._layout import BoardLayout, Cluster
@@ -149,8 +150,8 @@ async def _registers(
         node = cluster.node(node_id)
         for start in range(0, len(users), _CHUNK):
             chunk = users[start : start + _CHUNK]
-            replies = await node.commands([("HGET", layout.versions_key(u), u) for u in chunk])
-            found.update(((u, node_id), registered_version(raw)) for u, raw in zip(chunk, replies, strict=True))
+            values = await node.commands([("HGET", layout.versions_key(u), u) for u in chunk])
+            found.update(((u, node_id), registered_version(raw)) for u, raw in zip(chunk, values, strict=True))
 
     await asyncio.gather(*(read(n, users) for n, users in by_node.items()))
     return found
@@ -177,8 +178,8 @@ async def _write(cluster: Cluster, layout: BoardLayout, writes: Sequence[tuple[s
         node = cluster.node(node_id)
         for start in range(0, len(todo), _CHUNK):
             chunk = todo[start : start + _CHUNK]
-            users = await node.run(INDEX_REBUILD, [k for k, _ in chunk], [x for _, w in chunk for x in w])
-            written.extend(str(u) for u in users)
+            raw = await node.run(INDEX_REBUILD, [k for k, _ in chunk], [x for _, w in chunk for x in w])
+            written.extend(replies.index_rebuild(node.id, raw))
 
     await asyncio.gather(*(run(n, todo) for n, todo in by_node.items()))
     return written

@@ -23,13 +23,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ._audit import BoardScan, Finding, scan_board
+from ._audit import BoardScan, Finding, FindingKind, scan_board
 from ._keys import IndexEntry, descriptor_key, registered_version
 from ._layout import BoardLayout, Cluster
 from ._moves import apply_call, finish_move, remove_call, shard_call
 from ._reindex import Reindex, reindex_board
+from ._scripts import ShardWriteMode
 
-_HANDLED = {"missing", "score-mismatch", "wrong-shard", "orphan", "duplicate", "pending-move"}
+_HANDLED = {
+    FindingKind.MISSING,
+    FindingKind.SCORE_MISMATCH,
+    FindingKind.WRONG_SHARD,
+    FindingKind.ORPHAN,
+    FindingKind.DUPLICATE,
+    FindingKind.PENDING_MOVE,
+}
 _CHUNK = 1000
 """Members per shard script call."""
 
@@ -127,13 +135,14 @@ async def _place_members(cluster: Cluster, layout: BoardLayout, scan: BoardScan,
     for shard_id, writes in rewrites.items():
         for start in range(0, len(writes), 3 * _CHUNK):
             chunk = writes[start : start + 3 * _CHUNK]
-            await shard_call(cluster, layout, shard_id, apply_call(layout, shard_id, chunk, mode="rewrite"))
+            call = apply_call(layout, shard_id, chunk, mode=ShardWriteMode.REWRITE)
+            await shard_call(cluster, layout, shard_id, call)
             report.members_rewritten += len(chunk) // 3
     for shard_id, pairs in removals.items():
         for start in range(0, len(pairs), 2 * _CHUNK):
             chunk = pairs[start : start + 2 * _CHUNK]
-            result = await shard_call(cluster, layout, shard_id, remove_call(layout, shard_id, chunk))
-            report.copies_removed += int(result[2])  # type: ignore[call-overload]
+            change = await shard_call(cluster, layout, shard_id, remove_call(layout, shard_id, chunk))
+            report.copies_removed += change.removed
     for user, places in scan.placed.items():
         if user not in scan.entries:
             for shard_id, _ in places:
@@ -151,8 +160,8 @@ async def _remove_orphan(
     if removed_at is None and registered:
         return 0
     version = max(registered, removed_at or 0)
-    result = await shard_call(cluster, layout, shard_id, remove_call(layout, shard_id, [user, version]))
-    return int(result[2])  # type: ignore[call-overload]
+    change = await shard_call(cluster, layout, shard_id, remove_call(layout, shard_id, [user, version]))
+    return change.removed
 
 
 def _lost_index_nodes(index_fields: dict[str, int], reindex: Reindex) -> set[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 
 
@@ -15,6 +16,47 @@ class Script:
     name: str
     source: str
     sha: str
+
+
+# The modes and kinds scripts take as arguments; each value is the string its script compares with.
+
+
+class IndexMode(StrEnum):
+    """index_apply's mode (ARGV[1])."""
+
+    APPLY = "apply"
+    """A batch, all or nothing: a refused update aborts it before anything is written."""
+    CHECK = "check"
+    """Read-only: the round that finds refusals and pending moves before a batch over several nodes applies."""
+    EACH = "each"
+    """Coalesced unary calls: a refused update is that update's answer alone; the others are applied."""
+
+
+class ShardWriteMode(StrEnum):
+    """shard_apply's mode (ARGV[2])."""
+
+    WRITE = "write"
+    """Writes an update only if its version is newer than the member's registered one."""
+    REWRITE = "rewrite"
+    """Repair only: also at the registered version, so a member whose shard data was lost comes back."""
+
+
+class MoveStep(StrEnum):
+    """index_move's step (ARGV[1]): DESIGN.md write path steps 2 and 4 of a move."""
+
+    HOME = "home"
+    """Compare-and-set each entry's home to its destination."""
+    DONE = "done"
+    """Clear the intent (a removal leaves its tombstone) and the pending-write mark."""
+
+
+class CountQuery(StrEnum):
+    """The kind of a shard_count query."""
+
+    BETTER = "b"
+    """Members strictly better than a stored score."""
+    POSITION = "r"
+    """A member's 0-based position in its shard (-1 when it is not there)."""
 
 
 def _load(name: str) -> Script:

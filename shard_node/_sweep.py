@@ -8,6 +8,7 @@ import logging
 
 from rankshard.shard_map import NodeError
 
+from . import _replies as replies
 from ._client import NodeClient
 from ._keys import IndexEntry, moves_key
 from ._layout import BoardLayout, Cluster
@@ -38,10 +39,10 @@ async def sweep_board(
 
 async def _sweep_node(cluster: Cluster, layout: BoardLayout, node: NodeClient, min_age_ms: int, limit: int) -> int:
     try:
-        users = await node.run(INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])
+        raw = await node.run(INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])
         finished = 0
-        for user in users:
-            finished += await _settle(cluster, layout, str(user))
+        for user in replies.index_stale_moves(node.id, raw):
+            finished += await _settle(cluster, layout, user)
         return finished
     except NodeError as exc:
         log.warning("sweep of %r skipped a node: %s", layout.board, exc)
@@ -59,5 +60,5 @@ async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
         args = [user, layout.stored(entry.score), entry.version]
         await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args))
     version = _GONE if entry is None else entry.version
-    await node.run(INDEX_FORGET, [key, moves_key(layout.board)], [user, version])
+    replies.index_forget(node.id, await node.run(INDEX_FORGET, [key, moves_key(layout.board)], [user, version]))
     return 0 if entry is None else 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from rankshard.shard_map import NUM_SLOTS, NodeError
 
+from . import _replies as replies
 from ._client import NodeClient
 from ._keys import TOMBSTONE_TTL_MS, collection_key, index_stem, versions_stem
 from ._layout import BoardLayout, Cluster
@@ -68,10 +69,9 @@ async def _step(cluster: Cluster, layout: BoardLayout, node: NodeClient, max_age
     slots = " ".join(str(s) for s in range(NUM_SLOTS) if cluster.slots.node_for(s) == node.id)
     args = [index_stem(board), slots, buckets.index, versions_stem(board), buckets.versions, max_age_ms, budget]
     try:
-        deleted, stamped, looked_at, wrapped = await node.run(
-            COLLECT_TOMBSTONES, [collection_key(board)], args, lazy=True
-        )
+        raw = await node.run(COLLECT_TOMBSTONES, [collection_key(board)], args, lazy=True)
+        step = replies.collect_tombstones(node.id, raw)
     except NodeError as exc:
         log.warning("tombstone collection of %r skipped a node: %s", board, exc)
         return Collected()
-    return Collected(int(deleted), int(stamped), int(looked_at), int(wrapped))
+    return Collected(step.deleted, step.stamped, step.looked_at, int(step.wrapped))

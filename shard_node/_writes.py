@@ -5,25 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from rankshard.shard_map import Operator, OutOfRange, RequestIdConflict, StaleMap, user_hash
 
+from . import _replies as replies
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import (
-    StepHook,
-    _step,
-    apply_call,
-    check_fence,
-    finish_move,
-    finish_moves,
-    record_size,
-    run_per_node,
-    shard_node,
-)
+from ._moves import StepHook, _step, apply_call, finish_move, finish_moves, run_per_node, shard_changed, shard_node
 from ._reads import rank_after
-from ._scripts import INDEX_APPLY, INDEX_REMOVE
+from ._replies import Aborted, Answered, Checked, Committed, PendingMove, Refusal, RefusalKind, Refused
+from ._scripts import INDEX_APPLY, INDEX_REMOVE, SHARD_APPLY, IndexMode, ShardWriteMode
 
 _MAX_ROUNDS = 8
 """Index attempts per call: each lost round means another writer's move had to be finished first."""
@@ -43,16 +36,35 @@ class UpdateOutcome:
     applied: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Committed:
-    """One update's answer from the index script."""
+Answer = Committed | RequestIdConflict | OutOfRange
+"""One update's outcome at the index: committed, or refused on its own (`apply_each`)."""
 
-    kind: str  # 'new' | 'upd' | 'dup'
-    score: int
-    applied: bool
-    entry: IndexEntry | None  # the member's entry after the call; None if it is gone
-    node: NodeClient  # the member's index node, and the key of its index hash there
-    key: str
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A call's updates, with where each one's index entry lives."""
+
+    updates: Sequence[Update]
+    nodes: list[NodeClient]
+    """Per update: its index node."""
+    keys: list[tuple[str, str]]
+    """Per update: the index script's keys for it, its index hash and the stem of its request-id hashes."""
+    by_node: dict[str, tuple[NodeClient, list[int]]]
+    """Per index node: the positions of its updates."""
+
+    @classmethod
+    def of(cls, cluster: Cluster, layout: BoardLayout, updates: Sequence[Update]) -> _Batch:
+        nodes: list[NodeClient] = []
+        keys: list[tuple[str, str]] = []
+        by_node: dict[str, tuple[NodeClient, list[int]]] = {}
+        board = layout.board
+        for i, update in enumerate(updates):
+            h = user_hash(update.user_id)
+            node, key = cluster.index_of_hash(layout, h)
+            nodes.append(node)
+            keys.append((key, dedup_key(board, h)))
+            by_node.setdefault(node.id, (node, []))[1].append(i)
+        return cls(updates, nodes, keys, by_node)
 
 
 async def apply_updates(
@@ -66,13 +78,14 @@ async def apply_updates(
     Raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]`` (nothing applied when all the
     updates' index slots live on one node; see `_commit`), `StaleMap`, `NodeError`.
     """
+    batch = _Batch.of(cluster, layout, updates)
     try:
-        committed = await _commit(cluster, layout, updates, on_step)
+        answers = await _commit(cluster, layout, batch, on_step)
     except _PartlyApplied as partly:
         # Some updates committed before another was refused: their members' shards must follow.
         await _write_shards(cluster, layout, partly.committed, on_step)
         raise partly.error from None
-    return await _finish(cluster, layout, committed, on_step)  # type: ignore[arg-type]
+    return await _finish(cluster, layout, batch, answers, on_step)  # every answer is committed: none was refused
 
 
 async def apply_each(
@@ -86,18 +99,20 @@ async def apply_each(
 
     Raises `StaleMap`, `NodeError` for the whole batch.
     """
-    answers = await _commit(cluster, layout, updates, on_step, each=True)
-    outcomes = iter(await _finish(cluster, layout, [a for a in answers if isinstance(a, _Committed)], on_step))
-    return [next(outcomes) if isinstance(a, _Committed) else a for a in answers]
+    batch = _Batch.of(cluster, layout, updates)
+    answers = await _commit(cluster, layout, batch, on_step, each=True)
+    outcomes = iter(await _finish(cluster, layout, batch, answers, on_step))
+    return [next(outcomes) if isinstance(a, Committed) else a for a in answers]
 
 
 async def _finish(
-    cluster: Cluster, layout: BoardLayout, committed: list[_Committed], on_step: StepHook | None
+    cluster: Cluster, layout: BoardLayout, batch: _Batch, answers: list[Answer], on_step: StepHook | None
 ) -> list[UpdateOutcome]:
-    """Steps 3 to 5 of the write path for committed updates; their pending-write marks are then cleared
-    in the background."""
+    """Steps 3 to 5 of the write path for the committed `answers` (one per update of `batch`), answered in
+    their order; their pending-write marks are then cleared in the background."""
+    committed = [a for a in answers if isinstance(a, Committed)]
     ranks = await _write_shards(cluster, layout, committed, on_step, rank=True) if committed else []
-    _forget_written(cluster, layout, committed)
+    _forget_written(cluster, layout, batch, answers)
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks, strict=True)]
 
 
@@ -105,76 +120,55 @@ async def remove_member(cluster: Cluster, layout: BoardLayout, user_id: str, on_
     """Removes a member; False if it was not on the board. Raises `NodeError`."""
     node, key = cluster.index_of(layout, user_id)
     for _ in range(_MAX_ROUNDS):
-        answer = await node.run(INDEX_REMOVE, [key, moves_key(layout.board)], [user_id])
-        if answer[0] == "absent":
+        raw = await node.run(INDEX_REMOVE, [key, moves_key(layout.board)], [user_id])
+        answer = replies.index_remove(node.id, raw, user_id)
+        if answer is None:
             return False
-        if answer[0] == "intent":
-            await finish_move(cluster, layout, _entry(user_id, answer[1:]), on_step)
+        if isinstance(answer, PendingMove):
+            await finish_move(cluster, layout, answer.entry, on_step)
             continue
-        _, score, version, home = answer
         _step(on_step, "intent_recorded")
-        entry = IndexEntry(user_id, int(score), int(version), home, from_=home, to="")
-        await finish_move(cluster, layout, entry, on_step)
+        await finish_move(cluster, layout, answer.entry, on_step)
         return True
     raise _contended(user_id)
 
 
 async def _commit(
-    cluster: Cluster, layout: BoardLayout, updates: Sequence[Update], on_step: StepHook | None, each: bool = False
-) -> list[_Committed | RequestIdConflict | OutOfRange]:
+    cluster: Cluster, layout: BoardLayout, batch: _Batch, on_step: StepHook | None, each: bool = False
+) -> list[Answer]:
     """Runs the index script for every update (DESIGN.md write path step 2); one answer per update.
 
     A member caught mid-move (another writer's move) holds back only its own updates: that move is
     finished and they are sent again, while the rest of the batch is applied. A refused update (a
     reused request id with another value, an overflow) fails the whole batch before anything is
-    applied (with several index nodes a read-only 'check' round runs first, unless no update can be
+    applied (with several index nodes a read-only check round runs first, unless no update can be
     refused: none has a request id and the operator cannot overflow), unless `each`: then it is that
     update's answer alone (unary calls the router coalesced).
     """
-    keys: list[tuple[str, str]] = []
-    by_node: dict[str, tuple[NodeClient, list[int]]] = {}
-    board = layout.board
-    for i, update in enumerate(updates):
-        h = user_hash(update.user_id)
-        node, key = cluster.index_of_hash(layout, h)
-        keys.append((key, dedup_key(board, h)))
-        by_node.setdefault(node.id, (node, []))[1].append(i)
+    updates, by_node = batch.updates, batch.by_node
     todo = {node_id: positions for node_id, (_, positions) in by_node.items()}
-    results: list[_Committed | RequestIdConflict | OutOfRange | None] = [None] * len(updates)
+    results: list[Answer | None] = [None] * len(updates)
     checked = each or len(by_node) == 1 or not _refusable(layout, updates)
     for _ in range(_MAX_ROUNDS):
-        mode = "each" if each else "apply" if checked else "check"
+        mode = IndexMode.EACH if each else IndexMode.APPLY if checked else IndexMode.CHECK
         nodes = sorted(todo)
-        answers = await asyncio.gather(
-            *(_run_index(by_node[n][0], layout, updates, keys, todo[n], mode) for n in nodes)
-        )
+        answers = await asyncio.gather(*(_run_index(by_node[n][0], layout, batch, todo[n], mode) for n in nodes))
         intents: list[IndexEntry] = []
-        refused: tuple[list[object], list[int]] | None = None
+        refused: tuple[Refusal, list[int]] | None = None
         for node_id, answer in zip(nodes, answers, strict=True):
-            positions = todo[node_id]
-            if answer[0] == "abort":
-                refused = refused or (answer[1], positions)
-                continue
-            if mode == "check":  # its answer holds the intents alone
-                intents.extend(_entry(str(raw[1]), raw[2:]) for raw in answer[1:])
-                continue
-            held = []
-            for i, raw in zip(positions, answer[1:], strict=True):
-                if raw[0] == "intent":
-                    intents.append(_entry(str(raw[1]), raw[2:]))
-                    held.append(i)
-                elif raw[0] == "refused":
-                    results[i] = _refusal([1, raw[1]], [0], [updates[i]], False)
-                else:
-                    results[i] = _committed(updates[i].user_id, raw, by_node[node_id][0], keys[i][0])
-            if held:
+            if isinstance(answer, Aborted):
+                refused = refused or (answer.refusals[0], todo[node_id])
+            elif isinstance(answer, Checked):
+                intents.extend(move.entry for move in answer.moves)
+            elif held := _take(answer, todo[node_id], updates, results, intents):
                 todo[node_id] = held
             else:
                 del todo[node_id]
         if refused is not None:
             # Judged once every node's answer is in: another node may have committed its share this round.
-            committed = [r for r in results if isinstance(r, _Committed)]
-            error = _refusal(*refused, updates, bool(committed))
+            committed = [r for r in results if isinstance(r, Committed)]
+            refusal, positions = refused
+            error = _refusal(refusal.kind, updates, positions[refusal.position - 1], bool(committed))
             if not committed:
                 raise error
             raise _PartlyApplied(error, committed)
@@ -188,22 +182,49 @@ async def _commit(
     return [r for r in results if r is not None]
 
 
+def _take(
+    answer: Answered,
+    positions: list[int],
+    updates: Sequence[Update],
+    results: list[Answer | None],
+    intents: list[IndexEntry],
+) -> list[int]:
+    """Files one node's answers to the updates at `positions` into `results`, the pending moves it met into
+    `intents`; returns the positions held back by those moves, to be sent again."""
+    held = []
+    for i, a in zip(positions, answer.answers, strict=True):
+        if isinstance(a, Committed):
+            results[i] = a
+        elif isinstance(a, PendingMove):
+            intents.append(a.entry)
+            held.append(i)
+        else:
+            results[i] = _refused(a, updates[i])
+    return held
+
+
+def _refused(answer: Refused, update: Update) -> RequestIdConflict | OutOfRange:
+    return _refusal(answer.kind, [update], 0, False)
+
+
 async def _run_index(
     node: NodeClient,
     layout: BoardLayout,
-    updates: Sequence[Update],
-    keys: Sequence[tuple[str, str]],
+    batch: _Batch,
     positions: list[int],
-    mode: str,
-) -> list[object]:
+    mode: IndexMode,
+) -> Aborted | Checked | Answered:
     config = layout.config
     args: list[object] = [mode, int(config.operator), int(layout.descending), *layout.index_args]
+    first = len(args)
     call_keys: list[str] = []
+    updates, keys = batch.updates, batch.keys
     for i in positions:
         u = updates[i]
         args += (u.user_id, u.value, u.request_id)
         call_keys += keys[i]
-    return await node.run(INDEX_APPLY, [*call_keys, moves_key(layout.board)], args)
+    raw = await node.run(INDEX_APPLY, [*call_keys, moves_key(layout.board)], args)
+    return replies.index_apply(node.id, raw, mode, cast("list[str]", args[first::3]))  # the updates' user ids
 
 
 def _refusable(layout: BoardLayout, updates: Sequence[Update]) -> bool:
@@ -212,15 +233,12 @@ def _refusable(layout: BoardLayout, updates: Sequence[Update]) -> bool:
     return layout.config.operator is Operator.INCREMENT or any(u.request_id for u in updates)
 
 
-def _refusal(
-    abort: list[object], positions: list[int], updates: Sequence[Update], applied: bool
-) -> RequestIdConflict | OutOfRange:
-    """The client error of an index script's refusal `abort` = [i, kind] (i: 1-based among `positions`)."""
-    pos = positions[int(abort[0]) - 1]  # type: ignore[call-overload]
-    field = "request_id" if abort[1] == "conflict" else "score"
+def _refusal(kind: RefusalKind, updates: Sequence[Update], pos: int, applied: bool) -> RequestIdConflict | OutOfRange:
+    """The client error of the index script's refusal of ``updates[pos]``."""
+    field = "request_id" if kind is RefusalKind.CONFLICT else "score"
     name = f"updates[{pos}].{field}" if len(updates) > 1 else field
     note = "; other updates of this call were applied" if applied else "; nothing was applied"
-    if abort[1] == "conflict":
+    if kind is RefusalKind.CONFLICT:
         return RequestIdConflict(
             f"{name}: {updates[pos].request_id!r} was used for user {updates[pos].user_id!r} "
             f"with a different score{note}"
@@ -228,21 +246,10 @@ def _refusal(
     return OutOfRange(name, f"the result would leave ±(2^53 - 1){note}")
 
 
-def _committed(user_id: str, raw: list[object], node: NodeClient, key: str) -> _Committed:
-    kind, score, version, applied, home, from_, to, current = raw
-    entry = IndexEntry(user_id, int(current), int(version), str(home), str(from_), str(to)) if home else None
-    return _Committed(str(kind), int(score), bool(applied), entry, node, key)
-
-
-def _entry(user_id: str, fields: list[object]) -> IndexEntry:
-    score, version, home, from_, to = fields
-    return IndexEntry(user_id, int(score), int(version), str(home), str(from_), str(to))
-
-
 async def _write_shards(
     cluster: Cluster,
     layout: BoardLayout,
-    committed: list[_Committed],
+    committed: list[Committed],
     on_step: StepHook | None,
     rank: bool = False,
 ) -> list[int]:
@@ -286,15 +293,17 @@ async def _write_shards(
     return ranks
 
 
-def _forget_written(cluster: Cluster, layout: BoardLayout, committed: list[_Committed]) -> None:
+def _forget_written(cluster: Cluster, layout: BoardLayout, batch: _Batch, answers: list[Answer]) -> None:
     """Hands the pending-write marks of members whose shard write is done (moves clear their own) to
     the background clearing (see `_forget`): the caller's answer does not wait for them."""
-    done: dict[str, _Committed] = {}
-    for c in committed:
-        if c.applied and c.entry is not None and not c.entry.moving:
-            done[c.entry.user_id] = c
-    for c in done.values():
-        cluster.forgets.add(c.node, layout.board, c.key, c.entry.user_id, c.entry.version)  # type: ignore[union-attr]
+    done: dict[str, tuple[IndexEntry, int]] = {}
+    for i, answer in enumerate(answers):
+        if isinstance(answer, Committed) and answer.applied:
+            entry = answer.entry
+            if entry is not None and not entry.moving:
+                done[entry.user_id] = (entry, i)
+    for entry, i in done.values():
+        cluster.forgets.add(batch.nodes[i], layout.board, batch.keys[i][0], entry.user_id, entry.version)
 
 
 async def _write_groups(
@@ -302,7 +311,7 @@ async def _write_groups(
     layout: BoardLayout,
     by_shard: dict[str, list[object]],
     scores: Sequence[int] = (),
-    mode: str = "write",
+    mode: ShardWriteMode = ShardWriteMode.WRITE,
 ) -> list[int]:
     """One SHARD_APPLY per shard (in `mode`, see `apply_call`), pipelined per node; then the ranks of
     `scores`, counted behind each node's writes in the same round trip (DESIGN.md read path)."""
@@ -319,9 +328,8 @@ async def _write_groups(
         answers = await run_per_node(cluster, calls)
     for node_id, shards in shard_ids.items():
         node = cluster.node(node_id)
-        for shard_id, result in zip(shards, answers[node_id], strict=True):
-            check_fence(node, layout, shard_id, result)  # type: ignore[arg-type]
-            record_size(cluster, layout, shard_id, result)  # type: ignore[arg-type]
+        for shard_id, raw in zip(shards, answers[node_id], strict=True):
+            shard_changed(cluster, node, layout, shard_id, SHARD_APPLY, raw)
     return ranks
 
 
@@ -333,7 +341,7 @@ def _distinct(entries: list[IndexEntry]) -> list[IndexEntry]:
 class _PartlyApplied(Exception):
     """Inside this module only: a node refused after others had committed their share."""
 
-    def __init__(self, error: RequestIdConflict | OutOfRange, committed: list[_Committed]) -> None:
+    def __init__(self, error: RequestIdConflict | OutOfRange, committed: list[Committed]) -> None:
         self.error = error
         self.committed = committed
 

@@ -159,7 +159,7 @@ def test_default_boundaries_are_strictly_ascending_and_skewed(shards):
     assert len(cuts) == shards - 1
     assert list(cuts) == sorted(set(cuts))
     assert check_boundaries(cuts) == cuts
-    widths = [b - a for a, b in zip((0, *cuts), cuts, strict=False)]
+    widths = [b - a for a, b in itertools.pairwise((0, *cuts))]
     # Exponential quantiles: each range is at least as wide as the one below it (up to rounding to
     # integers), and the top one much wider than the bottom one.
     assert all(upper >= lower - 1 for lower, upper in itertools.pairwise(widths))

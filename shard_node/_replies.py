@@ -1,0 +1,434 @@
+"""Every reply a node gives rankshard, decoded once, here, into typed values.
+
+Scripts answer with positional lists (each ``scripts/*.lua`` file's header gives its shape); a decoder per
+script, named after it, checks the shape and returns values with named fields, so nothing above this module
+indexes a reply. A reply that is not of its script's shape (a node that is not running rankshard's scripts,
+or a script and its decoder that disagree) raises `UnexpectedReply`, naming the node, the script and what
+was wrong. Plain commands' replies are shaped by `command_reply`, as redis-py shaped them.
+
+index_apply's answer per update is on the write path's hot loop (~10^5 a second): `Committed` is a
+NamedTuple (built in about half the time of a frozen dataclass), and its checks are type tests, not
+conversions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from itertools import islice
+from typing import Any, NamedTuple, NoReturn
+
+from rankshard.shard_map import UnexpectedReply
+
+from . import _scripts as scripts
+from ._keys import IndexEntry
+from ._scripts import IndexMode, Script
+
+
+class Tag(StrEnum):
+    """The first field of a script's reply, or of one update's answer in index_apply's."""
+
+    OK = "ok"
+    STALE = "stale"  # a fenced shard script refused: the node holds another descriptor for the shard
+    ABORT = "abort"  # index_apply refused a batch: nothing was written
+    INTENT = "intent"  # the member has a pending move (another writer's) to finish first
+    REFUSED = "refused"  # index_apply refused one update of coalesced unary calls (IndexMode.EACH)
+    ABSENT = "absent"  # index_remove: the member is not on the board
+
+
+# The tags as plain strings, for the decoders' comparisons: comparing a str with an enum member, attribute
+# lookup included, takes about 6x as long (~120 ns), and a fenced shard script runs ~30 times per batch.
+_OK, _STALE, _ABORT, _INTENT, _REFUSED, _ABSENT = (
+    Tag.OK.value,
+    Tag.STALE.value,
+    Tag.ABORT.value,
+    Tag.INTENT.value,
+    Tag.REFUSED.value,
+    Tag.ABSENT.value,
+)
+
+
+class UpdateKind(StrEnum):
+    """How index_apply took an update."""
+
+    NEW = "new"  # the member came to the board
+    UPDATED = "upd"  # its entry was updated (or under the best operator kept: `Committed.applied` False)
+    DUPLICATE = "dup"  # a retry of a request id already applied: the first call's score, nothing written
+
+
+class RefusalKind(StrEnum):
+    """Why index_apply refused an update."""
+
+    CONFLICT = "conflict"  # its request id was used before with another value
+    OVERFLOW = "overflow"  # the result would leave ±(2^53 - 1)
+
+
+# ---- fenced shard scripts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """A fenced shard script's refusal: the node holds `descriptor` ('' for none) for the shard at
+    `position` (1-based) among the call's shards, not the one the call expected."""
+
+    descriptor: str
+    position: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ShardChange:
+    """shard_apply's or shard_remove's answer: the shard's size after the call, and how many members
+    shard_remove removed (0 from shard_apply)."""
+
+    size: int
+    removed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCounts:
+    """shard_count's answer: the size of each of the call's shards, then each query's answer, in order."""
+
+    sizes: tuple[int, ...]
+    answers: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPage:
+    """shard_page's answer: the members at the positions asked, best first, as (user, stored score), and how
+    many members are strictly better than the first of them."""
+
+    better: int
+    rows: tuple[tuple[str, int], ...]
+
+
+def shard_change(node: str, script: Script, raw: object) -> ShardChange | Stale:
+    """The reply of `script` (SHARD_APPLY or SHARD_REMOVE): ``{'stale', actual}``, ``{'ok', size}``
+    (shard_apply) or ``{'ok', size, removed}`` (shard_remove)."""
+    if type(raw) is list and raw:  # checked inline: on the write path, once per shard and batch
+        tag, size = raw[0], raw[1] if len(raw) > 1 else None
+        if tag == _OK and type(size) is int and size >= 0:
+            if len(raw) == 2 and script is scripts.SHARD_APPLY:
+                return ShardChange(size)
+            if len(raw) == 3 and script is scripts.SHARD_REMOVE and type(raw[2]) is int and raw[2] >= 0:
+                return ShardChange(size, raw[2])
+        elif tag == _STALE and len(raw) == 2 and type(size) is str:
+            return Stale(size)
+    _wrong(node, script, raw)
+
+
+def shard_count(node: str, raw: object, shards: int, queries: int) -> ShardCounts | Stale:
+    """shard_count's reply for a call over `shards` shards with `queries` queries: ``{'stale', position,
+    actual}`` or ``{'ok', size..., answer...}``. A position query answers -1 for a member not there."""
+    reply = _reply(node, scripts.SHARD_COUNT, raw)
+    if reply[0] == _STALE and len(reply) == 3:
+        position, actual = reply[1], reply[2]
+        if type(position) is int and 1 <= position <= shards and type(actual) is str:
+            return Stale(actual, position)
+    elif reply[0] == _OK and len(reply) == 1 + shards + queries:
+        for n in islice(reply, 1, None):
+            if type(n) is not int:
+                break
+        else:
+            return ShardCounts(tuple(reply[1 : 1 + shards]), tuple(reply[1 + shards :]))
+    _wrong(node, scripts.SHARD_COUNT, raw, f"for {shards} shards and {queries} queries")
+
+
+def shard_page(node: str, raw: object) -> ShardPage | Stale:
+    """shard_page's reply: ``{'stale', actual}`` or ``{'ok', better, user, stored score, ...}``."""
+    reply = _reply(node, scripts.SHARD_PAGE, raw)
+    if reply[0] == _STALE and len(reply) == 2 and type(reply[1]) is str:
+        return Stale(reply[1])
+    if reply[0] == _OK and len(reply) % 2 == 0:
+        better = _count(node, scripts.SHARD_PAGE, reply[1])
+        try:
+            rows = tuple((_text(m), int(float(s))) for m, s in zip(reply[2::2], reply[3::2], strict=True))
+        except (TypeError, ValueError):
+            pass
+        else:
+            return ShardPage(better, rows)
+    _wrong(node, scripts.SHARD_PAGE, raw)
+
+
+# ---- index scripts -----------------------------------------------------------------------------------------
+
+
+class Committed(NamedTuple):
+    """One update's answer from index_apply: committed (or kept, or a retry)."""
+
+    kind: UpdateKind
+    score: int
+    """The answer: the member's score after the update (for a DUPLICATE, the first call's)."""
+    applied: bool
+    entry: IndexEntry | None
+    """The member's entry after the call; None when it is not on the board (a retry of a removed member's
+    update)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMove:
+    """The member's entry holds a pending move (another writer's): it must be finished first, and the
+    member's updates sent again."""
+
+    entry: IndexEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """One update refused on its own (IndexMode.EACH); nothing of it was written."""
+
+    kind: RefusalKind
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An update that aborted a batch: `position` is 1-based among the updates sent in the call."""
+
+    position: int
+    kind: RefusalKind
+
+
+@dataclass(frozen=True, slots=True)
+class Aborted:
+    """index_apply refused the batch (IndexMode.APPLY or CHECK): nothing was written. Never empty."""
+
+    refusals: tuple[Refusal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """index_apply's answer in IndexMode.CHECK: nothing was written, and these members' pending moves are to
+    be finished before the batch is applied."""
+
+    moves: tuple[PendingMove, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """index_apply's answer in IndexMode.APPLY or EACH: one per update sent, in order."""
+
+    answers: tuple[Committed | PendingMove | Refused, ...]
+
+
+_UPDATE_KINDS: dict[Any, UpdateKind] = {kind.value: kind for kind in UpdateKind}
+_REFUSAL_KINDS: dict[Any, RefusalKind] = {kind.value: kind for kind in RefusalKind}
+
+
+def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -> Aborted | Checked | Answered:
+    """index_apply's reply to a call in `mode` for updates of `users` (in order): ``{'abort', {i, kind}...}``,
+    or ``{'ok', answer...}``; an answer is ``{kind, score, ver, applied, home, from, to, entry score}``,
+    ``{'intent', user, score, ver, home, from, to}`` or (IndexMode.EACH) ``{'refused', kind}``. In
+    IndexMode.CHECK the answers are the intents alone."""
+    reply = _reply(node, scripts.INDEX_APPLY, raw)
+    if reply[0] == _ABORT:
+        return _aborted(node, reply, len(users))
+    if reply[0] != _OK:
+        _wrong(node, scripts.INDEX_APPLY, raw)
+    if mode is IndexMode.CHECK:
+        if len(reply) > len(users) + 1:
+            _wrong(node, scripts.INDEX_APPLY, raw, f"{len(reply) - 1} intents for {len(users)} updates")
+        return Checked(tuple(_pending_move(node, scripts.INDEX_APPLY, a) for a in islice(reply, 1, None)))
+    if len(reply) != len(users) + 1:
+        _wrong(node, scripts.INDEX_APPLY, raw, f"{len(reply) - 1} answers for {len(users)} updates")
+    answers: list[Committed | PendingMove | Refused] = []
+    append = answers.append
+    try:
+        for user, answer in zip(users, islice(reply, 1, None), strict=True):  # lengths checked above
+            kind = _UPDATE_KINDS.get(answer[0])
+            if kind is not None:  # the usual answer first
+                _, score, version, applied, home, from_, to, current = answer
+                if not (
+                    type(score) is type(version) is type(current) is int
+                    and type(home) is type(from_) is type(to) is str
+                    and (applied == 1 or applied == 0)
+                ):
+                    raise ValueError
+                entry = IndexEntry(user, current, version, home, from_, to) if home else None
+                append(Committed(kind, score, applied == 1, entry))
+            elif answer[0] == _INTENT:
+                append(_pending_move(node, scripts.INDEX_APPLY, answer))
+            elif answer[0] == _REFUSED and mode is IndexMode.EACH and len(answer) == 2:
+                append(Refused(_REFUSAL_KINDS[answer[1]]))
+            else:
+                raise ValueError
+    except (TypeError, ValueError, KeyError, IndexError):
+        _wrong(node, scripts.INDEX_APPLY, reply[len(answers) + 1], f"answer {len(answers) + 1} of {len(users)}")
+    return Answered(tuple(answers))
+
+
+def _aborted(node: str, reply: list[Any], updates: int) -> Aborted:
+    refusals = []
+    for item in islice(reply, 1, None):
+        try:
+            position, kind = item
+            if type(position) is int and 1 <= position <= updates:
+                refusals.append(Refusal(position, _REFUSAL_KINDS[kind]))
+                continue
+        except (TypeError, ValueError, KeyError):
+            pass
+        _wrong(node, scripts.INDEX_APPLY, reply, f"refusal {item!r} of a batch of {updates}")
+    if not refusals:
+        _wrong(node, scripts.INDEX_APPLY, reply, "an abort without a refusal")
+    return Aborted(tuple(refusals))
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalRecorded:
+    """index_remove recorded the removal: `entry`'s move ``home -> ''`` is to be carried out."""
+
+    entry: IndexEntry
+
+
+def index_remove(node: str, raw: object, user: str) -> RemovalRecorded | PendingMove | None:
+    """index_remove's reply for `user`: ``{'absent'}`` (None: not on the board), ``{'intent', score, ver,
+    home, from, to}`` (another move first), or ``{'ok', score, ver, home}``."""
+    reply = _reply(node, scripts.INDEX_REMOVE, raw)
+    if reply[0] == _ABSENT and len(reply) == 1:
+        return None
+    if reply[0] == _INTENT:
+        return _pending_move(node, scripts.INDEX_REMOVE, reply, user)
+    if reply[0] == _OK and len(reply) == 4:
+        score, version, home = reply[1:]
+        if type(score) is type(version) is int and type(home) is str:
+            return RemovalRecorded(IndexEntry(user, score, version, home, from_=home, to=""))
+    _wrong(node, scripts.INDEX_REMOVE, raw)
+
+
+def index_move(node: str, raw: object) -> int:
+    """index_move's reply: how many of the call's moves it advanced."""
+    return _count(node, scripts.INDEX_MOVE, raw)
+
+
+def index_forget(node: str, raw: object) -> int:
+    """index_forget's reply: how many pending-write marks it cleared."""
+    return _count(node, scripts.INDEX_FORGET, raw)
+
+
+def index_stale_moves(node: str, raw: object) -> list[str]:
+    """index_stale_moves' reply: the users whose writes were marked pending long enough ago, oldest first."""
+    return _texts(node, scripts.INDEX_STALE_MOVES, raw)
+
+
+def index_rebuild(node: str, raw: object) -> list[str]:
+    """index_rebuild's reply: the users whose entries it wrote."""
+    return _texts(node, scripts.INDEX_REBUILD, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """A member index_import added: the shard it lives in, its first version."""
+
+    home: str
+    version: int
+
+
+def index_import(node: str, raw: object, members: int) -> list[Imported | None]:
+    """index_import's reply for a call with `members` members: (home, version) of each, ``''`` and 0 (None
+    here) for one it left alone."""
+    if type(raw) is list and len(raw) == 2 * members:
+        homes, versions = raw[::2], raw[1::2]
+        if all(type(h) is str for h in homes) and all(type(v) is int for v in versions):
+            return [Imported(h, v) if h else None for h, v in zip(homes, versions, strict=True)]
+    _wrong(node, scripts.INDEX_IMPORT, raw, f"for {members} members")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionStep:
+    """collect_tombstones' reply: tombstones deleted, stamped, hash fields looked at, and whether the walk
+    passed its start."""
+
+    deleted: int
+    stamped: int
+    looked_at: int
+    wrapped: bool
+
+
+def collect_tombstones(node: str, raw: object) -> CollectionStep:
+    """collect_tombstones' reply ``{deleted, stamped, looked at, wrapped (1 or 0)}``."""
+    if type(raw) is list and len(raw) == 4 and all(type(n) is int and n >= 0 for n in raw) and raw[3] <= 1:
+        return CollectionStep(raw[0], raw[1], raw[2], raw[3] == 1)
+    _wrong(node, scripts.COLLECT_TOMBSTONES, raw)
+
+
+# ---- plain commands ----------------------------------------------------------------------------------------
+
+
+def command_reply(args: Sequence[Any], reply: Any) -> Any:
+    """`reply` to the command `args` in the shape redis-py (5.2, RESP2) gave callers for the commands they
+    use: HGETALL a dict, SCAN (cursor, keys), SET True/None (its GET form the old value), ZINCRBY and ZSCORE a
+    float; any other reply as it came (ZRANGE ... WITHSCORES flat: see `scored_members`)."""
+    name = str(args[0]).upper()
+    if name == "HGETALL":
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+    if name == "SCAN":
+        return int(reply[0]), reply[1]
+    if name == "SET":
+        return reply if any(str(a).upper() == "GET" for a in args[3:]) else (reply and reply == "OK")
+    if name in ("ZINCRBY", "ZSCORE"):
+        return None if reply is None else float(reply)
+    return reply
+
+
+def scored_members(node: str, command: str, reply: object) -> list[tuple[str, int]]:
+    """A sorted-set read's flat ``member, score, ...`` (ZRANGE ... WITHSCORES) as (member, integer score)
+    pairs: rankshard only stores integers."""
+    if type(reply) is list and len(reply) % 2 == 0:
+        try:
+            return [(_text(m), int(float(s))) for m, s in zip(reply[::2], reply[1::2], strict=True)]
+        except (TypeError, ValueError):
+            pass
+    raise UnexpectedReply(node, command, f"{_shown(reply)} is not a list of members and their scores")
+
+
+# ---- shared parts ------------------------------------------------------------------------------------------
+
+
+def _reply(node: str, script: Script, raw: object) -> list[Any]:
+    """`raw` as a tagged reply: a list whose first item is a string."""
+    if type(raw) is not list or not raw or type(raw[0]) is not str:
+        _wrong(node, script, raw)
+    return raw
+
+
+def _pending_move(node: str, script: Script, raw: object, user: str | None = None) -> PendingMove:
+    """An intent: index_apply's ``{'intent', user, score, ver, home, from, to}``, or index_remove's (of
+    `user`) ``{'intent', score, ver, home, from, to}``."""
+    if type(raw) is list and len(raw) == (7 if user is None else 6) and raw[0] == _INTENT:
+        if user is None:
+            user = raw[1]
+        score, version, home, from_, to = raw[-5:]
+        if type(user) is str and type(score) is type(version) is int and type(home) is type(from_) is type(to) is str:
+            return PendingMove(IndexEntry(user, score, version, home, from_, to))
+    _wrong(node, script, raw, "an intent")
+
+
+def _count(node: str, script: Script, raw: object) -> int:
+    if type(raw) is not int or raw < 0:
+        _wrong(node, script, raw, "a count")
+    return raw
+
+
+def _texts(node: str, script: Script, raw: object) -> list[str]:
+    if type(raw) is not list or not all(type(item) is str for item in raw):
+        _wrong(node, script, raw, "a list of user ids")
+    return raw
+
+
+def _text(value: object) -> str:
+    if type(value) is not str:
+        raise TypeError(value)
+    return value
+
+
+_SHOWN = 200
+"""Characters of a reply an error shows at most."""
+
+
+def _wrong(node: str, script: Script, raw: object, expected: str = "") -> NoReturn:
+    where = f" ({expected})" if expected else ""
+    raise UnexpectedReply(node, script.name, f"{_shown(raw)} is not of its shape{where}; see scripts/{script.name}.lua")
+
+
+def _shown(raw: object) -> str:
+    shown = repr(raw)
+    return shown if len(shown) <= _SHOWN else shown[:_SHOWN] + "..."
