@@ -25,7 +25,7 @@ class RankshardError(Exception):
 
 
 class InvalidArgument(RankshardError):
-    """Input broke a rule of SPEC's limits table; the message names the field."""
+    """Input broke a rule of docs/api.md's limits; the message names the field."""
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")

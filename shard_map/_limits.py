@@ -1,4 +1,4 @@
-"""Input rules of SPEC section 1 ("Limits and errors"), as pure checks.
+"""Input rules of docs/api.md ("Limits and errors"), as pure checks.
 
 Every check raises `InvalidArgument` naming the field it was given, so callers pass the field's name as
 the client sees it (``updates[3].user_id``).

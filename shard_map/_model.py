@@ -92,7 +92,7 @@ class Shard:
     """One score range of one board, owned by one node.
 
     `generation` changes whenever the range, owner or state changes; nodes hold a descriptor with it
-    and refuse writes planned with another (the fence of DESIGN.md, write path step 3).
+    and refuse writes planned with another (the fence of docs/architecture.md, write path step 3).
     """
 
     id: str
@@ -144,7 +144,7 @@ class ShardMap:
 
 
 def tiling_problems(shards: Sequence[Shard]) -> list[str]:
-    """What keeps `shards` (ascending) from tiling the whole score line once (SPEC invariant 1)."""
+    """What keeps `shards` (ascending) from tiling the whole score line once (docs/architecture.md invariant 1)."""
     if not shards:
         return ["no shards"]
     problems = []

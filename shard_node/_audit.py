@@ -1,4 +1,4 @@
-"""`rankshard check`: SPEC invariants 1, 2 and 4 verified against what the nodes really hold.
+"""`rankshard check`: docs/architecture.md invariants 1, 2 and 4 verified against what the nodes really hold.
 
 Reads stream: index hashes by SCAN + pipelined HGETALL, shards by ranked ZRANGE chunks, so a
 million-member board is checked in seconds without blocking a node.
@@ -42,7 +42,7 @@ class FindingKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One violation of SPEC's invariants, of `kind`."""
+    """One violation of docs/api.md's invariants, of `kind`."""
 
     kind: FindingKind
     detail: str

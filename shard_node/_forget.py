@@ -1,4 +1,4 @@
-"""Pending-write marks cleared behind the caller (DESIGN.md write path, after step 4).
+"""Pending-write marks cleared behind the caller (docs/architecture.md write path, after step 4).
 
 A mark only tells the sweeper that a write may need finishing; once the shard write is done, clearing
 it is housekeeping the caller need not wait for. Marks to clear are gathered per (node, board) and sent

@@ -34,7 +34,7 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
     """Adds each (user id, score) whose member is not on the board, at that score; returns how many.
 
     Members on the board already, or removed from it, are left as they are (so a chunk can be sent
-    again after a failure). Validated by the caller: user ids and scores within SPEC's limits.
+    again after a failure). Validated by the caller: user ids and scores within docs/api.md's limits.
     Raises `ImportInterrupted` (a shard moved: reload the map, then send the chunk again), `StaleMap`
     (the same, before anything was written), `NodeError`.
     """

@@ -5,7 +5,7 @@ names cannot contain one, so no two boards' keys collide and ``rs:i:{b}/*`` matc
 
 Per-user data lives in many small hashes rather than one key per user or one big hash: Valkey keeps a
 hash of short entries as a listpack (rankshard's nodes run with up to 1,024), about 18 B per entry against
-about 54 B in a big hash and over 100 B for a key of its own (see PERF-NOTES). How many hashes a board's
+about 54 B in a big hash and over 100 B for a key of its own. How many hashes a board's
 index and version registers use is the board's (`shard_map.Buckets`), sized at its creation for the members
 it expects; a board that outgrows that has longer hashes, then ordinary ones (more memory, same behaviour).
 

@@ -1,4 +1,4 @@
-"""Rolling a member's pending move forward (DESIGN.md write path step 4), and removals.
+"""Rolling a member's pending move forward (docs/architecture.md write path step 4), and removals.
 
 A move ``from -> to`` at version v is finished by four idempotent steps, each safe to repeat and
 safe to run from two routers at once:

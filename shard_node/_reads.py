@@ -1,4 +1,4 @@
-"""The read path of DESIGN.md: ranks from shard sizes, pages and windows across shard boundaries.
+"""The read path of docs/architecture.md: ranks from shard sizes, pages and windows across shard boundaries.
 
 Every read of a shard is fenced by its descriptor, so a router with an old map gets `StaleMap`
 instead of a wrong answer.
@@ -151,7 +151,7 @@ async def rank_of_scores(cluster: Cluster, layout: BoardLayout, scores: Sequence
     """Competition ranks that `scores` have (or would have) on the board, and the board's size.
 
     Rank = 1 + members of every better shard + members of the score's shard with a strictly
-    better score (DESIGN.md read path).
+    better score (docs/architecture.md read path).
     """
     ranks, total, _ = await rank_after(cluster, layout, scores)
     return ranks, total

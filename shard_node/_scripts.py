@@ -42,7 +42,7 @@ class ShardWriteMode(StrEnum):
 
 
 class MoveStep(StrEnum):
-    """index_move's step (ARGV[1]): DESIGN.md write path steps 2 and 4 of a move."""
+    """index_move's step (ARGV[1]): docs/architecture.md write path steps 2 and 4 of a move."""
 
     HOME = "home"
     """Compare-and-set each entry's home to its destination."""

@@ -1,5 +1,5 @@
 """The sweeper: finishes writes and moves a crashed writer left behind, without waiting for the
-member's next write (DESIGN.md failure model, "router killed mid-write")."""
+member's next write (docs/architecture.md failure model, "router killed mid-write")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The write path of DESIGN.md: index commit, shard writes, boundary crossings, removals."""
+"""The write path of docs/architecture.md: index commit, shard writes, boundary crossings, removals."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ async def remove_member(cluster: Cluster, layout: BoardLayout, user_id: str, on_
 async def _commit(
     cluster: Cluster, layout: BoardLayout, batch: _Batch, on_step: StepHook | None, each: bool = False
 ) -> list[Answer]:
-    """Runs the index script for every update (DESIGN.md write path step 2); one answer per update.
+    """Runs the index script for every update (docs/architecture.md write path step 2); one answer per update.
 
     A member caught mid-move (another writer's move) holds back only its own updates: that move is
     finished and they are sent again, while the rest of the batch is applied. A refused update (a
@@ -253,7 +253,7 @@ async def _write_shards(
     on_step: StepHook | None,
     rank: bool = False,
 ) -> list[int]:
-    """DESIGN.md write path steps 3 and 4 for each member's final state in this call; with `rank`,
+    """docs/architecture.md write path steps 3 and 4 for each member's final state in this call; with `rank`,
     then step 5: the ranks of the committed scores (else an empty list).
 
     Every member the call touched is written, applied or not: an earlier call may have died between
@@ -314,7 +314,7 @@ async def _write_groups(
     mode: ShardWriteMode = ShardWriteMode.WRITE,
 ) -> list[int]:
     """One SHARD_APPLY per shard (in `mode`, see `apply_call`), pipelined per node; then the ranks of
-    `scores`, counted behind each node's writes in the same round trip (DESIGN.md read path)."""
+    `scores`, counted behind each node's writes in the same round trip (docs/architecture.md read path)."""
     calls: dict[str, list[ScriptCall]] = {}
     shard_ids: dict[str, list[str]] = {}
     for shard_id, args in by_shard.items():

@@ -1,4 +1,4 @@
--- DESIGN.md write path step 2: the commit point of a batch of updates on one index node.
+-- docs/architecture.md write path step 2: the commit point of a batch of updates on one index node.
 -- KEYS[2i-1], KEYS[2i]: the index hash of update i and the stem of its request-id hashes (the
 -- generations ':gen' are appended here; see _keys.py); the last key: the node's
 -- pending-writes zset of the board (user -> ms of the commit). Every member this call changes is

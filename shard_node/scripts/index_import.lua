@@ -1,5 +1,5 @@
 -- `rankshard leaderboards import`: the index commit of members new to the board (the bulk path of
--- DESIGN.md write path step 2, without request ids or operators: a new member's score is the value).
+-- docs/architecture.md write path step 2, without request ids or operators: a new member's score is the value).
 -- KEYS[i]: the index hash of member i; the last key: the node's pending-writes zset of the board.
 -- ARGV: the map 'b1 b2 .. bn|id1 .. id(n+1)' (as index_apply), then per member: user, score (an integer
 -- in its canonical decimal form, as the caller validated it: it goes into the entry as sent).

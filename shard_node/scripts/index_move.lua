@@ -1,4 +1,4 @@
--- DESIGN.md write path steps 2 and 4 (and removal): advance pending moves on the index, compare-and-set.
+-- docs/architecture.md write path steps 2 and 4 (and removal): advance pending moves on the index, compare-and-set.
 -- KEYS[i]: the index hash of move i; the last key: the board's pending-writes zset on this node.
 -- ARGV: step ('home' | 'done'), then per move: user, ver, from, to (distinct users).
 -- 'home' points each entry at its destination; 'done' clears the intent (or, for a removal, to == '',

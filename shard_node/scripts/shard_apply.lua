@@ -1,4 +1,4 @@
--- DESIGN.md write path step 3: absolute, versioned writes into one shard, fenced by its descriptor.
+-- docs/architecture.md write path step 3: absolute, versioned writes into one shard, fenced by its descriptor.
 -- KEYS: zset, descriptor, then the versions hash of each update's user (see _keys.py).
 -- ARGV: expected descriptor, mode, then (user, stored score, ver)... Mode 'write' writes an update only
 -- if its ver is newer than the user's registered version; 'rewrite' (repair, rebuilding a shard from

@@ -1,4 +1,4 @@
--- DESIGN.md write path step 4 (source side) and RemoveMember: drop members whose registered version is
+-- docs/architecture.md write path step 4 (source side) and RemoveMember: drop members whose registered version is
 -- not newer than the given one, leaving a tombstone '~ver|ms' so a late older write cannot bring them back.
 -- KEYS: zset, descriptor, then the versions hash of each user. ARGV: expected descriptor, then (user, ver)...
 -- Returns {'stale', actual descriptor} or {'ok', size after, removed count}.
