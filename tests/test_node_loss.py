@@ -93,18 +93,12 @@ def nodes(tmp_path: Path) -> Iterator[tuple[LocalValkey, LocalValkey]]:
 
 @pytest.fixture
 def router(control_plane_dsn: str, nodes: tuple[LocalValkey, LocalValkey]) -> Iterator[RouterThread]:
-    """A router over `nodes` whose sweeper never acts: only repair heals here."""
+    """A router over `nodes` whose sweeper never acts: only repair heals here (the `client` fixture of
+    _fixtures_cluster calls it)."""
     asyncio.run(bootstrap(control_plane_dsn, [n.address for n in nodes]))
     thread = RouterThread(control_plane_dsn, sweep_age_ms=10**9).start()
     yield thread
     thread.stop()
-
-
-@pytest.fixture
-def client(router: RouterThread) -> Iterator[Client]:
-    c = Client(router.port)
-    yield c
-    c.close()
 
 
 def _traffic(client: Client, order: str) -> dict[str, int]:
