@@ -10,23 +10,13 @@ import asyncio
 import logging
 import time
 
-from rankshard.shard_map import ControlPlane, ControlPlaneError, NotFound, RankshardError
+from rankshard.shard_map import ControlPlane, NotFound, RankshardError
 from rankshard.shard_node import BoardLayout, Cluster, NodeClient
 
 log = logging.getLogger("rankshard.router")
 
 _UNKNOWN_TTL = 2.0
 """Seconds an unknown board name is remembered, so a flood of bad names does not reach PostgreSQL."""
-
-
-async def open_cluster(control_plane: ControlPlane, node_timeout: float) -> Cluster:
-    """Every registered node and the slot table, as `shard_node.connect_cluster` has them, with the router's own
-    `node_timeout` for every node command. Raises `ControlPlaneError`."""
-    slots = await control_plane.slot_table()
-    if slots is None:
-        raise ControlPlaneError("the control plane has no index slot table yet (no nodes bootstrapped)")
-    nodes = {n.id: NodeClient(n.id, n.address, timeout=node_timeout) for n in await control_plane.list_nodes()}
-    return Cluster(nodes, slots)
 
 
 class Catalog:

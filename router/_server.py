@@ -13,11 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rankshard.shard_map import DEFAULTS, ControlPlane, Settings
-from rankshard.shard_node import StepHook
+from rankshard.shard_node import StepHook, connect_cluster
 from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
-from ._catalog import Catalog, open_cluster
+from ._catalog import Catalog
 from ._reflection import enable_reflection
 from ._service import LeaderboardService
 from ._sweeper import sweep_forever
@@ -87,7 +87,7 @@ async def running_router(
         control_plane_dsn, max_size=settings.control_plane_pool_size, timeout=settings.control_plane_timeout
     )
     try:
-        cluster = await open_cluster(control_plane, settings.node_timeout)
+        cluster = await connect_cluster(control_plane, settings.node_timeout)
         try:
             catalog = Catalog(control_plane, cluster, settings.node_timeout)
             async with _serving(catalog, host, port, settings, on_step, reuse_port) as served:

@@ -17,7 +17,7 @@ from rankshard.shard_map import (
     check_boundaries,
 )
 
-from ._client import NodeClient
+from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
 from ._keys import board_pattern, descriptor_key
 from ._layout import BoardLayout, Cluster
 
@@ -112,10 +112,11 @@ async def _purge_node(node: NodeClient, board: str) -> int:
             return removed
 
 
-async def connect_cluster(control_plane: ControlPlane) -> Cluster:
-    """A `Cluster` of every registered node and the slot table; raises `ControlPlaneError`."""
+async def connect_cluster(control_plane: ControlPlane, node_timeout: float = DEFAULT_NODE_TIMEOUT) -> Cluster:
+    """A `Cluster` of every registered node and the slot table, each node's commands bounded by `node_timeout`
+    seconds; raises `ControlPlaneError`."""
     slots = await control_plane.slot_table()
     if slots is None:
         raise ControlPlaneError("the control plane has no index slot table yet (no nodes bootstrapped)")
-    nodes = {n.id: NodeClient(n.id, n.address) for n in await control_plane.list_nodes()}
+    nodes = {n.id: NodeClient(n.id, n.address, timeout=node_timeout) for n in await control_plane.list_nodes()}
     return Cluster(nodes, slots)
