@@ -14,6 +14,7 @@ from ._errors import (
     StaleMap,
     UnexpectedReply,
 )
+from ._jobs import CarvePlan, Job, JobKind, JobState, JobStep
 from ._limits import (
     DEFAULT_LIMIT,
     DEFAULT_RADIUS,
@@ -50,6 +51,11 @@ from ._model import (
 
 __all__ = [
     "AlreadyExists",
+    "CarvePlan",
+    "Job",
+    "JobKind",
+    "JobState",
+    "JobStep",
     "BoardConfig",
     "Buckets",
     "ControlPlaneError",
@@ -93,12 +99,16 @@ __all__ = [
 ]
 
 # The control plane store (PostgreSQL).
+from ._job_store import JobBusy, JobConflict, JobStore  # noqa: E402 -- the store apart, after the pure model
 from ._migrate import SchemaMissing, schema_version  # noqa: E402 -- the store apart, after the pure model
 from ._nodes import Node, NodeInUse  # noqa: E402 -- the store apart, after the pure model
 from ._store import ControlPlane, StaleEpoch, control_plane_deadline  # noqa: E402 -- the store apart, after the pure model
 
 __all__ += [
     "ControlPlane",
+    "JobBusy",
+    "JobConflict",
+    "JobStore",
     "Node",
     "NodeInUse",
     "SchemaMissing",

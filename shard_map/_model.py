@@ -37,9 +37,18 @@ class Operator(enum.IntEnum):
 
 
 class ShardState(enum.StrEnum):
+    """A shard's state in its descriptor (docs/architecture.md, rebalancing). The control plane records ACTIVE and
+    MIGRATING; the others live on nodes only, for the few seconds of a job's end."""
+
     ACTIVE = "ACTIVE"
     MIGRATING = "MIGRATING"
+    """The source of a job: writes go on, and every member written is noted for the job's catch-up."""
     FROZEN = "FROZEN"
+    """A job's source during its final catch-up: writes wait (and thaw it after its deadline), reads go on."""
+    COMMITTING = "COMMITTING"
+    """A job's source past its point of no return: writes wait for the new map, reads go on."""
+    INCOMING = "INCOMING"
+    """A job's target: filled by the job, read once the map names it, written once it is ACTIVE."""
 
 
 ENTRIES_PER_HASH = 64
@@ -101,6 +110,9 @@ class Shard:
     node: str
     state: ShardState = ShardState.ACTIVE
     generation: int = 1
+    pending_cut: int | None = None
+    """While a split of this shard is under way, its cut: crossings are decided on it already, so that none
+    decided during the job is wrong once the cut is made (docs/architecture.md, rebalancing, the epoch floor)."""
 
     def holds(self, score: int) -> bool:
         return (self.lower is None or score >= self.lower) and (self.upper is None or score < self.upper)
@@ -124,6 +136,12 @@ class ShardMap:
     @property
     def boundaries(self) -> tuple[int, ...]:
         return self._uppers
+
+    @property
+    def refined_cuts(self) -> tuple[int, ...]:
+        """The cut points with those of splits under way: where the index decides that a member crosses."""
+        pending = [s.pending_cut for s in self.shards if s.pending_cut is not None]
+        return tuple(sorted({*self._uppers, *pending})) if pending else self._uppers
 
     def index_for(self, score: int) -> int:
         """Position (ascending) of the shard whose range holds `score`."""

@@ -28,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from ._errors import AlreadyExists, ControlPlaneError, InvalidArgument, NotFound
+from ._job_store import JobStore
 from ._limits import check_board_name, check_expected_members, check_score
 from ._migrate import SchemaMissing, apply_migrations, missing_versions
 from ._model import (
@@ -93,7 +94,7 @@ def control_plane_deadline(seconds: float) -> Iterator[None]:
 
 
 _MAP_QUERY = """
-    SELECT b.name, b.epoch, s.id, s.lower, s.upper, s.node, s.state, s.generation
+    SELECT b.name, b.epoch, s.id, s.lower, s.upper, s.node, s.state, s.generation, s.pending_cut
     FROM boards AS b LEFT JOIN shards AS s ON s.board = b.name WHERE b.state = %s
 """
 _BOARD_QUERY = (
@@ -401,26 +402,13 @@ class ControlPlane:
         and the change is announced. Raises `InvalidArgument` for a bad list, `NotFound` for an unknown board
         or node, `StaleEpoch` if the epoch moved.
         """
-        new = _checked_shards(shards)
         async with self._transaction(f"replacing the shards of leaderboard {board!r}") as conn:
-            cur = await conn.execute(
-                "SELECT epoch FROM boards WHERE name = %s AND state = 'ACTIVE' FOR UPDATE", (board,)
-            )
-            if (row := await cur.fetchone()) is None:
-                raise NotFound(f"leaderboard {board!r} not found")
-            if row[0] != expected_epoch:
-                raise StaleEpoch(board, expected_epoch, row[0])
-            await _check_generations(conn, board, new)
-            await _check_nodes(conn, (s.node for s in new))
-            await conn.execute("DELETE FROM shards WHERE board = %s", (board,))
-            await _insert_shards(conn, board, new)
-            epoch = expected_epoch + 1
-            await conn.execute(
-                "UPDATE boards SET epoch = %s, next_shard = greatest(next_shard, %s) WHERE name = %s",
-                (epoch, _next_shard_number(new), board),
-            )
-            await _notify(conn, board, epoch)
-        return ShardMap(board, epoch, new)
+            return await replace_shards_in(conn, board, expected_epoch, shards)
+
+    @property
+    def jobs(self) -> JobStore:
+        """The rebalancing jobs' rows."""
+        return JobStore(self)
 
     async def reserve_shard_ids(self, board: str, count: int = 1) -> list[str]:
         """`count` shard ids never used before on `board` (for splits). Raises `NotFound`."""
@@ -525,10 +513,10 @@ class ControlPlane:
     def _maps(self, rows: Iterable[tuple[Any, ...]]) -> dict[str, ShardMap]:
         grouped: dict[str, tuple[int, list[Shard]]] = {}
         try:
-            for board, epoch, shard_id, lower, upper, node, state, generation in rows:
+            for board, epoch, shard_id, lower, upper, node, state, generation, cut in rows:
                 _, shards = grouped.setdefault(board, (epoch, []))
                 if shard_id is not None:
-                    shards.append(Shard(shard_id, lower, upper, node, ShardState(state), generation))
+                    shards.append(Shard(shard_id, lower, upper, node, ShardState(state), generation, cut))
             return {b: ShardMap(b, epoch, tuple(shards)) for b, (epoch, shards) in grouped.items()}
         except ValueError as exc:
             raise ControlPlaneError(f"control plane ({self._where}) holds a broken map: {exc}") from exc
@@ -588,9 +576,34 @@ def _checked_shards(shards: Sequence[Shard]) -> tuple[Shard, ...]:
     return tuple(checked)
 
 
+async def replace_shards_in(
+    conn: AsyncConnection, board: str, expected_epoch: int, shards: Sequence[Shard]
+) -> ShardMap:
+    """`ControlPlane.replace_shards` inside the transaction of `conn` (the job store's commits use it too)."""
+    new = _checked_shards(shards)
+    cur = await conn.execute("SELECT epoch FROM boards WHERE name = %s AND state = 'ACTIVE' FOR UPDATE", (board,))
+    if (row := await cur.fetchone()) is None:
+        raise NotFound(f"leaderboard {board!r} not found")
+    if row[0] != expected_epoch:
+        raise StaleEpoch(board, expected_epoch, row[0])
+    await _check_generations(conn, board, new)
+    await _check_nodes(conn, (s.node for s in new))
+    await conn.execute("DELETE FROM shards WHERE board = %s", (board,))
+    await _insert_shards(conn, board, new)
+    epoch = expected_epoch + 1
+    await conn.execute(
+        "UPDATE boards SET epoch = %s, next_shard = greatest(next_shard, %s) WHERE name = %s",
+        (epoch, _next_shard_number(new), board),
+    )
+    await _notify(conn, board, epoch)
+    return ShardMap(board, epoch, new)
+
+
 async def _check_generations(conn: AsyncConnection, board: str, new: Sequence[Shard]) -> None:
     """A kept shard's generation never goes down, and goes up when its range, node or state changes."""
-    cur = await conn.execute("SELECT id, lower, upper, node, state, generation FROM shards WHERE board = %s", (board,))
+    cur = await conn.execute(
+        "SELECT id, lower, upper, node, state, pending_cut, generation FROM shards WHERE board = %s", (board,)
+    )
     old = {row[0]: row[1:] for row in await cur.fetchall()}
     for i, shard in enumerate(new):
         if shard.id not in old:
@@ -598,7 +611,13 @@ async def _check_generations(conn: AsyncConnection, board: str, new: Sequence[Sh
         *layout, generation = old[shard.id]
         if shard.generation < generation:
             problem = f"{shard.generation} is below the stored {generation}"
-        elif shard.generation == generation and layout != [shard.lower, shard.upper, shard.node, shard.state]:
+        elif shard.generation == generation and layout != [
+            shard.lower,
+            shard.upper,
+            shard.node,
+            shard.state,
+            shard.pending_cut,
+        ]:
             problem = f"shard {shard.id} changed but its generation stayed {generation}"
         else:
             continue
@@ -616,8 +635,9 @@ async def _check_nodes(conn: AsyncConnection, node_ids: Iterable[str]) -> None:
 async def _insert_shards(conn: AsyncConnection, board: str, shards: Sequence[Shard]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO shards (board, id, lower, upper, node, state, generation) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(board, s.id, s.lower, s.upper, s.node, str(s.state), s.generation) for s in shards],
+            "INSERT INTO shards (board, id, lower, upper, node, state, generation, pending_cut)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(board, s.id, s.lower, s.upper, s.node, str(s.state), s.generation, s.pending_cut) for s in shards],
         )
 
 
