@@ -37,6 +37,10 @@ class Catalog:
             raise NotFound(f"leaderboard {board!r} not found")
         return await self.refresh(board)
 
+    def cached(self, board: str) -> BoardLayout | None:
+        """The layout of `board` as cached now (kept current by `follow_epochs`), without loading it."""
+        return self._layouts.get(board)
+
     def adopt(self, layout: BoardLayout) -> None:
         """Caches a layout this router just made (a new board), so its next call finds it at once."""
         current = self._layouts.get(layout.board)

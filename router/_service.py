@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 
-from rankshard.shard_map import StaleMap
+from rankshard.shard_map import ShardFrozen, StaleMap
 from rankshard.shard_node import (
     BoardLayout,
     Entry,
+    RemoveCall,
     StepHook,
     Update,
+    UpdateCall,
     UpdateOutcome,
-    apply_each,
-    apply_updates,
     get_around,
     get_ranks,
     get_top,
     rank_of_scores,
     read_entry,
-    remove_member,
 )
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
@@ -33,7 +33,10 @@ from ._coalesce import Coalescer
 from ._status import handler
 
 T = TypeVar("T")
-_READ_ATTEMPTS = 3
+
+_RETRY_DELAYS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05)
+"""Seconds between attempts of a call that met a map change (then 0.05 s until its deadline): a job's freeze
+lasts under 2 s and the moment between its commit and its new shards' activation a few ms."""
 
 
 class LeaderboardService(pb_grpc.LeaderboardServicer):
@@ -68,7 +71,10 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         self, request: pb.BatchUpdateScoresRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchUpdateScoresResponse:
         board, updates = validate.batch(request)
-        outcomes = await self._write(board, lambda lay: apply_updates(self.cluster, lay, updates, self.on_step))
+        layout = await self.catalog.layout(board)
+        call = UpdateCall(self.cluster, layout, updates, on_step=self.on_step)
+        # Without `each` a refusal raises: every outcome is an UpdateOutcome.
+        outcomes = cast("list[UpdateOutcome]", await self._write(board, layout, call.run))
         return pb.BatchUpdateScoresResponse(
             results=[pb.UpdateResult(score=o.score, rank=o.rank, applied=o.applied) for o in outcomes]
         )
@@ -104,13 +110,16 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         self, request: pb.RemoveMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.RemoveMemberResponse:
         board, user = validate.member(request)
-        removed = await self._write(board, lambda lay: remove_member(self.cluster, lay, user, self.on_step))
+        layout = await self.catalog.layout(board)
+        removed = await self._write(board, layout, RemoveCall(self.cluster, user, self.on_step).run)
         return pb.RemoveMemberResponse(removed=removed)
 
     async def _update_batch(self, board: str, updates: list[Update]) -> Sequence[UpdateOutcome | BaseException]:
         """Concurrent UpdateScore calls of one board, applied together; each call still stands alone:
         one refused (its request id reused with another score) fails only itself."""
-        return await self._write(board, lambda lay: apply_each(self.cluster, lay, updates, self.on_step))
+        layout = await self.catalog.layout(board)
+        call = UpdateCall(self.cluster, layout, updates, each=True, on_step=self.on_step)
+        return await self._write(board, layout, call.run)
 
     async def _rank_batch(self, board: str, users: list[str]) -> list[tuple[Entry, int] | BaseException]:
         """Concurrent GetRank calls of one board: index entries read together, ranks in one count round."""
@@ -130,26 +139,31 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         return [page] * len(waiting)
 
     async def _read(self, board: str, read: Callable[[BoardLayout], Awaitable[T]]) -> T:
-        """Runs an idempotent read, reloading the map and retrying when a node says it is stale."""
-        layout = await self.catalog.layout(board)
-        for attempt in range(_READ_ATTEMPTS):
-            try:
-                return await read(layout)
-            except StaleMap:
-                if attempt == _READ_ATTEMPTS - 1:
-                    raise
-                layout = await self.catalog.refresh(board)
-        raise AssertionError("unreachable")
+        """Runs an idempotent read, again under a reloaded map while a node says the map changed (see `_retried`)."""
+        return await self._retried(board, await self.catalog.layout(board), read)
 
-    async def _write(self, board: str, write: Callable[[BoardLayout], Awaitable[T]]) -> T:
-        """Runs a write. A stale map after the index commit is not retried here (that could apply
-        an update twice): the map is reloaded and the client retries with its request id."""
-        layout = await self.catalog.layout(board)
-        try:
-            return await write(layout)
-        except StaleMap:
-            await self.catalog.refresh(board)
-            raise
+    async def _write(self, board: str, layout: BoardLayout, run: Callable[[BoardLayout], Awaitable[T]]) -> T:
+        """Runs a write call (`UpdateCall.run`, `RemoveCall.run`), again under a reloaded map while a node says the
+        map changed: the call goes on from where it stood, so nothing is applied twice (docs/architecture.md write
+        path step 5). The client sees an error only when its deadline passes."""
+        return await self._retried(board, layout, run)
+
+    async def _retried(self, board: str, layout: BoardLayout, attempt: Callable[[BoardLayout], Awaitable[T]]) -> T:
+        """`attempt(layout)`, retried while the map is changing under it: after `ShardFrozen` (a job's last
+        moments) with the cached layout, after `StaleMap` with a reloaded one. A stale answer that a reload does not
+        explain (the same epoch, and the node not in a job's passage) is raised: retrying would not help."""
+        for tries in itertools.count():
+            try:
+                return await attempt(layout)
+            except ShardFrozen:
+                layout = self.catalog.cached(board) or layout
+            except StaleMap as exc:
+                reloaded = await self.catalog.refresh(board)
+                if reloaded.map.epoch == layout.map.epoch and not exc.passing:
+                    raise
+                layout = reloaded
+            await asyncio.sleep(_RETRY_DELAYS[min(tries, len(_RETRY_DELAYS) - 1)])
+        raise AssertionError("unreachable")
 
 
 def _entry(e: Entry) -> pb.Entry:

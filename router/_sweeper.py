@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 from rankshard.shard_map import RankshardError
-from rankshard.shard_node import collect_tombstones, sweep_board
+from rankshard.shard_node import collect_tombstones, finish_abandoned, sweep_board
 
 from ._catalog import Catalog
 
@@ -30,6 +32,7 @@ async def sweep_forever(catalog: Catalog, interval: float, min_age_ms: int) -> N
         await asyncio.sleep(interval)
         layouts = await catalog.every_layout() if rounds % _BOARD_LIST_EVERY == 0 else catalog.cached_layouts()
         rounds += 1
+        await _finish_jobs(catalog)
         for layout in layouts:
             try:
                 finished = await sweep_board(catalog.cluster, layout, min_age_ms=min_age_ms)
@@ -39,3 +42,14 @@ async def sweep_forever(catalog: Catalog, interval: float, min_age_ms: int) -> N
                 continue
             if finished:
                 log.warning("sweeper finished %d abandoned write(s) or move(s) on %r", finished, layout.board)
+
+
+async def _finish_jobs(catalog: Catalog) -> None:
+    """Rebalancing jobs whose runner died past their commit are finished here: until then their shards refuse
+    writes (docs/architecture.md, rebalancing: ACTIVATE rolls forward)."""
+    owner = f"router {socket.gethostname()} pid {os.getpid()}"
+    try:
+        for job in await finish_abandoned(catalog.control_plane, catalog.cluster, owner):
+            log.warning("sweeper finished %s, abandoned after its commit", job.describe())
+    except RankshardError as exc:
+        log.warning("could not look for abandoned jobs: %s", exc)

@@ -61,7 +61,15 @@ class NodeUnavailable(NodeError):
 
 
 class StaleMap(NodeError):
-    """The node's shard descriptor does not match the caller's shard map: reload the map and retry."""
+    """The node's shard descriptor does not match the caller's shard map: reload the map and retry.
+
+    `passing` says the node is mid-way through a rebalancing job (it is behind the control plane, or in one of a
+    job's states): a reload may show the same map for a moment, and a retry soon after succeeds.
+    """
+
+    def __init__(self, node: str, problem: str, passing: bool = False) -> None:
+        super().__init__(node, problem)
+        self.passing = passing
 
 
 class ShardFrozen(NodeError):

@@ -7,6 +7,7 @@ of S into a new shard on another node. Nothing here waits or touches the network
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +37,6 @@ class JobStep(enum.StrEnum):
     FREEZE = "FREEZE"
     COMMITTED = "COMMITTED"
     """The point of no return: the new map is the control plane's; from here the job only rolls forward."""
-    ACTIVATED = "ACTIVATED"
     CLEANUP = "CLEANUP"
     DONE = "DONE"
     ABORTING = "ABORTING"
@@ -47,44 +47,36 @@ class JobStep(enum.StrEnum):
         return self in _ROLLING_FORWARD
 
 
-_ROLLING_FORWARD = frozenset({JobStep.COMMITTED, JobStep.ACTIVATED, JobStep.CLEANUP, JobStep.DONE})
+_ROLLING_FORWARD = frozenset({JobStep.COMMITTED, JobStep.CLEANUP, JobStep.DONE})
 
 
 @dataclass(frozen=True, slots=True)
 class CarvePlan:
-    """What a job does, fixed when it is planned: the carved range R (client scores, ``None`` unbounded), the
-    source's generation the job was planned against and the ones it hands out, and the shards after the commit."""
+    """What a job does, fixed when it is planned (client scores, ``None`` unbounded): the carved range R, the
+    source's and the target's ranges and generations before the job, and the node the source is on."""
 
     lower: int | None
     upper: int | None
     source_node: str
     source_generation: int
     """The source's generation when planned: PREPARE refuses to start if it changed meanwhile."""
+    source_lower: int | None
+    source_upper: int | None
+    target_lower: int | None
+    target_upper: int | None
+    """The target's range before the job: a merge target's own; for a new target, R."""
+    target_generation: int = 1
+    """A merge target's generation before the job; a new target's while INCOMING and once ACTIVE."""
     cut: int | None = None
     """A split's cut (R is ``[cut, upper)``)."""
-    target_generation: int = 1
-    """The target's generation while INCOMING and once ACTIVE (for a merge: its generation before the job)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "lower": self.lower,
-            "upper": self.upper,
-            "source_node": self.source_node,
-            "source_generation": self.source_generation,
-            "cut": self.cut,
-            "target_generation": self.target_generation,
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> CarvePlan:
-        return cls(
-            raw["lower"],
-            raw["upper"],
-            raw["source_node"],
-            int(raw["source_generation"]),
-            raw.get("cut"),
-            int(raw.get("target_generation", 1)),
-        )
+        values: dict[str, Any] = {f.name: raw.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from ._admin import connect_cluster, create_board, delete_board, install_descriptors
 from ._audit import Finding, FindingKind, audit_board
+from ._carve import Carver, JobFailed, finish_abandoned
+from ._carve_plan import DRAINING, plan_merge, plan_move, plan_split
 from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
 from ._import import ImportInterrupted, import_members
 from ._keys import IndexEntry
@@ -12,9 +14,16 @@ from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_sco
 from ._repair import LostMembers, RepairReport, repair_board
 from ._sweep import DEFAULT_MIN_AGE_MS, sweep_board
 from ._tombstones import Collected, collect_tombstones
-from ._writes import Update, UpdateOutcome, apply_each, apply_updates, remove_member
+from ._writes import RemoveCall, Update, UpdateCall, UpdateOutcome, apply_each, apply_updates, remove_member
 
 __all__ = [
+    "Carver",
+    "DRAINING",
+    "JobFailed",
+    "finish_abandoned",
+    "plan_merge",
+    "plan_move",
+    "plan_split",
     "DEFAULT_MIN_AGE_MS",
     "Finding",
     "FindingKind",
@@ -27,6 +36,8 @@ __all__ = [
     "collect_tombstones",
     "DEFAULT_NODE_TIMEOUT",
     "MOVE_STEPS",
+    "RemoveCall",
+    "UpdateCall",
     "BoardLayout",
     "Cluster",
     "Entry",

@@ -48,7 +48,7 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
     nodes = list(by_node.values())
     homes = await asyncio.gather(
         *(
-            node.run(INDEX_IMPORT, [*keys, moves_key(board)], [*layout.index_args, *(x for m in mine for x in m)])
+            node.run(INDEX_IMPORT, [*keys, moves_key(board)], [layout.map.epoch, *(x for m in mine for x in m)])
             for node, keys, mine in nodes
         )
     )
@@ -57,7 +57,8 @@ async def import_members(cluster: Cluster, layout: BoardLayout, members: Sequenc
     for (node, keys, mine), raw in zip(nodes, homes, strict=True):
         for key, (user, score), imported in zip(keys, mine, replies.index_import(node.id, raw, len(mine)), strict=True):
             if imported is not None:
-                by_shard.setdefault(imported.home, []).extend((user, layout.stored(score), imported.version))
+                home = layout.map.shard_for(score).id
+                by_shard.setdefault(home, []).extend((user, layout.stored(score), imported.version))
                 added.append((node, key, user, imported.version))
     if by_shard:
         try:

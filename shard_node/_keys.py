@@ -9,7 +9,7 @@ about 54 B in a big hash and over 100 B for a key of its own. How many hashes a 
 index and version registers use is the board's (`shard_map.Buckets`), sized at its creation for the members
 it expects; a board that outgrows that has longer hashes, then ordinary ones (more memory, same behaviour).
 
-- ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|home|from|to|rgen`` (see `IndexEntry`;
+- ``rs:i:{b}/{slot}:{bucket}``  hash  user -> index entry ``score|ver|@|from|to|rgen`` (see `IndexEntry`;
   ``rgen``: the generation of the member's request-id records mod 100, '' for none, and absent from entries
   written before it existed: then every generation is looked at),
   or the tombstone ``~ver|ms`` of a removed member (see Tombstones below). Under the field ``''`` (no
@@ -38,7 +38,15 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
   left a shard here (removed, or moved to another shard), so a late older write cannot bring it back.
   ``bucket = h % buckets.versions``. One register for all the node's shards: versions of a member only
   grow, and every write or removal a register refuses has been overtaken by a newer version of that member.
-- ``rs:d:{b}/{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence.
+- ``rs:d:{b}/{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence. Writes
+  must match it whole; reads all but the state (``shard_map.ShardState``).
+- ``rs:e:{b}/``              string on each index node: the board's epoch floor. Index scripts refuse a router
+  whose map is older, before writing anything.
+- ``rs:c:{b}/{s}``            hash  while a job carves from shard s: ``lo``, ``hi`` (the carved range in stored
+  scores, ``[lo, hi)``), ``deadline`` (node ms at which a freeze ends by itself).
+- ``rs:y:{b}/{s}``            set   while a job carves from shard s: the members written or removed there whose old
+  or new score lies in the carved range since the job began (its catch-up re-reads them);
+  ``rs:w:{b}/{s}`` the ones a catch-up round has taken and not yet settled in the target.
 - ``rs:t:{b}/``              string on every node: where the node's tombstone collection goes on,
   ``position hscan-cursor`` (see `collect_tombstones.lua`).
 
@@ -146,6 +154,44 @@ def descriptor(shard: Shard) -> str:
     return f"{lower}|{upper}|{shard.generation}|{shard.state}"
 
 
+def read_fence(shard: Shard) -> str:
+    """What reads compare a shard's descriptor with: all of it but the state (``lower|upper|generation|``)."""
+    return descriptor(shard)[: -len(shard.state)]
+
+
+UNBOUNDED = 2**53
+"""Beyond every score (|score| <= 2^53 - 1): the stored end of an unbounded range."""
+
+
+def stored_range(lower: int | None, upper: int | None, descending: bool) -> tuple[str, str]:
+    """The client range ``[lower, upper)`` in stored scores, as ``[lo, hi)``: scores are integers, so a
+    descending board's ``(-upper, -lower]`` is ``[-upper + 1, -lower + 1)``."""
+    if descending:
+        lo = -UNBOUNDED if upper is None else -upper + 1
+        hi = UNBOUNDED if lower is None else -lower + 1
+    else:
+        lo = -UNBOUNDED if lower is None else lower
+        hi = UNBOUNDED if upper is None else upper
+    return str(lo), str(hi)
+
+
+def carve_key(board: str, shard_id: str) -> str:
+    """The hash of a job carving from the shard (see the key list above)."""
+    return f"rs:c:{board}/{shard_id}"
+
+
+def dirty_key(board: str, shard_id: str) -> str:
+    return f"rs:y:{board}/{shard_id}"
+
+
+def taken_key(board: str, shard_id: str) -> str:
+    return f"rs:w:{board}/{shard_id}"
+
+
+def floor_key(board: str) -> str:
+    return f"rs:e:{board}/"
+
+
 def descriptor_state(value: str) -> str:
     return value.rsplit("|", 1)[-1] if value else ""
 
@@ -154,24 +200,37 @@ def stored_score(score: int, descending: bool) -> int:
     return -score if descending else score
 
 
+DERIVED = "@"
+"""An index entry's home (and a crossing's destination) in this release: the shard the score falls in."""
+
+
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
     """A member's authoritative state on its index slot.
 
-    `home` is the shard the member lives in. A pending move is ``from_ -> to`` (``to == ""`` for a
-    removal); while one is pending the index refuses further updates until it is rolled forward.
+    Where the member lives is derived from its score under the reader's map (`BoardLayout.home_of`), so
+    splits, merges and moves never rewrite entries. A pending crossing is ``from_ -> to``: `from_` is
+    ``@score``, the previous score (its shard is the one that score falls in), `to` is ``@`` (the shard of
+    `score`) or ``""`` for a removal. While one is pending the index refuses further updates of the member
+    until it is rolled forward. Entries of older releases name shard ids in `home`, `from_` and `to`: a
+    home is ignored (it always was the score's shard), a crossing's ids are used as they are.
     """
 
     user_id: str
     score: int
     version: int
-    home: str
+    home: str = DERIVED
     from_: str = ""
     to: str = ""
 
     @property
     def moving(self) -> bool:
         return self.from_ != ""
+
+    @property
+    def source_score(self) -> int | None:
+        """The score a pending crossing leaves from; None when none is pending or an older release named a shard."""
+        return int(self.from_[1:]) if self.from_.startswith(DERIVED) else None
 
     def stored(self, rgen: str | None = "") -> str:
         """The hash value of this entry, as the index scripts write it (``format_entry``); `rgen` names

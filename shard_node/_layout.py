@@ -9,7 +9,17 @@ from rankshard.shard_map import NUM_SLOTS, BoardConfig, NodeUnavailable, Shard, 
 
 from ._client import NodeClient
 from ._forget import Forgets
-from ._keys import descriptor, descriptor_key, index_key, shard_key, versions_key
+from ._keys import (
+    DERIVED,
+    IndexEntry,
+    descriptor,
+    descriptor_key,
+    index_key,
+    read_fence,
+    shard_key,
+    stored_range,
+    versions_key,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +29,9 @@ class BoardLayout:
     config: BoardConfig
     map: ShardMap
     descending: bool = field(init=False)
-    index_args: tuple[str, ...] = field(init=False)
-    """Arguments of the index script that describe the map: the cut points and the shard ids."""
+    index_args: tuple[object, ...] = field(init=False)
+    """Arguments of the index scripts that describe the map: its epoch (checked against the board's floor) and
+    its refined cut points (where crossings are decided)."""
     shards: Mapping[str, Shard] = field(init=False)
     descriptors: Mapping[str, str] = field(init=False)
     best_first: tuple[Shard, ...] = field(init=False)
@@ -29,6 +40,10 @@ class BoardLayout:
     """Per node, the fixed part of its SHARD_COUNT call (see `_reads._count`)."""
     fenced_keys: Mapping[str, tuple[str, str]] = field(init=False)
     """Per shard, the keys every fenced shard script starts with: the zset and the descriptor."""
+    read_fences: Mapping[str, str] = field(init=False)
+    """Per shard, what reads check its descriptor against: all of it but the state (reads go on in every state)."""
+    stored_ranges: Mapping[str, tuple[str, str]] = field(init=False)
+    """Per shard, its range in stored scores as ``[lo, hi)`` (see `stored_range`): every count is clipped to it."""
 
     def __post_init__(self) -> None:
         m = self.map
@@ -38,13 +53,17 @@ class BoardLayout:
             by_node.setdefault(shard.node, []).append(shard)
         derived = {
             "descending": self.config.descending,
-            "index_args": (" ".join(map(str, m.boundaries)) + "|" + " ".join(s.id for s in m.shards),),
+            "index_args": (m.epoch, " ".join(map(str, m.refined_cuts))),
             "shards": {s.id: s for s in m.shards},
             "descriptors": {s.id: descriptor(s) for s in m.shards},
             "best_first": best,
             "by_node": {node: tuple(shards) for node, shards in by_node.items()},
-            "count_calls": {node: CountCall.of(self.board, shards) for node, shards in by_node.items()},
+            "count_calls": {
+                node: CountCall.of(self.board, shards, self.config.descending) for node, shards in by_node.items()
+            },
             "fenced_keys": {s.id: (shard_key(self.board, s.id), descriptor_key(self.board, s.id)) for s in m.shards},
+            "read_fences": {s.id: read_fence(s) for s in m.shards},
+            "stored_ranges": {s.id: stored_range(s.lower, s.upper, self.config.descending) for s in m.shards},
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -59,6 +78,22 @@ class BoardLayout:
 
     def unstored(self, stored: int) -> int:
         return -stored if self.descending else stored
+
+    def home_of(self, entry: IndexEntry) -> str:
+        """The shard `entry`'s member lives in once its crossing (if any) is done: the one its score falls in."""
+        return self.map.shard_for(entry.score).id
+
+    def source_of(self, entry: IndexEntry) -> str:
+        """The shard a pending crossing leaves: the one its previous score falls in (an entry of an older release
+        names it; see `IndexEntry`)."""
+        previous = entry.source_score
+        return entry.from_ if previous is None else self.map.shard_for(previous).id
+
+    def destination_of(self, entry: IndexEntry) -> str | None:
+        """The shard a pending crossing goes to; None for a removal."""
+        if not entry.to:
+            return None
+        return self.home_of(entry) if entry.to == DERIVED else entry.to
 
     def versions_key(self, user_id: str) -> str:
         """The version-register hash holding `user_id` on any node with shards of the board."""
@@ -76,11 +111,13 @@ class CountCall:
     position: Mapping[str, int]
 
     @classmethod
-    def of(cls, board: str, shards: list[Shard]) -> CountCall:
+    def of(cls, board: str, shards: list[Shard], descending: bool) -> CountCall:
         keys: list[str] = []
+        bounds: list[str] = []
         for s in shards:
             keys += (shard_key(board, s.id), descriptor_key(board, s.id))
-        args = (" ".join(keys), "\n".join(descriptor(s) for s in shards))
+            bounds += stored_range(s.lower, s.upper, descending)
+        args = (" ".join(keys), "\n".join(read_fence(s) for s in shards), " ".join(bounds))
         return cls(tuple(shards), (), args, {s.id: p for p, s in enumerate(shards, 1)})
 
 

@@ -1,12 +1,14 @@
-"""Rolling a member's pending move forward (docs/architecture.md write path step 4), and removals.
+"""Rolling a member's pending crossing forward (docs/architecture.md write path step 4), and removals.
 
-A move ``from -> to`` at version v is finished by four idempotent steps, each safe to repeat and
-safe to run from two routers at once:
+A crossing at version v is finished by three idempotent steps, each safe to repeat and safe to run
+from two routers at once, under whatever map the finisher holds (the shards are derived from the
+scores: `BoardLayout.source_of`, `destination_of`):
 
-1. write (score, v) into the destination shard (skipped for a removal, to == "");
-2. compare-and-set the index entry's home to the destination;
-3. remove the member from the source shard unless the source holds a newer version (tombstone v);
-4. clear the intent (for a removal: leave the index tombstone).
+1. write (score, v) into the destination shard (skipped for a removal);
+2. remove the member from the source shard unless the source holds a newer version (tombstone v),
+   skipped when source and destination are one shard: a crossing decided on the cut of a split
+   under way, or between two shards merged since, stays in one key;
+3. clear the intent (for a removal: leave the index tombstone).
 
 A crash between any two steps leaves the intent in the index, and the next write for that member
 (or the sweeper) calls `finish_move` again.
@@ -26,7 +28,7 @@ from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, descriptor_state, moves_key
 from ._layout import BoardLayout, Cluster
 from ._replies import ShardChange, Stale
-from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, MoveStep, Script, ShardWriteMode
+from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, Script, ShardWriteMode
 
 StepHook = Callable[[str], None]
 """Test-only: called with a step name right after that step is durable; raising simulates a crash."""
@@ -34,7 +36,6 @@ StepHook = Callable[[str], None]
 MOVE_STEPS = (
     "intent_recorded",
     "destination_written",
-    "home_switched",
     "source_removed",
     "intent_cleared",
 )
@@ -59,20 +60,18 @@ async def finish_moves(
     *,
     removals: RunCalls | None = None,
 ) -> None:
-    """Carries the pending moves of `entries` (distinct members) to the end together: each of the
-    four steps for all of them at once, one pipelined round trip per node, before the next step.
-    `removals`, when given, runs step 3's calls in place of a plain pipelined round trip (the writer's
-    chance to count ranks right behind them). Raises `NodeError` subclasses; moves a failed step left
-    are rolled forward like any other."""
+    """Carries the pending crossings of `entries` (distinct members) to the end together: each of the
+    three steps for all of them at once, one pipelined round trip per node, before the next step.
+    `removals`, when given, runs step 2's calls in place of a plain pipelined round trip (the writer's
+    chance to count ranks right behind them). Raises `NodeError` subclasses, `StaleMap`, `ShardFrozen`;
+    crossings a failed step left are rolled forward like any other."""
     moving = [e for e in entries if e.to]
     if moving:
         await _shard_step(cluster, layout, _destination_writes(layout, moving))
         _step(on_step, "destination_written")
-        await _index_step(cluster, layout, moving, MoveStep.HOME)
-        _step(on_step, "home_switched")
     await _shard_step(cluster, layout, _source_removals(layout, entries), removals)
     _step(on_step, "source_removed")
-    await _index_step(cluster, layout, entries, MoveStep.DONE)
+    await _index_step(cluster, layout, entries)
     _step(on_step, "intent_cleared")
 
 
@@ -80,22 +79,27 @@ def _destination_writes(layout: BoardLayout, entries: Sequence[IndexEntry]) -> d
     """Step 1's calls: per destination shard, the writes of the members moving there."""
     by_shard: dict[str, list[object]] = {}
     for e in entries:
-        by_shard.setdefault(e.to, []).extend((e.user_id, layout.stored(e.score), e.version))
+        destination = layout.destination_of(e)
+        assert destination is not None  # only crossings with a destination are passed
+        by_shard.setdefault(destination, []).extend((e.user_id, layout.stored(e.score), e.version))
     return {shard_id: apply_call(layout, shard_id, writes) for shard_id, writes in by_shard.items()}
 
 
 def _source_removals(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, ScriptCall]:
-    """Step 3's calls: per source shard, the removals of the members leaving it."""
+    """Step 2's calls: per source shard, the removals of the members leaving it (none where the member stays in one
+    shard: removing it there would remove what step 1 wrote)."""
     by_shard: dict[str, list[object]] = {}
     for e in entries:
-        by_shard.setdefault(e.from_, []).extend((e.user_id, e.version))
+        source = layout.source_of(e)
+        if source != layout.destination_of(e):
+            by_shard.setdefault(source, []).extend((e.user_id, e.version))
     return {shard_id: remove_call(layout, shard_id, removals) for shard_id, removals in by_shard.items()}
 
 
 async def _shard_step(
     cluster: Cluster, layout: BoardLayout, calls: dict[str, ScriptCall], run_calls: RunCalls | None = None
 ) -> None:
-    """Step 1 or step 3: each shard's call, one pipelined round trip per node."""
+    """Step 1 or step 2: each shard's call, one pipelined round trip per node."""
     by_node: dict[str, list[tuple[str, ScriptCall]]] = {}
     for shard_id, call in calls.items():
         by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
@@ -115,13 +119,12 @@ async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> 
     return dict(zip(node_ids, answers, strict=True))
 
 
-async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry], step: MoveStep) -> None:
-    """Step 2 (HOME: compare-and-set the index's shard) or step 4 (DONE: clear the intent): one
-    INDEX_MOVE per index node for all of `entries` there."""
+async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry]) -> None:
+    """Step 3, clearing the intents: one INDEX_MOVE per index node for all of `entries` there."""
     by_node: dict[str, tuple[NodeClient, list[str], list[object]]] = {}
     for e in entries:
         node, key = cluster.index_of(layout, e.user_id)
-        _, keys, args = by_node.setdefault(node.id, (node, [], [step]))
+        _, keys, args = by_node.setdefault(node.id, (node, [], []))
         keys.append(key)
         args += (e.user_id, e.version, e.from_, e.to)
     moves = moves_key(layout.board)
@@ -155,14 +158,14 @@ def apply_call(
     """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard, in `mode`."""
     users = cast("Sequence[str]", writes[::3])  # every third item is a user id
     keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]
-    return SHARD_APPLY, keys, [layout.descriptors[shard_id], mode, *writes]
+    return SHARD_APPLY, keys, [layout.descriptors[shard_id], mode, *layout.stored_ranges[shard_id], *writes]
 
 
 def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:
     """SHARD_REMOVE of `removals` = (user, version)... from the shard."""
     users = cast("Sequence[str]", removals[::2])  # every other item is a user id
     keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]
-    return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *removals]
+    return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *layout.stored_ranges[shard_id], *removals]
 
 
 def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClient:
@@ -183,17 +186,30 @@ def check_fence(node: NodeClient, layout: BoardLayout, shard_id: str, reply: R |
 
 
 def fence_error(node: NodeClient, layout: BoardLayout, shard_id: str, stale: Stale) -> ShardFrozen | StaleMap:
-    """What a fenced script's `stale` answer for `shard_id` means: `ShardFrozen` if only the shard's state
-    differs from the caller's map, else `StaleMap`."""
+    """What a fenced script's `stale` answer for `shard_id` means: `ShardFrozen` if the shard is in the last
+    moments of a job (FROZEN or COMMITTING under the caller's own generation, or INCOMING: about to become
+    active), else `StaleMap`. Either is passing: a writer retries (`ShardFrozen` without reloading the map)."""
     actual = stale.descriptor
     expected = layout.descriptors[shard_id]
-    if descriptor_state(actual) == ShardState.FROZEN and actual.rsplit("|", 1)[0] == expected.rsplit("|", 1)[0]:
-        return ShardFrozen(node.id, f"shard {shard_id} of {layout.board!r} is frozen for a migration")
+    state = descriptor_state(actual)
+    same = actual.rsplit("|", 1)[0] == expected.rsplit("|", 1)[0]
+    if same and state in _PASSING:
+        return ShardFrozen(node.id, f"shard {shard_id} of {layout.board!r} is {state.lower()} for a migration")
     return StaleMap(
         node.id,
         f"shard {shard_id} of {layout.board!r} is {actual or 'absent'!r} there, "
         f"map epoch {layout.map.epoch} expects {expected!r}",
+        passing=bool(actual) and (state in _JOB_STATES or _generation(actual) < _generation(expected)),
     )
+
+
+def _generation(descriptor: str) -> int:
+    parts = descriptor.split("|")
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 0
+
+
+_PASSING = frozenset({ShardState.FROZEN, ShardState.COMMITTING, ShardState.INCOMING})
+_JOB_STATES = _PASSING | {ShardState.MIGRATING}
 
 
 def record_size(cluster: Cluster, layout: BoardLayout, shard_id: str, change: ShardChange) -> None:

@@ -219,16 +219,17 @@ async def get_top(cluster: Cluster, layout: BoardLayout, offset: int, limit: int
 async def get_around(cluster: Cluster, layout: BoardLayout, user_id: str, radius: int) -> tuple[list[Entry], int]:
     """Up to `radius` members either side of the member, best first; raises `NotFound`."""
     entry = await read_entry(cluster, layout, user_id)
+    home = layout.home_of(entry)
     for _ in range(2):
-        sizes, (position,) = await _count(cluster, layout, [_Query(CountQuery.POSITION, entry.home, user_id)])
+        sizes, (position,) = await _count(cluster, layout, [_Query(CountQuery.POSITION, home, user_id)])
         if position >= 0:
             break
         # The index committed but the shard write never happened (a crashed writer): heal it.
         args = [user_id, layout.stored(entry.score), entry.version]
-        await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args))
+        await shard_call(cluster, layout, home, apply_call(layout, home, args))
     else:
-        raise NotFound(f"user {user_id!r} is not in its shard {entry.home} of {layout.board!r}")
-    at = _better_sums(layout, sizes)[entry.home] + position
+        raise NotFound(f"user {user_id!r} is not in its shard {home} of {layout.board!r}")
+    at = _better_sums(layout, sizes)[home] + position
     start = max(0, at - radius)
     total = sum(sizes.values())
     entries = await _read_range(cluster, layout, sizes, start, min(total, at + radius + 1) - start)
@@ -283,7 +284,9 @@ async def _read_pages(cluster: Cluster, layout: BoardLayout, pages: list[tuple[s
         for i in indexes:
             shard_id, first, last, _ = pages[i]
             keys = layout.fenced_keys[shard_id]
-            calls.append((SHARD_PAGE, keys, [layout.descriptors[shard_id], first, last]))
+            calls.append(
+                (SHARD_PAGE, keys, [layout.read_fences[shard_id], first, last, *layout.stored_ranges[shard_id]])
+            )
         answers = await node.run_many(calls)
         return [
             check_fence(node, layout, pages[i][0], replies.shard_page(node.id, raw))

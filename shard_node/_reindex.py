@@ -69,12 +69,10 @@ async def reindex_board(cluster: Cluster, layout: BoardLayout, scan: BoardScan) 
     moves must be finished first. Raises `NodeError`."""
     orphans = [u for u in scan.placed if u not in scan.entries and u not in scan.removed]
     suspects = [
-        u
-        for u, e in scan.entries.items()
-        if not e.moving and e.home in layout.shards and scan.placed.get(u, []) != [(e.home, e.score)]
+        u for u, e in scan.entries.items() if not e.moving and scan.placed.get(u, []) != [(layout.home_of(e), e.score)]
     ]
     probes = [(u, layout.shards[s].node) for u in orphans + suspects for s, _ in scan.placed.get(u, [])]
-    probes += [(u, layout.shards[scan.entries[u].home].node) for u in suspects]
+    probes += [(u, layout.shards[layout.home_of(scan.entries[u])].node) for u in suspects]
     registers = await _registers(cluster, layout, probes)
     copies = {
         u: [Copy(s, score, registers[u, layout.shards[s].node]) for s, score in scan.placed.get(u, [])]
@@ -106,8 +104,7 @@ def _rebuilt(layout: BoardLayout, user: str, copies: Sequence[Copy]) -> tuple[st
     best = _newest(layout, copies)
     if not best.version:
         return None
-    home = layout.map.shard_for(best.score).id
-    return user, "", IndexEntry(user, best.score, best.version, home).stored()
+    return user, "", IndexEntry(user, best.score, best.version).stored()
 
 
 def _merged(
@@ -117,7 +114,7 @@ def _merged(
     (if one survived), at a version above `newest`, the newest any register holds."""
     older = [c for c in copies if c.version > entry.version]
     score = entry.score if not older else _combined(layout, _newest(layout, older).score, entry.score)
-    merged = IndexEntry(user, score, newest + 1, layout.map.shard_for(score).id)
+    merged = IndexEntry(user, score, newest + 1)
     # The records stay: they are the updates made since the loss, and the entry names where they are.
     return user, raw, merged.stored(records_generation(raw))
 

@@ -124,12 +124,13 @@ async def _place_members(cluster: Cluster, layout: BoardLayout, scan: BoardScan,
     removals: dict[str, list[object]] = {}
     for user, entry in scan.entries.items():
         places = scan.placed.get(user, [])
-        if entry.moving or places == [(entry.home, entry.score)] or entry.home not in layout.shards:
-            continue  # a home the map does not know is left to be reported: no copy goes before one is placed
-        if (entry.home, entry.score) not in places:
-            rewrites.setdefault(entry.home, []).extend((user, layout.stored(entry.score), entry.version))
+        home = layout.home_of(entry)
+        if entry.moving or places == [(home, entry.score)]:
+            continue
+        if (home, entry.score) not in places:
+            rewrites.setdefault(home, []).extend((user, layout.stored(entry.score), entry.version))
         for shard_id, _ in places:
-            if shard_id != entry.home:
+            if shard_id != home:
                 # At the entry's version: a copy its node registers as newer stays (and is reported).
                 removals.setdefault(shard_id, []).extend((user, entry.version))
     for shard_id, writes in rewrites.items():
@@ -180,7 +181,9 @@ def _lost_members(
     slots = Counter(cluster.slots.owners)
     surviving = sum(n for node, n in slots.items() if node not in lost_index)
     basis = sum(
-        1 for e in scan.entries.values() if e.home in lost_shards and _index_node(cluster, layout, e) not in lost_index
+        1
+        for e in scan.entries.values()
+        if layout.home_of(e) in lost_shards and _index_node(cluster, layout, e) not in lost_index
     )
     return [
         LostMembers(node, lost_shards, basis, round(basis * slots[node] / surviving) if surviving else None)

@@ -19,7 +19,7 @@ from enum import StrEnum
 from itertools import islice
 from typing import Any, NamedTuple, NoReturn
 
-from rankshard.shard_map import UnexpectedReply
+from rankshard.shard_map import StaleMap, UnexpectedReply
 
 from . import _scripts as scripts
 from ._keys import IndexEntry
@@ -218,8 +218,10 @@ def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -
     """index_apply's reply to a call in `mode` for updates of `users` (in order): ``{'abort', {i, kind}...}``,
     or ``{'ok', answer...}``; an answer is ``{kind, score, ver, applied, home, from, to, entry score}``,
     ``{'intent', user, score, ver, home, from, to}`` or (IndexMode.EACH) ``{'refused', kind}``. In
-    IndexMode.CHECK the answers are the intents alone."""
+    IndexMode.CHECK the answers are the intents alone. Raises `StaleMap` for ``{'stale', floor}`` (nothing
+    was written)."""
     reply = _reply(node, scripts.INDEX_APPLY, raw)
+    _check_floor(node, scripts.INDEX_APPLY, reply)
     if reply[0] == _ABORT:
         return _aborted(node, reply, len(users))
     if reply[0] != _OK:
@@ -281,16 +283,18 @@ class RemovalRecorded:
 
 def index_remove(node: str, raw: object, user: str) -> RemovalRecorded | PendingMove | None:
     """index_remove's reply for `user`: ``{'absent'}`` (None: not on the board), ``{'intent', score, ver,
-    home, from, to}`` (another move first), or ``{'ok', score, ver, home}``."""
+    home, from, to}`` (another move first), or ``{'ok', score, ver, from}``; raises `StaleMap` for ``{'stale',
+    floor}`` (nothing was written)."""
     reply = _reply(node, scripts.INDEX_REMOVE, raw)
+    _check_floor(node, scripts.INDEX_REMOVE, reply)
     if reply[0] == _ABSENT and len(reply) == 1:
         return None
     if reply[0] == _INTENT:
         return _pending_move(node, scripts.INDEX_REMOVE, reply, user)
     if reply[0] == _OK and len(reply) == 4:
-        score, version, home = reply[1:]
-        if type(score) is type(version) is int and type(home) is str:
-            return RemovalRecorded(IndexEntry(user, score, version, home, from_=home, to=""))
+        score, version, from_ = reply[1:]
+        if type(score) is type(version) is int and type(from_) is str:
+            return RemovalRecorded(IndexEntry(user, score, version, from_=from_, to=""))
     _wrong(node, scripts.INDEX_REMOVE, raw)
 
 
@@ -316,19 +320,18 @@ def index_rebuild(node: str, raw: object) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Imported:
-    """A member index_import added: the shard it lives in, its first version."""
+    """A member index_import added, with its first version."""
 
-    home: str
     version: int
 
 
 def index_import(node: str, raw: object, members: int) -> list[Imported | None]:
-    """index_import's reply for a call with `members` members: (home, version) of each, ``''`` and 0 (None
-    here) for one it left alone."""
-    if type(raw) is list and len(raw) == 2 * members:
-        homes, versions = raw[::2], raw[1::2]
-        if all(type(h) is str for h in homes) and all(type(v) is int for v in versions):
-            return [Imported(h, v) if h else None for h, v in zip(homes, versions, strict=True)]
+    """index_import's reply for a call with `members` members: the version of each, 0 (None here) for one it
+    left alone; raises `StaleMap` for ``{'stale', floor}`` (nothing was written)."""
+    if type(raw) is list and raw and raw[0] == _STALE:
+        _check_floor(node, scripts.INDEX_IMPORT, raw)
+    if type(raw) is list and len(raw) == members and all(type(v) is int for v in raw):
+        return [Imported(v) if v else None for v in raw]
     _wrong(node, scripts.INDEX_IMPORT, raw, f"for {members} members")
 
 
@@ -388,6 +391,27 @@ def _reply(node: str, script: Script, raw: object) -> list[Any]:
     if type(raw) is not list or not raw or type(raw[0]) is not str:
         _wrong(node, script, raw)
     return raw
+
+
+def texts(node: str, command: str, raw: object) -> list[str]:
+    """A command's list of strings (members, user ids)."""
+    if type(raw) is not list or not all(type(item) is str for item in raw):
+        raise UnexpectedReply(node, command, f"{_shown(raw)} is not a list of strings")
+    return raw
+
+
+def unexpected(node: str, what: str, raw: object) -> UnexpectedReply:
+    """The error for a reply of `what` (a script or a command) that is not of its shape."""
+    return UnexpectedReply(node, what, f"{_shown(raw)} is not of its shape")
+
+
+def _check_floor(node: str, script: Script, reply: list[Any]) -> None:
+    """Raises `StaleMap` for an index script's ``{'stale', floor}``: the caller's map is older than the board's
+    epoch floor on the node, and nothing was written."""
+    if reply[0] == _STALE:
+        if len(reply) == 2 and type(reply[1]) is int:
+            raise StaleMap(node, f"the board's epoch floor there is {reply[1]}: the map is older")
+        _wrong(node, script, reply, "a floor")
 
 
 def _pending_move(node: str, script: Script, raw: object, user: str | None = None) -> PendingMove:

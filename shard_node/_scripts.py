@@ -41,15 +41,6 @@ class ShardWriteMode(StrEnum):
     """Repair only: also at the registered version, so a member whose shard data was lost comes back."""
 
 
-class MoveStep(StrEnum):
-    """index_move's step (ARGV[1]): docs/architecture.md write path steps 2 and 4 of a move."""
-
-    HOME = "home"
-    """Compare-and-set each entry's home to its destination."""
-    DONE = "done"
-    """Clear the intent (a removal leaves its tombstone) and the pending-write mark."""
-
-
 class CountQuery(StrEnum):
     """The kind of a shard_count query."""
 
@@ -78,6 +69,12 @@ SHARD_REMOVE = _load("shard_remove")
 SHARD_COUNT = _load("shard_count")
 SHARD_PAGE = _load("shard_page")
 COLLECT_TOMBSTONES = _load("collect_tombstones")
+CARVE_DESCRIBE = _load("carve_describe")
+CARVE_TAKE = _load("carve_take")
+CARVE_READ = _load("carve_read")
+CARVE_SETTLE = _load("carve_settle")
+CARVE_FLOOR = _load("carve_floor")
+CARVE_CLEANUP = _load("carve_cleanup")
 
 ALL = (
     INDEX_APPLY,
@@ -92,4 +89,10 @@ ALL = (
     SHARD_COUNT,
     SHARD_PAGE,
     COLLECT_TOMBSTONES,
+    CARVE_DESCRIBE,
+    CARVE_TAKE,
+    CARVE_READ,
+    CARVE_SETTLE,
+    CARVE_FLOOR,
+    CARVE_CLEANUP,
 )

@@ -42,14 +42,14 @@ async def _sweep_node(cluster: Cluster, layout: BoardLayout, node: NodeClient, m
         raw = await node.run(INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])
         finished = 0
         for user in replies.index_stale_moves(node.id, raw):
-            finished += await _settle(cluster, layout, user)
+            finished += await settle_member(cluster, layout, user)
         return finished
     except NodeError as exc:
         log.warning("sweep of %r skipped a node: %s", layout.board, exc)
         return 0
 
 
-async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
+async def settle_member(cluster: Cluster, layout: BoardLayout, user: str) -> int:
     """Finishes one marked member: its move, or its plain shard write (re-sent: a no-op if it landed)."""
     node, key = cluster.index_of(layout, user)
     entry = IndexEntry.parse(user, await node.command("HGET", key, user))
@@ -58,7 +58,8 @@ async def _settle(cluster: Cluster, layout: BoardLayout, user: str) -> int:
         return 1
     if entry is not None:
         args = [user, layout.stored(entry.score), entry.version]
-        await shard_call(cluster, layout, entry.home, apply_call(layout, entry.home, args))
+        home = layout.home_of(entry)
+        await shard_call(cluster, layout, home, apply_call(layout, home, args))
     version = _GONE if entry is None else entry.version
     replies.index_forget(node.id, await node.run(INDEX_FORGET, [key, moves_key(layout.board)], [user, version]))
     return 0 if entry is None else 1

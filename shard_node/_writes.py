@@ -67,25 +67,110 @@ class _Batch:
         return cls(updates, nodes, keys, by_node)
 
 
+class UpdateCall:
+    """One call's updates on their way through the write path (docs/architecture.md, steps 2 to 6).
+
+    `run` answers them. When it raises `StaleMap` or `ShardFrozen` it may be called again, with a newer
+    layout: it goes on from where it stood. What the index committed stays committed and is finished under
+    the new map (step 5: the client never sees a map change as an error); updates not committed yet are sent
+    again. Finishing again what was finished is harmless: shard writes are absolute and versioned.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        layout: BoardLayout,
+        updates: Sequence[Update],
+        *,
+        each: bool = False,
+        on_step: StepHook | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.updates = updates
+        self.each = each
+        self.on_step = on_step
+        self._batch = _Batch.of(cluster, layout, updates)  # index nodes and keys: the same under every map
+        self._todo = {node_id: positions for node_id, (_, positions) in self._batch.by_node.items()}
+        self._results: list[Answer | None] = [None] * len(updates)
+        self._checked = each or len(self._todo) == 1 or not _refusable(layout, updates)
+        self._refused: RequestIdConflict | OutOfRange | None = None
+
+    async def run(self, layout: BoardLayout) -> list[UpdateOutcome | RequestIdConflict | OutOfRange]:
+        """The outcome of each update, in order (`each`: a refused one is its error alone). Without `each`, a
+        refusal raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]`` (nothing applied when all the
+        updates' index slots live on one node; see `_commit`). Raises `StaleMap`, `ShardFrozen` (run again:
+        see the class), `NodeError`."""
+        if self._todo:
+            await self._commit(layout)
+        answers = [a for a in self._results if a is not None]
+        if self._refused is not None:
+            # Some updates committed before another was refused: their members' shards must follow.
+            await _write_shards(self.cluster, layout, [a for a in answers if isinstance(a, Committed)], self.on_step)
+            raise self._refused
+        outcomes = iter(await _finish(self.cluster, layout, self._batch, answers, self.on_step))
+        return [next(outcomes) if isinstance(a, Committed) else a for a in answers]
+
+    async def _commit(self, layout: BoardLayout) -> None:
+        """Runs the index script for every update not committed yet (docs/architecture.md write path step 2).
+
+        A member caught mid-move (another writer's move) holds back only its own updates: that move is
+        finished and they are sent again, while the rest of the batch is applied. A refused update (a
+        reused request id with another value, an overflow) fails the whole batch before anything is
+        applied (with several index nodes a read-only check round runs first, unless no update can be
+        refused: none has a request id and the operator cannot overflow), unless `each`: then it is that
+        update's answer alone (unary calls the router coalesced).
+        """
+        updates, by_node, todo = self.updates, self._batch.by_node, self._todo
+        for _ in range(_MAX_ROUNDS):
+            mode = IndexMode.EACH if self.each else IndexMode.APPLY if self._checked else IndexMode.CHECK
+            nodes = sorted(todo)
+            answers = await asyncio.gather(
+                *(_run_index(by_node[n][0], layout, self._batch, todo[n], mode) for n in nodes), return_exceptions=True
+            )
+            intents: list[IndexEntry] = []
+            refused: tuple[Refusal, list[int]] | None = None
+            failed: BaseException | None = None
+            for node_id, answer in zip(nodes, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    failed = failed or answer  # after the others' answers are filed: they may have committed
+                elif isinstance(answer, Aborted):
+                    refused = refused or (answer.refusals[0], todo[node_id])
+                elif isinstance(answer, Checked):
+                    intents.extend(move.entry for move in answer.moves)
+                elif held := _take(answer, todo[node_id], updates, self._results, intents):
+                    todo[node_id] = held
+                else:
+                    del todo[node_id]
+            if failed is not None:
+                raise failed
+            if refused is not None:
+                # Judged once every node's answer is in: another node may have committed its share this round.
+                committed = any(isinstance(r, Committed) for r in self._results)
+                refusal, positions = refused
+                error = _refusal(refusal.kind, updates, positions[refusal.position - 1], committed)
+                if not committed:
+                    raise error
+                self._refused, self._todo = error, {}
+                return
+            self._checked = True
+            if not todo:
+                return
+            if intents:
+                await finish_moves(self.cluster, layout, _distinct(intents), self.on_step)
+        raise _contended(updates[min(p[0] for p in todo.values())].user_id)
+
+
 async def apply_updates(
     cluster: Cluster,
     layout: BoardLayout,
     updates: Sequence[Update],
     on_step: StepHook | None = None,
 ) -> list[UpdateOutcome]:
-    """Applies `updates` under the board's operator and answers each with its score and rank.
-
-    Raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]`` (nothing applied when all the
-    updates' index slots live on one node; see `_commit`), `StaleMap`, `NodeError`.
-    """
-    batch = _Batch.of(cluster, layout, updates)
-    try:
-        answers = await _commit(cluster, layout, batch, on_step)
-    except _PartlyApplied as partly:
-        # Some updates committed before another was refused: their members' shards must follow.
-        await _write_shards(cluster, layout, partly.committed, on_step)
-        raise partly.error from None
-    return await _finish(cluster, layout, batch, answers, on_step)  # every answer is committed: none was refused
+    """Applies `updates` under the board's operator and answers each with its score and rank (`UpdateCall`
+    run once). Raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]``, `StaleMap`, `ShardFrozen`,
+    `NodeError`."""
+    outcomes = await UpdateCall(cluster, layout, updates, on_step=on_step).run(layout)
+    return cast("list[UpdateOutcome]", outcomes)  # without `each` a refusal raises
 
 
 async def apply_each(
@@ -97,12 +182,9 @@ async def apply_each(
     """Like `apply_updates`, but each update stands on its own (unary calls answered together): a
     refused one is answered with its error, naming the field alone, and the others are applied.
 
-    Raises `StaleMap`, `NodeError` for the whole batch.
+    Raises `StaleMap`, `ShardFrozen`, `NodeError` for the whole batch.
     """
-    batch = _Batch.of(cluster, layout, updates)
-    answers = await _commit(cluster, layout, batch, on_step, each=True)
-    outcomes = iter(await _finish(cluster, layout, batch, answers, on_step))
-    return [next(outcomes) if isinstance(a, Committed) else a for a in answers]
+    return await UpdateCall(cluster, layout, updates, each=True, on_step=on_step).run(layout)
 
 
 async def _finish(
@@ -116,70 +198,43 @@ async def _finish(
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks, strict=True)]
 
 
-async def remove_member(cluster: Cluster, layout: BoardLayout, user_id: str, on_step: StepHook | None = None) -> bool:
-    """Removes a member; False if it was not on the board. Raises `NodeError`."""
-    node, key = cluster.index_of(layout, user_id)
-    for _ in range(_MAX_ROUNDS):
-        raw = await node.run(INDEX_REMOVE, [key, moves_key(layout.board)], [user_id])
-        answer = replies.index_remove(node.id, raw, user_id)
-        if answer is None:
-            return False
-        if isinstance(answer, PendingMove):
-            await finish_move(cluster, layout, answer.entry, on_step)
-            continue
-        _step(on_step, "intent_recorded")
-        await finish_move(cluster, layout, answer.entry, on_step)
+class RemoveCall:
+    """RemoveMember through the write path; like `UpdateCall`, `run` may be called again with a newer layout
+    after `StaleMap` or `ShardFrozen`, and finishes a removal the index committed."""
+
+    def __init__(self, cluster: Cluster, user_id: str, on_step: StepHook | None = None) -> None:
+        self.cluster = cluster
+        self.user_id = user_id
+        self.on_step = on_step
+        self._committed: IndexEntry | None = None
+
+    async def run(self, layout: BoardLayout) -> bool:
+        """False if the member was not on the board. Raises `StaleMap`, `ShardFrozen`, `NodeError`."""
+        if self._committed is None:
+            entry = await self._commit(layout)
+            if entry is None:
+                return False
+            self._committed = entry
+            _step(self.on_step, "intent_recorded")
+        await finish_move(self.cluster, layout, self._committed, self.on_step)
         return True
-    raise _contended(user_id)
+
+    async def _commit(self, layout: BoardLayout) -> IndexEntry | None:
+        node, key = self.cluster.index_of(layout, self.user_id)
+        for _ in range(_MAX_ROUNDS):
+            raw = await node.run(INDEX_REMOVE, [key, moves_key(layout.board)], [self.user_id, layout.map.epoch])
+            answer = replies.index_remove(node.id, raw, self.user_id)
+            if answer is None:
+                return None
+            if not isinstance(answer, PendingMove):
+                return answer.entry
+            await finish_move(self.cluster, layout, answer.entry, self.on_step)
+        raise _contended(self.user_id)
 
 
-async def _commit(
-    cluster: Cluster, layout: BoardLayout, batch: _Batch, on_step: StepHook | None, each: bool = False
-) -> list[Answer]:
-    """Runs the index script for every update (docs/architecture.md write path step 2); one answer per update.
-
-    A member caught mid-move (another writer's move) holds back only its own updates: that move is
-    finished and they are sent again, while the rest of the batch is applied. A refused update (a
-    reused request id with another value, an overflow) fails the whole batch before anything is
-    applied (with several index nodes a read-only check round runs first, unless no update can be
-    refused: none has a request id and the operator cannot overflow), unless `each`: then it is that
-    update's answer alone (unary calls the router coalesced).
-    """
-    updates, by_node = batch.updates, batch.by_node
-    todo = {node_id: positions for node_id, (_, positions) in by_node.items()}
-    results: list[Answer | None] = [None] * len(updates)
-    checked = each or len(by_node) == 1 or not _refusable(layout, updates)
-    for _ in range(_MAX_ROUNDS):
-        mode = IndexMode.EACH if each else IndexMode.APPLY if checked else IndexMode.CHECK
-        nodes = sorted(todo)
-        answers = await asyncio.gather(*(_run_index(by_node[n][0], layout, batch, todo[n], mode) for n in nodes))
-        intents: list[IndexEntry] = []
-        refused: tuple[Refusal, list[int]] | None = None
-        for node_id, answer in zip(nodes, answers, strict=True):
-            if isinstance(answer, Aborted):
-                refused = refused or (answer.refusals[0], todo[node_id])
-            elif isinstance(answer, Checked):
-                intents.extend(move.entry for move in answer.moves)
-            elif held := _take(answer, todo[node_id], updates, results, intents):
-                todo[node_id] = held
-            else:
-                del todo[node_id]
-        if refused is not None:
-            # Judged once every node's answer is in: another node may have committed its share this round.
-            committed = [r for r in results if isinstance(r, Committed)]
-            refusal, positions = refused
-            error = _refusal(refusal.kind, updates, positions[refusal.position - 1], bool(committed))
-            if not committed:
-                raise error
-            raise _PartlyApplied(error, committed)
-        checked = True
-        if not todo:
-            break
-        if intents:
-            await finish_moves(cluster, layout, _distinct(intents), on_step)
-    else:
-        raise _contended(updates[min(p[0] for p in todo.values())].user_id)
-    return [r for r in results if r is not None]
+async def remove_member(cluster: Cluster, layout: BoardLayout, user_id: str, on_step: StepHook | None = None) -> bool:
+    """Removes a member; False if it was not on the board. Raises `StaleMap`, `ShardFrozen`, `NodeError`."""
+    return await RemoveCall(cluster, user_id, on_step).run(layout)
 
 
 def _take(
@@ -272,7 +327,7 @@ async def _write_shards(
     by_shard: dict[str, list[object]] = {}
     for e in final.values():
         if not e.moving:
-            by_shard.setdefault(e.home, []).extend((e.user_id, layout.stored(e.score), e.version))
+            by_shard.setdefault(layout.home_of(e), []).extend((e.user_id, layout.stored(e.score), e.version))
     scores = [c.score for c in committed]
     if rank and not moves:
         return await _write_groups(cluster, layout, by_shard, scores)
@@ -336,14 +391,6 @@ async def _write_groups(
 def _distinct(entries: list[IndexEntry]) -> list[IndexEntry]:
     """One entry per member (a batch may meet the same member's intent more than once)."""
     return list({e.user_id: e for e in entries}.values())
-
-
-class _PartlyApplied(Exception):
-    """Inside this module only: a node refused after others had committed their share."""
-
-    def __init__(self, error: RequestIdConflict | OutOfRange, committed: list[Committed]) -> None:
-        self.error = error
-        self.committed = committed
 
 
 def _contended(user_id: str) -> StaleMap:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from rankshard.shard_map import NodeError, UnexpectedReply
+from rankshard.shard_map import NodeError, StaleMap, UnexpectedReply
 from rankshard.shard_node import IndexEntry
 from rankshard.shard_node import _replies as replies
 from rankshard.shard_node._replies import (
@@ -75,11 +75,15 @@ def test_the_other_scripts_replies_decode() -> None:
     assert replies.shard_count("n1", ["stale", 2, "|5|1|FROZEN"], shards=2, queries=0) == Stale("|5|1|FROZEN", 2)
     assert replies.shard_page("n1", ["ok", 4, "a", "-20", "b", "-15"]) == ShardPage(4, (("a", -20), ("b", -15)))
     assert replies.index_remove("n1", ["absent"], "u") is None
-    assert replies.index_remove("n1", ["ok", 5, 3, "s1"], "u") == RemovalRecorded(IndexEntry("u", 5, 3, "s1", "s1"))
+    assert replies.index_remove("n1", ["ok", 5, 3, "@5"], "u") == RemovalRecorded(IndexEntry("u", 5, 3, "@", "@5"))
+    with pytest.raises(StaleMap, match="floor there is 9"):
+        replies.index_remove("n1", ["stale", 9], "u")
     assert replies.index_remove("n1", ["intent", 5, 3, "s1", "s1", "s2"], "u") == PendingMove(
         IndexEntry("u", 5, 3, "s1", "s1", "s2")
     )
-    assert replies.index_import("n1", ["s1", 1, "", 0], members=2) == [Imported("s1", 1), None]
+    assert replies.index_import("n1", [1, 0], members=2) == [Imported(1), None]
+    with pytest.raises(StaleMap, match="floor there is 4"):
+        replies.index_import("n1", ["stale", 4], members=2)
     assert replies.index_stale_moves("n1", ["a", "b"]) == ["a", "b"]
     assert replies.collect_tombstones("n1", [2, 0, 500, 1]) == replies.CollectionStep(2, 0, 500, True)
 

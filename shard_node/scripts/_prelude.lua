@@ -59,13 +59,12 @@ local function first_version(index_key, raw)
   return version_of(redis.call('HGET', floor_key(index_key), '')) + 1
 end
 
--- The index scripts' map argument 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending)
--- as a function from a score to the id of the shard it falls in.
-local function shard_finder(map)
-  local bounds, ids = {}, {}
-  local cuts, names = string.match(map, '^([^|]*)|(.*)$')
+-- The index scripts' map argument 'c1 c2 .. cn' (the refined cut points, ascending: those of the map and of the
+-- splits under way) as a function from a score to the number of the cell of the score line it falls in. Where a
+-- member lives is derived from its score (docs/architecture.md): it crosses when its cell changes.
+local function cell_finder(cuts)
+  local bounds = {}
   for b in string.gmatch(cuts, '%S+') do table.insert(bounds, tonumber(b)) end
-  for id in string.gmatch(names, '%S+') do table.insert(ids, id) end
   local nb = #bounds
   return function(score)
     local lo, hi = 1, nb + 1
@@ -73,6 +72,65 @@ local function shard_finder(map)
       local mid = math.floor((lo + hi) / 2)
       if score < bounds[mid] then hi = mid else lo = mid + 1 end
     end
-    return ids[lo]
+    return lo
   end
+end
+
+-- The score a pending crossing leaves from: '@score' (entries of older releases named a shard id there: nil).
+local function source_score(e)
+  if string.sub(e.from, 1, 1) == '@' then return tonumber(string.sub(e.from, 2)) end
+  return nil
+end
+
+-- '@' and the score in decimal, as crossings record where they leave from ('..' would print a big score as 9e15).
+local function from_score(score)
+  return '@' .. string.format('%d', score)
+end
+
+-- The epoch floor of the board of a pending-writes zset 'rs:m:{b}/' (the key beside it, 'rs:e:{b}/'): index
+-- scripts refuse a router whose map is older, before writing anything (docs/architecture.md, control plane).
+-- Returns the floor when `epoch` is below it, else nil.
+local function below_floor(marks_key, epoch)
+  local floor = tonumber(redis.call('GET', 'rs:e:' .. string.sub(marks_key, 6)) or '0')
+  if tonumber(epoch) < floor then return floor end
+  return nil
+end
+
+-- A shard descriptor's state (its last field).
+local function state_of(d)
+  return string.match(d, '|([^|]*)$')
+end
+
+-- Where a job keeps what a shard's scripts need while it carves from it (docs/architecture.md, rebalancing): the
+-- hash 'rs:c:{b}/{s}' beside descriptor 'rs:d:{b}/{s}' (fields lo, hi: the carved range in stored scores,
+-- [lo, hi); deadline: a freeze's end, node ms), the set 'rs:y:..' of members written since the job began.
+local function carve_keys(dkey)
+  local rest = string.sub(dkey, 6)
+  return 'rs:c:' .. rest, 'rs:y:' .. rest
+end
+
+-- The write fence of a shard: nil when writes planned with descriptor `expected` may go ahead, else the
+-- descriptor the node holds ('' for none). A FROZEN shard whose freeze deadline has passed thaws back to
+-- MIGRATING here, so a job that died while it was frozen holds no writer up for long.
+local function write_fence(dkey, expected)
+  local d = redis.call('GET', dkey)
+  if d == expected then return nil end
+  if d and state_of(d) == 'FROZEN' and string.sub(d, 1, -7) .. 'MIGRATING' == expected then
+    local deadline = tonumber(redis.call('HGET', (carve_keys(dkey)), 'deadline') or '0')
+    if node_ms() > deadline then
+      redis.call('SET', dkey, expected)
+      return nil
+    end
+  end
+  return d or ''
+end
+
+-- The dirty-set tracking of a MIGRATING shard: a function telling whether a member's stored score `stored`
+-- lies in the carved range, and the set to add such members to; nil when the shard is not carved from.
+local function carving(dkey, expected)
+  if state_of(expected) ~= 'MIGRATING' then return nil end
+  local ckey, dirty = carve_keys(dkey)
+  local r = redis.call('HMGET', ckey, 'lo', 'hi')
+  local lo, hi = tonumber(r[1]), tonumber(r[2])
+  return function(stored) return stored and stored >= lo and stored < hi end, dirty
 end

@@ -5,9 +5,12 @@
 -- marked there until its shard write (or move) is done, so the sweeper can finish what a crashed
 -- writer left, whether or not it crossed a boundary.
 -- ARGV: mode ('apply' | 'check' | 'each'), operator (1 increment, 2 best, 3 set), descending ('1' | '0'),
---       the map 'b1 b2 .. bn|id1 id2 .. id(n+1)' (cut points and shard ids, ascending; one argument, so a
+--       the router's map epoch, the map's refined cut points 'c1 c2 .. cn' (see cell_finder; one argument, so a
 --       board with many shards costs no more to send), then per update: user, value, request id ('' none;
 --       any other bytes, NUL included).
+-- A router whose epoch is below the board's floor on this node gets {'stale', floor} and nothing is written.
+-- Entries never name a shard: a member lives in the shard its score falls in, and an update that moves its
+-- score to another cell records a crossing from its previous score ('@score', to '@'); see _keys.py.
 -- A member with a pending move (another writer's, not finished) blocks only its own updates: they come
 -- back as {'intent', user, score, ver, home, from, to} for the router to finish that move and send them
 -- again, and the other updates go ahead (one hot member must not hold a whole batch back).
@@ -19,8 +22,10 @@
 -- member's entry after the call. In 'check' mode nothing is written and only the intents come back,
 -- {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local target = shard_finder(ARGV[4])
-local first = 5
+local floor = below_floor(KEYS[#KEYS], ARGV[4])
+if floor then return {'stale', floor} end
+local cell = cell_finder(ARGV[5])
+local first = 6
 -- _keys.py: DEDUP_WINDOW_MS, DEDUP_GEN_MS, DEDUP_DEPTH.
 local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 -- An entry names its records' generation mod RGEN_MOD (two digits, not seven; > the window's 13 generations).
@@ -206,18 +211,19 @@ for i = 1, (#ARGV - first + 1) / 3 do
     else
       local kind = 'upd'
       if applied == 1 then
-        local tgt = target(new)
         if e.absent then
           kind = 'new'
-          e = {score = new, ver = e.ver + 1, home = tgt, from = '', to = '', rgen = e.rgen}
+          e = {score = new, ver = e.ver + 1, home = '@', from = '', to = '', rgen = e.rgen}
           entries[k] = e
         else
           if fresh[k] then
-            -- A move planned earlier in this call has not touched any shard yet: re-plan it.
-            if tgt == e.from then e.home, e.from, e.to, fresh[k] = e.from, '', '', nil else e.to = tgt end
-          elseif tgt ~= e.home then
-            e.from, e.to, fresh[k] = e.home, tgt, true
+            -- A crossing recorded earlier in this call has not touched any shard yet: decide it again.
+            if cell(new) == cell(fresh[k]) then e.from, e.to, fresh[k] = '', '', nil end
+          elseif cell(new) ~= cell(e.score) then
+            e.from, e.to, fresh[k] = from_score(e.score), '@', e.score
           end
+          -- Entries of older releases named the member's shard: from now on it is derived.
+          e.home = '@'
           e.score, e.ver = new, e.ver + 1
         end
         if not written[k] then written[k] = true; table.insert(order, {ik, user, k}) end

@@ -1,26 +1,35 @@
--- Read path: sizes of the shards a node holds, plus counts inside them, in one call.
+-- Read path: sizes of the shards a node holds, plus counts inside them, in one call. Every count is clipped to
+-- the shard's own range, so what a finished job left behind in a key is never counted (docs/architecture.md).
 -- No KEYS: ARGV[1] is 'zset_1 descriptor_1 ... zset_n descriptor_n' (key names from _keys.py, packed so
 -- that a node holding many shards costs one argument per call, not two per shard; nodes are
--- standalone, so undeclared keys are fine), ARGV[2] the n expected descriptors joined by newlines,
--- then queries (kind, shard position 1..n, arg): 'b' = members strictly better than stored score arg,
--- 'r' = 0-based position of member arg (-1 if absent).
--- Returns {'stale', position, actual descriptor} or {'ok', card_1..card_n, answer_1, ...}.
-local keys = {}
+-- standalone, so undeclared keys are fine), ARGV[2] the n read fences joined by newlines (each a descriptor
+-- without its state, 'lower|upper|generation|': reads go on whatever the state), ARGV[3] the n ranges in stored
+-- scores 'lo_1 hi_1 ... lo_n hi_n' ([lo, hi)), then queries (kind, shard position 1..n, arg): 'b' = members
+-- strictly better than stored score arg, 'r' = 0-based position of member arg in the range (-1 if absent).
+-- Returns {'stale', position, actual descriptor} or {'ok', size_1..size_n, answer_1, ...}.
+local keys, bounds = {}, {}
 for k in string.gmatch(ARGV[1], '%S+') do table.insert(keys, k) end
+for b in string.gmatch(ARGV[3], '%S+') do table.insert(bounds, b) end
 local out = {'ok'}
 local p = 0
-for expected in string.gmatch(ARGV[2], '[^\n]+') do
+for fence in string.gmatch(ARGV[2], '[^\n]+') do
   p = p + 1
   local d = redis.call('GET', keys[2 * p])
-  if d ~= expected then return {'stale', p, d or ''} end
-  table.insert(out, redis.call('ZCARD', keys[2 * p - 1]))
+  if not d or string.sub(d, 1, #fence) ~= fence then return {'stale', p, d or ''} end
+  table.insert(out, redis.call('ZCOUNT', keys[2 * p - 1], bounds[2 * p - 1], '(' .. bounds[2 * p]))
 end
-for q = 3, #ARGV, 3 do
-  local key = keys[2 * tonumber(ARGV[q + 1]) - 1]
+for q = 4, #ARGV, 3 do
+  local p = tonumber(ARGV[q + 1])
+  local key, lo, hi = keys[2 * p - 1], bounds[2 * p - 1], bounds[2 * p]
   if ARGV[q] == 'b' then
-    table.insert(out, redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[q + 2]))
+    table.insert(out, redis.call('ZCOUNT', key, lo, '(' .. ARGV[q + 2]))
   else
-    table.insert(out, redis.call('ZRANK', key, ARGV[q + 2]) or -1)
+    local s = tonumber(redis.call('ZSCORE', key, ARGV[q + 2]))
+    if s and s >= tonumber(lo) and s < tonumber(hi) then
+      table.insert(out, redis.call('ZRANK', key, ARGV[q + 2]) - redis.call('ZCOUNT', key, '-inf', '(' .. lo))
+    else
+      table.insert(out, -1)
+    end
   end
 end
 return out

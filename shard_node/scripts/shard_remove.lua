@@ -1,16 +1,21 @@
 -- docs/architecture.md write path step 4 (source side) and RemoveMember: drop members whose registered version is
 -- not newer than the given one, leaving a tombstone '~ver|ms' so a late older write cannot bring them back.
--- KEYS: zset, descriptor, then the versions hash of each user. ARGV: expected descriptor, then (user, ver)...
--- Returns {'stale', actual descriptor} or {'ok', size after, removed count}.
-local d = redis.call('GET', KEYS[2])
-if d ~= ARGV[1] then return {'stale', d or ''} end
-local removed = 0
+-- KEYS: zset, descriptor, then the versions hash of each user. ARGV: expected descriptor, the shard's range in
+-- stored scores [lo, hi), then (user, ver)... A MIGRATING shard notes the members removed from the carved range.
+-- Returns {'stale', actual descriptor} or {'ok', size after (inside the range), removed count}.
+local actual = write_fence(KEYS[2], ARGV[1])
+if actual then return {'stale', actual} end
+local lo, hi = ARGV[2], ARGV[3]
+local in_carve, dirty = carving(KEYS[2], ARGV[1])
+local removed, noted = 0, {}
 local now = node_ms()
-for i = 2, #ARGV, 2 do
-  local user, ver, vkey = ARGV[i], tonumber(ARGV[i + 1]), KEYS[2 + i / 2]
+for i = 4, #ARGV, 2 do
+  local user, ver, vkey = ARGV[i], tonumber(ARGV[i + 1]), KEYS[2 + (i - 2) / 2]
   if version_of(redis.call('HGET', vkey, user)) <= ver then
+    if in_carve and in_carve(tonumber(redis.call('ZSCORE', KEYS[1], user))) then table.insert(noted, user) end
     removed = removed + redis.call('ZREM', KEYS[1], user)
     redis.call('HSET', vkey, user, tombstone(ver, now))
   end
 end
-return {'ok', redis.call('ZCARD', KEYS[1]), removed}
+if #noted > 0 then call_bulk('SADD', dirty, noted) end
+return {'ok', redis.call('ZCOUNT', KEYS[1], lo, '(' .. hi), removed}

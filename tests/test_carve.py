@@ -1,0 +1,136 @@
+"""Splits, merges and moves (the CARVE jobs of docs/architecture.md) under live writes through a real router: at the
+end every member's score, rank and page equal a plain sorted list's, and `check` finds nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from _router import Client
+
+from rankshard.shard_map import ControlPlane, JobState, JobStep
+from rankshard.shard_node import Carver, audit_board, connect_cluster, plan_merge, plan_move, plan_split
+from rankshard.shard_node._layout import BoardLayout
+from rankshard.v1 import leaderboard_pb2 as pb
+
+BOARD = "carve"
+USERS = [f"u{i}" for i in range(300)]
+
+
+class Writer:
+    """Increments with request ids from a thread until stopped; an update that fails is sent again with its id
+    until acknowledged, so the expected scores are exact (Jepsen's counter: each acknowledged delta counted once)."""
+
+    def __init__(self, client: Client, seed: int) -> None:
+        self.client = client
+        self.rng = random.Random(seed)
+        self.expected: dict[str, int] = {}
+        self.acked = 0
+        self.retried = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive()
+
+    def wait_for(self, acks: int) -> None:
+        """Until `acks` more updates were acknowledged (so a job runs under traffic, not beside it)."""
+        target = self.acked + acks
+        for _ in range(6000):
+            if self.acked >= target or self._stop.wait(0.01):
+                return
+        raise AssertionError("the writer made no progress")
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            user = self.rng.choice(USERS)
+            delta = self.rng.randint(-60, 60)
+            n += 1
+            request = pb.UpdateScoreRequest(leaderboard=BOARD, user_id=user, score=delta, request_id=f"w{n}")
+            while True:
+                try:
+                    self.client.lb.UpdateScore(request, timeout=10)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    self.retried += 1
+            self.expected[user] = self.expected.get(user, 0) + delta
+            self.acked += 1
+
+
+@pytest.fixture
+def seeded(client: Client) -> Iterator[Client]:
+    client.create(BOARD, boundaries=[100])
+    for i, user in enumerate(USERS):
+        client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard=BOARD, user_id=user, score=i), timeout=10)
+    yield client
+
+
+def _board_equals_model(client: Client, expected: dict[str, int]) -> None:
+    top = client.lb.GetTop(pb.GetTopRequest(leaderboard=BOARD, limit=1000), timeout=10)
+    assert top.total == len(expected)
+    listed = [(e.user_id, e.score) for e in top.entries]
+    model = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0].encode()))
+    assert listed == model
+    for e in top.entries[::17]:
+        rank = client.lb.GetRank(pb.GetRankRequest(leaderboard=BOARD, user_id=e.user_id), timeout=10)
+        assert rank.entry.rank == 1 + sum(1 for s in expected.values() if s > e.score)
+
+
+async def _run_jobs(dsn: str, steps: list[str]) -> list[str]:
+    """Runs each step ('split s2 200', 'move s3 n1', 'merge s1 s3') to its end; returns the shard ids after."""
+    async with await ControlPlane.open(dsn) as cp:
+        cluster = await connect_cluster(cp)
+        try:
+            carver = Carver(cp, cluster, "test")
+            for step in steps:
+                kind, shard, arg = step.split()
+                if kind == "split":
+                    job = await plan_split(cp, cluster, BOARD, shard, int(arg), "test", 30)
+                elif kind == "move":
+                    job = await plan_move(cp, BOARD, shard, arg, "test", 30)
+                else:
+                    job = await plan_merge(cp, cluster, BOARD, shard, arg, "test", 30)
+                done = await carver.run(job)
+                assert (done.state, done.step) == (JobState.DONE, JobStep.DONE), done
+            return [s.id for s in (await cp.shard_map(BOARD)).shards]
+        finally:
+            await cluster.aclose()
+
+
+async def _check(dsn: str) -> None:
+    """`rankshard check`'s audit of the board: nothing found."""
+    async with await ControlPlane.open(dsn) as cp:
+        cluster = await connect_cluster(cp)
+        try:
+            layout = BoardLayout(await cp.get_board(BOARD), await cp.shard_map(BOARD))
+            findings = await audit_board(cluster, layout)
+            assert findings == [], findings
+        finally:
+            await cluster.aclose()
+
+
+def test_split_move_merge_under_writes(seeded: Client, control_plane_dsn: str) -> None:
+    writer = Writer(seeded, seed=7)
+    writer.expected = {u: i for i, u in enumerate(USERS)}
+    writer.start()
+    writer.wait_for(50)
+    try:
+        shards = asyncio.run(_run_jobs(control_plane_dsn, ["split s2 200", "move s3 n1", "merge s1 s2"]))
+    finally:
+        writer.stop()
+    assert len(shards) == 2
+    asyncio.run(_check(control_plane_dsn))
+    _board_equals_model(seeded, writer.expected)
