@@ -14,7 +14,8 @@ FROM python:3.12-slim
 COPY --from=build /opt/rankshard /opt/rankshard
 ENV PATH=/opt/rankshard/bin:$PATH PYTHONUNBUFFERED=1
 # A fixed uid: router replicas sharing one port (SO_REUSEPORT) must run as the same user.
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent rankshard
+RUN groupadd --system --gid 10001 rankshard \
+    && useradd --system --uid 10001 --gid rankshard --no-create-home --home-dir /nonexistent rankshard
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 50051
