@@ -8,6 +8,7 @@ as local processes instead, on the same `rankshard` and Python.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -238,3 +240,28 @@ def test_the_image_installs_rankshard_as_ci_does() -> None:
     assert _dockerfile_install() == _makefile_install()
     assert _makefile_install()[-1][-1] == "."
     assert json.loads((ROOT / "Dockerfile").read_text().split("ENTRYPOINT ", 1)[1].splitlines()[0]) == ["rankshard"]
+
+
+def _docker_ignores(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore `patterns` leave `path` (relative to the root) or a folder above it out of the
+    build context: a pattern is matched from the root, and `**/` at any depth."""
+    parts = Path(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        anywhere = pattern.removeprefix("**/")
+        names = [p.rsplit("/", 1)[-1] for p in prefixes] if anywhere != pattern else prefixes
+        if any(fnmatch.fnmatchcase(name, anywhere) for name in names):
+            return True
+    return False
+
+
+def test_the_build_context_keeps_everything_pip_install_reads() -> None:
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = list(setuptools["package-dir"].values())
+    needed = ["pyproject.toml", "README.md"] + [
+        str(path.relative_to(ROOT)) for folder in folders for path in (ROOT / folder).rglob("*.*")
+    ]
+    kept = [p for p in needed if "__pycache__" not in p]
+    assert [p for p in kept if _docker_ignores(p, patterns)] == []
+    assert _docker_ignores("tests/test_compose.py", patterns) and _docker_ignores(".venv/bin/python", patterns)
