@@ -219,6 +219,28 @@ class _ServerProcess:
         raise RuntimeError(f"{message}; tail of {self.log_path}:\n{log_tail(self.log_path)}")
 
 
+def node_server_options(settings: Settings) -> list[str]:
+    """The options every rankshard node's server runs with, from `settings`' `node_*`: those of a local node
+    (which adds only where it listens and logs) and those compose.sharded.yml gives its nodes."""
+    return [
+        "--appendonly",
+        "yes" if settings.node_appendonly else "no",
+        "--appendfsync",
+        settings.node_appendfsync,
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        # rankshard spreads index entries, version registers and request-id records over small hashes;
+        # up to 1024 entries each (the default) stay listpacks (~18 B/entry, against ~54 B in a hashtable),
+        # which keeps boards of up to ~16M members per index and ~8M per node compact (shard_node._keys).
+        "--hash-max-listpack-entries",
+        str(settings.node_hash_max_listpack_entries),
+    ]
+
+
 class LocalValkey(_ServerProcess):
     """A Valkey (or Redis) node on 127.0.0.1:`port` persisting to `data_dir`, by default with an AOF fsynced every
     second (`settings`' `node_*`). Its log is `data_dir/valkey.log`. Raises RuntimeError when there is no binary."""
@@ -249,23 +271,9 @@ class LocalValkey(_ServerProcess):
                 str(self._port),
                 "--dir",
                 str(self.data_dir),
-                "--appendonly",
-                "yes" if self.settings.node_appendonly else "no",
-                "--appendfsync",
-                self.settings.node_appendfsync,
-                "--save",
-                "",
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
                 "--logfile",
                 str(self.log_path),
-                # rankshard spreads index entries, version registers and request-id records over small hashes;
-                # up to 1024 entries each (the default) stay listpacks (~18 B/entry, against ~54 B in a hashtable),
-                # which keeps boards of up to ~16M members per index and ~8M per node compact (shard_node._keys).
-                "--hash-max-listpack-entries",
-                str(self.settings.node_hash_max_listpack_entries),
+                *node_server_options(self.settings),
             ]
         )
         self._wait_ready(self._answers_ping, deadline, "valkey")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from rankshard.shard_map import (
     Operator,
     RankshardError,
     SchemaMissing,
+    SlotTable,
     SortOrder,
     check_board_name,
     check_expected_members,
@@ -321,6 +323,38 @@ def add_node(ctx: click.Context, address: str) -> None:
 
     node = run(ctx, work)
     click.echo(f"registered node {node.id} at {node.address}")
+
+
+@nodes.command("deal-slots")
+@click.pass_context
+def deal_slots(ctx: click.Context) -> None:
+    """Deal the index slots round-robin over the registered nodes, unless they are dealt already.
+
+    Run it once the cluster's first nodes are registered and before its first router and
+    board: routers refuse to start without the slots dealt. Once dealt they stay where they
+    are (nodes added later get shards of new boards, not slots), so running it again only
+    says who owns them: safe to re-run. `cluster up` deals them for a local cluster.
+
+    \b
+    Examples:
+      rankshard nodes deal-slots
+      rankshard --control-plane postgresql://rankshard@db.internal/rankshard nodes deal-slots
+    """
+
+    async def work(cp: ControlPlane) -> tuple[bool, SlotTable]:
+        if (table := await cp.slot_table()) is not None:
+            return False, table
+        registered = [n.id for n in await cp.list_nodes()]
+        if not registered:
+            raise click.ClickException("no node is registered to own the index slots; run `rankshard nodes add`")
+        table = SlotTable.spread(registered)
+        await cp.assign_slots(table)
+        return True, table
+
+    dealt, table = run(ctx, work)
+    owners = ", ".join(f"{node} {count}" for node, count in Counter(table.owners).items())
+    said = "dealt the {} index slots" if dealt else "the {} index slots were dealt already; they stay"
+    click.echo(f"{said.format(len(table.owners))}: {owners}")
 
 
 @nodes.command("remove")

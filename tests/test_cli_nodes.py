@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from rankshard.cli import main
 from rankshard.cli._local import LocalValkey, free_port
+from rankshard.shard_map import ControlPlane, SlotTable
 
 
 @pytest.fixture
@@ -90,3 +91,48 @@ def test_remove_refuses_a_node_that_owns_slots_or_shards(cluster_dsn: str, node_
 
     assert "node 'n9' not found" in _one_error_line(_invoke(cluster_dsn, "nodes", "remove", "n9"))
     assert _addresses(cluster_dsn) == node_addresses
+
+
+def _dealt(dsn: str) -> SlotTable | None:
+    async def read() -> SlotTable | None:
+        async with await ControlPlane.open(dsn) as cp:
+            return await cp.slot_table()
+
+    return asyncio.run(read())
+
+
+def test_deal_slots_deals_them_once_over_the_nodes_registered_then(
+    control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey
+) -> None:
+    assert _invoke(control_plane_dsn, "init").exit_code == 0
+    for address in node_addresses:
+        assert _invoke(control_plane_dsn, "nodes", "add", address).exit_code == 0
+    dealt = _invoke(control_plane_dsn, "nodes", "deal-slots")
+    assert dealt.exit_code == 0, dealt.output
+    assert dealt.stdout == "dealt the 1024 index slots: n1 512, n2 512\n"
+    assert _dealt(control_plane_dsn) == SlotTable.spread(["n1", "n2"])
+
+    # Moving slots would strand the member indexes they hold: a node added later gets none.
+    assert _invoke(control_plane_dsn, "nodes", "add", fresh_valkey.address).exit_code == 0
+    again = _invoke(control_plane_dsn, "nodes", "deal-slots")
+    assert again.exit_code == 0, again.output
+    assert again.stdout == "the 1024 index slots were dealt already; they stay: n1 512, n2 512\n"
+    assert _dealt(control_plane_dsn) == SlotTable.spread(["n1", "n2"])
+
+
+def test_deal_slots_without_a_registered_node_deals_nothing(control_plane_dsn: str) -> None:
+    assert _invoke(control_plane_dsn, "init").exit_code == 0
+    line = _one_error_line(_invoke(control_plane_dsn, "nodes", "deal-slots"))
+    assert line == "rankshard: no node is registered to own the index slots; run `rankshard nodes add`"
+    assert _dealt(control_plane_dsn) is None
+
+
+def test_add_takes_a_host_name(cluster_dsn: str, fresh_valkey: LocalValkey) -> None:
+    # Containers name their nodes by host name (compose.sharded.yml: valkey1:6379).
+    address = f"localhost:{fresh_valkey.address.rsplit(':', 1)[1]}"
+    added = _invoke(cluster_dsn, "nodes", "add", address)
+    assert added.stdout == f"registered node n3 at {address}\n", added.output
+    created = _invoke(cluster_dsn, "leaderboards", "create", "weekly", "--boundaries", "100,200")
+    assert created.exit_code == 0, created.output
+    shards = json.loads(_invoke(cluster_dsn, "shards", "list", "-l", "weekly", "--json").stdout)
+    assert "n3" in {s["node"] for s in shards}
