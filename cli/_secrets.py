@@ -72,7 +72,7 @@ def ensure_tls(data_dir: Path) -> TlsFiles:
     """`data_dir`'s TLS files, made (a new CA and server certificate) unless all three exist already."""
     files = TlsFiles.of(data_dir)
     if not files.exist():
-        ca_pem, cert_pem, key_pem = make_server_certificate(("localhost",), ("127.0.0.1", "::1"))
+        ca_pem, cert_pem, key_pem = make_certificate(("localhost",), ("127.0.0.1", "::1"))
         files.ca.parent.mkdir(parents=True, exist_ok=True)
         _write_private(files.key, key_pem)
         files.cert.write_bytes(cert_pem)
@@ -80,9 +80,13 @@ def ensure_tls(data_dir: Path) -> TlsFiles:
     return files
 
 
-def make_server_certificate(names: tuple[str, ...], addresses: tuple[str, ...]) -> tuple[bytes, bytes, bytes]:
-    """A new CA's certificate, and a server certificate it signed for DNS `names` and IP `addresses` with that
-    certificate's private key: (ca_pem, cert_pem, key_pem)."""
+def make_certificate(
+    names: tuple[str, ...], addresses: tuple[str, ...], client: bool = False
+) -> tuple[bytes, bytes, bytes]:
+    """A new CA's certificate, and a certificate it signed for DNS `names` and IP `addresses` with that
+    certificate's private key: (ca_pem, cert_pem, key_pem). The certificate is a server's, or with `client` a
+    client's (for mutual TLS)."""
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     ca_key, ca_cert = _self_signed_ca()
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else addresses[0])])
@@ -92,7 +96,7 @@ def make_server_certificate(names: tuple[str, ...], addresses: tuple[str, ...]) 
         _builder(subject, ca_cert.subject, key.public_key())
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
