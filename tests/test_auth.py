@@ -13,9 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 from _router import Client, RouterThread, bootstrap
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha
 
+from rankshard.cli import main
 from rankshard.router import REFLECTION_V1, SecurityError
 from rankshard.router._auth import parse_grants
 from rankshard.router._security import Security
@@ -225,3 +227,20 @@ def test_a_rate_without_a_burst_allows_a_seconds_worth_at_once() -> None:
     grants = parse_grants({"game": [{"token": "t", "rate": 2.5}], "admin": ["a1", "a2"]})
     assert grants["t"].bucket is not None and grants["t"].bucket.burst == 3
     assert (grants["a1"].role, grants["a2"].role, grants["a1"].bucket) == ("admin", "admin", None)
+
+
+def test_the_cli_sends_rankshard_token_to_the_router_it_names(client: Client, guarded: int, tmp_path: Path) -> None:
+    client.lb.UpdateScore(_update("eve", 9), metadata=_bearer(GAME), timeout=10)
+    top = ["--data-dir", str(tmp_path / "none"), "leaderboards", "top", "b", "--router", f"127.0.0.1:{guarded}"]
+    shown = CliRunner().invoke(main, top, env={"RANKSHARD_TOKEN": GAME})
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines() == ["RANK  USER_ID  SCORE", "1     eve      9"]
+    anonymous = CliRunner().invoke(main, top, env={"RANKSHARD_TOKEN": ""})
+    assert anonymous.exit_code == 1
+    assert anonymous.stderr.startswith(f"rankshard: 127.0.0.1:{guarded} answered UNAUTHENTICATED: no token")
+
+
+def test_the_cli_without_a_router_to_ask_says_how_to_name_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "leaderboards", "top", "global"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("rankshard: no router: pass --router HOST:PORT, or start a local cluster")
