@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rankshard.shard_map import (
@@ -33,6 +33,7 @@ from rankshard.shard_node import connect_cluster, create_board
 
 from ._claims import ClaimRefused, DataDirLock, reserve_port
 from ._local import LocalPostgres, LocalValkey, die_with_parent, free_port
+from ._secrets import ensure_tls, ensure_tokens
 from ._settings import LocalSettings
 from ._supervisor import GaveUp, RestartPolicy, Supervised, supervise
 
@@ -189,6 +190,8 @@ class LocalCluster:
         port: int = 50051,
         boundaries: Sequence[int] | None = None,
         settings: Settings = DEFAULTS,
+        auth: bool = False,
+        tls: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.node_count = nodes
@@ -197,6 +200,8 @@ class LocalCluster:
         self.port = port
         self.boundaries = boundaries
         self.settings = settings
+        self.auth = auth
+        self.tls = tls
         self.postgres: LocalPostgres | None = None
         self.nodes: list[LocalValkey] = []
         self.routers: list[LocalRouter] = []
@@ -231,8 +236,10 @@ class LocalCluster:
         while len(ports.node_ports) < self.node_count:
             ports.node_ports.append(free_port())
         ports.router_port = self.port
+        ports.auth, ports.tls = self.auth, self.tls
         ports.save(self.data_dir)
         self.ports = ports
+        self.settings = self._secured(self.settings)
         self.postgres = LocalPostgres(self.data_dir / "postgres", ports.postgres_port, settings=self.settings)
         self.postgres.start()
         for i, node_port in enumerate(ports.node_ports, 1):
@@ -244,6 +251,16 @@ class LocalCluster:
             log_path = self.data_dir / f"router-{i}.log"
             self.routers.append(LocalRouter(i, self.control_plane, self.port, log_path, self.settings))
             self.routers[-1].start()
+
+    def _secured(self, settings: Settings) -> Settings:
+        """`settings` with the routers' token file and TLS files, made on the first start that asks for them
+        and kept (a restart serves the same tokens and certificate)."""
+        if self.auth:
+            settings = replace(settings, tokens=ensure_tokens(self.data_dir))
+        if self.tls:
+            files = ensure_tls(self.data_dir)
+            settings = replace(settings, tls_cert=files.cert, tls_key=files.key)
+        return settings
 
     async def _bootstrap(self) -> None:
         """Registers nodes, deals the index slots and creates board `global`, each only if absent."""

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import click
-import grpc
 
 from rankshard.v1 import admin_pb2, admin_pb2_grpc
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
+from ._channel import RouterAccess
 from ._cluster import DEFAULT_BOARD, LocalCluster
 from ._local import free_port
 from ._options import settings_of
@@ -48,13 +48,14 @@ def demo(ctx: click.Context, games: int, players: int, seed: int) -> None:
         click.echo("rankshard demo: starting PostgreSQL, 2 Valkey nodes and a router ...")
         with LocalCluster(Path(tmp), nodes=2, shards=4, routers=1, port=free_port(), settings=settings) as local:
             click.echo(f"rankshard: router listening on {local.address}")
-            summary = asyncio.run(_play(local.address, games, players, random.Random(seed)))
+            access = RouterAccess.of(dataclasses.replace(settings, data_dir=local.data_dir), local.address)
+            summary = asyncio.run(_play(access, games, players, random.Random(seed)))
         click.echo("rankshard demo: cluster stopped, temporary folder removed")
     click.echo(f"{summary}\nwall time {time.monotonic() - started:.1f}s")
 
 
-async def _play(address: str, games: int, players: int, rng: random.Random) -> str:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _play(access: RouterAccess, games: int, players: int, rng: random.Random) -> str:
+    async with access.channel() as channel:
         board = pb_grpc.LeaderboardStub(channel)
         admin = admin_pb2_grpc.AdminStub(channel)
         # Skill decides how much a win is worth: most players earn little, a few earn a lot.

@@ -17,6 +17,8 @@ from ._doctor import check, repair
 from ._import import import_cmd
 from ._manage import init, leaderboards, nodes, parse_boundaries, shards
 from ._options import environment_settings, setting_options, settings_of, with_options
+from ._secrets import TOKENS_FILE, TlsFiles
+from ._top import top
 
 
 class _OneLineError(click.ClickException):
@@ -106,17 +108,30 @@ def cluster() -> None:
 )
 @click.option("--port", default=50051, show_default=True, type=click.IntRange(1, 65535), help="router port")
 @click.option("--boundaries", help="cut points of board `global` (default: spread for a skewed distribution)")
+@click.option("--auth", is_flag=True, help="routers require the bearer tokens of --data-dir's tokens.json (made once)")
+@click.option("--tls", is_flag=True, help="routers serve TLS with a certificate of --data-dir's own CA (made once)")
 @setting_options(LOCAL_CLUSTER)
 @click.pass_context
 def up(
-    ctx: click.Context, /, nodes: int, shards: int, routers: int, port: int, boundaries: str | None, **given: Any
+    ctx: click.Context,
+    /,
+    nodes: int,
+    shards: int,
+    routers: int,
+    port: int,
+    boundaries: str | None,
+    auth: bool,
+    tls: bool,
+    **given: Any,
 ) -> None:
     """Start PostgreSQL, the nodes and the routers in the foreground, until SIGINT or SIGTERM.
 
     A process that dies is restarted on its port and data; one that keeps dying stops the
     cluster. Data lives in --data-dir and survives a stop and start. Creates board `global`
     (descending, increment) if absent. The routers take their settings from the environment
-    (RANKSHARD_SWEEP_INTERVAL and so on) and from rankshard's options.
+    (RANKSHARD_SWEEP_INTERVAL and so on) and from rankshard's options. With --auth every
+    call needs a token of tokens.json (role admin: every service; game: Leaderboard);
+    with --tls clients trust tls/ca.pem. The CLI finds both in --data-dir.
 
     \b
     Examples:
@@ -124,11 +139,20 @@ def up(
       rankshard --data-dir /tmp/rs cluster up --nodes 3 --shards 8 --routers 2
       rankshard cluster up --port 50061 --boundaries 100,1000,10000
       rankshard cluster up --no-node-appendonly --restart-max-deaths 10
+      rankshard cluster up --auth --tls
     """
     cuts = parse_boundaries(boundaries) if boundaries else None
     settings = with_options(settings_of(ctx), given)
     local = LocalCluster(
-        settings.data_dir, nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts, settings=settings
+        settings.data_dir,
+        nodes=nodes,
+        shards=shards,
+        routers=routers,
+        port=port,
+        boundaries=cuts,
+        settings=settings,
+        auth=auth,
+        tls=tls,
     )
     with signals_caught() as received:
         try:
@@ -140,6 +164,8 @@ def up(
         try:
             click.echo(f"rankshard: control plane {local.control_plane}")
             click.echo(f"rankshard: nodes {', '.join(n.address for n in local.nodes)}")
+            for line in _secured_by(local):
+                click.echo(line)
             click.echo(f"rankshard: router listening on {local.address}")
             outcome = supervise_until_signal(local, click.echo, received)
             if isinstance(outcome, GaveUp):
@@ -154,10 +180,19 @@ def up(
         raise click.ClickException(str(outcome))
 
 
+def _secured_by(local: LocalCluster) -> list[str]:
+    """What the routers require of clients, and where a client finds the tokens and the CA to trust."""
+    lines = [f"rankshard: routers require a token of {local.data_dir / TOKENS_FILE}"] if local.auth else []
+    return lines + (
+        [f"rankshard: routers serve TLS; clients trust {TlsFiles.of(local.data_dir).ca}"] if local.tls else []
+    )
+
+
 main.add_command(init)
 main.add_command(cluster)
 main.add_command(demo)
 leaderboards.add_command(import_cmd)
+leaderboards.add_command(top)
 main.add_command(leaderboards)
 main.add_command(shards)
 main.add_command(nodes)

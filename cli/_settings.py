@@ -19,6 +19,10 @@ class LocalSettings:
     postgres_port: int
     node_ports: list[int] = field(default_factory=list)
     router_port: int = 50051
+    auth: bool = False
+    """Whether the routers require the bearer tokens of ``tokens.json`` (``cluster up --auth``)."""
+    tls: bool = False
+    """Whether the routers serve TLS with the certificate of ``tls/`` (``cluster up --tls``)."""
 
     @property
     def control_plane(self) -> str:

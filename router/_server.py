@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,8 +18,10 @@ from rankshard.shard_node import StepHook, connect_cluster
 from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
+from ._auth import Clock
 from ._catalog import Catalog
 from ._reflection import enable_reflection
+from ._security import Security
 from ._service import LeaderboardService
 from ._sweeper import sweep_forever
 from ._tasks import BackgroundTasks
@@ -44,11 +47,16 @@ def _server_options(reuse_port: bool) -> tuple[tuple[str, int], ...]:
     return (("grpc.so_reuseport", int(reuse_port)), _MAX_MESSAGE)
 
 
-def _listen(server: grpc.aio.Server, host: str, port: int, reuse_port: bool) -> int:
-    """Binds `host:port` (0: any free port) and returns the port bound; raises `ListenError` saying why not."""
+def _listen(
+    server: grpc.aio.Server, host: str, port: int, reuse_port: bool, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Binds `host:port` (0: any free port), with TLS when `credentials` are given, and returns the port bound;
+    raises `ListenError` saying why not."""
     if port:
         _probe(host, port, reuse_port)
     try:
+        if credentials is not None:
+            return server.add_secure_port(f"{host}:{port}", credentials)
         return server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # taken in the moment since the probe
         raise ListenError(f"cannot listen on {host}:{port}") from exc
@@ -74,15 +82,18 @@ async def running_router(
     settings: Settings = DEFAULTS,
     on_step: StepHook | None = None,
     reuse_port: bool = False,
+    clock: Clock = time.monotonic,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
     """A serving router; yields the server and the port it bound. Everything is closed on exit.
 
-    `settings` gives its timeouts, pool size and sweeper (see `Settings`); `reuse_port` lets it share `port` with
-    the other routers of its cluster (SO_REUSEPORT); without it a port that any other process serves is refused.
+    `settings` gives its timeouts, pool size, sweeper, TLS and tokens (see `Settings`); `clock` drives the tokens'
+    rate limits; `reuse_port` lets it share `port` with the other routers of its cluster (SO_REUSEPORT); without
+    it a port that any other process serves is refused.
 
-    Raises `ControlPlaneError` when the control plane cannot be reached or has no nodes yet, `ListenError` when
-    the port cannot be bound.
+    Raises `SecurityError` when the TLS or token settings cannot be used, `ControlPlaneError` when the control
+    plane cannot be reached or has no nodes yet, `ListenError` when the port cannot be bound.
     """
+    security = Security.of(settings, clock)  # before anything opens: a bad file changes nothing
     control_plane = await ControlPlane.open(
         control_plane_dsn, max_size=settings.control_plane_pool_size, timeout=settings.control_plane_timeout
     )
@@ -90,7 +101,7 @@ async def running_router(
         cluster = await connect_cluster(control_plane, settings.node_timeout)
         try:
             catalog = Catalog(control_plane, cluster, settings.node_timeout)
-            async with _serving(catalog, host, port, settings, on_step, reuse_port) as served:
+            async with _serving(catalog, host, port, settings, on_step, reuse_port, security) as served:
                 yield served
         finally:
             await cluster.aclose()
@@ -100,17 +111,25 @@ async def running_router(
 
 @contextlib.asynccontextmanager
 async def _serving(
-    catalog: Catalog, host: str, port: int, settings: Settings, on_step: StepHook | None, reuse_port: bool
+    catalog: Catalog,
+    host: str,
+    port: int,
+    settings: Settings,
+    on_step: StepHook | None,
+    reuse_port: bool,
+    security: Security,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
-    """The gRPC server over `catalog`, with its background tasks, from start to drain."""
+    """The gRPC server over `catalog`, with its background tasks, from start to drain. Health and reflection
+    are served to every caller; `security.tokens` guard the two services."""
     server = grpc.aio.server(options=_server_options(reuse_port))
     leaderboard = LeaderboardService(catalog, settings.call_deadline, on_step)
-    add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2)
-    add_service(server, AdminService(catalog, settings.call_deadline), ADMIN, admin_pb2)
+    add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2, security.tokens)
+    admin = AdminService(catalog, settings.call_deadline)
+    add_service(server, admin, ADMIN, admin_pb2, security.tokens, admin_only=True)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
-    bound = _listen(server, host, port, reuse_port)
+    bound = _listen(server, host, port, reuse_port, security.credentials)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

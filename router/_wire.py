@@ -15,6 +15,8 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
+from ._auth import GuardedService, Tokens
+
 
 class Undecodable:
     """A request whose bytes are not a valid message; `problem` names the field when it can."""
@@ -25,8 +27,16 @@ class Undecodable:
         self.problem = problem
 
 
-def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor, module: ModuleType) -> None:
-    """Serves `servicer`'s methods of `service`, whose message classes live in `module`."""
+def add_service(
+    server: grpc.aio.Server,
+    servicer: Any,
+    service: ServiceDescriptor,
+    module: ModuleType,
+    tokens: Tokens | None = None,
+    admin_only: bool = False,
+) -> None:
+    """Serves `servicer`'s methods of `service`, whose message classes live in `module`. With `tokens`, only to
+    calls whose token they accept for the service (`admin_only`: the admin role; else any role)."""
     handlers = {}
     for method in service.methods:
         request_cls = getattr(module, method.input_type.name)
@@ -36,7 +46,11 @@ def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescript
             request_deserializer=_lenient(request_cls),
             response_serializer=response_cls.SerializeToString,
         )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    if tokens is None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+        return
+    paths = {f"/{service.full_name}/{name}": handler for name, handler in handlers.items()}
+    server.add_generic_rpc_handlers((GuardedService(paths, tokens, admin_only),))
 
 
 def _lenient(message_cls: Any) -> Any:

@@ -165,6 +165,30 @@ class Settings:
     task_restart_max_delay: float = _setting(
         30.0, "the longest wait before a crashed background task starts again", _SECONDS, ROUTER
     )
+    tokens: Path | None = _setting(
+        None,
+        "JSON file of the bearer tokens the router accepts, by role, with optional rate limits "
+        "(docs/operations.md, Tokens and TLS); unset: every call is served without a token",
+        _PATH,
+        ROUTER,
+    )
+    tls_cert: Path | None = _setting(
+        None, "PEM certificate chain the router serves TLS with (with tls_key); unset: plaintext", _PATH, ROUTER
+    )
+    tls_key: Path | None = _setting(None, "PEM private key of tls_cert", _PATH, ROUTER)
+    tls_client_ca: Path | None = _setting(
+        None,
+        "PEM CA certificates; set, the router requires a client certificate they signed (mutual TLS)",
+        _PATH,
+        ROUTER,
+    )
+    token: str | None = _setting(
+        None,
+        "bearer token of the CLI's calls to a router, instead of the local cluster's admin token (tokens.json); "
+        "prefer the variable, as a flag shows in the process list",
+        _Kind(str, _anything, "TOKEN"),
+        RANKSHARD,
+    )
     data_dir: Path = _setting(
         Path(".rankshard"), "where a local cluster keeps its processes' data and connection settings", _PATH, RANKSHARD
     )

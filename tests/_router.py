@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -25,11 +26,12 @@ async def bootstrap(dsn: str, node_addresses: Sequence[str]) -> None:
 
 
 class RouterThread:
-    """One router process's worth of serving, in a thread. `hook` is the test-only step hook; `options` are
-    `Settings` fields (the rest are the defaults)."""
+    """One router process's worth of serving, in a thread. `hook` is the test-only step hook; `clock` drives its
+    tokens' rate limits; `options` are `Settings` fields (the rest are the defaults)."""
 
-    def __init__(self, dsn: str, **options: object) -> None:
+    def __init__(self, dsn: str, clock: Callable[[], float] = time.monotonic, **options: object) -> None:
         self.dsn = dsn
+        self.clock = clock
         self.options = options
         self.hook: Callable[[str], None] | None = None
         self.port = 0
@@ -67,7 +69,7 @@ class RouterThread:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         settings = Settings(**self.options)  # type: ignore[arg-type]  # the fields' types are Settings' to check
-        async with running_router(self.dsn, on_step=self._on_step, settings=settings) as (_, port):
+        async with running_router(self.dsn, on_step=self._on_step, settings=settings, clock=self.clock) as (_, port):
             self.port = port
             self._ready.set()
             await self._stop.wait()
@@ -76,8 +78,9 @@ class RouterThread:
 class Client:
     """Stubs of both services on one channel, plus board creation in one call."""
 
-    def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    def __init__(self, port: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+        address = f"127.0.0.1:{port}"
+        self.channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
         self.lb = leaderboard_pb2_grpc.LeaderboardStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -19,8 +20,12 @@ import grpc
 import psycopg
 import pytest
 import redis
+from click.testing import CliRunner
 
+from rankshard.cli import main
 from rankshard.cli._local import _alive, _descendants, free_port
+from rankshard.v1 import admin_pb2 as apb
+from rankshard.v1 import admin_pb2_grpc as apb_grpc
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
@@ -326,3 +331,45 @@ def test_a_second_up_on_a_running_data_dir_says_so_and_changes_nothing(
     third = start_up(tmp_path, port)
     third.wait_line("router listening on")
     assert third.stop() == set()
+
+
+def test_up_with_auth_and_tls_serves_tokens_over_tls_and_the_cli_finds_both(
+    tmp_path: Path, start_up: Callable[..., Up]
+) -> None:
+    port = free_port()
+    up = start_up(tmp_path, port, "--auth", "--tls")
+    up.wait_line("router listening on")
+    assert f"rankshard: routers require a token of {tmp_path / 'tokens.json'}" in up.stdout
+    assert (up.settings()["auth"], up.settings()["tls"]) == (True, True)
+    assert stat.S_IMODE((tmp_path / "tokens.json").stat().st_mode) == 0o600
+    tokens = json.loads((tmp_path / "tokens.json").read_text())
+    assert set(tokens) == {"admin", "game"} and tokens["admin"] != tokens["game"]
+    kept = (tmp_path / "tokens.json").read_bytes(), (tmp_path / "tls" / "ca.pem").read_bytes()
+
+    assert _top(port) is None, "a plaintext client is not served"
+    with grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(kept[1])) as channel:
+        lb, admin = pb_grpc.LeaderboardStub(channel), apb_grpc.AdminStub(channel)
+        with pytest.raises(grpc.RpcError) as anonymous:
+            lb.GetTop(pb.GetTopRequest(leaderboard="global"), timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        game = (("authorization", f"Bearer {tokens['game']}"),)
+        lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="global", user_id="ann", score=42), metadata=game, timeout=10)
+        with pytest.raises(grpc.RpcError) as denied:
+            admin.ListLeaderboards(apb.ListLeaderboardsRequest(), metadata=game, timeout=10)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    top = ["--data-dir", str(tmp_path), "leaderboards", "top", "global", "--json"]
+    shown = CliRunner().invoke(main, top, env={"RANKSHARD_TOKEN": ""})
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == [{"rank": 1, "user_id": "ann", "score": 42}]
+    wrong = CliRunner().invoke(main, top, env={"RANKSHARD_TOKEN": "not-a-token"})
+    assert wrong.exit_code == 1
+    assert wrong.stderr == f"rankshard: 127.0.0.1:{port} answered UNAUTHENTICATED: unknown token\n"
+    assert up.stop() == set()
+
+    up = start_up(tmp_path, port, "--auth", "--tls")
+    up.wait_line("router listening on")
+    assert ((tmp_path / "tokens.json").read_bytes(), (tmp_path / "tls" / "ca.pem").read_bytes()) == kept
+    again = CliRunner().invoke(main, top, env={"RANKSHARD_TOKEN": tokens["game"]})
+    assert again.exit_code == 0 and json.loads(again.stdout)[0]["user_id"] == "ann", again.output
+    assert up.stop() == set()
