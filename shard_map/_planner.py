@@ -5,13 +5,14 @@ The load of a node is its members. Targets follow weights: ``target_i = total * 
 weight 0, or draining, has target 0 and receives nothing, and its shards go first. The planner acts only when
 some node is out of ``|load_i - target_i| <= PCT * target_i`` (or a drained node still holds a shard).
 
-Greedy, simulated step by step (`_plan_steps.apply_step`): pair the node with the largest surplus with the one
-with the largest deficit (drained nodes first; one of the two must be out of bounds), and move the shard that
-best fits min(surplus, deficit) without pushing either node out of bounds; when no whole shard fits within half
-the receiver's tolerance, carve one of the source's shards at a quantile (a split, then a move of the carved
-side) if that fits better. A shard that moved is never moved, carved or moved back again, so no step undoes
-another. Last, adjacent shards on one node that are both under `SMALL_SHARD_FRACTION` of the mean target merge,
-unless they were split apart in this plan.
+Greedy, simulated step by step (`_plan_steps.apply_step`): drained nodes first, each shard to the node furthest
+below its target; then pair the node with the largest surplus with the one with the largest deficit (one of the
+two out of bounds) and move the shard that best fits min(surplus, deficit) without pushing either node out of
+bounds. When no whole shard fits well (within half the receiver's tolerance and not past its target), carve one
+of the source's shards at a quantile (a split, then a move of the carved side) if that fits better. A shard that
+moved is never moved, carved or moved back again, so no step undoes another. Last, adjacent shards on one node
+that are both under `SMALL_SHARD_FRACTION` of the mean target merge, unless they were split apart in this plan.
+Ties go to the node listed first and to the lower shard, so the same inputs give the same plan.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from ._errors import InvalidArgument
-from ._model import Shard, ShardMap
+from ._model import Shard, ShardMap, ShardState
 from ._plan_steps import Merge, Move, Piece, ShardStats, Split, Step, apply_step, cuts, loads, pieces_of, replay
 from ._plan_text import format_plan, percent
 
@@ -92,8 +93,9 @@ def plan_rebalance(
     """The plan that brings every node of `nodes` within `threshold_pct` of its target, as far as the shards'
     quantiles allow. New shards are named ``s{next_shard}``, ``s{next_shard + 1}``...
 
-    Raises `InvalidArgument` when the stats do not describe `shard_map`, a shard sits on a node not in
-    `nodes`, no node can receive (every weight 0 or draining), or a new name would clash."""
+    Raises `InvalidArgument` when the stats do not describe `shard_map`, a shard is not ACTIVE (a job is in
+    flight), a shard sits on a node not in `nodes`, no node can receive (every weight 0 or draining), or a
+    new name would clash."""
     planning = _Planning(shard_map, stats, nodes, threshold_pct, next_shard)
     if not planning.unsettled():
         return planning.plan(f"nothing to do: every node is within {threshold_pct:g}% of its target")
@@ -207,6 +209,9 @@ class _Planning:
     def holds(self, node: str) -> bool:
         return any(p.node == node for p in self.pieces)
 
+    def draining_pieces(self) -> int:
+        return sum(self.draining(p.node) for p in self.pieces)
+
     def receivers(self) -> list[str]:
         return [n for n in self.order if not self.draining(n)]
 
@@ -236,16 +241,23 @@ def _check_inputs(
         raise InvalidArgument("stats", f"the stats are not of the shards of {shard_map.board!r}")
     strays = sorted({s.node for s in shard_map.shards} - set(ids))
     if strays:
-        raise InvalidArgument("nodes", f"{', '.join(strays)} hold(s) shards but is not among the nodes")
+        raise InvalidArgument("nodes", f"shards sit on {', '.join(strays)}, which is not among the nodes")
+    busy = [f"{s.id} is {s.state}" for s in shard_map.shards if s.state is not ShardState.ACTIVE]
+    if busy:
+        raise InvalidArgument("shard_map", f"{', '.join(busy)}: finish or abort its job before planning")
     taken = [int(m[1]) for s in shard_map.shards if (m := re.fullmatch(r"s(\d+)", s.id))]
     if next_shard is not None and (next_shard < 1 or any(n >= next_shard for n in taken)):
-        raise InvalidArgument("next_shard", f"s{next_shard} and up must be unused names")
+        raise InvalidArgument("next_shard", f"new shards need names unused from s{next_shard} up")
 
 
 def _balance(planning: _Planning) -> str | None:
-    """Steps until every node is within bounds; the reason when that cannot be reached."""
+    """Steps until every node is within bounds; the reason when that cannot be reached.
+
+    A drain always finishes within the step limit: steps so far plus shards left on drained nodes never
+    exceed it (they start at most the shard count; a whole move keeps the sum, and a carve, which adds
+    one, is only planned while there is room for it)."""
     while planning.unsettled():
-        if len(planning.steps) + 2 > planning.limit:
+        if not planning.draining_pieces() and len(planning.steps) + 2 > planning.limit:
             return f"stopped at the limit of {planning.limit} steps; plan again after these"
         if not (_act(planning) or _force_drain(planning)):
             return _stuck_reason(planning)
@@ -263,7 +275,8 @@ def _act(planning: _Planning) -> bool:
 
 
 def _pairs(planning: _Planning) -> list[tuple[str, str]]:
-    """(source, receiver) to try, best first: drained nodes first, then by surplus and by deficit."""
+    """(source, receiver) to try, best first: only drained nodes while they hold shards, then by surplus and
+    by deficit."""
     rank = {n: i for i, n in enumerate(planning.order)}
     draining = [n for n in planning.order if planning.draining(n) and planning.holds(n)]
     over = sorted(
@@ -271,14 +284,11 @@ def _pairs(planning: _Planning) -> list[tuple[str, str]]:
         key=lambda n: (-planning.deviation(n), rank[n]),
     )
     receivers = sorted(planning.receivers(), key=lambda n: (planning.deviation(n), rank[n]))
-    pairs = [(s, r) for s in draining for r in receivers]
-    pairs += [
-        (s, r)
-        for s in over
-        for r in receivers
-        if planning.deviation(r) < 0 and (planning.out(s) or planning.out(r))
+    if draining:
+        return [(s, r) for s in draining for r in receivers]
+    return [
+        (s, r) for s in over for r in receivers if planning.deviation(r) < 0 and (planning.out(s) or planning.out(r))
     ]
-    return pairs
 
 
 def _best_steps(planning: _Planning, source: str, receiver: str) -> list[Step] | None:
@@ -291,6 +301,7 @@ def _best_steps(planning: _Planning, source: str, receiver: str) -> list[Step] |
     drain = planning.draining(source)
     deficit = -planning.deviation(receiver)
     amount = max(0.0, min(planning.load[source] if drain else planning.deviation(source), deficit))
+    may_carve = not drain or len(planning.steps) + 2 + planning.draining_pieces() <= planning.limit
 
     def fits(members: int) -> bool:
         if members < (0 if drain else 1) or members - deficit > planning.tol[receiver]:
@@ -308,7 +319,7 @@ def _best_steps(planning: _Planning, source: str, receiver: str) -> list[Step] |
         if piece.node != source or piece.moved:
             continue
         whole: list[tuple[int, int | None, int]] = [(piece.members, None, 0)]
-        carved = [(m, at, left) for at, left in cuts(piece) for m in sorted({piece.members - left, left})]
+        carved = [(m, at, left) for at, left in cuts(piece) for m in sorted({piece.members - left, left}) if may_carve]
         for members, at, left in whole + carved:
             key = (rank(members, at is not None), i, at is not None, at or 0, members)
             if fits(members) and (best is None or key < best):

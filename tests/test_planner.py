@@ -4,7 +4,7 @@ threshold when the shards can be cut finely enough, move little more than needed
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from rankshard.shard_map import (
     ServingNode,
     Shard,
     ShardMap,
+    ShardState,
     ShardStats,
     Split,
     apply_plan,
@@ -56,7 +57,9 @@ class Scenario:
         return len(self.shard_map.shards) + 1
 
     def plan(self) -> Plan:
-        return plan_rebalance(self.shard_map, self.stats, self.nodes, next_shard=self.next_shard, threshold_pct=self.pct)
+        return plan_rebalance(
+            self.shard_map, self.stats, self.nodes, next_shard=self.next_shard, threshold_pct=self.pct
+        )
 
     def receivers(self) -> set[str]:
         return {n.id for n in self.nodes if n.share > 0}
@@ -248,6 +251,7 @@ def test_a_node_of_weight_zero_is_drained_first():
     assert isinstance(plan.steps[0], Split | Move) and plan.steps[0].shard in {"s1", "s3"}
     assert all(s.node != "n1" for s in apply_plan(scenario.shard_map, plan).shards)
     assert within(plan)
+    assert plan.format().splitlines()[-1].startswith("after    n1 0 (drain)  n2 250 (0%)")
 
 
 def test_adjacent_small_shards_on_one_node_merge_left_id_surviving():
@@ -288,3 +292,12 @@ def test_inputs_that_do_not_fit_the_map_are_refused(change, field):
     with pytest.raises(InvalidArgument) as raised:
         plan_rebalance(scenario.shard_map, **args)
     assert raised.value.field == field
+
+
+def test_a_map_with_a_job_in_flight_is_not_planned():
+    scenario = build([("n1", 10), ("n2", 10)], [0], THREE[:2])
+    migrating = replace(scenario.shard_map.shards[0], state=ShardState.MIGRATING)
+    shard_map = ShardMap("b", 2, (migrating, scenario.shard_map.shards[1]))
+    stats = [replace(scenario.stats[0], shard=migrating), scenario.stats[1]]
+    with pytest.raises(InvalidArgument, match="s1 is MIGRATING"):
+        plan_rebalance(shard_map, stats, scenario.nodes, next_shard=3)
