@@ -76,7 +76,9 @@ class Writer:
                 due = t0 + n / self.rate
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 user = f"u{rng.randrange(self.members)}"
-                request = pb.UpdateScoreRequest(leaderboard=BOARD, user_id=user, score=rng.randint(1, 10), request_id=f"r{n}")
+                request = pb.UpdateScoreRequest(
+                    leaderboard=BOARD, user_id=user, score=rng.randint(1, 10), request_id=f"r{n}"
+                )
                 task = asyncio.create_task(self._call(stub, request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -198,10 +200,12 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"move of a {result['members']:,}-member shard between nodes, writer at {result['rate']:.0f} UpdateScore/s",
-            f"  members moved per second: {result['moved_per_second']:,.0f} ({result['copied']:,} in {result['move_seconds']:.1f} s)",
+            f"  members moved per second: {result['moved_per_second']:,.0f}"
+            f" ({result['copied']:,} in {result['move_seconds']:.1f} s)",
             f"  UpdateScore p50/p99 before: {b['p50_ms']:.1f} / {b['p99_ms']:.1f} ms;"
             f" during the move: {d['p50_ms']:.1f} / {d['p99_ms']:.1f} ms",
-            f"  longest call a writer saw during the move: {d['longest_ms']:.0f} ms; the job's freeze: {result['job_freeze_ms']} ms",
+            f"  longest call a writer saw during the move: {d['longest_ms']:.0f} ms;"
+            f" the job's freeze: {result['job_freeze_ms']} ms",
             f"  source node CPU per write: {b['source_node_us_per_write']:.0f} µs ACTIVE,"
             f" {m['source_node_us_per_write']:.0f} µs MIGRATING (+{extra:.0f} µs)",
             f"  writer errors (retried): {result['writer_errors']}",
@@ -221,7 +225,9 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "summary.txt").write_text(f"python -m rankshard.benchmarks.rebalance --members {args.members}\n{text}\n")
+    (args.out / "summary.txt").write_text(
+        f"python -m rankshard.benchmarks.rebalance --members {args.members}\n{text}\n"
+    )
 
 
 if __name__ == "__main__":
