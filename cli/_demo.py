@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+import grpc
 
 from rankshard.v1 import admin_pb2, admin_pb2_grpc
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -19,6 +20,7 @@ from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
 from ._channel import RouterAccess
 from ._cluster import DEFAULT_BOARD, LocalCluster
+from ._demo_reshard import split_and_move
 from ._local import free_port
 from ._options import settings_of
 
@@ -34,7 +36,8 @@ BATCH = 50
 @click.pass_context
 def demo(ctx: click.Context, games: int, players: int, seed: int) -> None:
     """Start a local cluster in a temporary folder, play simulated games through the router with a
-    live view, show the top 10, one player's rank and neighbours, and stop everything.
+    live view, split the biggest shard and move half of it to the other node while the games go on,
+    show the top 10, one player's rank and neighbours, check every rank, and stop everything.
 
     \b
     Examples:
@@ -49,21 +52,23 @@ def demo(ctx: click.Context, games: int, players: int, seed: int) -> None:
         with LocalCluster(Path(tmp), nodes=2, shards=4, routers=1, port=free_port(), settings=settings) as local:
             click.echo(f"rankshard: router listening on {local.address}")
             access = RouterAccess.of(dataclasses.replace(settings, data_dir=local.data_dir), local.address)
-            summary = asyncio.run(_play(access, games, players, random.Random(seed)))
+            summary = asyncio.run(_play(access, local.control_plane, games, players, random.Random(seed)))
         click.echo("rankshard demo: cluster stopped, temporary folder removed")
     click.echo(f"{summary}\nwall time {time.monotonic() - started:.1f}s")
 
 
-async def _play(access: RouterAccess, games: int, players: int, rng: random.Random) -> str:
+async def _play(access: RouterAccess, control_plane: str, games: int, players: int, rng: random.Random) -> str:
     async with access.channel() as channel:
         board = pb_grpc.LeaderboardStub(channel)
         admin = admin_pb2_grpc.AdminStub(channel)
         # Skill decides how much a win is worth: most players earn little, a few earn a lot.
         skill = {f"player-{i:05d}": rng.paretovariate(2.5) for i in range(players)}
         names = list(skill)
+        expected: dict[str, int] = {}
         latencies: list[float] = []
         done = 0
         view = _LiveView(games)
+        reshard: asyncio.Task[list[str]] | None = None
         while done < games:
             size = min(BATCH, games - done)
             updates = []
@@ -71,16 +76,22 @@ async def _play(access: RouterAccess, games: int, players: int, rng: random.Rand
                 user = rng.choice(names)
                 points = int(rng.expovariate(1 / 60) * skill[user]) + 1
                 updates.append(pb.ScoreUpdate(user_id=user, score=points, request_id=f"game-{done + j}"))
+                expected[user] = expected.get(user, 0) + points
             t0 = time.perf_counter()
-            await board.BatchUpdateScores(
-                pb.BatchUpdateScoresRequest(leaderboard=DEFAULT_BOARD, updates=updates), timeout=10
-            )
+            await _send(board, updates)
             latencies.append(time.perf_counter() - t0)
             done += size
+            if reshard is None and done >= games // 3:
+                view.note("rankshard demo: splitting the biggest shard and moving half of it, games going on ...")
+                reshard = asyncio.create_task(split_and_move(control_plane, DEFAULT_BOARD, view.note))
             if view.due() or done == games:
                 top = await board.GetTop(pb.GetTopRequest(leaderboard=DEFAULT_BOARD, limit=3), timeout=5)
                 view.show(done, top)
+        jobs = await reshard if reshard is not None else []
         view.close()
+        for line in jobs:
+            click.echo(line)
+        checked = await _check_ranks(board, expected)
         top = await board.GetTop(pb.GetTopRequest(leaderboard=DEFAULT_BOARD, limit=10), timeout=5)
         _table("Top 10", top.entries)
         someone = rng.choice(names)
@@ -101,10 +112,47 @@ async def _play(access: RouterAccess, games: int, players: int, rng: random.Rand
             click.echo(f"  {s.id:4} [{lower}, {upper})  on {s.node}  {s.members} members")
         ms = sorted(x * 1000 for x in latencies)
         return (
+            f"\nEvery rank checked after the split and the move: {checked} players' scores and ranks equal one"
+            " sorted list's"
             f"\nSummary: {games} game results from {len(set(n for n in names))} simulated players in "
             f"{len(latencies)} batches of up to {BATCH}; {rank.total} players ranked; batch latency "
             f"p50 {statistics.median(ms):.1f} ms, p99 {ms[min(len(ms) - 1, int(len(ms) * 0.99))]:.1f} ms"
         )
+
+
+async def _send(board: pb_grpc.LeaderboardStub, updates: list[pb.ScoreUpdate]) -> None:
+    """One batch, sent again with the same request ids if the router could not answer (none is applied twice)."""
+    request = pb.BatchUpdateScoresRequest(leaderboard=DEFAULT_BOARD, updates=updates)
+    for attempt in range(5):
+        try:
+            await board.BatchUpdateScores(request, timeout=10)
+            return
+        except grpc.aio.AioRpcError as exc:
+            if attempt == 4 or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+
+
+async def _check_ranks(board: pb_grpc.LeaderboardStub, expected: dict[str, int]) -> int:
+    """Every player's score and rank as served, page by page, against one sorted list of what was sent; raises
+    `click.ClickException` on the first difference. Returns how many players were checked."""
+    model = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0].encode()))
+    served: list[pb.Entry] = []
+    while len(served) < len(model):
+        page = await board.GetTop(
+            pb.GetTopRequest(leaderboard=DEFAULT_BOARD, limit=1000, offset=len(served)), timeout=10
+        )
+        if not page.entries:
+            break
+        served.extend(page.entries)
+    rank = 0
+    for i, (user, score) in enumerate(model):
+        if i == 0 or score != model[i - 1][1]:
+            rank = i + 1
+        got = served[i] if i < len(served) else None
+        if got is None or (got.user_id, got.score, got.rank) != (user, score, rank):
+            shown = "nothing" if got is None else f"{got.user_id} {got.score} rank {got.rank}"
+            raise click.ClickException(f"position {i}: expected {user} {score} rank {rank}, served {shown}")
+    return len(model)
 
 
 class _LiveView:
@@ -128,6 +176,10 @@ class _LiveView:
             click.echo("\r\033[K" + line, nl=False)
         else:
             click.echo(line)
+
+    def note(self, line: str) -> None:
+        """A line of its own above the progress line."""
+        click.echo(("\r\033[K" if self.tty else "") + line)
 
     def close(self) -> None:
         if self.tty:
