@@ -19,6 +19,7 @@ from typing import Any
 from rankshard.shard_map import ROUTER, RankshardError, Settings, SettingsError, SettingSpec, setting_specs
 from rankshard.shard_node import StepHook
 
+from ._metrics import MetricsListenError
 from ._server import ListenError, serve
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 reuse_port=args.reuse_port,
             )
         )
-    except (RankshardError, ListenError) as exc:
+    except (RankshardError, ListenError, MetricsListenError) as exc:
         print(f"rankshard router: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -18,6 +18,7 @@ from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
 from ._catalog import Catalog
+from ._metrics import RouterMetrics, poll_jobs, serving_metrics
 from ._reflection import enable_reflection
 from ._service import LeaderboardService
 from ._sweeper import sweep_forever
@@ -79,9 +80,10 @@ async def running_router(
 
     `settings` gives its timeouts, pool size and sweeper (see `Settings`); `reuse_port` lets it share `port` with
     the other routers of its cluster (SO_REUSEPORT); without it a port that any other process serves is refused.
+    With `settings.metrics_port`, its metrics are served there (docs/operations.md, "Metrics").
 
     Raises `ControlPlaneError` when the control plane cannot be reached or has no nodes yet, `ListenError` when
-    the port cannot be bound.
+    the port cannot be bound, `MetricsListenError` when the metrics port cannot.
     """
     control_plane = await ControlPlane.open(
         control_plane_dsn, max_size=settings.control_plane_pool_size, timeout=settings.control_plane_timeout
@@ -89,9 +91,10 @@ async def running_router(
     try:
         cluster = await connect_cluster(control_plane, settings.node_timeout)
         try:
-            catalog = Catalog(control_plane, cluster, settings.node_timeout)
-            async with _serving(catalog, host, port, settings, on_step, reuse_port) as served:
-                yield served
+            async with serving_metrics(settings.metrics_host, settings.metrics_port) as metrics:
+                catalog = Catalog(control_plane, cluster, settings.node_timeout, metrics)
+                async with _serving(catalog, host, port, settings, on_step, reuse_port) as served:
+                    yield served
         finally:
             await cluster.aclose()
     finally:
@@ -104,9 +107,10 @@ async def _serving(
 ) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
     """The gRPC server over `catalog`, with its background tasks, from start to drain."""
     server = grpc.aio.server(options=_server_options(reuse_port))
-    leaderboard = LeaderboardService(catalog, settings.call_deadline, on_step)
+    metrics = catalog.metrics
+    leaderboard = LeaderboardService(catalog, settings.call_deadline, on_step, metrics)
     add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2)
-    add_service(server, AdminService(catalog, settings.call_deadline), ADMIN, admin_pb2)
+    add_service(server, AdminService(catalog, settings.call_deadline, metrics), ADMIN, admin_pb2)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -118,7 +122,11 @@ async def _serving(
         settings.task_restart_delay, settings.task_restart_max_delay, settings.fail_task
     ) as tasks:
         tasks.keep_running("epoch-follower", catalog.follow_epochs)
-        tasks.keep_running("sweeper", lambda: sweep_forever(catalog, settings.sweep_interval, settings.sweep_age_ms))
+        tasks.keep_running(
+            "sweeper", lambda: sweep_forever(catalog, settings.sweep_interval, settings.sweep_age_ms, metrics)
+        )
+        if metrics is not None:
+            _keep_jobs_measured(tasks, catalog.control_plane, metrics, settings.metrics_poll_interval)
         try:
             yield server, bound
         finally:
@@ -126,6 +134,12 @@ async def _serving(
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.stop(grace=settings.drain_grace)
             await leaderboard.aclose()
+
+
+def _keep_jobs_measured(
+    tasks: BackgroundTasks, control_plane: ControlPlane, metrics: RouterMetrics, interval: float
+) -> None:
+    tasks.keep_running("job-metrics", lambda: poll_jobs(control_plane, metrics, interval))
 
 
 async def serve(

@@ -30,6 +30,7 @@ from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 from . import _validate as validate
 from ._catalog import Catalog
 from ._coalesce import Coalescer
+from ._metrics import RouterMetrics
 from ._status import handler
 
 T = TypeVar("T")
@@ -37,18 +38,28 @@ _READ_ATTEMPTS = 3
 
 
 class LeaderboardService(pb_grpc.LeaderboardServicer):
-    def __init__(self, catalog: Catalog, call_deadline: float, on_step: StepHook | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        call_deadline: float,
+        on_step: StepHook | None = None,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
         self.catalog = catalog
         self.call_deadline = call_deadline
+        self.metrics = metrics
         self.cluster = catalog.cluster
         self.on_step = on_step
         """Test-only hook into the boundary-crossing protocol (see shard_node.MOVE_STEPS)."""
         # Keyed by board alone: a batch commits with one script call per index node, in parallel, and
         # bigger batches are what a loaded router core gains most from (measured: 3 calls per batch when
         # keyed by index node too, 20 by board alone, at 1.5x the calls per core).
-        self._updates: Coalescer[str, Update, UpdateOutcome] = Coalescer(self._update_batch)
-        self._ranks: Coalescer[str, str, tuple[Entry, int]] = Coalescer(self._rank_batch)
-        self._pages: Coalescer[tuple[str, int, int], None, tuple[list[Entry], int]] = Coalescer(self._page_once)
+        sizes = (lambda kind: None) if metrics is None else metrics.batch_observer
+        self._updates: Coalescer[str, Update, UpdateOutcome] = Coalescer(self._update_batch, on_batch=sizes("update"))
+        self._ranks: Coalescer[str, str, tuple[Entry, int]] = Coalescer(self._rank_batch, on_batch=sizes("rank"))
+        self._pages: Coalescer[tuple[str, int, int], None, tuple[list[Entry], int]] = Coalescer(
+            self._page_once, on_batch=sizes("page")
+        )
 
     async def aclose(self) -> None:
         """Waits for the coalesced batches under way."""
@@ -138,7 +149,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
             except StaleMap:
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
-                layout = await self.catalog.refresh(board)
+                layout = await self.catalog.reload_stale(board)
         raise AssertionError("unreachable")
 
     async def _write(self, board: str, write: Callable[[BoardLayout], Awaitable[T]]) -> T:
@@ -148,7 +159,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         try:
             return await write(layout)
         except StaleMap:
-            await self.catalog.refresh(board)
+            await self.catalog.reload_stale(board)
             raise
 
 

@@ -2,7 +2,7 @@
 
 from ._admin import connect_cluster, create_board, delete_board, install_descriptors
 from ._audit import Finding, FindingKind, audit_board
-from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
+from ._client import DEFAULT_NODE_TIMEOUT, NODE_ERROR_KINDS, NodeClient, NodeObserver
 from ._import import ImportInterrupted, import_members
 from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
@@ -10,7 +10,7 @@ from ._moves import MOVE_STEPS, StepHook, finish_move
 from ._new_node import check_new_node
 from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_scores, read_entry, shard_sizes
 from ._repair import LostMembers, RepairReport, repair_board
-from ._sweep import DEFAULT_MIN_AGE_MS, sweep_board
+from ._sweep import DEFAULT_MIN_AGE_MS, count_pending_marks, sweep_board
 from ._tombstones import Collected, collect_tombstones
 from ._writes import Update, UpdateOutcome, apply_each, apply_updates, remove_member
 
@@ -23,6 +23,7 @@ __all__ = [
     "audit_board",
     "repair_board",
     "sweep_board",
+    "count_pending_marks",
     "Collected",
     "collect_tombstones",
     "DEFAULT_NODE_TIMEOUT",
@@ -31,7 +32,9 @@ __all__ = [
     "Cluster",
     "Entry",
     "IndexEntry",
+    "NODE_ERROR_KINDS",
     "NodeClient",
+    "NodeObserver",
     "StepHook",
     "Update",
     "UpdateOutcome",
