@@ -86,49 +86,46 @@ def handler(
     async def run(self: S, request: Any, context: grpc.aio.ServicerContext) -> R:
         metrics = self.metrics
         started = 0.0 if metrics is None else time.perf_counter()
-        code = "OK"
         try:
             if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
-            try:
-                remaining = context.time_remaining()
-                if remaining is not None:
-                    # grpc.aio cancels this task when the client's deadline passes (the client sees
-                    # DEADLINE_EXCEEDED): a timer of our own per call would cost about 10 µs for nothing.
-                    with control_plane_deadline(_control_plane_budget(remaining)):
-                        return await method(self, request, context)
-                async with asyncio.timeout(self.call_deadline):
-                    with control_plane_deadline(_control_plane_budget(self.call_deadline)):
-                        return await method(self, request, context)
-            except RankshardError as exc:
-                await context.abort(status_of(exc), str(exc))
-            except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"deadline passed (a call without one gets {self.call_deadline:g} s)",
-                )
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception:
-                log.exception("bug in %s", name)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}")
-            raise AssertionError("unreachable: context.abort raises")
-        except grpc.aio.AbortError:
-            code = _code_name(context.code())
-            raise
+                code, details = grpc.StatusCode.INVALID_ARGUMENT, request.problem
+            else:
+                try:
+                    remaining = context.time_remaining()
+                    if remaining is not None:
+                        # grpc.aio cancels this task when the client's deadline passes (the client sees
+                        # DEADLINE_EXCEEDED): a timer of our own per call would cost about 10 µs for nothing.
+                        with control_plane_deadline(_control_plane_budget(remaining)):
+                            answer = await method(self, request, context)
+                    else:
+                        async with asyncio.timeout(self.call_deadline):
+                            with control_plane_deadline(_control_plane_budget(self.call_deadline)):
+                                answer = await method(self, request, context)
+                except RankshardError as exc:
+                    code, details = status_of(exc), str(exc)
+                except TimeoutError:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    details = f"deadline passed (a call without one gets {self.call_deadline:g} s)"
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    log.exception("bug in %s", name)
+                    code, details = grpc.StatusCode.INTERNAL, f"internal error in {name}"
+                else:
+                    if metrics is not None:
+                        metrics.call_done(name, "OK", time.perf_counter() - started)
+                    return answer
         except asyncio.CancelledError:
-            code = _cancelled_code(context)
-            raise
-        finally:
             if metrics is not None:
-                metrics.call_done(name, code, time.perf_counter() - started)
+                metrics.call_done(name, _cancelled_code(context), time.perf_counter() - started)
+            raise
+        # Counted before the abort: the status leaves within it, and a client that has it finds it counted.
+        if metrics is not None:
+            metrics.call_done(name, code.name, time.perf_counter() - started)
+        await context.abort(code, details)
+        raise AssertionError("unreachable: context.abort raises")
 
     return run
-
-
-def _code_name(code: grpc.StatusCode | None) -> str:
-    """The name of the status a handler aborted with (``NOT_FOUND``)."""
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def _cancelled_code(context: grpc.aio.ServicerContext) -> str:
