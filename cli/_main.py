@@ -116,7 +116,8 @@ def up(
     A process that dies is restarted on its port and data; one that keeps dying stops the
     cluster. Data lives in --data-dir and survives a stop and start. Creates board `global`
     (descending, increment) if absent. The routers take their settings from the environment
-    (RANKSHARD_SWEEP_INTERVAL and so on) and from rankshard's options.
+    (RANKSHARD_SWEEP_INTERVAL and so on) and from rankshard's options. Each router serves
+    Prometheus metrics on a port of its own: printed, and kept in cluster.json (metrics_ports).
 
     \b
     Examples:
@@ -128,7 +129,14 @@ def up(
     cuts = parse_boundaries(boundaries) if boundaries else None
     settings = with_options(settings_of(ctx), given)
     local = LocalCluster(
-        settings.data_dir, nodes=nodes, shards=shards, routers=routers, port=port, boundaries=cuts, settings=settings
+        settings.data_dir,
+        nodes=nodes,
+        shards=shards,
+        routers=routers,
+        port=port,
+        boundaries=cuts,
+        settings=settings,
+        metrics=True,
     )
     with signals_caught() as received:
         try:
@@ -141,6 +149,8 @@ def up(
             click.echo(f"rankshard: control plane {local.control_plane}")
             click.echo(f"rankshard: nodes {', '.join(n.address for n in local.nodes)}")
             click.echo(f"rankshard: router listening on {local.address}")
+            metrics = ", ".join(f"http://{r.metrics_address}/metrics" for r in local.routers)
+            click.echo(f"rankshard: metrics {metrics}")
             outcome = supervise_until_signal(local, click.echo, received)
             if isinstance(outcome, GaveUp):
                 click.echo(f"rankshard: {outcome.name} keeps dying; stopping. The last lines of {outcome.log_path}:")
