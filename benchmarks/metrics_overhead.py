@@ -3,7 +3,8 @@
 Starts a local cluster (``rankshard cluster up``, one node) in a temporary folder, and beside it two routers of
 their own ports over it: one without metrics, one with ``--metrics-port``. Then GetRank calls go to each in turn
 (`--rounds` alternating rounds of `--seconds`, `--concurrency` calls in flight from one client process), and it
-prints each round's calls/s and the medians. Everything it started is stopped at the end.
+prints each round's calls/s and the router's CPU time per call (steadier than calls/s on a shared machine), then
+the medians. Everything it started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
-from ._procs import Cluster, Spawned, free_port
+from ._procs import Cluster, Spawned, cpu_seconds, free_port
 
 BOARD = "global"
 MEMBERS = 10_000
@@ -41,8 +42,15 @@ async def _fill(port: int) -> None:
             await lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=BOARD, updates=updates), timeout=30)
 
 
-async def _round(port: int, seconds: float, concurrency: int) -> float:
-    """GetRank calls/s over `seconds`, `concurrency` in flight."""
+def _measured(router: Spawned, port: int, seconds: float, concurrency: int) -> tuple[float, float]:
+    """(calls/s, the router's CPU µs per call) of one round."""
+    cpu = cpu_seconds(router.pid)
+    calls, elapsed = asyncio.run(_round(port, seconds, concurrency))
+    return calls / elapsed, 1e6 * (cpu_seconds(router.pid) - cpu) / calls
+
+
+async def _round(port: int, seconds: float, concurrency: int) -> tuple[int, float]:
+    """GetRank calls made over `seconds`, `concurrency` in flight, and the seconds they took."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         lb = pb_grpc.LeaderboardStub(channel)
         done = 0
@@ -58,7 +66,7 @@ async def _round(port: int, seconds: float, concurrency: int) -> float:
 
         started = time.perf_counter()
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
-        return done / (time.perf_counter() - started)
+        return done, time.perf_counter() - started
 
 
 def main() -> None:
@@ -76,19 +84,24 @@ def main() -> None:
             metered, metered_port = _router(cluster, Path(tmp) / "metered.log", "--metrics-port", str(free_port()))
             started.append(metered)
             asyncio.run(_fill(plain_port))
-            figures: dict[str, list[float]] = {"without metrics": [], "with metrics": []}
+            figures: dict[str, list[tuple[float, float]]] = {"without metrics": [], "with metrics": []}
+            sides = (("without metrics", plain, plain_port), ("with metrics", metered, metered_port))
             for n in range(args.rounds):
-                for name, port in (("without metrics", plain_port), ("with metrics", metered_port))[:: 1 - 2 * (n % 2)]:
-                    figures[name].append(asyncio.run(_round(port, args.seconds, args.concurrency)))
-                    print(f"round {n + 1} {name}: {figures[name][-1]:,.0f} GetRank calls/s", flush=True)
+                for name, router, port in sides[:: 1 - 2 * (n % 2)]:  # alternating which goes first
+                    figures[name].append(_measured(router, port, args.seconds, args.concurrency))
+                    rate, cpu = figures[name][-1]
+                    print(f"round {n + 1} {name}: {rate:,.0f} GetRank calls/s, {cpu:.1f} µs router CPU per call")
         finally:
             for spawned in started:
                 spawned.stop()
             cluster.stop()
-    plain_median, metered_median = (statistics.median(v) for v in figures.values())
+    (plain_rate, plain_cpu), (metered_rate, metered_cpu) = (
+        (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for v in figures.values()
+    )
     print(
-        f"median: {plain_median:,.0f} calls/s without metrics, {metered_median:,.0f} with "
-        f"({100 * (metered_median / plain_median - 1):+.1f}%)"
+        f"median: {plain_rate:,.0f} calls/s without metrics, {metered_rate:,.0f} with "
+        f"({100 * (metered_rate / plain_rate - 1):+.1f}%); router CPU per call {plain_cpu:.1f} µs without, "
+        f"{metered_cpu:.1f} µs with ({100 * (metered_cpu / plain_cpu - 1):+.1f}%)"
     )
 
 

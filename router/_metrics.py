@@ -1,8 +1,8 @@
 """The router's Prometheus metrics: one registry per router, served over HTTP on `Settings.metrics_port`.
 
-docs/operations.md ("Metrics") lists every metric with its labels. What is measured per call is a dictionary
-lookup and two or three updates of prometheus_client values (measured: docs/operations.md); a router without a
-metrics port has no `RouterMetrics` at all, and every hook below is then a single None check.
+docs/operations.md ("Metrics") lists every metric with its labels. What is updated on every call or node round
+trip lives in `_tallies` (no lock per update); the rest are prometheus_client's own metrics. A router without a
+metrics port has no `RouterMetrics` at all, and every hook that feeds it is then a single None check.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from rankshard.shard_map import ControlPlane, Job, RankshardError
+
+from ._tallies import CounterTallies, HistogramTallies
 
 log = logging.getLogger("rankshard.router")
 
@@ -34,30 +36,29 @@ class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self._requests = Counter(
-            "rankshard_requests", "Calls answered, by method and gRPC status code", ("method", "code"), registry=r
+        self._requests = CounterTallies(
+            "rankshard_requests", "Calls answered, by method and gRPC status code", ("method", "code")
         )
-        self._durations = Histogram(
+        self._durations = HistogramTallies(
             "rankshard_request_duration_seconds",
             "Time from a call's arrival in its handler to its answer, by method",
             ("method",),
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self._batches = Histogram(
+        self._batches = HistogramTallies(
             "rankshard_coalesced_batch_size",
             "Calls per coalesced batch, by kind (update: UpdateScore, rank: GetRank, page: GetTop)",
             ("kind",),
-            buckets=_BATCH_BUCKETS,
-            registry=r,
+            _BATCH_BUCKETS,
         )
-        self._node_durations = Histogram(
+        self._node_durations = HistogramTallies(
             "rankshard_node_request_duration_seconds",
             "Round trips to a data node (one pipelined send and its replies, or its failure), by node id",
             ("node",),
-            buckets=_NODE_BUCKETS,
-            registry=r,
+            _NODE_BUCKETS,
         )
+        for tallies in (self._requests, self._durations, self._batches, self._node_durations):
+            r.register(tallies)
         self._node_errors = Counter(
             "rankshard_node_errors",
             "Failed node commands, by node id and kind of failure",
@@ -84,8 +85,6 @@ class RouterMetrics:
         self._step = Gauge(
             "rankshard_job_step", "1 for the step a running job is at", (*_JOB_LABELS, "step"), registry=r
         )
-        self._calls: dict[tuple[str, str], Callable[[float], None]] = {}
-        self._nodes: dict[str, Callable[[float], None]] = {}
         self._boards: set[str] = set()
         """Boards with a pending-marks series."""
         self._jobs: dict[int, tuple[tuple[str, str, str], str]] = {}
@@ -93,30 +92,17 @@ class RouterMetrics:
 
     def call_done(self, method: str, code: str, seconds: float) -> None:
         """A call of `method` answered with status `code` (its name: ``OK``, ``NOT_FOUND``) after `seconds`."""
-        observe = self._calls.get((method, code))
-        if observe is None:
-            observe = self._calls[method, code] = self._call_observer(method, code)
-        observe(seconds)
-
-    def _call_observer(self, method: str, code: str) -> Callable[[float], None]:
-        count, duration = self._requests.labels(method, code).inc, self._durations.labels(method).observe
-
-        def observe(seconds: float) -> None:
-            count()
-            duration(seconds)
-
-        return observe
+        counts, key = self._requests.counts, (method, code)
+        counts[key] = counts.get(key, 0) + 1
+        self._durations.series(method).observe(seconds)
 
     def batch_observer(self, kind: str) -> Callable[[int], None]:
         """What a `Coalescer` of `kind` calls with each batch's size."""
-        return self._batches.labels(kind).observe
+        return self._batches.series(kind).observe
 
     def round_trip(self, node_id: str, seconds: float) -> None:
         """`NodeObserver.round_trip`."""
-        observe = self._nodes.get(node_id)
-        if observe is None:
-            observe = self._nodes[node_id] = self._node_durations.labels(node_id).observe
-        observe(seconds)
+        self._node_durations.series(node_id).observe(seconds)
 
     def failed(self, node_id: str, kind: str) -> None:
         """`NodeObserver.failed`."""

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rankshard.cli._local import free_port
 from rankshard.router._service import _READ_ATTEMPTS
+from rankshard.router._tallies import Tally
 from rankshard.shard_map import CarvePlan, ControlPlane, JobKind, JobState, JobStep
 from rankshard.shard_node import MOVE_STEPS
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -273,3 +274,11 @@ def test_the_dashboard_asks_only_for_metrics_the_router_exports(metered: Metered
     ours = {f: kind for f, kind in scrape.types.items() if f.startswith("rankshard_") and not f.endswith("_created")}
     charted = {f for f, kind in ours.items() if any(f + suffix in named for suffix in SUFFIXES.get(kind, ("",)))}
     assert charted == set(ours)
+
+
+def test_a_tally_counts_a_value_in_the_first_bucket_whose_bound_it_does_not_exceed() -> None:
+    tally = Tally((1, 2.5))
+    for value in (0.5, 1, 2, 2.5, 3):
+        tally.observe(value)
+    assert tally.buckets() == [("1.0", 2), ("2.5", 4), ("+Inf", 5)]
+    assert tally.sum == 9.0
