@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -18,7 +19,7 @@ from rankshard.v1 import admin_pb2, leaderboard_pb2
 
 from ._admin import AdminService
 from ._catalog import Catalog
-from ._metrics import RouterMetrics, poll_jobs, serving_metrics
+from ._metrics import poll_jobs, serving_metrics
 from ._reflection import enable_reflection
 from ._service import LeaderboardService
 from ._sweeper import sweep_forever
@@ -126,7 +127,8 @@ async def _serving(
             "sweeper", lambda: sweep_forever(catalog, settings.sweep_interval, settings.sweep_age_ms, metrics)
         )
         if metrics is not None:
-            _keep_jobs_measured(tasks, catalog.control_plane, metrics, settings.metrics_poll_interval)
+            poll = functools.partial(poll_jobs, catalog.control_plane, metrics, settings.metrics_poll_interval)
+            tasks.keep_running("job-metrics", poll)
         try:
             yield server, bound
         finally:
@@ -134,12 +136,6 @@ async def _serving(
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.stop(grace=settings.drain_grace)
             await leaderboard.aclose()
-
-
-def _keep_jobs_measured(
-    tasks: BackgroundTasks, control_plane: ControlPlane, metrics: RouterMetrics, interval: float
-) -> None:
-    tasks.keep_running("job-metrics", lambda: poll_jobs(control_plane, metrics, interval))
 
 
 async def serve(

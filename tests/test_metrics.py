@@ -19,10 +19,10 @@ import redis
 from _router import Client, RouterThread, bootstrap
 from prometheus_client.parser import text_string_to_metric_families
 
-from rankshard.cli._local import free_port
+from rankshard.cli._local import LocalValkey, free_port
 from rankshard.router._service import _READ_ATTEMPTS
 from rankshard.router._tallies import Tally
-from rankshard.shard_map import CarvePlan, ControlPlane, JobKind, JobState, JobStep
+from rankshard.shard_map import CarvePlan, ControlPlane, JobKind, JobState, JobStep, Node
 from rankshard.shard_node import MOVE_STEPS
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -101,9 +101,9 @@ def _fails(call: Callable[[], object]) -> grpc.StatusCode:
     return failed.value.code()  # type: ignore[no-any-return]  # grpc's stubs leave code() untyped
 
 
-async def _node_ids(dsn: str) -> list[str]:
+async def _nodes(dsn: str) -> list[Node]:
     async with await ControlPlane.open(dsn) as cp:
-        return [n.id for n in await cp.list_nodes()]
+        return await cp.list_nodes()
 
 
 def test_calls_are_counted_by_method_and_code_and_timed(metered: MeteredRouter, control_plane_dsn: str) -> None:
@@ -144,10 +144,29 @@ def test_calls_are_counted_by_method_and_code_and_timed(metered: MeteredRouter, 
     assert scrape.value("rankshard_coalesced_batch_size_sum", kind="update") == 7
     assert scrape.value("rankshard_coalesced_batch_size_sum", kind="rank") == 5 + 3
     assert scrape.value("rankshard_coalesced_batch_size_sum", kind="page") == 1
-    for node in asyncio.run(_node_ids(control_plane_dsn)):
+    for node in (n.id for n in asyncio.run(_nodes(control_plane_dsn))):
         trips = scrape.value("rankshard_node_request_duration_seconds_count", node=node)
         assert trips is not None and trips > 0, f"no round trips to node {node}"
     assert not scrape.series("rankshard_node_errors_total")
+
+
+def test_node_errors_are_counted_by_node_and_kind(
+    control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey
+) -> None:
+    asyncio.run(bootstrap(control_plane_dsn, [node_addresses[0], fresh_valkey.address]))
+    router = MeteredRouter(control_plane_dsn)
+    try:
+        router.client.create("halved", boundaries=[10])
+        lost = next(n.id for n in asyncio.run(_nodes(control_plane_dsn)) if n.address == fresh_valkey.address)
+        fresh_valkey.stop()
+        assert _fails(lambda: router.client.lb.GetTop(pb.GetTopRequest(leaderboard="halved"))) == (
+            grpc.StatusCode.UNAVAILABLE
+        )
+        errors = router.scrape().samples["rankshard_node_errors_total"]
+        assert {dict(labels)["node"] for labels in errors} == {lost}
+        assert errors[frozenset({("node", lost), ("kind", "connection")})] >= 1
+    finally:
+        router.stop()
 
 
 def test_a_stale_map_is_counted_per_reload(
