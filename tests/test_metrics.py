@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from _router import Client, RouterThread, bootstrap
 from prometheus_client.parser import text_string_to_metric_families
 
 from rankshard.cli._local import LocalValkey, free_port
+from rankshard.router import MetricsListenError
 from rankshard.router._service import _READ_ATTEMPTS
 from rankshard.router._tallies import Tally
 from rankshard.shard_map import CarvePlan, ControlPlane, JobKind, JobState, JobStep, Node
@@ -169,9 +171,7 @@ def test_node_errors_are_counted_by_node_and_kind(
         router.stop()
 
 
-def test_a_stale_map_is_counted_per_reload(
-    metered: MeteredRouter, node_addresses: list[str], control_plane_dsn: str
-) -> None:
+def test_a_stale_map_is_counted_per_reload(metered: MeteredRouter, node_addresses: list[str]) -> None:
     """A node whose descriptor of a shard moved on answers STALE; each reload of the map is counted."""
     lb, board = metered.client.lb, "fenced"
     metered.client.create(board)
@@ -193,9 +193,7 @@ def test_a_stale_map_is_counted_per_reload(
     assert scrape.value("rankshard_requests_total", method="GetTop", code="UNAVAILABLE") == 1
 
 
-def test_pending_marks_and_the_sweeper_finishing_them(
-    metered: MeteredRouter, control_plane_dsn: str, node_addresses: list[str]
-) -> None:
+def test_pending_marks_and_the_sweeper_finishing_them(metered: MeteredRouter, control_plane_dsn: str) -> None:
     """A write abandoned mid-crossing leaves a mark; a second router whose sweeper takes it at once finishes
     it. Each router has its own registry."""
     lb, board = metered.client.lb, "marked"
@@ -301,3 +299,19 @@ def test_a_tally_counts_a_value_in_the_first_bucket_whose_bound_it_does_not_exce
         tally.observe(value)
     assert tally.buckets() == [("1.0", 2), ("2.5", 4), ("+Inf", 5)]
     assert tally.sum == 9.0
+
+
+def test_a_metrics_port_in_use_stops_the_router_at_start_naming_it(
+    control_plane_dsn: str, node_addresses: list[str]
+) -> None:
+    asyncio.run(bootstrap(control_plane_dsn, node_addresses))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        router = RouterThread(control_plane_dsn, metrics_port=port)
+        with pytest.raises(
+            MetricsListenError, match=f"cannot serve metrics on 127.0.0.1:{port}: address already in use"
+        ):
+            router.start()
+        router.stop()
