@@ -68,22 +68,34 @@ def router_flags(settings: Settings) -> list[str]:
 
 class LocalRouter:
     """One `python -m rankshard.router` of a local cluster, sharing the cluster's port with its other routers
-    (`--reuse-port`), run with the cluster's `settings`. Its stderr goes to `log_path`. `start` returns once it
-    serves, and starts it again after it died; a start that fails kills what it spawned and raises RuntimeError."""
+    (`--reuse-port`), run with the cluster's `settings`, serving its metrics on `metrics_port` (0: none). Its
+    stderr goes to `log_path`. `start` returns once it serves, and starts it again after it died; a start that
+    fails kills what it spawned and raises RuntimeError."""
 
     def __init__(
-        self, number: int, control_plane: str, port: int, log_path: Path, settings: Settings = DEFAULTS
+        self,
+        number: int,
+        control_plane: str,
+        port: int,
+        log_path: Path,
+        settings: Settings = DEFAULTS,
+        metrics_port: int = 0,
     ) -> None:
         self.number = number
         self.control_plane = control_plane
         self.port = port
         self.log_path = log_path
         self.settings = settings
+        self.metrics_port = metrics_port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def name(self) -> str:
         return f"router {self.number} ({HOST}:{self.port})"
+
+    @property
+    def metrics_address(self) -> str:
+        return f"{self.settings.metrics_host}:{self.metrics_port}"
 
     @property
     def exit_code(self) -> int | None:
@@ -106,6 +118,8 @@ class LocalRouter:
             str(self.port),
             "--reuse-port",
             *router_flags(self.settings),
+            # Last, so that it wins over a RANKSHARD_METRICS_PORT the settings came with: one port per router.
+            *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else []),
         ]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
@@ -178,7 +192,8 @@ class LocalCluster:
     servers, routers and supervision follow `settings` (its node, PostgreSQL, restart and router settings).
 
     While it runs it holds its data dir and its router port (see `_claims`): a second cluster on either is
-    refused with `ClaimRefused` before anything is changed."""
+    refused with `ClaimRefused` before anything is changed. With `metrics`, each router serves its metrics on a
+    port of its own (free when first chosen, kept in `cluster.json` as `metrics_ports`)."""
 
     def __init__(
         self,
@@ -192,6 +207,7 @@ class LocalCluster:
         settings: Settings = DEFAULTS,
         auth: bool = False,
         tls: bool = False,
+        metrics: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.node_count = nodes
@@ -202,6 +218,7 @@ class LocalCluster:
         self.settings = settings
         self.auth = auth
         self.tls = tls
+        self.metrics = metrics
         self.postgres: LocalPostgres | None = None
         self.nodes: list[LocalValkey] = []
         self.routers: list[LocalRouter] = []
@@ -237,6 +254,10 @@ class LocalCluster:
             ports.node_ports.append(free_port())
         ports.router_port = self.port
         ports.auth, ports.tls = self.auth, self.tls
+        if self.metrics:
+            while len(ports.metrics_ports) < self.router_count:
+                ports.metrics_ports.append(free_port())
+            del ports.metrics_ports[self.router_count :]
         ports.save(self.data_dir)
         self.ports = ports
         self.settings = self._secured(self.settings)
@@ -249,7 +270,8 @@ class LocalCluster:
         asyncio.run(self._bootstrap())
         for i in range(1, self.router_count + 1):
             log_path = self.data_dir / f"router-{i}.log"
-            self.routers.append(LocalRouter(i, self.control_plane, self.port, log_path, self.settings))
+            metrics_port = ports.metrics_ports[i - 1] if self.metrics else 0
+            self.routers.append(LocalRouter(i, self.control_plane, self.port, log_path, self.settings, metrics_port))
             self.routers[-1].start()
 
     def _secured(self, settings: Settings) -> Settings:

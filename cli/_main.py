@@ -131,7 +131,8 @@ def up(
     (descending, increment) if absent. The routers take their settings from the environment
     (RANKSHARD_SWEEP_INTERVAL and so on) and from rankshard's options. With --auth every
     call needs a token of tokens.json (role admin: every service; game: Leaderboard);
-    with --tls clients trust tls/ca.pem. The CLI finds both in --data-dir.
+    with --tls clients trust tls/ca.pem. The CLI finds both in --data-dir. Each router serves
+    Prometheus metrics on a port of its own: printed, and kept in cluster.json (metrics_ports).
 
     \b
     Examples:
@@ -153,6 +154,7 @@ def up(
         settings=settings,
         auth=auth,
         tls=tls,
+        metrics=True,
     )
     with signals_caught() as received:
         try:
@@ -167,6 +169,8 @@ def up(
             for line in _secured_by(local):
                 click.echo(line)
             click.echo(f"rankshard: router listening on {local.address}")
+            metrics = ", ".join(f"http://{r.metrics_address}/metrics" for r in local.routers)
+            click.echo(f"rankshard: metrics {metrics}")
             outcome = supervise_until_signal(local, click.echo, received)
             if isinstance(outcome, GaveUp):
                 click.echo(f"rankshard: {outcome.name} keeps dying; stopping. The last lines of {outcome.log_path}:")

@@ -14,7 +14,8 @@ SETTINGS_FILE = "cluster.json"
 @dataclass(slots=True)
 class LocalSettings:
     """Ports chosen when a local cluster first started; kept so a restart comes back on the same ones
-    (node addresses are recorded in the control plane)."""
+    (node addresses are recorded in the control plane). `metrics_ports`: each router's metrics endpoint, in
+    router order (``rankshard cluster up``; none for `rankshard demo`)."""
 
     postgres_port: int
     node_ports: list[int] = field(default_factory=list)
@@ -23,6 +24,7 @@ class LocalSettings:
     """Whether the routers require the bearer tokens of ``tokens.json`` (``cluster up --auth``)."""
     tls: bool = False
     """Whether the routers serve TLS with the certificate of ``tls/`` (``cluster up --tls``)."""
+    metrics_ports: list[int] = field(default_factory=list)
 
     @property
     def control_plane(self) -> str:

@@ -1,5 +1,6 @@
 """The gRPC router: `rankshard.v1.Leaderboard` and `rankshard.v1.Admin` over the shard_node data path."""
 
+from ._metrics import MetricsListenError
 from ._reflection import REFLECTION_V1
 from ._security import SecurityError
 from ._server import SERVICE_NAMES, ListenError, running_router, serve
@@ -11,6 +12,7 @@ __all__ = [
     "STATUS_OF",
     "ListenError",
     "SecurityError",
+    "MetricsListenError",
     "running_router",
     "serve",
     "status_of",

@@ -19,6 +19,7 @@ from typing import Any
 from rankshard.shard_map import ROUTER, RankshardError, Settings, SettingsError, SettingSpec, setting_specs
 from rankshard.shard_node import StepHook
 
+from ._metrics import MetricsListenError
 from ._security import SecurityError
 from ._server import ListenError, serve
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 reuse_port=args.reuse_port,
             )
         )
-    except (RankshardError, ListenError, SecurityError) as exc:
+    except (RankshardError, ListenError, SecurityError, MetricsListenError) as exc:
         print(f"rankshard router: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -17,6 +17,7 @@ from rankshard.v1 import admin_pb2 as pb
 from rankshard.v1 import admin_pb2_grpc as pb_grpc
 
 from ._catalog import Catalog
+from ._metrics import RouterMetrics
 from ._status import handler
 
 _ORDER_TO_PROTO = {SortOrder.DESCENDING: pb.SORT_ORDER_DESCENDING, SortOrder.ASCENDING: pb.SORT_ORDER_ASCENDING}
@@ -28,9 +29,10 @@ _OPERATOR_TO_PROTO = {
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, catalog: Catalog, call_deadline: float) -> None:
+    def __init__(self, catalog: Catalog, call_deadline: float, metrics: RouterMetrics | None = None) -> None:
         self.catalog = catalog
         self.call_deadline = call_deadline
+        self.metrics = metrics
 
     @handler
     async def CreateLeaderboard(

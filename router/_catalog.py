@@ -13,6 +13,8 @@ import time
 from rankshard.shard_map import ControlPlane, NotFound, RankshardError
 from rankshard.shard_node import BoardLayout, Cluster, NodeClient
 
+from ._metrics import RouterMetrics
+
 log = logging.getLogger("rankshard.router")
 
 _UNKNOWN_TTL = 2.0
@@ -20,10 +22,18 @@ _UNKNOWN_TTL = 2.0
 
 
 class Catalog:
-    def __init__(self, control_plane: ControlPlane, cluster: Cluster, node_timeout: float) -> None:
+    def __init__(
+        self, control_plane: ControlPlane, cluster: Cluster, node_timeout: float, metrics: RouterMetrics | None = None
+    ) -> None:
+        """`metrics`, when given, counts STALE reloads and observes every node client, the cluster's and those
+        added later."""
         self.control_plane = control_plane
         self.cluster = cluster
+        self.metrics = metrics
         self._node_timeout = node_timeout
+        if metrics is not None:
+            for client in cluster.nodes.values():
+                client.observer = metrics
         self._layouts: dict[str, BoardLayout] = {}
         self._loading: dict[str, asyncio.Future[BoardLayout]] = {}
         self._unknown: dict[str, float] = {}
@@ -65,6 +75,12 @@ class Catalog:
         # Shielded: callers whose deadline passes leave, the load goes on for the others.
         return await asyncio.shield(pending)
 
+    async def reload_stale(self, board: str) -> BoardLayout:
+        """`refresh` after a node answered STALE to a call on the cached layout of `board`."""
+        if self.metrics is not None:
+            self.metrics.stale_reload(board)
+        return await self.refresh(board)
+
     def _loaded(self, board: str, done: asyncio.Future[BoardLayout]) -> None:
         self._loading.pop(board, None)
         if not done.cancelled():
@@ -88,7 +104,9 @@ class Catalog:
     async def _add_nodes(self, node_ids: set[str]) -> None:
         for node in await self.control_plane.list_nodes():
             if node.id in node_ids and node.id not in self.cluster.nodes:
-                self.cluster.nodes[node.id] = NodeClient(node.id, node.address, timeout=self._node_timeout)
+                self.cluster.nodes[node.id] = NodeClient(
+                    node.id, node.address, timeout=self._node_timeout, observer=self.metrics
+                )
 
     async def every_layout(self) -> list[BoardLayout]:
         """Layouts of every board the control plane knows (the cached ones when it is unreachable)."""

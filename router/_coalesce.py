@@ -36,10 +36,18 @@ class Coalescer(Generic[K, Item, R]):
     Each batch runs in a task this object owns: a caller that gives up (its deadline passed) does not
     cancel the others' work. `aclose` waits for the batches under way. What a batch raises goes to its
     callers; anything a task raises besides (a bug of this class) is logged with its traceback.
+    `on_batch`, when given, is told each batch's size as it starts.
     """
 
-    def __init__(self, run: BatchRunner[K, Item, R], max_batch: int = 1000, max_in_flight: int = 1) -> None:
+    def __init__(
+        self,
+        run: BatchRunner[K, Item, R],
+        max_batch: int = 1000,
+        max_in_flight: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._run = run
+        self._on_batch = on_batch
         self._max = max_batch
         self._max_in_flight = max_in_flight
         self._waiting: dict[K, list[tuple[Item, asyncio.Future[R]]]] = {}
@@ -63,6 +71,8 @@ class Coalescer(Generic[K, Item, R]):
             self._waiting[key] = rest
         if not batch:
             return
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         self._running[key] = self._running.get(key, 0) + 1
         task = asyncio.get_running_loop().create_task(self._execute(key, batch))
         self._tasks.add(task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -20,6 +21,7 @@ from rankshard.v1 import admin_pb2, leaderboard_pb2
 from ._admin import AdminService
 from ._auth import Clock
 from ._catalog import Catalog
+from ._metrics import poll_jobs, serving_metrics
 from ._reflection import enable_reflection
 from ._security import Security
 from ._service import LeaderboardService
@@ -88,10 +90,12 @@ async def running_router(
 
     `settings` gives its timeouts, pool size, sweeper, TLS and tokens (see `Settings`); `clock` drives the tokens'
     rate limits; `reuse_port` lets it share `port` with the other routers of its cluster (SO_REUSEPORT); without
-    it a port that any other process serves is refused.
+    it a port that any other process serves is refused. With `settings.metrics_port`, its metrics are served there
+    (docs/operations.md, "Metrics").
 
     Raises `SecurityError` when the TLS or token settings cannot be used, `ControlPlaneError` when the control
-    plane cannot be reached or has no nodes yet, `ListenError` when the port cannot be bound.
+    plane cannot be reached or has no nodes yet, `ListenError` when the port cannot be bound,
+    `MetricsListenError` when the metrics port cannot.
     """
     security = Security.of(settings, clock)  # before anything opens: a bad file changes nothing
     control_plane = await ControlPlane.open(
@@ -100,9 +104,10 @@ async def running_router(
     try:
         cluster = await connect_cluster(control_plane, settings.node_timeout)
         try:
-            catalog = Catalog(control_plane, cluster, settings.node_timeout)
-            async with _serving(catalog, host, port, settings, on_step, reuse_port, security) as served:
-                yield served
+            async with serving_metrics(settings.metrics_host, settings.metrics_port) as metrics:
+                catalog = Catalog(control_plane, cluster, settings.node_timeout, metrics)
+                async with _serving(catalog, host, port, settings, on_step, reuse_port, security) as served:
+                    yield served
         finally:
             await cluster.aclose()
     finally:
@@ -122,9 +127,10 @@ async def _serving(
     """The gRPC server over `catalog`, with its background tasks, from start to drain. Health and reflection
     are served to every caller; `security.tokens` guard the two services."""
     server = grpc.aio.server(options=_server_options(reuse_port))
-    leaderboard = LeaderboardService(catalog, settings.call_deadline, on_step)
+    metrics = catalog.metrics
+    leaderboard = LeaderboardService(catalog, settings.call_deadline, on_step, metrics)
     add_service(server, leaderboard, LEADERBOARD, leaderboard_pb2, security.tokens)
-    admin = AdminService(catalog, settings.call_deadline)
+    admin = AdminService(catalog, settings.call_deadline, metrics)
     add_service(server, admin, ADMIN, admin_pb2, security.tokens, admin_only=True)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -137,7 +143,12 @@ async def _serving(
         settings.task_restart_delay, settings.task_restart_max_delay, settings.fail_task
     ) as tasks:
         tasks.keep_running("epoch-follower", catalog.follow_epochs)
-        tasks.keep_running("sweeper", lambda: sweep_forever(catalog, settings.sweep_interval, settings.sweep_age_ms))
+        tasks.keep_running(
+            "sweeper", lambda: sweep_forever(catalog, settings.sweep_interval, settings.sweep_age_ms, metrics)
+        )
+        if metrics is not None:
+            poll = functools.partial(poll_jobs, catalog.control_plane, metrics, settings.metrics_poll_interval)
+            tasks.keep_running("job-metrics", poll)
         try:
             yield server, bound
         finally:

@@ -30,6 +30,7 @@ from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 from . import _validate as validate
 from ._catalog import Catalog
 from ._coalesce import Coalescer
+from ._metrics import RouterMetrics
 from ._status import handler
 
 T = TypeVar("T")
@@ -40,18 +41,28 @@ lasts under 2 s and the moment between its commit and its new shards' activation
 
 
 class LeaderboardService(pb_grpc.LeaderboardServicer):
-    def __init__(self, catalog: Catalog, call_deadline: float, on_step: StepHook | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        call_deadline: float,
+        on_step: StepHook | None = None,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
         self.catalog = catalog
         self.call_deadline = call_deadline
+        self.metrics = metrics
         self.cluster = catalog.cluster
         self.on_step = on_step
         """Test-only hook into the boundary-crossing protocol (see shard_node.MOVE_STEPS)."""
         # Keyed by board alone: a batch commits with one script call per index node, in parallel, and
         # bigger batches are what a loaded router core gains most from (measured: 3 calls per batch when
         # keyed by index node too, 20 by board alone, at 1.5x the calls per core).
-        self._updates: Coalescer[str, Update, UpdateOutcome] = Coalescer(self._update_batch)
-        self._ranks: Coalescer[str, str, tuple[Entry, int]] = Coalescer(self._rank_batch)
-        self._pages: Coalescer[tuple[str, int, int], None, tuple[list[Entry], int]] = Coalescer(self._page_once)
+        sizes = (lambda kind: None) if metrics is None else metrics.batch_observer
+        self._updates: Coalescer[str, Update, UpdateOutcome] = Coalescer(self._update_batch, on_batch=sizes("update"))
+        self._ranks: Coalescer[str, str, tuple[Entry, int]] = Coalescer(self._rank_batch, on_batch=sizes("rank"))
+        self._pages: Coalescer[tuple[str, int, int], None, tuple[list[Entry], int]] = Coalescer(
+            self._page_once, on_batch=sizes("page")
+        )
 
     async def aclose(self) -> None:
         """Waits for the coalesced batches under way."""
@@ -158,7 +169,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
             except ShardFrozen:
                 layout = self.catalog.cached(board) or layout
             except StaleMap as exc:
-                reloaded = await self.catalog.refresh(board)
+                reloaded = await self.catalog.reload_stale(board)
                 if reloaded.map.epoch == layout.map.epoch and not exc.passing:
                     raise
                 layout = reloaded

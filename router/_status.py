@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +23,7 @@ from rankshard.shard_map import (
     control_plane_deadline,
 )
 
+from ._metrics import RouterMetrics
 from ._wire import Undecodable
 
 log = logging.getLogger("rankshard.router")
@@ -54,6 +56,8 @@ class Service(Protocol):
 
     call_deadline: float
     """Seconds a call may take when its client set no deadline (`Settings.call_deadline`)."""
+    metrics: RouterMetrics | None
+    """Where each call's method, status code and duration go; None: nowhere (no metrics port)."""
 
 
 S = TypeVar("S", bound=Service)
@@ -73,36 +77,59 @@ def handler(
     errors into statuses.
 
     Domain errors get their code from `STATUS_OF`; the deadline passing gets DEADLINE_EXCEEDED; a
-    bug gets INTERNAL and a log line with the traceback, and the router keeps serving.
+    bug gets INTERNAL and a log line with the traceback, and the router keeps serving. Each call's method, status
+    code and duration go to the servicer's `metrics`, when it has them.
     """
+    name = method.__name__
 
     @functools.wraps(method)
     async def run(self: S, request: Any, context: grpc.aio.ServicerContext) -> R:
-        if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+        metrics = self.metrics
+        started = 0.0 if metrics is None else time.perf_counter()
         try:
-            remaining = context.time_remaining()
-            if remaining is not None:
-                # grpc.aio cancels this task when the client's deadline passes (the client sees
-                # DEADLINE_EXCEEDED): a timer of our own per call would cost about 10 µs for nothing.
-                with control_plane_deadline(_control_plane_budget(remaining)):
-                    return await method(self, request, context)
-            async with asyncio.timeout(self.call_deadline):
-                with control_plane_deadline(_control_plane_budget(self.call_deadline)):
-                    return await method(self, request, context)
-        except RankshardError as exc:
-            await context.abort(status_of(exc), str(exc))
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed (a call without one gets {self.call_deadline:g} s)"
-            )
+            if isinstance(request, Undecodable):
+                code, details = grpc.StatusCode.INVALID_ARGUMENT, request.problem
+            else:
+                try:
+                    remaining = context.time_remaining()
+                    if remaining is not None:
+                        # grpc.aio cancels this task when the client's deadline passes (the client sees
+                        # DEADLINE_EXCEEDED): a timer of our own per call would cost about 10 µs for nothing.
+                        with control_plane_deadline(_control_plane_budget(remaining)):
+                            answer = await method(self, request, context)
+                    else:
+                        async with asyncio.timeout(self.call_deadline):
+                            with control_plane_deadline(_control_plane_budget(self.call_deadline)):
+                                answer = await method(self, request, context)
+                except RankshardError as exc:
+                    code, details = status_of(exc), str(exc)
+                except TimeoutError:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    details = f"deadline passed (a call without one gets {self.call_deadline:g} s)"
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    log.exception("bug in %s", name)
+                    code, details = grpc.StatusCode.INTERNAL, f"internal error in {name}"
+                else:
+                    if metrics is not None:
+                        metrics.call_done(name, "OK", time.perf_counter() - started)
+                    return answer
         except asyncio.CancelledError:
+            if metrics is not None:
+                metrics.call_done(name, _cancelled_code(context), time.perf_counter() - started)
             raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("bug in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+        # Counted before the abort: the status leaves within it, and a client that has it finds it counted.
+        if metrics is not None:
+            metrics.call_done(name, code.name, time.perf_counter() - started)
+        await context.abort(code, details)
         raise AssertionError("unreachable: context.abort raises")
 
     return run
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> str:
+    """What the client of a cancelled handler saw: grpc.aio cancels it when the client's deadline passes or the
+    client goes away."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"

@@ -113,6 +113,15 @@ _DSN = _Kind(str, _anything, "DSN")
 _BINARY = _Kind(str, _anything, "PATH")
 _PATH = _Kind(Path, _anything, "PATH")
 _HOOK = _Kind(str, _hook, "NAME[:N]")
+_HOST = _Kind(str, _anything, "HOST")
+
+
+def _port_number(value: Any) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number (0 to 65535), not {value!r}")
+
+
+_PORT = _Kind(_number(int, 0, "PORT").convert, _port_number, "PORT")
 
 
 def _setting(default: Any, meaning: str, kind: _Kind, *used_by: str, flag: bool = True) -> Any:
@@ -188,6 +197,22 @@ class Settings:
         "prefer the variable, as a flag shows in the process list",
         _Kind(str, _anything, "TOKEN"),
         RANKSHARD,
+    )
+    metrics_port: int = _setting(
+        0,
+        "port of the router's Prometheus metrics endpoint (`/metrics`); 0 serves none. A local cluster picks "
+        "free ones for its routers (`cluster.json`: `metrics_ports`)",
+        _PORT,
+        ROUTER,
+    )
+    metrics_host: str = _setting(
+        "127.0.0.1", "address the metrics endpoint listens on (with `metrics_port`)", _HOST, ROUTER
+    )
+    metrics_poll_interval: float = _setting(
+        5.0,
+        "seconds between the router's reads of the running rebalancing jobs, for their metrics (with `metrics_port`)",
+        _SECONDS,
+        ROUTER,
     )
     data_dir: Path = _setting(
         Path(".rankshard"), "where a local cluster keeps its processes' data and connection settings", _PATH, RANKSHARD

@@ -4,7 +4,7 @@ from ._admin import connect_cluster, create_board, delete_board, install_descrip
 from ._audit import Finding, FindingKind, audit_board
 from ._carve import Carver, JobFailed, finish_abandoned
 from ._carve_plan import DRAINING, plan_merge, plan_move, plan_split
-from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
+from ._client import DEFAULT_NODE_TIMEOUT, NODE_ERROR_KINDS, NodeClient, NodeObserver
 from ._import import ImportInterrupted, import_members
 from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
@@ -12,7 +12,7 @@ from ._moves import MOVE_STEPS, StepHook, finish_move
 from ._new_node import check_new_node
 from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_scores, read_entry, shard_sizes
 from ._repair import LostMembers, RepairReport, repair_board
-from ._sweep import DEFAULT_MIN_AGE_MS, sweep_board
+from ._sweep import DEFAULT_MIN_AGE_MS, count_pending_marks, sweep_board
 from ._tombstones import Collected, collect_tombstones
 from ._writes import RemoveCall, Update, UpdateCall, UpdateOutcome, apply_each, apply_updates, remove_member
 
@@ -32,6 +32,7 @@ __all__ = [
     "audit_board",
     "repair_board",
     "sweep_board",
+    "count_pending_marks",
     "Collected",
     "collect_tombstones",
     "DEFAULT_NODE_TIMEOUT",
@@ -42,7 +43,9 @@ __all__ = [
     "Cluster",
     "Entry",
     "IndexEntry",
+    "NODE_ERROR_KINDS",
     "NodeClient",
+    "NodeObserver",
     "StepHook",
     "Update",
     "UpdateOutcome",

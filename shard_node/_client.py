@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from hiredis import pack_command
 
@@ -34,14 +34,39 @@ each waiting out the timeout of a frozen or partitioned node; the first call aft
 again. (A refused connection fails fast by itself, so it does not trip this.)"""
 
 
+NODE_ERROR_KINDS = ("timeout", "connection", "down", "not_serving", "refused")
+"""What `NodeObserver.failed` is told: the node did not answer in time; the connection failed (refused, reset);
+the node timed out moments ago and was not asked (`DOWN_FOR`); it answered that it is not serving (loading its
+data, out of client slots); it refused a command or a script failed on it."""
+
+
+class NodeObserver(Protocol):
+    """Told of every round trip and failure of the `NodeClient`s it is set on (the router's metrics). Its methods
+    run on the data path: they must be cheap, and never raise."""
+
+    def round_trip(self, node_id: str, seconds: float) -> None:
+        """One pipelined send to the node ended, with its replies or failed, after `seconds`."""
+
+    def failed(self, node_id: str, kind: str) -> None:
+        """A command to the node failed; `kind` is one of `NODE_ERROR_KINDS`."""
+
+
 class NodeClient:
     """Connections to one node, opened on first use and again after they break. Close with `aclose()`
-    (or use `async with`)."""
+    (or use `async with`). `observer`, when set, is told of every round trip and failure."""
 
-    def __init__(self, node_id: str, address: str, *, timeout: float = DEFAULT_NODE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        *,
+        timeout: float = DEFAULT_NODE_TIMEOUT,
+        observer: NodeObserver | None = None,
+    ) -> None:
         host, _, port = address.rpartition(":")
         self.id = node_id
         self.address = address
+        self.observer = observer
         self._host, self._port, self._timeout = host, int(port), timeout
         self._down_until = 0.0
         # One connection: it pipelines every concurrent caller, and 2 or 4 measured no faster.
@@ -78,7 +103,7 @@ class NodeClient:
                 results[i] = result
         for result in results:
             if isinstance(result, ReplyError):
-                raise NodeUnavailable(self.id, f"script failed: {result}") from result
+                raise self._refused(f"script failed: {result}") from result
         return results
 
     async def command(self, *args: Any) -> Any:
@@ -87,7 +112,7 @@ class NodeClient:
         reply = await self._send(pack_command(args), 0)
         if isinstance(reply, ReplyError):
             self._check_serving(reply)
-            raise NodeUnavailable(self.id, f"refused {args[0]}: {reply}") from reply
+            raise self._refused(f"refused {args[0]}: {reply}") from reply
         return command_reply(args, reply)
 
     async def commands(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -99,7 +124,7 @@ class NodeClient:
         for reply in replies:
             if isinstance(reply, ReplyError):
                 self._check_serving(reply)
-                raise NodeUnavailable(self.id, f"refused a command: {reply}") from reply
+                raise self._refused(f"refused a command: {reply}") from reply
         return [command_reply(c, r) for c, r in zip(commands, replies, strict=True)]
 
     async def load_scripts(self) -> None:
@@ -117,6 +142,8 @@ class NodeClient:
         return replies
 
     async def _send(self, payload: bytes, replies: int, lazy: bool = False) -> Any:
+        if self.observer is not None:
+            return await self._send_observed(self.observer, payload, replies, lazy)
         connection = self._connection
         try:
             if connection is None or not connection.is_open:
@@ -124,6 +151,18 @@ class NodeClient:
             return await connection.send(payload, replies, lazy=lazy)
         except OSError as exc:  # ConnectionError, TimeoutError, refused, unreachable
             raise self._went_down(exc) from exc
+
+    async def _send_observed(self, observer: NodeObserver, payload: bytes, replies: int, lazy: bool) -> Any:
+        started = time.perf_counter()
+        try:
+            connection = self._connection
+            if connection is None or not connection.is_open:
+                connection = await self._connect()
+            return await connection.send(payload, replies, lazy=lazy)
+        except OSError as exc:
+            raise self._went_down(exc) from exc
+        finally:
+            observer.round_trip(self.id, time.perf_counter() - started)
 
     async def _connect(self) -> NodeConnection:
         # One caller connects; the others queued on the lock then find the new connection open.
@@ -139,13 +178,25 @@ class NodeClient:
         # A node still loading its data (after a restart) or out of client slots is not serving, as
         # opposed to refusing one command: redis-py counted these as connection errors, and so do we.
         if reply.code == "LOADING" or str(reply) == "max number of clients reached":
+            self._failed("not_serving")
             raise NodeUnavailable(self.id, f"{self.address} unreachable: {reply}") from reply
 
     def _check_up(self) -> None:
         if self._down_until and time.monotonic() < self._down_until:
+            self._failed("down")
             raise NodeUnavailable(self.id, f"{self.address} failed moments ago; retry shortly")
 
     def _went_down(self, exc: BaseException) -> NodeUnavailable:
-        if isinstance(exc, TimeoutError):
+        timed_out = isinstance(exc, TimeoutError)
+        if timed_out:
             self._down_until = time.monotonic() + DOWN_FOR
+        self._failed("timeout" if timed_out else "connection")
         return NodeUnavailable(self.id, f"{self.address} unreachable: {exc}")
+
+    def _refused(self, problem: str) -> NodeUnavailable:
+        self._failed("refused")
+        return NodeUnavailable(self.id, problem)
+
+    def _failed(self, kind: str) -> None:
+        if self.observer is not None:
+            self.observer.failed(self.id, kind)

@@ -383,6 +383,13 @@ def scored_members(node: str, command: str, reply: object) -> list[tuple[str, in
     raise UnexpectedReply(node, command, f"{_shown(reply)} is not a list of members and their scores")
 
 
+def command_count(node: str, command: str, reply: object) -> int:
+    """A counting command's reply (ZCARD) as the count it is."""
+    if type(reply) is int and reply >= 0:
+        return reply
+    raise UnexpectedReply(node, command, f"{_shown(reply)} is not a count")
+
+
 # ---- shared parts ------------------------------------------------------------------------------------------
 
 

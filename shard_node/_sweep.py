@@ -37,6 +37,14 @@ async def sweep_board(
     return sum(counts)
 
 
+async def count_pending_marks(cluster: Cluster, layout: BoardLayout) -> int:
+    """How many of the board's members have a write, move or removal committed on the index and not yet confirmed
+    in the shards (what `sweep_board` finishes once abandoned): one ZCARD per index node. Raises `NodeError`."""
+    index_nodes = [cluster.node(n) for n in dict.fromkeys(cluster.slots.owners)]
+    counts = await asyncio.gather(*(n.command("ZCARD", moves_key(layout.board)) for n in index_nodes))
+    return sum(replies.command_count(node.id, "ZCARD", raw) for node, raw in zip(index_nodes, counts, strict=True))
+
+
 async def _sweep_node(cluster: Cluster, layout: BoardLayout, node: NodeClient, min_age_ms: int, limit: int) -> int:
     try:
         raw = await node.run(INDEX_STALE_MOVES, [moves_key(layout.board)], [min_age_ms, limit])

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -239,6 +240,10 @@ def test_a_killed_node_router_and_postgres_come_back_on_their_ports_with_their_d
     up = start_up(tmp_path, port, "--routers", "2")
     up.wait_line("router listening on")
     settings = up.settings()
+    metrics_ports: list[int] = settings["metrics_ports"]  # type: ignore[assignment]
+    assert len(set(metrics_ports)) == 2
+    urls = ", ".join(f"http://127.0.0.1:{p}/metrics" for p in metrics_ports)
+    assert up.wait_line("^rankshard: metrics ") == f"rankshard: metrics {urls}"
     node_port, pg_port = settings["node_ports"][1], settings["postgres_port"]  # type: ignore[index]
     scores = {f"user{i}": 15 * i for i in range(20)}  # every shard, both nodes
     _update(port, scores)
@@ -260,6 +265,9 @@ def test_a_killed_node_router_and_postgres_come_back_on_their_ports_with_their_d
     _wait_until(lambda: _top(port) == expected, "the scores written before the crash are served again")
     with psycopg.connect(f"postgresql://rankshard@127.0.0.1:{pg_port}/rankshard") as conn:
         assert conn.execute("SELECT count(*) FROM nodes").fetchone() == (2,)
+    for metrics_port in metrics_ports:  # the restarted router's too
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+            assert b"# TYPE rankshard_requests_total counter" in reply.read()
     assert up.stop() == set()
 
 

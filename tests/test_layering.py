@@ -57,3 +57,17 @@ def test_every_package_is_installed_under_the_rankshard_namespace() -> None:
     for package in PACKAGES:
         module = importlib.import_module(f"rankshard.{package}")
         assert Path(module.__file__ or "").resolve().parent == ROOT / package
+
+
+def test_only_the_router_imports_prometheus_client() -> None:
+    """Metrics are the router's: the data path below it reports through `shard_node.NodeObserver`."""
+    importers = set()
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                if any(name.split(".")[0] == "prometheus_client" for name in names):
+                    importers.add(package)
+    assert importers == {"router"}
