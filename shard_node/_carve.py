@@ -11,10 +11,11 @@ Each step's node work is in a script of its own (``scripts/carve_*.lua``); this 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -70,6 +71,15 @@ class JobFailed(RankshardError):
 
 
 @dataclass(frozen=True, slots=True)
+class _Batch:
+    """A batch of the copy: the scan's cursor after it, its members in R and how the source holds them."""
+
+    cursor: str
+    users: list[str]
+    state: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Parts:
     """What a job works on, under the map it was planned and prepared with."""
 
@@ -113,13 +123,14 @@ class Carver:
         Raises `JobBusy` (another process runs it), `JobFailed`, `NodeError`, `ControlPlaneError`: the job then
         stays where its row says, to be run again."""
         job = await self.cp.jobs.claim(job.id, self.owner, self.lease_s)
-        if job.step is JobStep.ABORTING:
-            return await self._rollback(job)
-        for step in _FORWARD[_FORWARD.index(job.step) :]:
-            job = await _STEPS[step](self, job)
-            if job.state is not JobState.RUNNING:
-                return job
-        return job
+        async with self._leased(job):
+            if job.step is JobStep.ABORTING:
+                return await self._rollback(job)
+            for step in _FORWARD[_FORWARD.index(job.step) :]:
+                job = await _STEPS[step](self, job)
+                if job.state is not JobState.RUNNING:
+                    return job
+            return job
 
     async def abort(self, job: Job) -> Job:
         """Rolls `job` back (only before COMMITTED): the source serves as before under a new generation, the
@@ -127,7 +138,30 @@ class Carver:
         job = await self.cp.jobs.claim(job.id, self.owner, self.lease_s)
         if job.step.committed:
             raise JobFailed(f"{job.describe()} is past its commit: it can only be finished (run it again)")
-        return await self._rollback(await self._record(job, step=JobStep.ABORTING))
+        async with self._leased(job):
+            return await self._rollback(await self._record(job, step=JobStep.ABORTING))
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, job: Job) -> AsyncIterator[None]:
+        """The job's lease renewed every third of its length while the body runs, whatever step it is in (a long
+        copy, barrier or cleanup records nothing for a while): another process takes a job over only once its
+        runner is gone."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                try:
+                    await self.cp.jobs.advance(job, self.owner, self.lease_s)
+                except RankshardError as exc:  # the next step's own record says what is wrong
+                    log.warning("%s: could not renew its lease: %s", job.describe(), exc)
+
+        renewal = asyncio.get_running_loop().create_task(renew())
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
 
     # ---- steps ----------------------------------------------------------------------------------------------
 
@@ -170,23 +204,36 @@ class Carver:
         return await self._record(job, step=JobStep.COPY)
 
     async def _copy(self, job: Job) -> Job:
-        """Every member of S in R written into T, with its version; the scan's cursor is saved as it goes."""
+        """Every member of S in R written into T, with its version; the scan's cursor is saved as it goes. The
+        source is read a batch ahead while the target writes the one before (the nodes work in parallel); a
+        batch's cursor is saved only once the target holds it."""
         parts = self._parts(job, await self._layout(job.board))
-        cursor, copied = job.scan_cursor, job.copied
+        copied = job.copied
         if job.total == 0:
             total = await parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved))
             job = await self._record(job, total=int(total))
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._scan_source(parts, job, batches))
+            while (batch := await batches.get()) is not None:
+                if batch.users:
+                    copied += await self._write_target(parts, job, batch.users, batch.state)
+                job = await self._save(job, scan_cursor=batch.cursor, copied=copied)
+        return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
+
+    async def _scan_source(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | None]) -> None:
+        """ZSCAN of S from the job's cursor, each batch's members in R read as they stand, into `batches`."""
+        cursor = job.scan_cursor
+        lo, hi = int(parts.carved[0]), int(parts.carved[1])
         while True:
             raw = await parts.source_node.command("ZSCAN", shard_key(job.board, job.source), cursor, "COUNT", BATCH)
             cursor, rows = _scanned(parts.source_node.id, raw)
-            lo, hi = int(parts.carved[0]), int(parts.carved[1])
             users = [u for u, s in rows if lo <= s < hi]
-            if users:
-                copied += await self._settle_users(parts, job, users)
+            state = await self._read_source(parts, job, users) if users else []
+            await batches.put(_Batch(cursor, users, state))
             if cursor == "0":
-                break
-            job = await self._save(job, scan_cursor=cursor, copied=copied)
-        return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
+                await batches.put(None)
+                return
 
     async def _catch_up(self, job: Job) -> Job:
         """The members written at S since the job began settled in T, until few are left."""
@@ -337,14 +384,23 @@ class Carver:
 
     async def _settle_users(self, parts: _Parts, job: Job, users: Sequence[str]) -> int:
         """`users` as S holds them now, written into (or removed from) T; returns how many T now holds of them."""
-        layout, board = parts.layout, job.board
-        versions = [layout.versions_key(u) for u in users]
-        raw = await parts.source_node.run(CARVE_READ, [shard_key(board, job.source), *versions], list(users))
-        state = _read(parts.source_node.id, raw, len(users))
+        return await self._write_target(parts, job, users, await self._read_source(parts, job, users))
+
+    async def _read_source(self, parts: _Parts, job: Job, users: Sequence[str]) -> list[tuple[str, int]]:
+        """Each of `users` as S holds it now: its stored score ('' when absent) and registered version."""
+        versions = [parts.layout.versions_key(u) for u in users]
+        raw = await parts.source_node.run(CARVE_READ, [shard_key(job.board, job.source), *versions], list(users))
+        return _read(parts.source_node.id, raw, len(users))
+
+    async def _write_target(
+        self, parts: _Parts, job: Job, users: Sequence[str], state: Sequence[tuple[str, int]]
+    ) -> int:
+        """`users` in T made as `state` says S holds them; returns how many T now holds of them."""
         args: list[object] = [_target_descriptor(job), *parts.carved, int(parts.same_node)]
         for user, (stored, version) in zip(users, state, strict=True):
             args += (user, stored, version)
-        keys = [shard_key(board, job.target), descriptor_key(board, job.target), *versions]
+        versions = [parts.layout.versions_key(u) for u in users]
+        keys = [shard_key(job.board, job.target), descriptor_key(job.board, job.target), *versions]
         return _settled(parts.target_node.id, await parts.target_node.run(CARVE_SETTLE, keys, args), job)
 
     async def _counts_agree(self, parts: _Parts, job: Job) -> bool:
