@@ -86,7 +86,7 @@ def add_node(ctx: click.Context, address: str | None, local: bool) -> None:
         _add_local(ctx)
         return
     if address is None:
-        raise click.UsageError("missing argument 'ADDRESS' (or --local)")
+        raise click.UsageError("missing argument 'ADDRESS'")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise click.BadParameter(f"{address!r} is not host:port", param_hint="ADDRESS")
