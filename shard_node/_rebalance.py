@@ -48,7 +48,7 @@ class PlanStepFailed(RankshardError):
     next; the steps before it are done, the ones after it are not begun."""
 
     def __init__(self, number: int, step: Step, job: Job | None, problem: str) -> None:
-        where = f"{job.describe()} " if job is not None else ""
+        where = f"{job.describe()}: " if job is not None else ""
         resume = (
             f"; it is left {job.step}: `rankshard jobs resume {job.id}` finishes it"
             if job is not None and job.state is JobState.RUNNING
@@ -167,7 +167,7 @@ async def carry_out(
             job = await _plan_job(cp, cluster, board, step, real, owner, lease_s)
             job = await run(number, job)
         except RankshardError as exc:
-            raise PlanStepFailed(number, step, job, str(exc)) from exc
+            raise PlanStepFailed(number, step, await _last_row(cp, job), str(exc)) from exc
         if job.state is not JobState.DONE:
             raise PlanStepFailed(number, step, job, f"it ended {job.state} ({job.error or 'rolled back'})")
         if isinstance(step, Split):
@@ -176,6 +176,16 @@ async def carry_out(
             real[step.shard] = job.target
         done.append(job)
     return done
+
+
+async def _last_row(cp: ControlPlane, job: Job | None) -> Job | None:
+    """The job's row as recorded (the step it stopped at), else as last seen when the control plane fails too."""
+    if job is None:
+        return None
+    try:
+        return await cp.jobs.get(job.id)
+    except RankshardError:
+        return job
 
 
 async def _plan_job(

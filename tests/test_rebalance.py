@@ -16,8 +16,19 @@ from test_carve import BOARD, USERS, Writer
 
 from rankshard.cli import main
 from rankshard.cli._local import LocalValkey
-from rankshard.shard_map import ControlPlane, ShardMap
-from rankshard.shard_node import audit_board, connect_cluster, shard_sizes
+from rankshard.shard_map import ControlPlane, Job, JobStep, NodeUnavailable, Plan, ShardMap, plan_rebalance
+from rankshard.shard_node import (
+    Carver,
+    Cluster,
+    JobRunner,
+    PlanStepFailed,
+    audit_board,
+    board_stats,
+    carry_out,
+    connect_cluster,
+    serving_nodes,
+    shard_sizes,
+)
 from rankshard.shard_node._layout import BoardLayout
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -203,3 +214,75 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert message in _one_error_line(_invoke(control_plane_dsn, *args), code)
     assert _ok(control_plane_dsn, "shards", "list", "-l", BOARD, "--json") == before
     assert {n["state"] for n in _nodes(control_plane_dsn).values()} == {"ACTIVE"}
+
+
+async def _plan_now(cp: ControlPlane, cluster: Cluster) -> Plan:
+    layout = BoardLayout(await cp.get_board(BOARD), await cp.shard_map(BOARD))
+    nodes = await serving_nodes(cp)
+    return plan_rebalance(layout.map, await board_stats(cluster, layout), nodes, next_shard=8)
+
+
+def test_a_step_that_fails_stops_the_plan_and_rebalance_plans_again_from_where_the_board_stands(
+    three: Client, control_plane_dsn: str
+) -> None:
+    dsn = control_plane_dsn
+    three.create(BOARD, boundaries=CUTS)
+    scores = _skewed()
+    _seed(three, scores)
+
+    def crash_at_copy(job: Job) -> None:
+        if job.step is JobStep.COPY:
+            raise NodeUnavailable("n1", "lost in the middle of the copy")
+
+    async def crashed() -> tuple[Plan, PlanStepFailed]:
+        async with await ControlPlane.open(dsn) as cp:
+            cluster = await connect_cluster(cp)
+            try:
+                plan = await _plan_now(cp, cluster)
+                crashing = Carver(cp, cluster, "test", on_step=crash_at_copy)
+                with pytest.raises(PlanStepFailed) as left_running:
+                    await carry_out(cp, cluster, BOARD, plan, "test", _runner(crashing))
+                return plan, left_running.value
+            finally:
+                await cluster.aclose()
+
+    async def finished_then_outdated(plan: Plan, job: Job) -> PlanStepFailed:
+        """The job finished by hand: the plan made before it no longer fits the map."""
+        async with await ControlPlane.open(dsn) as cp:
+            cluster = await connect_cluster(cp)
+            try:
+                await Carver(cp, cluster, "test").run(job)
+                with pytest.raises(PlanStepFailed) as outdated:
+                    await carry_out(cp, cluster, BOARD, plan, "test", _runner(Carver(cp, cluster, "test")))
+                return outdated.value
+            finally:
+                await cluster.aclose()
+
+    plan, left_running = asyncio.run(crashed())
+    before = asyncio.run(_state(dsn))[0]
+    line = _one_error_line(_invoke(dsn, "rebalance", "-l", BOARD))
+    assert line.endswith("is in flight at COPY: finish it with `rankshard jobs resume 1` first; nothing was changed")
+    assert asyncio.run(_state(dsn))[0] == before
+    assert left_running.job is not None
+    outdated = asyncio.run(finished_then_outdated(plan, left_running.job))
+    assert str(left_running).startswith("step 1 (split s1 at ")
+    assert "node n1: lost in the middle of the copy; it is left COPY: `rankshard jobs resume 1` finishes it" in str(
+        left_running
+    )
+    assert str(outdated).endswith(
+        "steps before it are done. Run `rankshard rebalance` again to plan from the current state"
+    )
+    assert str(outdated).startswith("step 1 (split s1 at ") and "not inside shard s1" in str(outdated)
+
+    out = _ok(dsn, "rebalance", "-l", BOARD)
+    assert "step 1: job 2 " in out
+    _, loads, findings = asyncio.run(_state(dsn))
+    assert findings == [] and all(abs(load - 200) <= 20 for load in loads.values()), loads
+    _ranks_exact(three, scores)
+
+
+def _runner(carver: Carver) -> JobRunner:
+    async def run(_number: int, job: Job) -> Job:
+        return await carver.run(job)
+
+    return run
