@@ -113,7 +113,10 @@ def _add_local(ctx: click.Context) -> None:
     try:
         node = asyncio.run(register_local_node(recorded, port, settings.control_plane_timeout))
     except RankshardError as exc:
-        raise click.ClickException(f"the node on port {port} started but was not registered: {exc}") from exc
+        raise click.ClickException(
+            f"the node on port {port} started but was not registered ({exc}): once the control plane answers, "
+            f"run `rankshard --data-dir {data_dir} nodes add 127.0.0.1:{port}`"
+        ) from exc
     click.echo(f"started node {node.id} at {node.address}; the cluster in {data_dir} supervises it")
 
 

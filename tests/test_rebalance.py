@@ -16,7 +16,7 @@ from test_carve import BOARD, USERS, Writer
 
 from rankshard.cli import main
 from rankshard.cli._local import LocalValkey
-from rankshard.shard_map import ControlPlane, Job, JobStep, NodeUnavailable, Plan, ShardMap, plan_rebalance
+from rankshard.shard_map import ControlPlane, Job, JobState, JobStep, NodeUnavailable, Plan, ShardMap, plan_rebalance
 from rankshard.shard_node import (
     Carver,
     Cluster,
@@ -26,6 +26,7 @@ from rankshard.shard_node import (
     board_stats,
     carry_out,
     connect_cluster,
+    plan_merge,
     serving_nodes,
     shard_sizes,
 )
@@ -286,3 +287,26 @@ def _runner(carver: Carver) -> JobRunner:
         return await carver.run(job)
 
     return run
+
+
+def test_a_planned_merge_keeps_the_shard_the_plan_names_even_the_smaller(
+    client: Client, control_plane_dsn: str
+) -> None:
+    client.create(BOARD, boundaries=[100])
+    scores = {u: i for i, u in enumerate(USERS[:10])} | {u: 100 + i for i, u in enumerate(USERS[10:40])}
+    _seed(client, scores)
+
+    async def merge() -> tuple[Job, ShardMap]:
+        async with await ControlPlane.open(control_plane_dsn) as cp:
+            cluster = await connect_cluster(cp)
+            try:
+                job = await plan_merge(cp, cluster, BOARD, "s2", "s1", "test", 30, survivor="s1")
+                done = await Carver(cp, cluster, "test").run(job)
+                return done, await cp.shard_map(BOARD)
+            finally:
+                await cluster.aclose()
+
+    job, after = asyncio.run(merge())
+    assert (job.source, job.target, job.state) == ("s2", "s1", JobState.DONE)
+    assert [(s.id, s.lower, s.upper, s.node) for s in after.shards] == [("s1", None, None, "n1")]
+    _ranks_exact(client, scores)
