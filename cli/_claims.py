@@ -55,6 +55,20 @@ class DataDirLock:
             self._file = None
 
 
+def cluster_running(data_dir: Path) -> bool:
+    """Whether a cluster runs in `data_dir` (holds its lock). Asking takes a shared lock for an instant: a
+    `cluster up` starting in that instant is refused as if one ran, and can simply be run again."""
+    path = data_dir / LOCK_FILE
+    if not path.exists():
+        return False
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
 def _describe(record: str) -> str:
     # The holder writes its record just after it takes the lock: a reader may come in between.
     try:

@@ -34,7 +34,7 @@ from rankshard.shard_node import connect_cluster, create_board
 from ._claims import ClaimRefused, DataDirLock, reserve_port
 from ._local import LocalPostgres, LocalValkey, die_with_parent, free_port
 from ._secrets import ensure_tls, ensure_tokens
-from ._settings import LocalSettings
+from ._settings import SETTINGS_FILE, LocalSettings
 from ._supervisor import GaveUp, RestartPolicy, Supervised, supervise
 
 DEFAULT_BOARD = "global"
@@ -225,6 +225,8 @@ class LocalCluster:
         self.ports: LocalSettings | None = None
         """The ports of `cluster.json`, once started."""
         self._node_ids: dict[str, str] = {}
+        self._settings_seen: int | None = None
+        """When `cluster.json` last changed as this cluster knows it (its st_mtime_ns)."""
         self._lock = DataDirLock(self.data_dir)
         self._port_hold: socket.socket | None = None
 
@@ -259,6 +261,7 @@ class LocalCluster:
                 ports.metrics_ports.append(free_port())
             del ports.metrics_ports[self.router_count :]
         ports.save(self.data_dir)
+        self._settings_seen = self._settings_changed_at()
         self.ports = ports
         self.settings = self._secured(self.settings)
         self.postgres = LocalPostgres(self.data_dir / "postgres", ports.postgres_port, settings=self.settings)
@@ -314,6 +317,32 @@ class LocalCluster:
             *self.routers,
         ]
 
+    def joined(self) -> list[Supervised]:
+        """The nodes `cluster.json` gained since the last look (`nodes add --local` records their ports), started
+        in their own folders; [] when it did not change. One that fails to start is still returned: the
+        supervisor restarts it as it would any node that died."""
+        changed_at = self._settings_changed_at()
+        if changed_at == self._settings_seen or self.ports is None:
+            return []
+        self._settings_seen = changed_at
+        recorded = LocalSettings.load(self.data_dir)
+        added = recorded.node_ports[len(self.nodes) :] if recorded is not None else []
+        started: list[Supervised] = []
+        for port in added:
+            node = LocalValkey(self.data_dir / "nodes" / f"node{len(self.nodes) + 1}", port, settings=self.settings)
+            self.nodes.append(node)
+            self.ports.node_ports.append(port)
+            with contextlib.suppress(RuntimeError):  # its exit code tells the supervisor
+                node.start()
+            started.append(_NamedServer(f"node {node.address}", node))
+        return started
+
+    def _settings_changed_at(self) -> int | None:
+        try:
+            return (self.data_dir / SETTINGS_FILE).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     def stop(self) -> None:
         """Stops routers first (they drain calls), then nodes, then PostgreSQL, and lets go of the data dir and
         the port last. Safe to call twice."""
@@ -361,6 +390,8 @@ def signals_caught() -> Iterator[list[str]]:
 
 def supervise_until_signal(cluster: LocalCluster, say: Callable[[str], None], received: list[str]) -> GaveUp | str:
     """Restarts whatever of `cluster` dies until `received` (from `signals_caught`) names a signal (returns its
-    name) or until a process keeps dying (returns which, and how). Stops nothing: the caller stops the cluster."""
-    gave_up = supervise(cluster.processes(), lambda: bool(received), say, RestartPolicy.of(cluster.settings))
+    name) or until a process keeps dying (returns which, and how); starts and watches the nodes `nodes add
+    --local` records in `cluster.json` meanwhile. Stops nothing: the caller stops the cluster."""
+    policy = RestartPolicy.of(cluster.settings)
+    gave_up = supervise(cluster.processes(), lambda: bool(received), say, policy, joined=cluster.joined)
     return gave_up or received[0]

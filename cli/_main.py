@@ -15,8 +15,10 @@ from ._cluster import ClaimRefused, GaveUp, LocalCluster, signals_caught, superv
 from ._demo import demo
 from ._doctor import check, repair
 from ._import import import_cmd
-from ._manage import init, leaderboards, nodes, parse_boundaries, shards
+from ._manage import init, leaderboards, parse_boundaries, shards
+from ._nodes import nodes
 from ._options import environment_settings, setting_options, settings_of, with_options
+from ._rebalance import drain, rebalance
 from ._secrets import TOKENS_FILE, TlsFiles
 from ._top import top
 
@@ -85,6 +87,7 @@ def main(ctx: click.Context, /, **given: Any) -> None:
       rankshard demo                 a local cluster, simulated traffic, top 10, ranks
       rankshard cluster up           a local cluster in the foreground (Ctrl-C stops it)
       rankshard shards list -l global
+      rankshard rebalance -l global --dry-run
 
     A control plane elsewhere (--control-plane DSN) is initialised once with
     `rankshard init`; no other command creates or changes its schema. Without
@@ -199,7 +202,9 @@ leaderboards.add_command(import_cmd)
 leaderboards.add_command(top)
 main.add_command(leaderboards)
 main.add_command(shards)
+nodes.add_command(drain)
 main.add_command(nodes)
+main.add_command(rebalance)
 main.add_command(check)
 main.add_command(repair)
 main.add_command(bench)

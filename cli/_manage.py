@@ -1,32 +1,27 @@
-"""Thin commands over the control plane and the nodes: init, leaderboards, shards, nodes."""
+"""Thin commands over the control plane and the nodes: init, leaderboards, shards (nodes: `_nodes`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
 from rankshard.shard_map import (
-    AlreadyExists,
     BoardConfig,
     ControlPlane,
-    Node,
-    NodeError,
     Operator,
     RankshardError,
     SchemaMissing,
-    SlotTable,
     SortOrder,
     check_board_name,
     check_expected_members,
     schema_version,
 )
-from rankshard.shard_node import BoardLayout, check_new_node, connect_cluster, create_board, delete_board, shard_sizes
+from rankshard.shard_node import BoardLayout, connect_cluster, create_board, delete_board, shard_sizes
 
 from ._options import settings_of
 from ._settings import control_plane_dsn
@@ -267,112 +262,6 @@ def list_shards(ctx: click.Context, leaderboard: str, as_json: bool) -> None:
         ]
 
     emit(run(ctx, work), as_json, ["id", "lower", "upper", "node", "members", "state"])
-
-
-@click.group()
-def nodes() -> None:
-    """List, register and remove data nodes."""
-
-
-@nodes.command("list")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-@click.pass_context
-def list_nodes(ctx: click.Context, as_json: bool) -> None:
-    """Registered nodes with their address and state.
-
-    \b
-    Examples:
-      rankshard nodes list
-      rankshard nodes list --json
-    """
-
-    async def work(cp: ControlPlane) -> list[dict[str, Any]]:
-        return [{"id": n.id, "address": n.address, "state": n.state} for n in await cp.list_nodes()]
-
-    emit(run(ctx, work), as_json, ["id", "address", "state"])
-
-
-@nodes.command("add")
-@click.argument("address")
-@click.pass_context
-def add_node(ctx: click.Context, address: str) -> None:
-    """Register a running node at ADDRESS (host:port). New boards place shards on it.
-
-    The node must answer, and be empty or hold only rankshard's keys (rs:*): a server holding
-    other data is refused, and so is an address already registered. The control plane must be
-    initialised (`rankshard init`, or `cluster up` for a local cluster).
-
-    \b
-    Examples:
-      rankshard nodes add 10.0.0.7:6379
-      rankshard --control-plane postgresql://rankshard@db.internal/rankshard nodes add valkey-3:6379
-    """
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise click.BadParameter(f"{address!r} is not host:port", param_hint="ADDRESS")
-
-    async def work(cp: ControlPlane) -> Node:
-        registered = {n.address: n.id for n in await cp.list_nodes()}
-        if address in registered:
-            raise AlreadyExists(f"node address {address!r} is already registered as {registered[address]}")
-        try:
-            await check_new_node(address)
-        except NodeError as exc:
-            raise click.ClickException(f"{exc}; nothing was registered") from exc
-        return await cp.add_node(address)
-
-    node = run(ctx, work)
-    click.echo(f"registered node {node.id} at {node.address}")
-
-
-@nodes.command("deal-slots")
-@click.pass_context
-def deal_slots(ctx: click.Context) -> None:
-    """Deal the index slots round-robin over the registered nodes, unless they are dealt already.
-
-    Run it once the cluster's first nodes are registered and before its first router and
-    board: routers refuse to start without the slots dealt. Once dealt they stay where they
-    are (nodes added later get shards of new boards, not slots), so running it again only
-    says who owns them: safe to re-run. `cluster up` deals them for a local cluster.
-
-    \b
-    Examples:
-      rankshard nodes deal-slots
-      rankshard --control-plane postgresql://rankshard@db.internal/rankshard nodes deal-slots
-    """
-
-    async def work(cp: ControlPlane) -> tuple[bool, SlotTable]:
-        if (table := await cp.slot_table()) is not None:
-            return False, table
-        registered = [n.id for n in await cp.list_nodes()]
-        if not registered:
-            raise click.ClickException("no node is registered to own the index slots; run `rankshard nodes add`")
-        table = SlotTable.spread(registered)
-        await cp.assign_slots(table)
-        return True, table
-
-    dealt, table = run(ctx, work)
-    owners = ", ".join(f"{node} {count}" for node, count in Counter(table.owners).items())
-    said = "dealt the {} index slots" if dealt else "the {} index slots were dealt already; they stay"
-    click.echo(f"{said.format(len(table.owners))}: {owners}")
-
-
-@nodes.command("remove")
-@click.argument("node")
-@click.pass_context
-def remove_node(ctx: click.Context, node: str) -> None:
-    """Unregister NODE (its id, such as n3, or its address), if it owns no shard and no index slot.
-
-    A node that owns anything is refused, with what it owns. Its data is left on the server.
-    The control plane must be initialised (`rankshard init`).
-
-    \b
-    Examples:
-      rankshard nodes remove n3
-      rankshard nodes remove 10.0.0.7:6379
-    """
-    removed = run(ctx, lambda cp: cp.remove_node(node))
-    click.echo(f"removed node {removed.id} at {removed.address}")
 
 
 def _name(name: str) -> str:

@@ -121,11 +121,18 @@ def supervise(
     stop_requested: Callable[[], bool],
     say: Callable[[str], None],
     policy: RestartPolicy = RestartPolicy(),
+    joined: Callable[[], Sequence[Supervised]] = lambda: (),
 ) -> GaveUp | None:
     """Watches `children` (restarting, in their order, those that die) until `stop_requested()` (returns None) or
-    one keeps dying (returns how). Logs one line per restart through `say`. Stops nothing itself."""
+    one keeps dying (returns how). Logs one line per restart through `say`. Stops nothing itself.
+
+    Each round, `joined()` gives the processes started since the last round (a node `nodes add --local` asked
+    for): they are watched from then on, after the others."""
     watches = [_Watch(child, Backoff(policy, up_since=time.monotonic())) for child in children]
     while not stop_requested():
+        for child in joined():
+            say(f"rankshard: {child.name} joined the cluster")
+            watches.append(_Watch(child, Backoff(policy, up_since=time.monotonic())))
         for watch in watches:
             if stop_requested():
                 return None

@@ -1,4 +1,4 @@
-"""The control plane's rows for data nodes: registering and removing them.
+"""The control plane's rows for data nodes: registering them, changing their state and removing them.
 
 Each function runs inside a transaction the store opened and lets psycopg's exceptions through; the store
 translates them.
@@ -84,6 +84,16 @@ async def delete_node(conn: AsyncConnection, node: str) -> Node:
         raise NodeInUse(found.id, shards, slots)
     await conn.execute("DELETE FROM nodes WHERE id = %s", (found.id,))
     return found
+
+
+async def update_node_state(conn: AsyncConnection, node: str, state: str) -> Node:
+    """Sets the state of the node whose id, or else address, is `node`; returns the node as it is now.
+    Raises `NotFound`."""
+    found = await _locked(conn, "id", node) or await _locked(conn, "address", node)
+    if found is None:
+        raise NotFound(f"node {node!r} not found")
+    await conn.execute("UPDATE nodes SET state = %s WHERE id = %s", (state, found.id))
+    return Node(found.id, found.address, state)
 
 
 async def _locked(conn: AsyncConnection, column: str, value: str) -> Node | None:

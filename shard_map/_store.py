@@ -45,7 +45,7 @@ from ._model import (
     ranges_for,
     tiling_problems,
 )
-from ._nodes import NODE_QUERY, Node, delete_node, insert_node
+from ._nodes import NODE_QUERY, Node, delete_node, insert_node, update_node_state
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,14 @@ class ControlPlane:
         """
         async with self._transaction(f"removing node {node!r}") as conn:
             return await delete_node(conn, node)
+
+    async def set_node_state(self, node: str, state: str) -> Node:
+        """Sets the state of a node named by id or address (``ACTIVE``; ``DRAINING``: it gets no new shard);
+        returns it. Raises `InvalidArgument` for an empty state, `NotFound`."""
+        if not state:
+            raise InvalidArgument("state", "is required")
+        async with self._transaction(f"setting the state of node {node!r}") as conn:
+            return await update_node_state(conn, node, state)
 
     async def list_nodes(self) -> list[Node]:
         rows = await self._fetch("listing nodes", NODE_QUERY + " ORDER BY seq")

@@ -11,6 +11,17 @@ from ._layout import BoardLayout, Cluster
 from ._moves import MOVE_STEPS, StepHook, finish_move
 from ._new_node import check_new_node
 from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_scores, read_entry, shard_sizes
+from ._rebalance import (
+    QUANTILES,
+    SERVING_STATES,
+    JobRunner,
+    PlanStepFailed,
+    board_stats,
+    carry_out,
+    describe_step,
+    node_members,
+    serving_nodes,
+)
 from ._repair import LostMembers, RepairReport, repair_board
 from ._sweep import DEFAULT_MIN_AGE_MS, count_pending_marks, sweep_board
 from ._tombstones import Collected, collect_tombstones
@@ -24,6 +35,15 @@ __all__ = [
     "plan_merge",
     "plan_move",
     "plan_split",
+    "QUANTILES",
+    "SERVING_STATES",
+    "JobRunner",
+    "PlanStepFailed",
+    "board_stats",
+    "carry_out",
+    "describe_step",
+    "node_members",
+    "serving_nodes",
     "DEFAULT_MIN_AGE_MS",
     "Finding",
     "FindingKind",

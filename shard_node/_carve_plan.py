@@ -45,10 +45,20 @@ async def plan_split(
 
 
 async def plan_merge(
-    cp: ControlPlane, cluster: Cluster, board: str, shard_id: str, with_id: str, owner: str, lease_s: float
+    cp: ControlPlane,
+    cluster: Cluster,
+    board: str,
+    shard_id: str,
+    with_id: str,
+    owner: str,
+    lease_s: float,
+    *,
+    survivor: str | None = None,
 ) -> Job:
-    """A merge of two adjacent shards: the one with fewer members is carved into the other, which keeps its id and
-    node. Raises `NotFound`, `InvalidArgument` (the same shard twice, shards not adjacent), `JobConflict`."""
+    """A merge of two adjacent shards: one is carved into the other, which keeps its id and node. The survivor is
+    `survivor` when given (one of the two: a planned merge says which), else the one with more members. Raises
+    `NotFound`, `InvalidArgument` (the same shard twice, shards not adjacent, a survivor that is neither),
+    `JobConflict`."""
     layout, first = await _shard(cp, board, shard_id)
     second = _named(layout, with_id, "with")
     if first.id == second.id:
@@ -63,8 +73,13 @@ async def plan_merge(
     if existing is not None:
         return existing
     _check_active(second)
-    sizes = await _sizes(cluster, layout, (first, second))
-    source, target = (first, second) if sizes[0] <= sizes[1] else (second, first)
+    if survivor is None:
+        sizes = await _sizes(cluster, layout, (first, second))
+        source, target = (first, second) if sizes[0] <= sizes[1] else (second, first)
+    elif survivor in (first.id, second.id):
+        source, target = (second, first) if survivor == first.id else (first, second)
+    else:
+        raise InvalidArgument("survivor", f"{survivor} is neither {shard_id} nor {with_id}")
     plan = CarvePlan(
         source.lower, source.upper, source.node, source.generation, source.lower, source.upper,
         target.lower, target.upper, target.generation,

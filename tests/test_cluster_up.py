@@ -381,3 +381,41 @@ def test_up_with_auth_and_tls_serves_tokens_over_tls_and_the_cli_finds_both(
     again = CliRunner().invoke(main, top, env={"RANKSHARD_TOKEN": tokens["game"]})
     assert again.exit_code == 0 and json.loads(again.stdout)[0]["user_id"] == "ann", again.output
     assert up.stop() == set()
+
+
+def test_nodes_add_local_starts_a_node_the_running_cluster_supervises_and_rebalance_uses_it(
+    tmp_path: Path, start_up: Callable[..., Up]
+) -> None:
+    alone = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "none"), "nodes", "add", "--local"])
+    assert alone.exit_code == 1 and "Traceback" not in alone.output
+    assert alone.stderr.splitlines() == [
+        f"rankshard: no cluster is running in {tmp_path / 'none'}: start one with "
+        f"`rankshard --data-dir {tmp_path / 'none'} cluster up`, then add nodes to it"
+    ]
+
+    port = free_port()
+    up = start_up(tmp_path, port)
+    up.wait_line("router listening on")
+    added = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "nodes", "add", "--local"])
+    assert added.exit_code == 0, added.output
+    node_port = up.settings()["node_ports"][2]  # type: ignore[index]
+    assert added.stdout == f"started node n3 at 127.0.0.1:{node_port}; the cluster in {tmp_path} supervises it\n"
+    up.wait_line(rf"^rankshard: node 127\.0\.0\.1:{node_port} joined the cluster")
+    with redis.Redis(port=node_port) as node:
+        assert node.ping()
+    listed = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "nodes", "list", "--json"])
+    assert [(n["id"], n["state"], n["shards"]) for n in json.loads(listed.stdout)][2] == ("n3", "ACTIVE", 0)
+
+    (victim,) = up.child(_valkey_on(node_port))
+    os.kill(victim, signal.SIGKILL)
+    up.wait_line(rf"^rankshard: node 127\.0\.0\.1:{node_port} exited with code -9; restarted")
+    assert len(up.child(_valkey_on(node_port))) == 1
+
+    scores = {f"user{i}": 5 * i for i in range(60)}  # s1 and s3 on n1 hold 40, s2 on n2 20
+    _update(port, scores)
+    out = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "rebalance", "-l", "global"])
+    assert out.exit_code == 0, out.output
+    listed = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "nodes", "list", "--json"])
+    assert [n["members"] for n in json.loads(listed.stdout)] == [20, 20, 20]
+    assert _top(port) == sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    assert up.stop() == set()
