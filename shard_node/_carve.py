@@ -76,6 +76,8 @@ class _Batch:
 
     cursor: str
     users: list[str]
+    versions: list[str]
+    """The version-register key of each member (the same on every node)."""
     state: list[tuple[str, int]]
 
 
@@ -217,7 +219,7 @@ class Carver:
             tasks.create_task(self._scan_source(parts, job, batches))
             while (batch := await batches.get()) is not None:
                 if batch.users:
-                    copied += await self._write_target(parts, job, batch.users, batch.state)
+                    copied += await self._write_target(parts, job, batch.users, batch.versions, batch.state)
                 job = await self._save(job, scan_cursor=batch.cursor, copied=copied)
         return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
 
@@ -229,8 +231,9 @@ class Carver:
             raw = await parts.source_node.command("ZSCAN", shard_key(job.board, job.source), cursor, "COUNT", BATCH)
             cursor, rows = _scanned(parts.source_node.id, raw)
             users = [u for u, s in rows if lo <= s < hi]
-            state = await self._read_source(parts, job, users) if users else []
-            await batches.put(_Batch(cursor, users, state))
+            versions = [parts.layout.versions_key(u) for u in users]
+            state = await self._read_source(parts, job, users, versions) if users else []
+            await batches.put(_Batch(cursor, users, versions, state))
             if cursor == "0":
                 await batches.put(None)
                 return
@@ -384,22 +387,30 @@ class Carver:
 
     async def _settle_users(self, parts: _Parts, job: Job, users: Sequence[str]) -> int:
         """`users` as S holds them now, written into (or removed from) T; returns how many T now holds of them."""
-        return await self._write_target(parts, job, users, await self._read_source(parts, job, users))
-
-    async def _read_source(self, parts: _Parts, job: Job, users: Sequence[str]) -> list[tuple[str, int]]:
-        """Each of `users` as S holds it now: its stored score ('' when absent) and registered version."""
         versions = [parts.layout.versions_key(u) for u in users]
+        state = await self._read_source(parts, job, users, versions)
+        return await self._write_target(parts, job, users, versions, state)
+
+    async def _read_source(
+        self, parts: _Parts, job: Job, users: Sequence[str], versions: Sequence[str]
+    ) -> list[tuple[str, int]]:
+        """Each of `users` (`versions`: their register keys) as S holds it now: its stored score ('' when absent)
+        and registered version."""
         raw = await parts.source_node.run(CARVE_READ, [shard_key(job.board, job.source), *versions], list(users))
         return _read(parts.source_node.id, raw, len(users))
 
     async def _write_target(
-        self, parts: _Parts, job: Job, users: Sequence[str], state: Sequence[tuple[str, int]]
+        self,
+        parts: _Parts,
+        job: Job,
+        users: Sequence[str],
+        versions: Sequence[str],
+        state: Sequence[tuple[str, int]],
     ) -> int:
         """`users` in T made as `state` says S holds them; returns how many T now holds of them."""
         args: list[object] = [_target_descriptor(job), *parts.carved, int(parts.same_node)]
         for user, (stored, version) in zip(users, state, strict=True):
             args += (user, stored, version)
-        versions = [parts.layout.versions_key(u) for u in users]
         keys = [shard_key(job.board, job.target), descriptor_key(job.board, job.target), *versions]
         return _settled(parts.target_node.id, await parts.target_node.run(CARVE_SETTLE, keys, args), job)
 
