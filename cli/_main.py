@@ -15,6 +15,7 @@ from ._cluster import ClaimRefused, GaveUp, LocalCluster, signals_caught, superv
 from ._demo import demo
 from ._doctor import check, repair
 from ._import import import_cmd
+from ._jobs import jobs, merge, move, split
 from ._manage import init, leaderboards, nodes, parse_boundaries, shards
 from ._options import environment_settings, setting_options, settings_of, with_options
 from ._secrets import TOKENS_FILE, TlsFiles
@@ -194,7 +195,10 @@ main.add_command(demo)
 leaderboards.add_command(import_cmd)
 leaderboards.add_command(top)
 main.add_command(leaderboards)
+for command in (split, merge, move):
+    shards.add_command(command)
 main.add_command(shards)
+main.add_command(jobs)
 main.add_command(nodes)
 main.add_command(check)
 main.add_command(repair)

@@ -49,6 +49,13 @@ async def plan_merge(
 ) -> Job:
     """A merge of two adjacent shards: the one with fewer members is carved into the other, which keeps its id and
     node. Raises `NotFound`, `InvalidArgument` (the same shard twice, shards not adjacent), `JobConflict`."""
+    # The command's own running job first: once it has committed, the shard carved away is no longer in the map.
+    for named in dict.fromkeys((shard_id, with_id)):
+        existing = await _same_job(
+            cp, board, named, JobKind.MERGE, lambda j: {j.source, j.target} == {shard_id, with_id}
+        )
+        if existing is not None:
+            return existing
     layout, first = await _shard(cp, board, shard_id)
     second = _named(layout, with_id, "with")
     if first.id == second.id:
@@ -57,11 +64,6 @@ async def plan_merge(
         raise InvalidArgument(
             "with", f"{with_id} {_range(second)} is not adjacent to {shard_id} {_range(first)}: only neighbours merge"
         )
-    existing = await _same_job(
-        cp, board, shard_id, JobKind.MERGE, lambda j: {j.source, j.target} == {first.id, second.id}
-    )
-    if existing is not None:
-        return existing
     _check_active(second)
     sizes = await _sizes(cluster, layout, (first, second))
     source, target = (first, second) if sizes[0] <= sizes[1] else (second, first)
@@ -75,10 +77,11 @@ async def plan_merge(
 async def plan_move(cp: ControlPlane, board: str, shard_id: str, node_id: str, owner: str, lease_s: float) -> Job:
     """A move of `shard_id` to node `node_id`, as a new shard there. Raises `NotFound`, `InvalidArgument` (the
     node it is on, a draining node), `JobConflict`."""
-    layout, shard = await _shard(cp, board, shard_id)
     node = await _node(cp, node_id)
+    # The command's own running job first: once it has committed, the shard it moved is no longer in the map.
     if (job := await _same_job(cp, board, shard_id, JobKind.MOVE, lambda j: j.target_node == node.id)) is not None:
         return job
+    layout, shard = await _shard(cp, board, shard_id)
     if node.id == shard.node:
         raise InvalidArgument("to", f"shard {shard_id} is on {node.id} already")
     if node.state == DRAINING:
