@@ -194,7 +194,13 @@ class _Progress:
         if self._terminal:
             label = f"job {self.last.id} {self.last.kind} {self.last.source}"
             bar = click.progressbar(
-                length=self.last.total, label=label, show_eta=True, show_pos=True, width=0, item_show_func=self._item
+                length=self.last.total,
+                label=label,
+                show_eta=True,
+                show_percent=True,
+                show_pos=True,
+                width=0,
+                item_show_func=self._item,
             )
             self._bar = bar.__enter__()
         return self
@@ -222,7 +228,7 @@ class _Progress:
         job = self.last
         elapsed = max(time.monotonic() - self._started, 1e-3)
         rate = (job.copied - self._copied_at_start) / elapsed
-        text = f"{job.step} {rate:,.0f}/s"
+        text = f"{job.step} {rate:,.0f}/s" if job.step in (JobStep.COPY, JobStep.CATCHUP) else str(job.step)
         if job.dirty:
             text += f" dirty {job.dirty:,}"
         if job.freeze_ms is not None:

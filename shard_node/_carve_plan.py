@@ -60,7 +60,7 @@ async def plan_merge(
     second = _named(layout, with_id, "with")
     if first.id == second.id:
         raise InvalidArgument("with", f"{with_id} is the shard itself; merge it with a neighbour")
-    if first.upper != second.lower and second.upper != first.lower:
+    if not _adjacent(first, second):
         raise InvalidArgument(
             "with", f"{with_id} {_range(second)} is not adjacent to {shard_id} {_range(first)}: only neighbours merge"
         )
@@ -117,6 +117,13 @@ async def _same_job(
                 return job
             raise JobConflict(shard_id, job)
     return None
+
+
+def _adjacent(first: Shard, second: Shard) -> bool:
+    """One ends where the other begins (two unbounded ends, both None, do not meet)."""
+    return (first.upper is not None and first.upper == second.lower) or (
+        second.upper is not None and second.upper == first.lower
+    )
 
 
 def _check_active(shard: Shard) -> None:
