@@ -493,8 +493,10 @@ def _committed_map(job: Job, current: ShardMap) -> list[Shard]:
                     Shard(job.target, s.lower, s.upper, job.target_node, ShardState.ACTIVE, job.plan.target_generation)
                 )
         elif s.id == job.target and job.kind is JobKind.MERGE:
-            # The source is the target's neighbour above or below: the target's range grows over it.
-            lower, upper = (s.lower, job.plan.upper) if s.upper == job.plan.lower else (job.plan.lower, s.upper)
+            # The source is the target's neighbour above or below: the target's range grows over it. (Two unbounded
+            # ends are both None, and do not meet.)
+            above = s.upper is not None and s.upper == job.plan.lower
+            lower, upper = (s.lower, job.plan.upper) if above else (job.plan.lower, s.upper)
             out.append(Shard(s.id, lower, upper, s.node, ShardState.ACTIVE, s.generation + 1))
         else:
             out.append(s)

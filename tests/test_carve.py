@@ -184,3 +184,10 @@ async def _resume(dsn: str, job: Job) -> None:
             assert (done.state, done.step) == (JobState.DONE, JobStep.DONE), done
         finally:
             await cluster.aclose()
+
+
+def test_the_last_two_shards_merge_into_one_over_the_whole_score_line(seeded: Client, control_plane_dsn: str) -> None:
+    """s1 (-inf, 100) into s2 [100, inf): the unbounded ends of both (None) must not be taken for where they meet."""
+    assert asyncio.run(_run_jobs(control_plane_dsn, ["merge s1 s2"])) == ["s2"]
+    asyncio.run(_check(control_plane_dsn))
+    _board_equals_model(seeded, {u: i for i, u in enumerate(USERS)})
