@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rankshard.shard_map import ControlPlane, Job, JobKind, JobState, JobStep, Settings, Shard, ShardMap
+from rankshard.shard_map import (
+    ControlPlane,
+    Job,
+    JobKind,
+    JobState,
+    JobStep,
+    RankshardError,
+    Settings,
+    Shard,
+    ShardMap,
+)
 from rankshard.shard_node import Carver, Cluster
 
 if TYPE_CHECKING:
@@ -110,7 +120,7 @@ async def _carry(
 async def _given_up(cp: ControlPlane, job: Job, owner: str) -> Job:
     """The job's row once this process's claim on it is given up (so `jobs resume` need not wait for it to pass);
     the row as last seen when that fails, or when another process has claimed the job meanwhile."""
-    with contextlib.suppress(Exception):  # the interrupt may have broken the connection: the claim then lapses
+    with contextlib.suppress(RankshardError):  # JobBusy: not this process's (any more); ControlPlaneError: it lapses
         return await cp.jobs.advance(job, owner, 0)
     return job
 
@@ -184,7 +194,7 @@ class _Progress:
     def __init__(self, job: Job, terminal: bool, echo: Echo) -> None:
         self.last = job
         self.echo = echo
-        self._bar: ProgressBar[int] | None = None
+        self._bar: ProgressBar[int | None] | None = None
         self._terminal = terminal
         self._started = time.monotonic()
         self._copied_at_start = job.copied

@@ -46,7 +46,9 @@ def _one_line() -> Iterator[None]:
         path = exc.ctx.command_path if exc.ctx is not None else "rankshard"
         raise _OneLineUsageError(f"{path}: {_as_clause(exc.format_message())} (see {path} --help)") from exc
     except click.ClickException as exc:
-        raise _OneLineError(f"rankshard: {_flat(exc.format_message())}") from exc
+        error = _OneLineError(f"rankshard: {_flat(exc.format_message())}")
+        error.exit_code = exc.exit_code  # a job interrupted by Ctrl-C exits 130, as a shell expects
+        raise error from exc
 
 
 def _flat(message: str) -> str:

@@ -137,10 +137,10 @@ def _set_state(dsn: str, node: str, state: str) -> None:
         conn.execute("UPDATE nodes SET state = %s WHERE id = %s", (state, node))
 
 
-async def _plan_move_held_by_another(dsn: str, shard: str) -> Job:
+async def _plan_move_held_by_another(dsn: str, shard: str, lease_s: float = 60) -> Job:
     async with await ControlPlane.open(dsn) as cp:
         node = next(s for s in (await cp.shard_map(BOARD)).shards if s.id == shard).node
-        return await plan_move(cp, BOARD, shard, other_node(node), "another", 60)
+        return await plan_move(cp, BOARD, shard, other_node(node), "another", lease_s)
 
 
 async def _finish(dsn: str, job: Job) -> None:
@@ -242,6 +242,43 @@ async def _interrupted_at(dsn: str, step: JobStep) -> JobInterrupted:
             return caught.value
         finally:
             await cluster.aclose()
+
+
+def test_ctrl_c_of_the_cli_is_one_line_and_exit_130(client: Client, control_plane_dsn: str) -> None:
+    """`jobs resume` held up by a lock on the job's row (so it is surely waiting), then sent SIGINT."""
+    dsn = control_plane_dsn
+    seed(client, [100])
+    job = asyncio.run(_plan_move_held_by_another(dsn, "s1", lease_s=0))
+    argv = [sys.executable, "-m", "rankshard.cli", "--control-plane", dsn, "jobs", "resume", str(job.id)]
+    with psycopg.connect(dsn) as lock:
+        lock.execute("SELECT id FROM migration_jobs WHERE id = %s FOR UPDATE", (job.id,))
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_lock_wait(dsn)  # its claim
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert (out, err) == (
+        "",
+        f"rankshard: {job.describe()}: interrupted at PLAN; resume it with `rankshard jobs resume {job.id}` "
+        "(or run the same command again)\n",
+    )
+    result = cli(dsn, "jobs", "resume", str(job.id))
+    assert result.exit_code == 0 and "done, moved" in result.output, result.output
+
+
+def _wait_lock_wait(dsn: str, timeout: float = 30.0) -> None:
+    """Until a session waits for a lock on a job's row."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%migration_jobs%%'"
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not conn.execute(query).fetchone()[0]:  # type: ignore[index]  # count(*) is one row
+            assert time.monotonic() < deadline, "no session waited for the lock on the job's row"
+            time.sleep(0.02)
 
 
 def test_on_a_terminal_a_job_shows_a_progress_bar(client: Client, control_plane_dsn: str) -> None:
