@@ -33,6 +33,10 @@ class _OneLineUsageError(_OneLineError):
     exit_code = click.UsageError.exit_code  # 2, as click's: scripts tell a bad call from a failed one
 
 
+class _OneLineInterrupted(_OneLineError):
+    exit_code = 130  # a job stopped by Ctrl-C: as a shell reports a command ended by SIGINT
+
+
 @contextlib.contextmanager
 def _one_line() -> Iterator[None]:
     """Turns any click error into one line: ``rankshard nodes add: missing argument 'ADDRESS' (see
@@ -46,9 +50,8 @@ def _one_line() -> Iterator[None]:
         path = exc.ctx.command_path if exc.ctx is not None else "rankshard"
         raise _OneLineUsageError(f"{path}: {_as_clause(exc.format_message())} (see {path} --help)") from exc
     except click.ClickException as exc:
-        error = _OneLineError(f"rankshard: {_flat(exc.format_message())}")
-        error.exit_code = exc.exit_code  # a job interrupted by Ctrl-C exits 130, as a shell expects
-        raise error from exc
+        one_line = _OneLineInterrupted if exc.exit_code == _OneLineInterrupted.exit_code else _OneLineError
+        raise one_line(f"rankshard: {_flat(exc.format_message())}") from exc
 
 
 def _flat(message: str) -> str:
