@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime
 
 import click
 
-from rankshard.shard_map import ControlPlane
+from rankshard.shard_map import ControlPlane, JobState
 from rankshard.shard_node import (
     BoardLayout,
+    Cluster,
     Finding,
     LostMembers,
     RepairReport,
     audit_board,
     connect_cluster,
+    finish_abandoned,
     repair_board,
 )
 
+from ._job_run import job_owner
 from ._manage import run
 
 
@@ -96,6 +100,7 @@ def repair(ctx: click.Context, leaderboard: str | None) -> None:
     async def work(cp: ControlPlane) -> dict[str, tuple[RepairReport, list[Finding]]]:
         cluster = await connect_cluster(cp)
         try:
+            await _end_abandoned_jobs(cp, cluster, leaderboard)
             out = {}
             for layout in await _layouts(cp, leaderboard):
                 report = await repair_board(cluster, layout)
@@ -112,6 +117,22 @@ def repair(ctx: click.Context, leaderboard: str | None) -> None:
             click.echo(f"{board}: still: {finding}")
         clean = clean and not findings
     ctx.exit(0 if clean else 1)
+
+
+async def _end_abandoned_jobs(cp: ControlPlane, cluster: Cluster, board: str | None) -> None:
+    """Every job whose claim has passed (its process is gone) finished when past its commit, else rolled back, each
+    one printed; then the jobs still running: those another process is carrying on, and any that failed to end."""
+    for job in await finish_abandoned(cp, cluster, job_owner(), roll_back=True):
+        click.echo(f"{job.board}: {job.describe()}: {'finished' if job.state is JobState.DONE else 'rolled back'}")
+    now = datetime.now(UTC)
+    for job in await cp.jobs.list(board, running=True):
+        if job.lease_until is not None and job.lease_until > now:
+            left = (
+                f"being run by {job.owner} (claimed until {job.lease_until.astimezone(UTC):%H:%M:%S} UTC); left to it"
+            )
+        else:
+            left = f"at {job.step} could not be ended; run `rankshard repair` again once what failed is fixed"
+        click.echo(f"{job.board}: {job.describe()} is {left}")
 
 
 def _report_lines(report: RepairReport) -> list[str]:

@@ -15,6 +15,7 @@ from ._cluster import ClaimRefused, GaveUp, LocalCluster, signals_caught, superv
 from ._demo import demo
 from ._doctor import check, repair
 from ._import import import_cmd
+from ._jobs import jobs, merge, move, split
 from ._manage import init, leaderboards, parse_boundaries, shards
 from ._nodes import nodes
 from ._options import environment_settings, setting_options, settings_of, with_options
@@ -34,6 +35,10 @@ class _OneLineUsageError(_OneLineError):
     exit_code = click.UsageError.exit_code  # 2, as click's: scripts tell a bad call from a failed one
 
 
+class _OneLineInterrupted(_OneLineError):
+    exit_code = 130  # a job stopped by Ctrl-C: as a shell reports a command ended by SIGINT
+
+
 @contextlib.contextmanager
 def _one_line() -> Iterator[None]:
     """Turns any click error into one line: ``rankshard nodes add: missing argument 'ADDRESS' (see
@@ -47,7 +52,8 @@ def _one_line() -> Iterator[None]:
         path = exc.ctx.command_path if exc.ctx is not None else "rankshard"
         raise _OneLineUsageError(f"{path}: {_as_clause(exc.format_message())} (see {path} --help)") from exc
     except click.ClickException as exc:
-        raise _OneLineError(f"rankshard: {_flat(exc.format_message())}") from exc
+        one_line = _OneLineInterrupted if exc.exit_code == _OneLineInterrupted.exit_code else _OneLineError
+        raise one_line(f"rankshard: {_flat(exc.format_message())}") from exc
 
 
 def _flat(message: str) -> str:
@@ -201,8 +207,11 @@ main.add_command(demo)
 leaderboards.add_command(import_cmd)
 leaderboards.add_command(top)
 main.add_command(leaderboards)
+for command in (split, merge, move):
+    shards.add_command(command)
 main.add_command(shards)
 nodes.add_command(drain)
+main.add_command(jobs)
 main.add_command(nodes)
 main.add_command(rebalance)
 main.add_command(check)

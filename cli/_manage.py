@@ -226,7 +226,7 @@ def delete(ctx: click.Context, name: str, yes: bool) -> None:
 
 @click.group()
 def shards() -> None:
-    """Inspect a leaderboard's shards."""
+    """Inspect a leaderboard's shards; split, merge and move them online."""
 
 
 @shards.command("list")

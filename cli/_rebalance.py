@@ -30,8 +30,9 @@ from rankshard.shard_node import (
     serving_nodes,
 )
 
-from ._job_run import LEASE_S, StepRunner, job_owner
+from ._job_run import job_owner
 from ._manage import _name, run
+from ._plan_run import LEASE_S, StepRunner
 
 _SHARD_NUMBER = re.compile(r"s(\d+)")
 

@@ -261,6 +261,13 @@ class Settings:
         5, "deaths within the window after which the cluster gives up and stops", _COUNT, LOCAL_CLUSTER
     )
     restart_window: float = _setting(60.0, "seconds over which deaths are counted", _SECONDS, LOCAL_CLUSTER)
+    job_lease: float = _setting(
+        30.0,
+        "seconds a rebalancing job stays claimed by the CLI running it (renewed as it goes): another process may "
+        "resume a job once its claim has passed, so this is how long a job killed mid-way waits for `jobs resume`",
+        _SECONDS,
+        RANKSHARD,
+    )
     crash_at: str | None = _setting(
         None,
         "testing only: STEP or STEP:N makes the router SIGKILL itself the N-th time a write reaches that step of a "
@@ -275,6 +282,15 @@ class Settings:
         "as it starts, its first N starts. Never set it in production",
         _HOOK,
         ROUTER,
+        flag=False,
+    )
+
+    job_crash_at: str | None = _setting(
+        None,
+        "testing only: STEP or STEP:N makes the CLI SIGKILL itself right after a rebalancing job's row was "
+        "recorded at that step (shard_map.JobStep), the N-th time. Never set it in production",
+        _HOOK,
+        RANKSHARD,
         flag=False,
     )
 

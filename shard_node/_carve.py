@@ -246,7 +246,9 @@ class Carver:
 
     async def _freeze(self, job: Job) -> Job:
         """S frozen (writes wait, reads go on), the rest of its dirty set settled, R's counts compared, then S
-        COMMITTING and the new map committed: the point of no return. A freeze that lapses is tried again."""
+        COMMITTING and the new map committed: the point of no return. A freeze that lapses is tried again, and so is
+        one whose counts differ, once it has thawed: a member crossing from S into a merge target is written there
+        (out of R) before S, frozen, lets it go, so the counts differ until that crossing finishes."""
         layout = await self._layout(job.board)
         source = _find(layout.map, job.source)
         if source is None:
@@ -254,6 +256,7 @@ class Carver:
         parts = self._parts(job, layout, source)
         frozen = descriptor(dataclasses.replace(source, state=ShardState.FROZEN))
         committing = descriptor(dataclasses.replace(source, state=ShardState.COMMITTING))
+        error = "the freeze kept lapsing"
         for _ in range(FREEZE_ATTEMPTS):
             started = time.monotonic()
             state = await self._state(parts.source_node, job.board, job.source)
@@ -263,7 +266,10 @@ class Carver:
                 )
                 await self._drain(parts, job, until=1)
                 if not await self._counts_agree(parts, job):
-                    raise JobFailed(f"{job.describe()}: the target's count of the range differs from the source's")
+                    error = "the target's count of the range kept differing from the source's"
+                    log.info("%s: the counts of the range differ; trying again once the freeze lapses", job.describe())
+                    await asyncio.sleep(self.freeze_ms / 1000)  # the freeze's deadline, set at most this long ago
+                    continue
                 if not await self._try_describe(parts.source_node, job, job.source, committing, frozen):
                     log.info("%s: the freeze lapsed before the commit; trying again", job.describe())
                     continue
@@ -274,7 +280,7 @@ class Carver:
             )
             self._notify(job)
             return job
-        return await self._rollback(await self._record(job, step=JobStep.ABORTING, error="the freeze kept lapsing"))
+        return await self._rollback(await self._record(job, step=JobStep.ABORTING, error=error))
 
     async def _activate(self, job: Job) -> Job:
         """The source retired (or shrunk), then the target made ACTIVE: no reader ever sees both."""
@@ -560,8 +566,10 @@ def _committed_map(job: Job, current: ShardMap) -> list[Shard]:
                     Shard(job.target, s.lower, s.upper, job.target_node, ShardState.ACTIVE, job.plan.target_generation)
                 )
         elif s.id == job.target and job.kind is JobKind.MERGE:
-            # The source is the target's neighbour above or below: the target's range grows over it.
-            lower, upper = (s.lower, job.plan.upper) if s.upper == job.plan.lower else (job.plan.lower, s.upper)
+            # The source is the target's neighbour above or below: the target's range grows over it. (Two unbounded
+            # ends are both None, and do not meet.)
+            above = s.upper is not None and s.upper == job.plan.lower
+            lower, upper = (s.lower, job.plan.upper) if above else (job.plan.lower, s.upper)
             out.append(Shard(s.id, lower, upper, s.node, ShardState.ACTIVE, s.generation + 1))
         else:
             out.append(s)

@@ -59,19 +59,21 @@ async def plan_merge(
     `survivor` when given (one of the two: a planned merge says which), else the one with more members. Raises
     `NotFound`, `InvalidArgument` (the same shard twice, shards not adjacent, a survivor that is neither),
     `JobConflict`."""
+    # The command's own running job first: once it has committed, the shard carved away is no longer in the map.
+    for named in dict.fromkeys((shard_id, with_id)):
+        existing = await _same_job(
+            cp, board, named, JobKind.MERGE, lambda j: {j.source, j.target} == {shard_id, with_id}
+        )
+        if existing is not None:
+            return existing
     layout, first = await _shard(cp, board, shard_id)
     second = _named(layout, with_id, "with")
     if first.id == second.id:
         raise InvalidArgument("with", f"{with_id} is the shard itself; merge it with a neighbour")
-    if first.upper != second.lower and second.upper != first.lower:
+    if not _adjacent(first, second):
         raise InvalidArgument(
             "with", f"{with_id} {_range(second)} is not adjacent to {shard_id} {_range(first)}: only neighbours merge"
         )
-    existing = await _same_job(
-        cp, board, shard_id, JobKind.MERGE, lambda j: {j.source, j.target} == {first.id, second.id}
-    )
-    if existing is not None:
-        return existing
     _check_active(second)
     if survivor is None:
         sizes = await _sizes(cluster, layout, (first, second))
@@ -90,10 +92,11 @@ async def plan_merge(
 async def plan_move(cp: ControlPlane, board: str, shard_id: str, node_id: str, owner: str, lease_s: float) -> Job:
     """A move of `shard_id` to node `node_id`, as a new shard there. Raises `NotFound`, `InvalidArgument` (the
     node it is on, a draining node), `JobConflict`."""
-    layout, shard = await _shard(cp, board, shard_id)
     node = await _node(cp, node_id)
+    # The command's own running job first: once it has committed, the shard it moved is no longer in the map.
     if (job := await _same_job(cp, board, shard_id, JobKind.MOVE, lambda j: j.target_node == node.id)) is not None:
         return job
+    layout, shard = await _shard(cp, board, shard_id)
     if node.id == shard.node:
         raise InvalidArgument("to", f"shard {shard_id} is on {node.id} already")
     if node.state == DRAINING:
@@ -129,6 +132,13 @@ async def _same_job(
                 return job
             raise JobConflict(shard_id, job)
     return None
+
+
+def _adjacent(first: Shard, second: Shard) -> bool:
+    """One ends where the other begins (two unbounded ends, both None, do not meet)."""
+    return (first.upper is not None and first.upper == second.lower) or (
+        second.upper is not None and second.upper == first.lower
+    )
 
 
 def _check_active(shard: Shard) -> None:

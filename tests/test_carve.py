@@ -12,7 +12,7 @@ import grpc
 import pytest
 from _router import Client
 
-from rankshard.shard_map import ControlPlane, JobState, JobStep
+from rankshard.shard_map import ControlPlane, Job, JobState, JobStep
 from rankshard.shard_node import Carver, audit_board, connect_cluster, plan_merge, plan_move, plan_split
 from rankshard.shard_node._layout import BoardLayout
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -134,3 +134,60 @@ def test_split_move_merge_under_writes(seeded: Client, control_plane_dsn: str) -
     assert len(shards) == 2
     asyncio.run(_check(control_plane_dsn))
     _board_equals_model(seeded, writer.expected)
+
+
+class _Stop(Exception):
+    """Raised from a step hook: the job stops there, as if its process had died."""
+
+
+def test_a_member_gone_to_another_shard_on_the_target_node_does_not_stay_in_the_target(
+    seeded: Client, control_plane_dsn: str
+) -> None:
+    """The target's node keeps one version register for all its shards: a member copied into the target, then
+    moved by its score into another shard on that node and written there again, is newer there than the source
+    knows; its copy in the target must go all the same (else the counts of the range differ and the job fails)."""
+    expected = {u: i for i, u in enumerate(USERS)}
+    job = asyncio.run(_move_stopped_at_catch_up(control_plane_dsn))
+    for delta in (100, 1):  # u50: out of s1 into s2, on the target's node; then written in s2 again
+        seeded.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard=BOARD, user_id="u50", score=delta), timeout=10)
+        expected["u50"] += delta
+    asyncio.run(_resume(control_plane_dsn, job))
+    asyncio.run(_check(control_plane_dsn))
+    _board_equals_model(seeded, expected)
+
+
+async def _move_stopped_at_catch_up(dsn: str) -> Job:
+    """s1 being moved to the node of s2, stopped once copied."""
+
+    def stop(job: Job) -> None:
+        if job.step is JobStep.CATCHUP:
+            raise _Stop
+
+    async with await ControlPlane.open(dsn) as cp:
+        cluster = await connect_cluster(cp)
+        try:
+            nodes = {s.id: s.node for s in (await cp.shard_map(BOARD)).shards}
+            assert nodes["s1"] != nodes["s2"]
+            job = await plan_move(cp, BOARD, "s1", nodes["s2"], "test", 30)
+            with pytest.raises(_Stop):
+                await Carver(cp, cluster, "test", on_step=stop).run(job)
+            return job
+        finally:
+            await cluster.aclose()
+
+
+async def _resume(dsn: str, job: Job) -> None:
+    async with await ControlPlane.open(dsn) as cp:
+        cluster = await connect_cluster(cp)
+        try:
+            done = await Carver(cp, cluster, "test").run(job)
+            assert (done.state, done.step) == (JobState.DONE, JobStep.DONE), done
+        finally:
+            await cluster.aclose()
+
+
+def test_the_last_two_shards_merge_into_one_over_the_whole_score_line(seeded: Client, control_plane_dsn: str) -> None:
+    """s1 (-inf, 100) into s2 [100, inf): the unbounded ends of both (None) must not be taken for where they meet."""
+    assert asyncio.run(_run_jobs(control_plane_dsn, ["merge s1 s2"])) == ["s2"]
+    asyncio.run(_check(control_plane_dsn))
+    _board_equals_model(seeded, {u: i for i, u in enumerate(USERS)})

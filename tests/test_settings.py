@@ -33,7 +33,7 @@ from rankshard.shard_map import (
     SettingSpec,
     setting_specs,
 )
-from rankshard.shard_node import DEFAULT_MIN_AGE_MS, DEFAULT_NODE_TIMEOUT, _keys
+from rankshard.shard_node import DEFAULT_MIN_AGE_MS, DEFAULT_NODE_TIMEOUT, Carver, _keys
 from rankshard.v1 import leaderboard_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +135,7 @@ def test_the_settings_defaults_are_the_ones_the_layers_below_use() -> None:
     assert opened["timeout"].default == DEFAULTS.control_plane_timeout
     assert DEFAULT_MIN_AGE_MS == DEFAULTS.sweep_age_ms
     assert DEFAULT_NODE_TIMEOUT == DEFAULTS.node_timeout
+    assert inspect.signature(Carver).parameters["lease_s"].default == DEFAULTS.job_lease
 
 
 def test_the_fixed_values_are_the_ones_the_nodes_use() -> None:

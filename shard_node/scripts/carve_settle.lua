@@ -5,7 +5,11 @@
 -- there), the version the source's node registers.
 -- A member the source holds inside the range is written unless this node registers a newer version (equal is
 -- written: on one node the register is the source's own, across nodes an older copy). Otherwise its copy in the
--- range is removed unless this node registers a newer version; across nodes the register then keeps a tombstone.
+-- range is removed, whatever this node registers: until the commit only the job writes the target inside the range
+-- (the source owns it), so that copy is never newer than the source's state read now, while this node's register
+-- is shared with its other shards (a member that left the source for one of them and was written there since is
+-- newer here, and its copy in the target is stale). Across nodes the register then keeps a tombstone of the
+-- source's version unless it holds a newer one.
 -- Returns {'stale', actual} or {'ok', written, removed}.
 local d = redis.call('GET', KEYS[2])
 if d ~= ARGV[1] then return {'stale', d or ''} end
@@ -23,7 +27,7 @@ for i = 5, #ARGV, 3 do
     end
   else
     local here = tonumber(redis.call('ZSCORE', KEYS[1], user))
-    if here and here >= lo and here < hi and registered <= ver then
+    if here and here >= lo and here < hi then
       table.insert(gone, user)
       if not same and registered < ver then redis.call('HSET', vkey, user, tombstone(ver, now)) end
     end
