@@ -7,7 +7,8 @@ whole time. Then, in one run:
 
 1. **Before**: the writer alone, for `--seconds`: UpdateScore p50/p99, and node CPU per write on n1.
 2. **MIGRATING, held**: ``shards move`` stopped right after the source became MIGRATING (the test-only
-   ``RANKSHARD_JOB_CRASH_AT=FLOOR``), so the shard notes every write for its catch-up with no copy running: node
+   ``RANKSHARD_JOB_CRASH_AT=FLOOR``, its claim held 1 s), so the shard notes every write for its catch-up with no
+   copy running: node
    CPU per write on n1 again, for `--seconds`. The difference is the extra node work per write while MIGRATING.
 3. **During the move**: ``jobs resume`` carries the move to its end: members moved per second (the job's copied
    members over its copy and catch-up time), UpdateScore p50/p99 during it, the longest call a writer saw (the
@@ -141,7 +142,7 @@ def _run(cluster: Cluster, data_dir: Path, tmp: Path, args: argparse.Namespace) 
         before = _window(cluster, writer, source, args.seconds)
         crashed = rankshard(
             data_dir, "shards", "move", "--leaderboard", BOARD, "--shard", "s1", "--to", "n2",
-            env={"RANKSHARD_JOB_CRASH_AT": "FLOOR"}, check=False,
+            env={"RANKSHARD_JOB_CRASH_AT": "FLOOR", "RANKSHARD_JOB_LEASE": "1"}, check=False,
         )  # fmt: skip
         del crashed
         job = _running_job(data_dir)
