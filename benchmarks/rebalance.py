@@ -8,11 +8,11 @@ whole time. Then, in one run:
 1. **Before**: the writer alone, for `--seconds`: UpdateScore p50/p99, and node CPU per write on n1.
 2. **MIGRATING, held**: ``shards move`` stopped right after the source became MIGRATING (the test-only
    ``RANKSHARD_JOB_CRASH_AT=FLOOR``, its claim held 1 s), so the shard notes every write for its catch-up with no
-   copy running: node
-   CPU per write on n1 again, for `--seconds`. The difference is the extra node work per write while MIGRATING.
+   copy running: node CPU per write on n1 again, for `--seconds`. The difference is the extra node work per write
+   while MIGRATING.
 3. **During the move**: ``jobs resume`` carries the move to its end: members moved per second (the job's copied
-   members over its copy and catch-up time), UpdateScore p50/p99 during it, the longest call a writer saw (the
-   freeze), and the job's own freeze time.
+   members over its copy and catch-up time, from the times its step lines came), UpdateScore p50/p99 during it,
+   the longest call a writer saw (the freeze), and the job's own freeze time.
 
 Prints the figures and writes them as JSON to `--out` (default benchmarks/results/rebalance). A benchmark, not a
 test: figures only, no pass or fail.
@@ -140,25 +140,36 @@ def _run(cluster: Cluster, data_dir: Path, tmp: Path, args: argparse.Namespace) 
     try:
         time.sleep(2)  # the writer reaches its rate: the windows below are what is measured
         before = _window(cluster, writer, source, args.seconds)
-        crashed = rankshard(
-            data_dir, "shards", "move", "--leaderboard", BOARD, "--shard", "s1", "--to", "n2",
-            env={"RANKSHARD_JOB_CRASH_AT": "FLOOR", "RANKSHARD_JOB_LEASE": "1"}, check=False,
-        )  # fmt: skip
-        del crashed
+        rankshard(
+            data_dir,
+            "shards",
+            "move",
+            "--leaderboard",
+            BOARD,
+            "--shard",
+            "s1",
+            "--to",
+            "n2",
+            env={"RANKSHARD_JOB_CRASH_AT": "FLOOR", "RANKSHARD_JOB_LEASE": "1"},
+            check=False,
+        )  # fmt: skip  (it dies by SIGKILL at FLOOR: its exit status is not looked at)
         job = _running_job(data_dir)
         migrating = _window(cluster, writer, source, args.seconds)
         start = time.monotonic()
-        rankshard(data_dir, "jobs", "resume", str(job["id"]))
+        steps = _timed_steps(data_dir, job["id"])
         end = time.monotonic()
         time.sleep(1)
         done = json.loads(rankshard(data_dir, "jobs", "show", str(job["id"]), "--json"))
     finally:
         writer.stop()
     during = writer.between(start, end)
+    copy_seconds = steps.get("FREEZE", end) - steps.get("COPY", start)
     return {
         "members": args.members,
         "rate": args.rate,
-        "moved_per_second": done["copied"] / (end - start),
+        "moved_per_second": done["copied"] / copy_seconds,
+        "copy_seconds": copy_seconds,
+        "to_commit_seconds": steps.get("COMMITTED", end) - start,
         "move_seconds": end - start,
         "copied": done["copied"],
         "job_freeze_ms": done["freeze_ms"],
@@ -172,6 +183,21 @@ def _run(cluster: Cluster, data_dir: Path, tmp: Path, args: argparse.Namespace) 
         },
         "writer_errors": writer.errors,
     }
+
+
+def _timed_steps(data_dir: Path, job_id: int) -> dict[str, float]:
+    """``jobs resume`` of the job, the time each step's first log line came (its output is one line per step when
+    not a terminal: ``job 1 (...): COPY 12,000/100,000``)."""
+    argv = [sys.executable, "-m", "rankshard.cli", "--data-dir", str(data_dir), "jobs", "resume", str(job_id)]
+    seen: dict[str, float] = {}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as resume:
+        assert resume.stdout is not None
+        for line in resume.stdout:
+            step = line.split("): ", 1)[-1].split(" ", 1)[0].strip()
+            seen.setdefault(step, time.monotonic())
+    if resume.returncode != 0:
+        raise RuntimeError(f"rankshard jobs resume {job_id} failed ({resume.returncode})")
+    return seen
 
 
 def _window(cluster: Cluster, writer: Writer, node: str, seconds: float) -> dict[str, float]:
@@ -201,8 +227,10 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"move of a {result['members']:,}-member shard between nodes, writer at {result['rate']:.0f} UpdateScore/s",
-            f"  members moved per second: {result['moved_per_second']:,.0f}"
-            f" ({result['copied']:,} in {result['move_seconds']:.1f} s)",
+            f"  members moved per second: {result['moved_per_second']:,.0f} (copy and catch-up of"
+            f" {result['copied']:,} in {result['copy_seconds']:.1f} s;"
+            f" committed after {result['to_commit_seconds']:.1f} s,"
+            f" done with cleanup after {result['move_seconds']:.1f} s)",
             f"  UpdateScore p50/p99 before: {b['p50_ms']:.1f} / {b['p99_ms']:.1f} ms;"
             f" during the move: {d['p50_ms']:.1f} / {d['p99_ms']:.1f} ms",
             f"  longest call a writer saw during the move: {d['longest_ms']:.0f} ms;"
@@ -217,7 +245,7 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=1_000_000)
-    parser.add_argument("--rate", type=float, default=400.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rebalance"))
     args = parser.parse_args()
