@@ -190,10 +190,12 @@ def _timed_steps(data_dir: Path, job_id: int) -> dict[str, float]:
     not a terminal: ``job 1 (...): COPY 12,000/100,000``)."""
     argv = [sys.executable, "-m", "rankshard.cli", "--data-dir", str(data_dir), "jobs", "resume", str(job_id)]
     seen: dict[str, float] = {}
+    t0 = time.monotonic()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as resume:
         assert resume.stdout is not None
         for line in resume.stdout:
-            step = line.split("): ", 1)[-1].split(" ", 1)[0].strip()
+            print(f"  {time.monotonic() - t0:6.1f}s {line.rstrip()}", flush=True)
+            step = line.split("): ", 1)[-1].split(" ", 1)[0].strip(" ,\n")
             seen.setdefault(step, time.monotonic())
     if resume.returncode != 0:
         raise RuntimeError(f"rankshard jobs resume {job_id} failed ({resume.returncode})")

@@ -107,7 +107,7 @@ async def _carry(
     owner = job_owner()
     shown = _Progress(job, sys.stdout.isatty() if terminal is None else terminal, echo)
     hooks = [shown, *([crash_hook(settings.job_crash_at)] if settings.job_crash_at else []), on_step]
-    carver = Carver(cp, cluster, owner, lease_s=settings.job_lease, on_step=_each(hooks))
+    carver = Carver(cp, cluster, owner, lease_s=settings.job_lease, pace=settings.job_pace, on_step=_each(hooks))
     with shown:
         try:
             job = await work(carver, job)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rankshard.shard_map import ControlPlane, Job, JobState, JobStep
+from rankshard.shard_map import ControlPlane, Job, JobState, JobStep, Settings
 from rankshard.shard_node import Carver, Cluster
 
 from ._job_run import job_owner
-
-LEASE_S = 30.0
 
 
 class StepRunner:
@@ -18,11 +16,14 @@ class StepRunner:
     when it ends: ``job 7 (move s3 n1 -> n2 (as s9) of 'global'): COPY 0/12,000``. `current` is the job it
     runs (or ran last): the one an interrupt leaves behind."""
 
-    def __init__(self, cp: ControlPlane, cluster: Cluster, say: Callable[[str], None]) -> None:
+    def __init__(self, cp: ControlPlane, cluster: Cluster, say: Callable[[str], None], settings: Settings) -> None:
         self.say = say
         self.current: Job | None = None
         self._seen: dict[int, JobStep] = {}
-        self._carver = Carver(cp, cluster, job_owner(), lease_s=LEASE_S, on_step=self._on_step)
+        self.lease_s = settings.job_lease
+        self._carver = Carver(
+            cp, cluster, job_owner(), lease_s=settings.job_lease, pace=settings.job_pace, on_step=self._on_step
+        )
 
     async def __call__(self, number: int, job: Job) -> Job:
         self.current = job

@@ -32,7 +32,8 @@ from rankshard.shard_node import (
 
 from ._job_run import job_owner
 from ._manage import _name, run
-from ._plan_run import LEASE_S, StepRunner
+from ._options import settings_of
+from ._plan_run import StepRunner
 
 _SHARD_NUMBER = re.compile(r"s(\d+)")
 
@@ -142,7 +143,7 @@ def _run_jobs(ctx: click.Context, work: Callable[[ControlPlane, Cluster, StepRun
     async def main(cp: ControlPlane) -> None:
         cluster = await connect_cluster(cp)
         try:
-            runners.append(StepRunner(cp, cluster, click.echo))
+            runners.append(StepRunner(cp, cluster, click.echo, settings_of(ctx)))
             await work(cp, cluster, runners[0])
         finally:
             await cluster.aclose()
@@ -190,7 +191,7 @@ async def _drainable(cp: ControlPlane, name: str) -> Node:
 
 
 async def _carried_out(cp: ControlPlane, cluster: Cluster, board: str, plan: Plan, runner: StepRunner) -> None:
-    jobs = await carry_out(cp, cluster, board, plan, job_owner(), runner, lease_s=LEASE_S)
+    jobs = await carry_out(cp, cluster, board, plan, job_owner(), runner, lease_s=runner.lease_s)
     epoch = (await cp.shard_map(board)).epoch
     click.echo(
         f"leaderboard {board}: {len(jobs)} step(s) done, {sum(j.copied for j in jobs):,} members copied; "

@@ -103,7 +103,13 @@ def _hook(value: Any) -> None:
         raise ValueError(f"must be NAME or NAME:N with N a positive integer, not {value!r}")
 
 
+def _share(value: Any) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must be above 0 and at most 1, not {value!r}")
+
+
 _SECONDS = _number(float, 0.0, "SECONDS", above=True)
+_SHARE = _Kind(float, _share, "SHARE")
 _SECONDS_OR_NONE = _number(float, 0.0, "SECONDS")
 _MILLISECONDS = _number(int, 0, "MS")
 _COUNT = _number(int, 1, "N")
@@ -266,6 +272,14 @@ class Settings:
         "seconds a rebalancing job stays claimed by the CLI running it (renewed as it goes): another process may "
         "resume a job once its claim has passed, so this is how long a job killed mid-way waits for `jobs resume`",
         _SECONDS,
+        RANKSHARD,
+    )
+    job_pace: float = _setting(
+        0.5,
+        "share of the time a rebalancing job's copy and catch-up may keep its nodes busy: after each batch it rests "
+        "(1 - pace) / pace times as long as the batch took, so the board's own traffic keeps the rest; 1 copies "
+        "flat out (fastest, with the most latency added to calls on those nodes)",
+        _SHARE,
         RANKSHARD,
     )
     crash_at: str | None = _setting(

@@ -108,6 +108,7 @@ class Carver:
         *,
         lease_s: float = 30.0,
         freeze_ms: int = 2000,
+        pace: float = 0.5,
         on_step: StepHook | None = None,
     ) -> None:
         self.cp = control_plane
@@ -115,6 +116,8 @@ class Carver:
         self.owner = owner
         self.lease_s = lease_s
         self.freeze_ms = freeze_ms
+        self.pace = pace
+        """The share of the time the copy and catch-up may keep the nodes busy (see `_rest`)."""
         self.on_step = on_step
         self._saved_at = 0.0
 
@@ -218,9 +221,11 @@ class Carver:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._scan_source(parts, job, batches))
             while (batch := await batches.get()) is not None:
+                started = time.monotonic()
                 if batch.users:
                     copied += await self._write_target(parts, job, batch.users, batch.versions, batch.state)
                 job = await self._save(job, scan_cursor=batch.cursor, copied=copied)
+                await self._rest(started)
         return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
 
     async def _scan_source(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | None]) -> None:
@@ -381,11 +386,14 @@ class Carver:
         board, node = job.board, parts.source_node
         keys = [dirty_key(board, job.source), taken_key(board, job.source)]
         while True:
+            started = time.monotonic()
             raw = await node.run(CARVE_TAKE, keys, [BATCH])
             taken, left = _taken(node.id, raw)
             if taken:
                 await self._settle_users(parts, job, taken)
                 await node.command("SREM", keys[1], *taken)
+                if until > 1:  # not while frozen: the freeze has a deadline, and writers wait for it
+                    await self._rest(started)
             if not taken and left < until:
                 return left
             if taken:
@@ -448,6 +456,13 @@ class Carver:
         ]
         raw = await node.run(CARVE_DESCRIBE, keys, [target, *rest])
         return _described(node.id, raw)
+
+    async def _rest(self, started: float) -> None:
+        """After a batch begun at `started`: a rest that keeps the job's share of the nodes' time to `pace`. The
+        nodes run one command at a time, so a batch script holds up the board's calls behind it; without rests a
+        copy queues calls behind it back to back."""
+        if self.pace < 1.0:
+            await asyncio.sleep((time.monotonic() - started) * (1.0 - self.pace) / self.pace)
 
     def _parts(self, job: Job, layout: BoardLayout, source: Shard | None = None) -> _Parts:
         source = source or _find(layout.map, job.source)
