@@ -276,9 +276,10 @@ class Settings:
     )
     job_pace: float = _setting(
         0.5,
-        "share of the time a rebalancing job's copy and catch-up may keep its nodes busy: after each batch it rests "
+        "share of the time a rebalancing job's copy may keep its nodes busy: after each batch it rests "
         "(1 - pace) / pace times as long as the batch took, so the board's own traffic keeps the rest; 1 copies "
-        "flat out (fastest, with the most latency added to calls on those nodes)",
+        "flat out (fastest, with the most latency added to calls on those nodes). The catch-up after it runs flat "
+        "out: it must outrun the writes to the shard",
         _SHARE,
         RANKSHARD,
     )

@@ -117,7 +117,8 @@ class Carver:
         self.lease_s = lease_s
         self.freeze_ms = freeze_ms
         self.pace = pace
-        """The share of the time the copy and catch-up may keep the nodes busy (see `_rest`)."""
+        """The share of the time the copy may keep the nodes busy (see `_rest`). The catch-up runs flat out: it
+        must outrun the board's writes to the source to converge, and its work is in proportion to them."""
         self.on_step = on_step
         self._saved_at = 0.0
 
@@ -386,14 +387,11 @@ class Carver:
         board, node = job.board, parts.source_node
         keys = [dirty_key(board, job.source), taken_key(board, job.source)]
         while True:
-            started = time.monotonic()
             raw = await node.run(CARVE_TAKE, keys, [BATCH])
             taken, left = _taken(node.id, raw)
             if taken:
                 await self._settle_users(parts, job, taken)
                 await node.command("SREM", keys[1], *taken)
-                if until > 1:  # not while frozen: the freeze has a deadline, and writers wait for it
-                    await self._rest(started)
             if not taken and left < until:
                 return left
             if taken:
