@@ -140,7 +140,6 @@ def test_writes_through_two_routers_survive_splits_moves_and_merges_and_a_node_r
     assert outcomes[OK] > len(BULK) + WORKERS * REQUESTS * 0.6, outcomes
     assert outcomes[UNKNOWN] > 0 and resent > 10, (outcomes, resent)
     assert jobs >= len(CYCLE)
-    print("DEBUG", jobs, outcomes, resent)
     addresses = [*node_addresses, fresh_valkey.address]
     members = [*HOT, *BULK]
     finals = settled_finals(addresses, BOARD, members)
