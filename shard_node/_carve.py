@@ -40,6 +40,7 @@ from ._keys import (
     dirty_key,
     floor_key,
     moves_key,
+    registered_version,
     shard_key,
     stored_range,
     taken_key,
@@ -348,11 +349,41 @@ class Carver:
         return _settled(parts.target_node.id, await parts.target_node.run(CARVE_SETTLE, keys, args), job)
 
     async def _counts_agree(self, parts: _Parts, job: Job) -> bool:
+        """Whether T holds what S holds in R, once S is frozen and drained: the same count, or else every member
+        only S holds is one crossing out of S into another shard on T's node (see `_superseded`)."""
         source, target = await asyncio.gather(
             parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved)),
             parts.target_node.command("ZCOUNT", *_zrange(job.board, job.target, parts.carved)),
         )
-        return bool(source == target)
+        return bool(source == target) or await self._superseded(parts, job)
+
+    async def _superseded(self, parts: _Parts, job: Job) -> bool:
+        """Whether T lacks only members of S that T's node registers a newer version of. A member crossing out of
+        S into another shard on T's node has its new copy written there first; its removal from S then waits for
+        the freeze to end, and the settle rightly left T without it (the crossing finishes under the new map).
+        Reads R of both shards: only run when the counts differ."""
+        if parts.same_node:
+            return False  # one register for both: the settle copied such a member, so the counts agree
+        board, layout = job.board, parts.layout
+        page = ("BYSCORE", "LIMIT", 0, -1)
+        in_s, in_t = await asyncio.gather(
+            parts.source_node.command("ZRANGE", *_zrange(board, job.source, parts.carved), *page),
+            parts.target_node.command("ZRANGE", *_zrange(board, job.target, parts.carved), *page),
+        )
+        held = set(replies.texts(parts.source_node.id, "ZRANGE", in_s))
+        copied = set(replies.texts(parts.target_node.id, "ZRANGE", in_t))
+        only_s = sorted(held - copied)
+        if copied - held or not only_s:
+            return False
+        versions = [layout.versions_key(u) for u in only_s]
+        raw = await parts.source_node.run(CARVE_READ, [shard_key(board, job.source), *versions], only_s)
+        at_source = _read(parts.source_node.id, raw, len(only_s))
+        target = parts.target_node
+        at_target = await asyncio.gather(*(target.command("HGET", k, u) for k, u in zip(versions, only_s, strict=True)))
+        return all(
+            registered_version(t if isinstance(t, str) else None) > v
+            for (_, v), t in zip(at_source, at_target, strict=True)
+        )
 
     async def _state(self, node: NodeClient, board: str, shard_id: str) -> str:
         raw = await node.command("GET", descriptor_key(board, shard_id))

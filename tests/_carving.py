@@ -4,6 +4,7 @@ every such test ends with (the counter rule, reads equal to the sorted list, `ch
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import threading
@@ -14,13 +15,14 @@ import grpc
 from _jepsen import OK, UNKNOWN, Final, Op, check_counter, expected_top, poll, read_finals, update
 from _router import Client
 
-from rankshard.shard_map import ControlPlane, Job, JobState, JobStep, Shard, ShardMap
+from rankshard.shard_map import ControlPlane, Job, JobBusy, JobState, JobStep, Shard, ShardMap
 from rankshard.shard_node import (
     Carver,
     Cluster,
     Finding,
     audit_board,
     connect_cluster,
+    finish_abandoned,
     plan_merge,
     plan_move,
     plan_split,
@@ -222,3 +224,38 @@ def assert_reads_match(port: int, board: str, finals: dict[str, Final | None], w
             assert [(e.user_id, e.score, e.rank) for e in reply.entries] == model[max(0, at - 5) : at + 6], user
     finally:
         client.close()
+
+
+class JobCrash(Exception):
+    """Raised by a job's step hook: its runner dying right after recording that row."""
+
+
+async def heal(cp: ControlPlane, cluster: Cluster, job: Job, how: str) -> Job:
+    """Ends a crashed job: ``resume`` (run it again), ``abort`` (a resume once committed) or ``abandoned``
+    (`finish_abandoned` with roll-back, as `repair` runs it: the crashed runner's lease must have lapsed). A router's
+    sweeper may take a committed job over first; this waits for whoever runs it. Returns its last row."""
+    carver = Carver(cp, cluster, "test")
+    try:
+        if how == "resume" or (how == "abort" and job.step.committed):
+            await carver.run(job)
+        elif how == "abort":
+            await carver.abort(job)
+        else:
+            await finish_abandoned(cp, cluster, "repair", roll_back=True)
+    except JobBusy:
+        assert job.step.committed, job  # only routers' sweepers take jobs over, and only committed ones
+    return await wait_ended(cp, job)
+
+
+async def wait_ended(cp: ControlPlane, job: Job) -> Job:
+    async with asyncio.timeout(30):
+        while True:
+            row = await cp.jobs.get(job.id)
+            if row.state is not JobState.RUNNING:
+                return row
+            await asyncio.sleep(0.05)
+
+
+def healed_state(job: Job, how: str) -> JobState:
+    """How `heal(job, how)` must end it."""
+    return JobState.DONE if how == "resume" or job.step.committed else JobState.ABORTED
