@@ -171,14 +171,25 @@ class Carver:
         return await self._record(job, step=JobStep.COPY)
 
     async def _copy(self, job: Job) -> Job:
-        """Every member of S in R written into T, with its version; the scan's cursor is saved as it goes."""
+        """Every member of S in R written into T, with its version; the scan's cursor is saved as it goes.
+
+        A ZSCAN cursor means something only to the server process that gave it (a restarted node hashes with
+        another seed), so it is saved with that process's run id, read in the same round trip as each batch: a
+        cursor of another run starts the scan over (copies are idempotent)."""
         parts = self._parts(job, await self._layout(job.board))
-        cursor, copied = job.scan_cursor, job.copied
+        run, _, cursor = job.scan_cursor.rpartition("@")
+        copied = job.copied
         if job.total == 0:
             total = await parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved))
             job = await self._record(job, total=int(total))
+        key = shard_key(job.board, job.source)
         while True:
-            raw = await parts.source_node.command("ZSCAN", shard_key(job.board, job.source), cursor, "COUNT", BATCH)
+            info, raw = await parts.source_node.commands([("INFO", "server"), ("ZSCAN", key, cursor, "COUNT", BATCH)])
+            if _run_id(parts.source_node.id, info) != run and cursor != "0":
+                log.info("%s: the source's node restarted during the copy; copying from the start", job.describe())
+                run, cursor, copied = _run_id(parts.source_node.id, info), "0", 0
+                continue
+            run = _run_id(parts.source_node.id, info)
             cursor, rows = _scanned(parts.source_node.id, raw)
             lo, hi = int(parts.carved[0]), int(parts.carved[1])
             users = [u for u, s in rows if lo <= s < hi]
@@ -186,7 +197,7 @@ class Carver:
                 copied += await self._settle_users(parts, job, users)
             if cursor == "0":
                 break
-            job = await self._save(job, scan_cursor=cursor, copied=copied)
+            job = await self._save(job, scan_cursor=f"{run}@{cursor}", copied=copied)
         return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
 
     async def _catch_up(self, job: Job) -> Job:
@@ -546,6 +557,15 @@ def _scanned(node: str, raw: object) -> tuple[str, list[tuple[str, int]]]:
     if type(raw) is list and len(raw) == 2 and type(raw[0]) is str:
         return raw[0], replies.scored_members(node, "ZSCAN", raw[1])
     raise replies.unexpected(node, "ZSCAN", raw)
+
+
+def _run_id(node: str, raw: object) -> str:
+    """The server process's run id, from INFO server."""
+    if isinstance(raw, str):
+        for line in raw.splitlines():
+            if line.startswith("run_id:"):
+                return line[len("run_id:") :].strip()
+    raise replies.unexpected(node, "INFO", raw)
 
 
 def _taken(node: str, raw: object) -> tuple[list[str], int]:
