@@ -360,32 +360,31 @@ class Carver:
         return _settled(parts.target_node.id, await parts.target_node.run(CARVE_SETTLE, keys, args), job)
 
     async def _counts_agree(self, parts: _Parts, job: Job) -> bool:
-        """Whether T holds what S holds in R, once S is frozen and drained: the same count, or else every member
-        only S holds is one crossing out of S into another shard on T's node (see `_superseded`)."""
+        """Whether T holds what S holds in R, once S is frozen and drained: the same count, or else (see
+        `_reconciled`) once the members only S holds are settled again."""
         source, target = await asyncio.gather(
             parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved)),
             parts.target_node.command("ZCOUNT", *_zrange(job.board, job.target, parts.carved)),
         )
-        return bool(source == target) or await self._superseded(parts, job)
+        return bool(source == target) or await self._reconciled(parts, job)
 
-    async def _superseded(self, parts: _Parts, job: Job) -> bool:
-        """Whether T lacks only members of S that T's node registers a newer version of. A member crossing out of
-        S into another shard on T's node has its new copy written there first; its removal from S then waits for
-        the freeze to end, and the settle rightly left T without it (the crossing finishes under the new map).
-        Reads R of both shards: only run when the counts differ."""
-        if parts.same_node:
-            return False  # one register for both: the settle copied such a member, so the counts agree
-        board, layout = job.board, parts.layout
-        page = ("BYSCORE", "LIMIT", 0, -1)
-        in_s, in_t = await asyncio.gather(
-            parts.source_node.command("ZRANGE", *_zrange(board, job.source, parts.carved), *page),
-            parts.target_node.command("ZRANGE", *_zrange(board, job.target, parts.carved), *page),
-        )
-        held = set(replies.texts(parts.source_node.id, "ZRANGE", in_s))
-        copied = set(replies.texts(parts.target_node.id, "ZRANGE", in_t))
-        only_s = sorted(held - copied)
-        if copied - held or not only_s:
+    async def _reconciled(self, parts: _Parts, job: Job) -> bool:
+        """Settles again the members S holds in R and T lacks, then whether T lacks only members of S that T's
+        node registers a newer version of. Two crossings leave such members, and the dirty set does not note
+        either: one from T into S (a merge's live target) whose removal from T came after the drain had settled
+        the member there; and one out of S into another shard on T's node, whose new copy is written there first
+        while its removal from S waits for the freeze to end (T rightly lacks it: the crossing finishes under
+        the new map). Reads R of both shards: only run when the counts differ."""
+        only_s, extra = await self._differing(parts, job)
+        if extra or not only_s:
             return False
+        await self._settle_users(parts, job, only_s)
+        only_s, extra = await self._differing(parts, job)
+        if extra or not only_s:
+            return not extra
+        if parts.same_node:
+            return False  # one register for both: the settle copied every member S holds
+        board, layout = job.board, parts.layout
         versions = [layout.versions_key(u) for u in only_s]
         raw = await parts.source_node.run(CARVE_READ, [shard_key(board, job.source), *versions], only_s)
         at_source = _read(parts.source_node.id, raw, len(only_s))
@@ -395,6 +394,17 @@ class Carver:
             registered_version(t if isinstance(t, str) else None) > v
             for (_, v), t in zip(at_source, at_target, strict=True)
         )
+
+    async def _differing(self, parts: _Parts, job: Job) -> tuple[list[str], bool]:
+        """The members S holds in R and T does not, and whether T holds any in R that S does not."""
+        page = ("BYSCORE", "LIMIT", 0, -1)
+        in_s, in_t = await asyncio.gather(
+            parts.source_node.command("ZRANGE", *_zrange(job.board, job.source, parts.carved), *page),
+            parts.target_node.command("ZRANGE", *_zrange(job.board, job.target, parts.carved), *page),
+        )
+        held = set(replies.texts(parts.source_node.id, "ZRANGE", in_s))
+        copied = set(replies.texts(parts.target_node.id, "ZRANGE", in_t))
+        return sorted(held - copied), bool(copied - held)
 
     async def _state(self, node: NodeClient, board: str, shard_id: str) -> str:
         raw = await node.command("GET", descriptor_key(board, shard_id))
