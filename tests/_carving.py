@@ -232,7 +232,7 @@ class JobCrash(Exception):
 
 async def heal(cp: ControlPlane, cluster: Cluster, job: Job, how: str) -> Job:
     """Ends a crashed job: ``resume`` (run it again), ``abort`` (a resume once committed) or ``abandoned``
-    (`finish_abandoned` with roll-back, as `repair` runs it: the crashed runner's lease must have lapsed). A router's
+    (`take_over`). A router's
     sweeper may take a committed job over first; this waits for whoever runs it. Returns its last row."""
     carver = Carver(cp, cluster, "test")
     try:
@@ -241,10 +241,25 @@ async def heal(cp: ControlPlane, cluster: Cluster, job: Job, how: str) -> Job:
         elif how == "abort":
             await carver.abort(job)
         else:
-            await finish_abandoned(cp, cluster, "repair", roll_back=True)
+            await take_over(cp, cluster, job)
     except JobBusy:
         assert job.step.committed, job  # only routers' sweepers take jobs over, and only committed ones
     return await wait_ended(cp, job)
+
+
+CRASHED_LEASE = 0.5
+"""Seconds a crashing runner's claim holds: renewed with every row while it runs, lapsed soon after it dies."""
+
+
+async def take_over(cp: ControlPlane, cluster: Cluster, job: Job) -> None:
+    """`finish_abandoned` with roll-back (as `repair` runs it), again until it has ended `job` (its runner's lease
+    must lapse first) or someone else has."""
+    async with asyncio.timeout(30):
+        while True:
+            await finish_abandoned(cp, cluster, "repair", roll_back=True)
+            if (await cp.jobs.get(job.id)).state is not JobState.RUNNING:
+                return
+            await asyncio.sleep(0.05)
 
 
 async def wait_ended(cp: ControlPlane, job: Job) -> Job:

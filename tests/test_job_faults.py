@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _carving import (
+    CRASHED_LEASE,
     JobCrash,
     Spec,
     Writer,
@@ -268,9 +269,9 @@ def test_a_job_crashed_after_each_row_it_records_is_healed(
             calls: list[Job] = []
             await _run(cp, cluster, crashed, calls.append)
             await run_jobs(cp, cluster, BOARD, [undo])
-            for k in range(len(calls)):
+            for k, point in enumerate(_points(calls)):
                 how = HEALS[k % len(HEALS)]
-                left = await _crash(cp, cluster, crashed, k)
+                left = await _crash(cp, cluster, crashed, point)
                 if left is None:  # this run saved its progress fewer times
                     await run_jobs(cp, cluster, BOARD, [undo])
                     continue
@@ -299,19 +300,35 @@ async def _run(cp: ControlPlane, cluster: Cluster, spec: Spec, hook: Callable[[J
     return await Carver(cp, cluster, "test", on_step=hook).run(job)
 
 
-async def _crash(cp: ControlPlane, cluster: Cluster, spec: Spec, at: int) -> Job | None:
-    """`spec` planned and run by a runner that dies right after the `at`-th row it records: that row (None when
-    this run recorded fewer rows and ended). Its lease lapses at once, so `finish_abandoned` may take it over."""
+Point = tuple[JobStep, bool, int]
+"""Where a step hook call stands: the row's step, whether the freeze has been timed, and how many calls before it
+had both the same."""
+
+
+def _points(rows: Sequence[Job]) -> list[Point]:
+    seen: dict[tuple[JobStep, bool], int] = {}
+    points = []
+    for row in rows:
+        key = (row.step, row.freeze_ms is not None)
+        points.append((*key, seen.get(key, 0)))
+        seen[key] = seen.get(key, 0) + 1
+    return points
+
+
+async def _crash(cp: ControlPlane, cluster: Cluster, spec: Spec, at: Point) -> Job | None:
+    """`spec` planned and run by a runner that dies right after recording the row at `at`: that row (None when this
+    run never got there, saving its progress fewer times). Its lease lapses soon after, so `finish_abandoned` may take
+    the job over."""
     calls: list[Job] = []
 
     def hook(row: Job) -> None:
         calls.append(row)
-        if len(calls) - 1 == at:
+        if _points(calls)[-1] == at:
             raise JobCrash(row.step)
 
-    job = await plan(cp, cluster, BOARD, spec, owner="crashing", lease_s=0.0)
+    job = await plan(cp, cluster, BOARD, spec, owner="crashing", lease_s=CRASHED_LEASE)
     try:
-        done = await Carver(cp, cluster, "crashing", lease_s=0.0, on_step=hook).run(job)
+        done = await Carver(cp, cluster, "crashing", lease_s=CRASHED_LEASE, on_step=hook).run(job)
     except JobCrash:
         assert calls[-1].state is JobState.RUNNING
         return calls[-1]

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from _carving import CRASHED_LEASE, take_over
 from _router import Client, RouterThread
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -68,7 +69,6 @@ from rankshard.shard_node import (
     Carver,
     Cluster,
     connect_cluster,
-    finish_abandoned,
     plan_merge,
     plan_move,
     plan_split,
@@ -597,8 +597,9 @@ class BoardMachine(RuleBasedStateMachine):
             if len(calls) - 1 == crash_at:
                 raise JobCrash(row.step)
 
-        # A crashed runner's lease lapses at once: `finish_abandoned` may take its job over.
-        carver = Carver(self.cp, self.cluster, "stateful", lease_s=0.0 if crash_at is not None else 30.0, on_step=hook)
+        # A crashed runner's lease lapses soon after: `finish_abandoned` may take its job over.
+        lease = CRASHED_LEASE if crash_at is not None else 30.0
+        carver = Carver(self.cp, self.cluster, "stateful", lease_s=lease, on_step=hook)
         try:
             done = self.loop.run_until_complete(carver.run(job))
         except JobCrash:
@@ -617,7 +618,7 @@ class BoardMachine(RuleBasedStateMachine):
             elif how == "abort":
                 self.loop.run_until_complete(carver.abort(job))
             else:
-                self.loop.run_until_complete(finish_abandoned(self.cp, self.cluster, "repair", roll_back=True))
+                self.loop.run_until_complete(take_over(self.cp, self.cluster, job))
         except JobBusy:
             assert committed, job  # only a router's sweeper takes jobs over, and only committed ones
         row = self.wait_job_ended(job)

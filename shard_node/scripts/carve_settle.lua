@@ -5,7 +5,10 @@
 -- there), the version the source's node registers.
 -- A member the source holds inside the range is written unless this node registers a newer version (equal is
 -- written: on one node the register is the source's own, across nodes an older copy). Otherwise its copy in the
--- range is removed unless this node registers a newer version; across nodes the register then keeps a tombstone.
+-- range is removed: the target's members in the range come only from these settles, and the source's state read
+-- later is never older, so the copy is stale whatever this node registers (a newer version here is the member's
+-- write into another shard on this node, not a newer copy). Across nodes the register then keeps a tombstone
+-- unless it is newer.
 -- Returns {'stale', actual} or {'ok', written, removed}.
 local d = redis.call('GET', KEYS[2])
 if d ~= ARGV[1] then return {'stale', d or ''} end
@@ -23,7 +26,7 @@ for i = 5, #ARGV, 3 do
     end
   else
     local here = tonumber(redis.call('ZSCORE', KEYS[1], user))
-    if here and here >= lo and here < hi and registered <= ver then
+    if here and here >= lo and here < hi then
       table.insert(gone, user)
       if not same and registered < ver then redis.call('HSET', vkey, user, tombstone(ver, now)) end
     end
