@@ -234,7 +234,7 @@ async def heal(cp: ControlPlane, cluster: Cluster, job: Job, how: str) -> Job:
     """Ends a crashed job: ``resume`` (run it again), ``abort`` (a resume once committed) or ``abandoned``
     (`take_over`). A router's
     sweeper may take a committed job over first; this waits for whoever runs it. Returns its last row."""
-    carver = Carver(cp, cluster, "test")
+    carver = Carver(cp, cluster, job.owner or "test")  # resumed or rolled back by its own runner, started again
     try:
         if how == "resume" or (how == "abort" and job.step.committed):
             await carver.run(job)
