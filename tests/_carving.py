@@ -247,7 +247,7 @@ async def heal(cp: ControlPlane, cluster: Cluster, job: Job, how: str) -> Job:
     return await wait_ended(cp, job)
 
 
-CRASHED_LEASE = 0.5
+CRASHED_LEASE = 0.2
 """Seconds a crashing runner's claim holds: renewed with every row while it runs, lapsed soon after it dies."""
 
 
