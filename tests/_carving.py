@@ -50,9 +50,10 @@ def shard_at(shard_map: ShardMap, score: int) -> Shard:
 
 
 @contextlib.asynccontextmanager
-async def control(dsn: str) -> AsyncIterator[tuple[ControlPlane, Cluster]]:
-    """The control plane and every node, as a job runner (the CLI) holds them."""
-    async with await ControlPlane.open(dsn) as cp:
+async def control(dsn: str, timeout: float = 10.0) -> AsyncIterator[tuple[ControlPlane, Cluster]]:  # noqa: ASYNC109 -- the control plane's wait per call, not this call's
+    """The control plane (each call bounded by `timeout` seconds) and every node, as a job runner (the CLI) holds
+    them."""
+    async with await ControlPlane.open(dsn, timeout=timeout) as cp:
         cluster = await connect_cluster(cp)
         try:
             yield cp, cluster

@@ -154,7 +154,7 @@ def test_a_job_with_the_control_plane_down_fails_clearly_and_completes_after(
             own_postgres.stop()
 
     async def move() -> tuple[str, Job, Job]:
-        async with control(dsn) as (cp, cluster):
+        async with control(dsn, timeout=2.0) as (cp, cluster):  # a stopped server fails the job within 2 s
             job = await plan(cp, cluster, BOARD, Spec("move", 25, "n1"))
             with pytest.raises(ControlPlaneError) as failed:
                 await Carver(cp, cluster, "test", on_step=hook).run(job)
