@@ -101,7 +101,6 @@ async def _reshard_while(writing: threading.Thread, dsn: str) -> int:
         while jobs < len(CYCLE) or (writing.is_alive() and jobs < CYCLES * len(CYCLE)):
             await run_jobs(cp, cluster, BOARD, [CYCLE[jobs % len(CYCLE)]])
             jobs += 1
-        assert await findings(cp, cluster, BOARD) == []
         return jobs
 
 
