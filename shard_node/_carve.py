@@ -41,6 +41,7 @@ from ._keys import (
     dirty_key,
     floor_key,
     moves_key,
+    registered_version,
     shard_key,
     stored_range,
     taken_key,
@@ -79,6 +80,8 @@ class _Batch:
     versions: list[str]
     """The version-register key of each member (the same on every node)."""
     state: list[tuple[str, int]]
+    restarted: bool = False
+    """The source's node restarted: the scan began again, and what was copied is counted again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +215,11 @@ class Carver:
     async def _copy(self, job: Job) -> Job:
         """Every member of S in R written into T, with its version; the scan's cursor is saved as it goes. The
         source is read a batch ahead while the target writes the one before (the nodes work in parallel); a
-        batch's cursor is saved only once the target holds it."""
+        batch's cursor is saved only once the target holds it.
+
+        A ZSCAN cursor means something only to the server process that gave it (a restarted node hashes with
+        another seed), so it is saved with that process's run id, read in the same round trip as each batch: a
+        cursor of another run starts the scan over (copies are idempotent)."""
         parts = self._parts(job, await self._layout(job.board))
         copied = job.copied
         if job.total == 0:
@@ -223,6 +230,8 @@ class Carver:
             tasks.create_task(self._scan_source(parts, job, batches))
             while (batch := await batches.get()) is not None:
                 started = time.monotonic()
+                if batch.restarted:
+                    copied = 0
                 if batch.users:
                     copied += await self._write_target(parts, job, batch.users, batch.versions, batch.state)
                 job = await self._save(job, scan_cursor=batch.cursor, copied=copied)
@@ -230,16 +239,25 @@ class Carver:
         return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
 
     async def _scan_source(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | None]) -> None:
-        """ZSCAN of S from the job's cursor, each batch's members in R read as they stand, into `batches`."""
-        cursor = job.scan_cursor
+        """ZSCAN of S from the job's cursor, each batch's members in R read as they stand, into `batches` (with
+        the cursor to save after it, ``run@cursor``)."""
+        run, _, cursor = job.scan_cursor.rpartition("@")
         lo, hi = int(parts.carved[0]), int(parts.carved[1])
+        key = shard_key(job.board, job.source)
+        restarted = False
         while True:
-            raw = await parts.source_node.command("ZSCAN", shard_key(job.board, job.source), cursor, "COUNT", BATCH)
+            info, raw = await parts.source_node.commands([("INFO", "server"), ("ZSCAN", key, cursor, "COUNT", BATCH)])
+            if _run_id(parts.source_node.id, info) != run and cursor != "0":
+                log.info("%s: the source's node restarted during the copy; copying from the start", job.describe())
+                run, cursor, restarted = _run_id(parts.source_node.id, info), "0", True
+                continue
+            run = _run_id(parts.source_node.id, info)
             cursor, rows = _scanned(parts.source_node.id, raw)
             users = [u for u, s in rows if lo <= s < hi]
             versions = [parts.layout.versions_key(u) for u in users]
             state = await self._read_source(parts, job, users, versions) if users else []
-            await batches.put(_Batch(cursor, users, versions, state))
+            await batches.put(_Batch(f"{run}@{cursor}", users, versions, state, restarted))
+            restarted = False
             if cursor == "0":
                 await batches.put(None)
                 return
@@ -427,11 +445,51 @@ class Carver:
         return _settled(parts.target_node.id, await parts.target_node.run(CARVE_SETTLE, keys, args), job)
 
     async def _counts_agree(self, parts: _Parts, job: Job) -> bool:
+        """Whether T holds what S holds in R, once S is frozen and drained: the same count, or else (see
+        `_reconciled`) once the members only S holds are settled again."""
         source, target = await asyncio.gather(
             parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved)),
             parts.target_node.command("ZCOUNT", *_zrange(job.board, job.target, parts.carved)),
         )
-        return bool(source == target)
+        return bool(source == target) or await self._reconciled(parts, job)
+
+    async def _reconciled(self, parts: _Parts, job: Job) -> bool:
+        """Settles again the members S holds in R and T lacks, then whether T lacks only members of S that T's
+        node registers a newer version of. Two crossings leave such members, and the dirty set does not note
+        either: one from T into S (a merge's live target) whose removal from T came after the drain had settled
+        the member there; and one out of S into another shard on T's node, whose new copy is written there first
+        while its removal from S waits for the freeze to end (T rightly lacks it: the crossing finishes under
+        the new map). Reads R of both shards: only run when the counts differ."""
+        only_s, extra = await self._differing(parts, job)
+        if extra or not only_s:
+            return False
+        await self._settle_users(parts, job, only_s)
+        only_s, extra = await self._differing(parts, job)
+        if extra or not only_s:
+            return not extra
+        if parts.same_node:
+            return False  # one register for both: the settle copied every member S holds
+        board, layout = job.board, parts.layout
+        versions = [layout.versions_key(u) for u in only_s]
+        raw = await parts.source_node.run(CARVE_READ, [shard_key(board, job.source), *versions], only_s)
+        at_source = _read(parts.source_node.id, raw, len(only_s))
+        target = parts.target_node
+        at_target = await asyncio.gather(*(target.command("HGET", k, u) for k, u in zip(versions, only_s, strict=True)))
+        return all(
+            registered_version(t if isinstance(t, str) else None) > v
+            for (_, v), t in zip(at_source, at_target, strict=True)
+        )
+
+    async def _differing(self, parts: _Parts, job: Job) -> tuple[list[str], bool]:
+        """The members S holds in R and T does not, and whether T holds any in R that S does not."""
+        page = ("BYSCORE", "LIMIT", 0, -1)
+        in_s, in_t = await asyncio.gather(
+            parts.source_node.command("ZRANGE", *_zrange(job.board, job.source, parts.carved), *page),
+            parts.target_node.command("ZRANGE", *_zrange(job.board, job.target, parts.carved), *page),
+        )
+        held = set(replies.texts(parts.source_node.id, "ZRANGE", in_s))
+        copied = set(replies.texts(parts.target_node.id, "ZRANGE", in_t))
+        return sorted(held - copied), bool(copied - held)
 
     async def _state(self, node: NodeClient, board: str, shard_id: str) -> str:
         raw = await node.command("GET", descriptor_key(board, shard_id))
@@ -603,6 +661,15 @@ def _scanned(node: str, raw: object) -> tuple[str, list[tuple[str, int]]]:
     if type(raw) is list and len(raw) == 2 and type(raw[0]) is str:
         return raw[0], replies.scored_members(node, "ZSCAN", raw[1])
     raise replies.unexpected(node, "ZSCAN", raw)
+
+
+def _run_id(node: str, raw: object) -> str:
+    """The server process's run id, from INFO server."""
+    if isinstance(raw, str):
+        for line in raw.splitlines():
+            if line.startswith("run_id:"):
+                return line[len("run_id:") :].strip()
+    raise replies.unexpected(node, "INFO", raw)
 
 
 def _taken(node: str, raw: object) -> tuple[list[str], int]:

@@ -3,8 +3,14 @@
 One router per (sort order, operator) pair; every hypothesis example works on a fresh board with small
 score ranges, so members cross shard boundaries often. Rules write (single, batch, with and without request
 ids, retries of earlier ids with the same or another value, removals), read (rank, ranks, top pages, windows)
-and crash the boundary-crossing protocol at each step of `shard_node.MOVE_STEPS`; after every step the
-whole board must equal the model.
+crash the boundary-crossing protocol at each step of `shard_node.MOVE_STEPS`, and rebalance the board (split,
+merge, move, drain: CARVE jobs of docs/architecture.md, a few per example); after every step the whole board must
+equal the model.
+
+Jobs: a job may crash at any step (its step hook raising, as a dead runner). One left where writes still flow (the
+source MIGRATING) is healed by a later rule, with writes, reads and crossing crashes in between: resumed, rolled
+back, or rolled back as `repair` does (`finish_abandoned`). One left where the source refuses writes (frozen, or
+committed and not yet active) is healed at once, as the CLI or a router's sweeper would.
 
 Crashes: the step hook fires only after the index commit (docs/architecture.md write path step 2), so a crashed call's
 update has happened; the model applies it. Until the member's next write the member may sit in two
@@ -31,6 +37,7 @@ member's non-final update within a batch, and retries of request ids from before
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import logging
@@ -43,6 +50,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from _carving import CRASHED_LEASE, take_over
 from _router import Client, RouterThread
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -55,7 +63,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from rankshard.shard_node import MOVE_STEPS
+from rankshard.shard_map import ControlPlane, InvalidArgument, Job, JobBusy, JobState, JobStep, ShardMap, ShardState
+from rankshard.shard_node import (
+    MOVE_STEPS,
+    Carver,
+    Cluster,
+    connect_cluster,
+    plan_merge,
+    plan_move,
+    plan_split,
+)
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc
 
@@ -71,6 +88,14 @@ FAILED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
 
 EXAMPLES = 40
 STEPS = 30
+JOBS = 2
+"""Jobs per example at most (a drain counts each move): each costs a few tens of ms against the real cluster."""
+MAX_SHARDS = 7
+JOB_CALLS = 12
+"""A job's step hook runs about 10 times (once per recorded step, plus progress and map switches)."""
+HEALS = ("resume", "abort", "abandoned")
+WRITES_FLOW = (JobStep.FLOOR, JobStep.COPY, JobStep.CATCHUP)
+"""Steps at which a job left crashed keeps its source taking writes (MIGRATING on the node and in the map)."""
 SHRINK = os.environ.get("RANKSHARD_SHRINK") == "1"
 """Shrinking a failure replays hundreds of runs against the real cluster (minutes on a slow machine), so it is
 opt-in: a failure prints its whole step list; rerun with RANKSHARD_SHRINK=1 for a minimal one."""
@@ -87,6 +112,10 @@ class _SpuriousPollerErrors(logging.Filter):
 
 class Crash(Exception):
     """Raised by the step hook: a router dying at that point of the boundary-crossing protocol."""
+
+
+class JobCrash(Exception):
+    """Raised by a job's step hook: its runner dying right after recording that row."""
 
 
 @dataclass
@@ -225,6 +254,9 @@ class BoardMachine(RuleBasedStateMachine):
     client2: Client  # a second router over the same control plane and nodes (concurrent calls only)
     order: str
     operator: str
+    loop: asyncio.AbstractEventLoop  # the jobs' runner: the control plane and the nodes, as the CLI holds them
+    cp: ControlPlane
+    cluster: Cluster
     rids = itertools.count()
 
     def __init__(self) -> None:
@@ -232,6 +264,8 @@ class BoardMachine(RuleBasedStateMachine):
         self.model = Model(self.order == "desc", self.operator)
         self.board = ""
         self.boundaries: tuple[int, ...] = ()
+        self.jobs = 0
+        self.crashed: Job | None = None
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -548,6 +582,133 @@ class BoardMachine(RuleBasedStateMachine):
         for u in touched:
             self.check_member(u)
 
+    # ---- rebalancing jobs ------------------------------------------------------------------------
+
+    def shard_map(self) -> ShardMap:
+        return self.loop.run_until_complete(self.cp.shard_map(self.board))
+
+    def run_job(self, job: Job, crash_at: int | None = None) -> Job | None:
+        """Runs `job`; with `crash_at`, its step hook raises at that call. Returns the row the crash left, or None
+        when the job ran to its end first (DONE)."""
+        calls: list[Job] = []
+
+        def hook(row: Job) -> None:
+            calls.append(row)
+            if len(calls) - 1 == crash_at:
+                raise JobCrash(row.step)
+
+        # A crashed runner's lease lapses soon after: `finish_abandoned` may take its job over.
+        lease = CRASHED_LEASE if crash_at is not None else 30.0
+        carver = Carver(self.cp, self.cluster, "stateful", lease_s=lease, on_step=hook)
+        try:
+            done = self.loop.run_until_complete(carver.run(job))
+        except JobCrash:
+            return calls[-1]
+        assert (done.state, done.step) == (JobState.DONE, JobStep.DONE), done
+        return None
+
+    def heal(self, job: Job, how: str) -> None:
+        """Ends a crashed job as `how` says (an abort is a resume once committed); a router's sweeper may finish
+        a committed one first."""
+        carver = Carver(self.cp, self.cluster, "stateful")
+        committed = job.step.committed
+        try:
+            if how == "resume" or (how == "abort" and committed):
+                self.loop.run_until_complete(carver.run(job))
+            elif how == "abort":
+                self.loop.run_until_complete(carver.abort(job))
+            else:
+                self.loop.run_until_complete(take_over(self.cp, self.cluster, job))
+        except JobBusy:
+            assert committed, job  # only a router's sweeper takes jobs over, and only committed ones
+        row = self.wait_job_ended(job)
+        assert row.state is (JobState.DONE if how == "resume" or committed else JobState.ABORTED), row
+        self.after_jobs()
+
+    def wait_job_ended(self, job: Job) -> Job:
+        async def ended() -> Job:
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    row = await self.cp.jobs.get(job.id)
+                    if row.state is not JobState.RUNNING:
+                        return row
+                    await asyncio.sleep(0.05)
+
+        return self.loop.run_until_complete(ended())
+
+    def after_jobs(self) -> None:
+        """The cuts crossings are judged by follow the map; with no job left, every shard is ACTIVE."""
+        current = self.shard_map()
+        self.boundaries = current.boundaries
+        assert all(s.state is ShardState.ACTIVE for s in current.shards), current
+
+    def plan_job(self, data: st.DataObject, kind: str) -> Job | None:
+        """A job of `kind` drawn against the board as it is; None when none fits (a shard without two scores to
+        cut between, a single shard, too many shards)."""
+        shards = self.shard_map().shards
+        if kind == "merge":
+            if len(shards) < 2:
+                return None
+            i = data.draw(st.integers(0, len(shards) - 2), label="merged pair")
+            return self.loop.run_until_complete(
+                plan_merge(self.cp, self.cluster, self.board, shards[i].id, shards[i + 1].id, "stateful", 30)
+            )
+        shard = data.draw(st.sampled_from(shards), label="shard")
+        if kind == "move":
+            to = "n2" if shard.node == "n1" else "n1"
+            return self.loop.run_until_complete(plan_move(self.cp, self.board, shard.id, to, "stateful", 30))
+        inside = sorted({v for v in self.model.scores.values() if shard.holds(v)})
+        if len(shards) >= MAX_SHARDS or len(inside) < 2:
+            return None
+        cut = data.draw(st.sampled_from(inside[1:]), label="cut")
+        try:
+            return self.loop.run_until_complete(
+                plan_split(self.cp, self.cluster, self.board, shard.id, cut, "stateful", 30)
+            )
+        except InvalidArgument as exc:
+            raise AssertionError(f"a cut at {cut} between members of {shard} was refused: {exc}") from exc
+
+    @precondition(lambda self: bool(self.board) and self.crashed is None and self.jobs < JOBS)
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(("split", "split", "merge", "move")),
+        crash=st.sampled_from((None, *range(JOB_CALLS))),
+        how=st.sampled_from(HEALS),
+    )
+    def rebalance(self, data: st.DataObject, kind: str, crash: int | None, how: str) -> None:
+        job = self.plan_job(data, kind)
+        if job is None:
+            return
+        self.jobs += 1
+        left = self.run_job(job, crash)
+        if left is None:
+            self.after_jobs()
+        elif left.step in WRITES_FLOW or (left.step is JobStep.FREEZE and left.freeze_ms is None):
+            self.crashed = left  # healed by `heal_job`, later
+        else:  # the source refuses writes until the job goes on (or back): heal it now
+            self.heal(left, how)
+
+    @precondition(lambda self: self.crashed is not None)
+    @rule(how=st.sampled_from(HEALS))
+    def heal_job(self, how: str) -> None:
+        assert self.crashed is not None
+        job, self.crashed = self.crashed, None
+        self.heal(job, how)
+
+    @precondition(lambda self: bool(self.board) and self.crashed is None and self.jobs < JOBS)
+    @rule(node=st.sampled_from(("n1", "n2")))
+    def drain(self, node: str) -> None:
+        """Every shard on `node` moved to the other one."""
+        for shard in [s for s in self.shard_map().shards if s.node == node]:
+            self.jobs += 1
+            to = "n2" if node == "n1" else "n1"
+            self.run_job(self.loop.run_until_complete(plan_move(self.cp, self.board, shard.id, to, "stateful", 30)))
+        self.after_jobs()
+
+    def teardown(self) -> None:
+        if self.crashed is not None:
+            self.heal(self.crashed, "abort")
+
     # ---- concurrent interleavings ---------------------------------------------------------------
 
     @rule(
@@ -820,10 +981,22 @@ def test_router_matches_sorted_list_model(
     logging.getLogger("asyncio").addFilter(quiet)
     second = RouterThread(control_plane_dsn).start()  # the `router` fixture has bootstrapped the cluster
     client2 = Client(second.port)
+    loop = asyncio.new_event_loop()
+    cp = loop.run_until_complete(ControlPlane.open(control_plane_dsn))
+    cluster = loop.run_until_complete(connect_cluster(cp))
     machine = type(
         f"BoardMachine_{order}_{operator}",
         (BoardMachine,),
-        {"router": router, "client": client, "client2": client2, "order": order, "operator": operator},
+        {
+            "router": router,
+            "client": client,
+            "client2": client2,
+            "order": order,
+            "operator": operator,
+            "loop": loop,
+            "cp": cp,
+            "cluster": cluster,
+        },
     )
     try:
         run_state_machine_as_test(
@@ -838,6 +1011,9 @@ def test_router_matches_sorted_list_model(
             ),
         )
     finally:
+        loop.run_until_complete(cluster.aclose())
+        loop.run_until_complete(cp.close())
+        loop.close()
         client2.close()
         second.stop()
         logging.getLogger("asyncio").removeFilter(quiet)

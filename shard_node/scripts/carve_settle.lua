@@ -5,11 +5,10 @@
 -- there), the version the source's node registers.
 -- A member the source holds inside the range is written unless this node registers a newer version (equal is
 -- written: on one node the register is the source's own, across nodes an older copy). Otherwise its copy in the
--- range is removed, whatever this node registers: until the commit only the job writes the target inside the range
--- (the source owns it), so that copy is never newer than the source's state read now, while this node's register
--- is shared with its other shards (a member that left the source for one of them and was written there since is
--- newer here, and its copy in the target is stale). Across nodes the register then keeps a tombstone of the
--- source's version unless it holds a newer one.
+-- range is removed: the target's members in the range come only from these settles, and the source's state read
+-- later is never older, so the copy is stale whatever this node registers (a newer version here is the member's
+-- write into another shard on this node, not a newer copy). Across nodes the register then keeps a tombstone
+-- unless it is newer.
 -- Returns {'stale', actual} or {'ok', written, removed}.
 local d = redis.call('GET', KEYS[2])
 if d ~= ARGV[1] then return {'stale', d or ''} end
