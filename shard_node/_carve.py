@@ -225,10 +225,12 @@ class Carver:
         if job.total == 0:
             total = await parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved))
             job = await self._record(job, total=int(total))
-        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._scan_source(parts, job, batches))
+        batches: asyncio.Queue[_Batch | Exception | None] = asyncio.Queue(maxsize=2)
+        scan = asyncio.get_running_loop().create_task(self._scan_source(parts, job, batches))
+        try:
             while (batch := await batches.get()) is not None:
+                if isinstance(batch, Exception):
+                    raise batch  # the scan's error as it is (a NodeUnavailable, say): the job stays at COPY
                 started = time.monotonic()
                 if batch.restarted:
                     copied = 0
@@ -236,11 +238,22 @@ class Carver:
                     copied += await self._write_target(parts, job, batch.users, batch.versions, batch.state)
                 job = await self._save(job, scan_cursor=batch.cursor, copied=copied)
                 await self._rest(started)
+        finally:
+            scan.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scan
         return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
 
-    async def _scan_source(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | None]) -> None:
+    async def _scan_source(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | Exception | None]) -> None:
         """ZSCAN of S from the job's cursor, each batch's members in R read as they stand, into `batches` (with
-        the cursor to save after it, ``run@cursor``)."""
+        the cursor to save after it, ``run@cursor``), then None; an error ends it, put in `batches` for the copy
+        to raise."""
+        try:
+            await self._scan_batches(parts, job, batches)
+        except Exception as exc:
+            await batches.put(exc)
+
+    async def _scan_batches(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | Exception | None]) -> None:
         run, _, cursor = job.scan_cursor.rpartition("@")
         lo, hi = int(parts.carved[0]), int(parts.carved[1])
         key = shard_key(job.board, job.source)
