@@ -19,7 +19,7 @@ from ._jobs import jobs, merge, move, split
 from ._manage import init, leaderboards, parse_boundaries, shards
 from ._nodes import nodes
 from ._options import environment_settings, setting_options, settings_of, with_options
-from ._rebalance import drain, rebalance
+from ._rebalance import drain, rebalance, undrain
 from ._secrets import TOKENS_FILE, TlsFiles
 from ._top import top
 
@@ -211,6 +211,7 @@ for command in (split, merge, move):
     shards.add_command(command)
 main.add_command(shards)
 nodes.add_command(drain)
+nodes.add_command(undrain)
 main.add_command(jobs)
 main.add_command(nodes)
 main.add_command(rebalance)

@@ -135,6 +135,32 @@ def drain(ctx: click.Context, node: str) -> None:
     _run_jobs(ctx, work)
 
 
+@click.command()
+@click.argument("node")
+@click.pass_context
+def undrain(ctx: click.Context, node: str) -> None:
+    """Mark a DRAINING node (id or address) ACTIVE again: new boards and `rebalance` may place shards on
+    it. Moves nothing by itself; run `rankshard rebalance` to give it its share.
+
+    \b
+    Examples:
+      rankshard nodes undrain n3
+      rankshard rebalance -l global
+    """
+
+    async def work(cp: ControlPlane) -> tuple[Node, bool]:
+        found = await _registered(cp, node)
+        if found.state == "ACTIVE":
+            return found, False
+        return await cp.set_node_state(found.id, "ACTIVE"), True
+
+    found, changed = run(ctx, work)
+    if changed:
+        click.echo(f"node {found.id} is ACTIVE: new shards may be placed on it; `rankshard rebalance` moves some there")
+    else:
+        click.echo(f"node {found.id} is already ACTIVE; nothing was changed")
+
+
 def _run_jobs(ctx: click.Context, work: Callable[[ControlPlane, Cluster, StepRunner], Awaitable[None]]) -> None:
     """Runs `work` with a cluster and a job runner printing as it goes; Ctrl-C becomes one line saying what is
     left and how to finish it."""
@@ -177,12 +203,18 @@ async def _prechecked(
     return nodes
 
 
+async def _registered(cp: ControlPlane, name: str) -> Node:
+    """The node named `name` (id or address); raises `NotFound` saying nothing was changed."""
+    found = next((n for n in await cp.list_nodes() if name in (n.id, n.address)), None)
+    if found is None:
+        raise NotFound(f"node {name!r} not found; nothing was changed")
+    return found
+
+
 async def _drainable(cp: ControlPlane, name: str) -> Node:
     """The node named `name` (id or address), if another node could take its shards."""
     registered = await cp.list_nodes()
-    found = next((n for n in registered if name in (n.id, n.address)), None)
-    if found is None:
-        raise NotFound(f"node {name!r} not found; nothing was changed")
+    found = await _registered(cp, name)
     if not any(n.state == "ACTIVE" for n in registered if n.id != found.id):
         raise click.ClickException(
             f"node {found.id} is the last serving node: no other node could take its shards; nothing was changed"

@@ -1,6 +1,7 @@
 """`rankshard rebalance` and `rankshard nodes drain` through the real CLI, over a real router, control plane and
 three nodes: plans carried out under live writes leave every node within the threshold and every rank exact;
-`--dry-run` prints the same plan twice and changes nothing; a drained node is emptied and gets no new shard;
+`--dry-run` prints the same plan twice and changes nothing; a drained node is emptied and gets no new shard
+until undrained;
 bad input is one line and changes nothing."""
 
 from __future__ import annotations
@@ -182,6 +183,12 @@ def test_drain_moves_every_shard_off_and_the_node_gets_no_new_one(three: Client,
     )
     line = _one_error_line(_invoke(dsn, "nodes", "remove", "n2"))
     assert "node n2 owns 512 index slot(s)" in line and "shard(s)" not in line
+    assert _ok(dsn, "nodes", "undrain", "n2").startswith("node n2 is ACTIVE: new shards may be placed on it")
+    assert _ok(dsn, "nodes", "undrain", "n2") == "node n2 is already ACTIVE; nothing was changed\n"
+    assert _nodes(dsn)["n2"]["state"] == "ACTIVE"
+    out = _ok(dsn, "rebalance", "-l", BOARD)
+    assert int(str(_nodes(dsn)["n2"]["members"])) > 0, out  # a rebalance gives an undrained node its share
+    assert _ok(dsn, "nodes", "drain", "n2").endswith("(index slots cannot move)\n")
 
     epoch = asyncio.run(_state(dsn))[0].epoch
     line = _one_error_line(_invoke(dsn, "nodes", "drain", "n1"))
@@ -197,6 +204,7 @@ def test_drain_moves_every_shard_off_and_the_node_gets_no_new_one(three: Client,
     ("args", "code", "message"),
     [
         (["nodes", "drain", "n9"], 1, "rankshard: node 'n9' not found; nothing was changed"),
+        (["nodes", "undrain", "n9"], 1, "rankshard: node 'n9' not found; nothing was changed"),
         (["rebalance", "-l", BOARD, "--weight", "n1"], 2, "'n1' is not NODE=W with W a number >= 0"),
         (["rebalance", "-l", BOARD, "--weight", "n1=lots"], 2, "'n1=lots' is not NODE=W"),
         (["rebalance", "-l", BOARD, "--weight", "n1=-1"], 2, "'n1=-1' is not NODE=W"),

@@ -1,7 +1,9 @@
 """Resharding under load (after Redis's 04-resharding and 21-many-slot-migration tests): writer processes send
 increments through two router processes while splits, moves and merges run one after another, back and forth,
-over three nodes. Then Jepsen's counter rule holds for every member, every read equals the sorted list, `check`
-finds nothing; and all of that again after a node restarts from its append-only file."""
+over three nodes, and then `rankshard nodes drain` and `rankshard rebalance` (the CLI) empty each node in turn, bring it
+back and rebalance. Then Jepsen's counter rule holds for every
+member, every read equals the sorted list, `check` finds nothing; and all of that again after a node restarts
+from its append-only file."""
 
 from __future__ import annotations
 
@@ -17,8 +19,12 @@ from _carving import Spec, assert_counter, assert_reads_match, control, findings
 from _jepsen import OK, UNKNOWN, Op, poll, writer
 from _processes import RouterProcess
 from _router import Client, bootstrap
+from click.testing import CliRunner
 
+from rankshard.cli import main
 from rankshard.cli._local import LocalValkey
+from rankshard.shard_node import shard_sizes
+from rankshard.shard_node._layout import BoardLayout
 from rankshard.v1 import leaderboard_pb2 as pb
 
 BOARD = "reshard"
@@ -29,7 +35,7 @@ HOT = [f"m{i}" for i in range(8)]
 BULK = {f"b{i:03}": (i * 7919) % 260 - 100 for i in range(300)}
 """Written once: what every copy carries."""
 WORKERS = 3
-REQUESTS = 240  # per worker: about 12 s at PACE, the time the jobs below take on a loaded 2-core machine
+REQUESTS = 240  # per worker: about 12 s at PACE, several times what one round of the jobs below takes here
 PACE = 0.05
 
 CYCLE = [
@@ -43,7 +49,10 @@ CYCLE = [
     Spec("move", 0, "n2"),
 ]
 """One round trip: the map ends as it began (ranges and nodes; new shard ids)."""
-CYCLES = 6
+DRAINED = ["n3", "n1", "n2"]
+"""Drained in turn, each brought back and the board rebalanced after: n3 holds no index slot, n1 and n2 half each."""
+ROUNDS = 8
+"""At most: while the writers write, CYCLE once, then drain-and-rebalance rounds."""
 
 
 @pytest.fixture
@@ -62,9 +71,9 @@ def routers(
             r.stop()
 
 
-def _writers(ports: list[int], history: list[Op], failures: list[BaseException]) -> None:
-    """`WORKERS` writer processes (spawned) through the routers on `ports`, started together; their ops go to
-    `history`."""
+def _writers(ports: list[int], started: threading.Event, history: list[Op], failures: list[BaseException]) -> None:
+    """`WORKERS` writer processes (spawned) through the routers on `ports`, started together (then `started` is
+    set); their ops go to `history`."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(WORKERS + 1), ctx.Queue()
     workers = [
@@ -75,8 +84,9 @@ def _writers(ports: list[int], history: list[Op], failures: list[BaseException])
         p.start()
     try:
         barrier.wait(90)
+        started.set()
         for _ in workers:
-            worker, ops = results.get(timeout=120)
+            worker, ops = results.get(timeout=REQUESTS * PACE + 60)
             assert not isinstance(ops, BaseException), f"worker {worker} failed: {ops!r}"
             history += ops
         for p in workers:
@@ -93,15 +103,53 @@ def _writers(ports: list[int], history: list[Op], failures: list[BaseException])
         results.join_thread()
 
 
-async def _reshard_while(writing: threading.Thread, dsn: str) -> int:
-    """Runs CYCLE over and over while the writers write (at least once, at most CYCLES times: jobs back to back
-    slow the writers down on a small machine); returns the jobs run."""
-    jobs = 0
+async def _cycle(dsn: str) -> int:
+    """Runs CYCLE; returns the jobs run."""
     async with control(dsn) as (cp, cluster):
-        while jobs < len(CYCLE) or (writing.is_alive() and jobs < CYCLES * len(CYCLE)):
-            await run_jobs(cp, cluster, BOARD, [CYCLE[jobs % len(CYCLE)]])
-            jobs += 1
-        return jobs
+        await run_jobs(cp, cluster, BOARD, CYCLE)
+    return len(CYCLE)
+
+
+def _reshard_while(writing: threading.Thread, dsn: str) -> int:
+    """CYCLE, then a drain-and-rebalance of each of `DRAINED`, while the writers write (all of it, then more
+    drains and rebalances until they are done, at most `ROUNDS` in all); returns the jobs run."""
+    jobs = asyncio.run(_cycle(dsn))
+    for node in DRAINED:
+        jobs += _drain_and_rebalance(dsn, node)
+    assert writing.is_alive(), "the writers ended before one round of the jobs"
+    rounds = 1 + len(DRAINED)
+    while writing.is_alive() and rounds < ROUNDS:
+        jobs += _drain_and_rebalance(dsn, DRAINED[rounds % len(DRAINED)])
+        rounds += 1
+    return jobs
+
+
+def _cli(dsn: str, *args: str) -> str:
+    result = CliRunner().invoke(main, ["--control-plane", dsn, *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+async def _members_per_node(dsn: str) -> dict[str, int]:
+    async with control(dsn) as (cp, cluster):
+        layout = BoardLayout(await cp.get_board(BOARD), await cp.shard_map(BOARD))
+        sizes = await shard_sizes(cluster, layout)
+    per_node = Counter({n: 0 for n in ("n1", "n2", "n3")})
+    for shard in layout.map.shards:
+        per_node[shard.node] += sizes[shard.id]
+    return dict(per_node)
+
+
+def _drain_and_rebalance(dsn: str, node: str) -> int:
+    """`nodes drain NODE` (it ends holding nothing), `nodes undrain NODE`, `rebalance` (it gets members again);
+    returns the jobs the drain and the rebalance ran."""
+    drained = _cli(dsn, "nodes", "drain", node)
+    assert drained.endswith("it holds no shard\n") or "it holds no shard;" in drained, drained
+    assert asyncio.run(_members_per_node(dsn))[node] == 0
+    _cli(dsn, "nodes", "undrain", node)
+    rebalanced = _cli(dsn, "rebalance", "--leaderboard", BOARD)
+    assert asyncio.run(_members_per_node(dsn))[node] > 0, rebalanced
+    return sum(int(line.split()[2]) for line in (drained + rebalanced).splitlines() if " step(s) done" in line)
 
 
 def _audit(dsn: str) -> None:
@@ -113,7 +161,7 @@ def _audit(dsn: str) -> None:
     asyncio.run(audit())
 
 
-def test_writes_through_two_routers_survive_splits_moves_and_merges_and_a_node_restart(
+def test_writes_through_two_routers_survive_splits_moves_merges_drains_rebalances_and_a_node_restart(
     control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey, routers: list[RouterProcess]
 ) -> None:
     ports = [r.port for r in routers]
@@ -124,10 +172,12 @@ def test_writes_through_two_routers_survive_splits_moves_and_merges_and_a_node_r
     finally:
         client.close()
     failures: list[BaseException] = []
-    writing = threading.Thread(target=_writers, args=(ports, history, failures), name="writers")
+    started = threading.Event()
+    writing = threading.Thread(target=_writers, args=(ports, started, history, failures), name="writers")
     writing.start()
     try:
-        jobs = asyncio.run(_reshard_while(writing, control_plane_dsn))
+        assert started.wait(120) and not failures, failures
+        jobs = _reshard_while(writing, control_plane_dsn)
     finally:
         writing.join(150)
     assert not writing.is_alive(), "the writers hung"
@@ -140,7 +190,7 @@ def test_writes_through_two_routers_survive_splits_moves_and_merges_and_a_node_r
     )
     assert outcomes[OK] > len(BULK) + WORKERS * REQUESTS * 0.6, outcomes
     assert outcomes[UNKNOWN] > 0 and resent > 10, (outcomes, resent)
-    assert jobs >= len(CYCLE)
+    assert jobs >= len(CYCLE) + 2 * len(DRAINED), jobs  # every drain and every rebalance moved something
     addresses = [*node_addresses, fresh_valkey.address]
     members = [*HOT, *BULK]
     finals = settled_finals(addresses, BOARD, members)
