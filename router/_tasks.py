@@ -20,6 +20,8 @@ from types import TracebackType
 log = logging.getLogger("rankshard.router")
 
 Task = Callable[[], Awaitable[None]]
+STOP_RETRY = 0.5
+"""Seconds between cancellations of a background task that has not ended yet."""
 
 
 class InjectedFault(RuntimeError):
@@ -38,6 +40,7 @@ class BackgroundTasks:
         self._max = max_delay
         self._group = asyncio.TaskGroup()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         name, _, times = (fail_task or "").partition(":")
         self._faults = {name: int(times or 1)} if name else {}
 
@@ -48,8 +51,14 @@ class BackgroundTasks:
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self._stopping = True
+        # Cancelled again until they end: on Python 3.11 `asyncio.wait_for` (psycopg's pool waits with it) drops a
+        # cancellation that arrives as its wait completes, and the task then goes on as if never cancelled.
+        pending = {t for t in self._tasks if not t.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=STOP_RETRY)
         # The caller's own exception goes on as it is (a TaskGroup would wrap it in an ExceptionGroup); what the
         # group raises is a supervision loop's failure, which is to end the process.
         await self._group.__aexit__(None, None, None)
@@ -61,15 +70,19 @@ class BackgroundTasks:
     async def _supervise(self, name: str, task: Task) -> None:
         loop = asyncio.get_running_loop()
         delay: float | None = None
-        while True:
+        while not self._stopping:
             started = loop.time()
             try:
                 self._inject(name)
                 await task()
             except Exception:  # a bug of the task: logged whole, and the task goes on after a pause
+                if self._stopping:
+                    return  # a cancellation turned into an error on its way out
                 delay = self._next_delay(delay, loop.time() - started)
                 log.exception("background task %s crashed; starting it again in %g s", name, delay)
             else:
+                if self._stopping:
+                    return
                 delay = self._next_delay(delay, loop.time() - started)
                 log.error("background task %s returned; starting it again in %g s", name, delay)
             await asyncio.sleep(delay)

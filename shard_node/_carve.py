@@ -156,9 +156,16 @@ class Carver:
         copy, barrier or cleanup records nothing for a while): another process takes a job over only once its
         runner is gone."""
 
+        # Stopped by an event, not by a cancellation alone: on Python 3.11 `asyncio.wait_for` (the connection pool
+        # waits for a connection with it) drops a cancellation that arrives as the wait completes, and a loop that
+        # only a cancellation ends then renews, and logs, for ever.
+        done = asyncio.Event()
+
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lease_s / 3)
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), self.lease_s / 3)
+                    return
                 try:
                     await self.cp.jobs.advance(job, self.owner, self.lease_s)
                 except RankshardError as exc:  # the next step's own record says what is wrong
@@ -168,9 +175,8 @@ class Carver:
         try:
             yield
         finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
+            done.set()
+            await renewal  # a renewal in flight ends within the control plane's timeout
 
     # ---- steps ----------------------------------------------------------------------------------------------
 

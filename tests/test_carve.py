@@ -12,7 +12,7 @@ import grpc
 import pytest
 from _router import Client
 
-from rankshard.shard_map import ControlPlane, Job, JobState, JobStep
+from rankshard.shard_map import ControlPlane, Job, JobState, JobStep, JobStore
 from rankshard.shard_node import Carver, audit_board, connect_cluster, plan_merge, plan_move, plan_split
 from rankshard.shard_node._layout import BoardLayout
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -191,3 +191,58 @@ def test_the_last_two_shards_merge_into_one_over_the_whole_score_line(seeded: Cl
     assert asyncio.run(_run_jobs(control_plane_dsn, ["merge s1 s2"])) == ["s2"]
     asyncio.run(_check(control_plane_dsn))
     _board_equals_model(seeded, {u: i for i, u in enumerate(USERS)})
+
+
+class _Crash(Exception):
+    """Raised by a step hook: the job's runner stopping right after recording that row."""
+
+
+def test_a_runner_that_stops_stops_renewing_its_lease_even_when_a_cancellation_is_lost(
+    seeded: Client, control_plane_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11, `asyncio.wait_for` (psycopg's pool waits for a connection with it) drops a cancellation that
+    arrives as its wait completes. Here the control plane's lease renewal loses one on purpose, and is slow: a run
+    that stops while a renewal is in flight still ends, with nothing left renewing its lease."""
+    real = JobStore.advance
+    renewing = asyncio.Event()
+    renewals: list[str] = []
+
+    async def advance(store: JobStore, job: Job, owner: str, lease_s: float, **changes: object) -> Job:
+        if changes:  # a step's own record
+            if changes.get("step") is JobStep.COPY:
+                await renewing.wait()  # the run stops (the hook below) while a renewal is in flight
+            return await real(store, job, owner, lease_s, **changes)
+        renewals.append("renewal")
+        renewing.set()
+        try:
+            await asyncio.sleep(0.5)  # a slow control plane...
+        except asyncio.CancelledError:
+            pass  # ...that loses the cancellation
+        return await real(store, job, owner, lease_s)
+
+    def hook(row: Job) -> None:
+        if row.step is JobStep.COPY:
+            renewals.append("stopped")
+            raise _Crash(row.step)
+
+    async def scenario() -> list[asyncio.Task[object]]:
+        async with await ControlPlane.open(control_plane_dsn) as cp:
+            cluster = await connect_cluster(cp)
+            try:
+                job = await plan_move(cp, BOARD, "s1", "n2", "test", 0.3)
+                monkeypatch.setattr(JobStore, "advance", advance)
+                with pytest.raises(_Crash):
+                    async with asyncio.timeout(20):
+                        await Carver(cp, cluster, "test", lease_s=0.3, on_step=hook).run(job)
+                left = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith(".renew")]  # type: ignore[union-attr]
+                monkeypatch.setattr(JobStore, "advance", real)
+                ended = await Carver(cp, cluster, "test").abort(await cp.jobs.get(job.id))
+                assert ended.state is JobState.ABORTED
+                return left
+            finally:
+                await cluster.aclose()
+
+    assert asyncio.run(scenario()) == []
+    assert renewals[-1] == "stopped", renewals  # no renewal began after the run stopped
+    _board_equals_model(seeded, {u: i for i, u in enumerate(USERS)})
+    asyncio.run(_check(control_plane_dsn))

@@ -9,6 +9,8 @@ from _jepsen import OK, UNKNOWN, poll, read_finals, update
 from _processes import RouterProcess
 from _router import Client, bootstrap
 
+from rankshard.router._tasks import BackgroundTasks
+
 BOARD = "tasks"
 NEVER = 10**9  # a sweep age no pending move reaches in a test
 
@@ -62,3 +64,31 @@ def test_a_sweeper_that_crashes_is_logged_started_again_and_then_sweeps(
     ], log
     assert log.count("Traceback (most recent call last)") == 2, log
     assert log.count("InjectedFault: injected fault in background task sweeper") == 2, log
+
+
+def test_a_task_that_loses_a_cancellation_still_ends_when_its_owner_exits() -> None:
+    """On Python 3.11, `asyncio.wait_for` (psycopg's pool waits with it) drops a cancellation that arrives as its
+    wait completes; the task then goes on as if never cancelled. Its owner's exit must still end it, and not
+    start it again."""
+    starts: list[str] = []
+    started = asyncio.Event()
+
+    async def stubborn() -> None:
+        starts.append("started")
+        started.set()
+        lost = False
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True  # the first cancellation lost on the way
+
+    async def owner() -> None:
+        async with BackgroundTasks(restart_delay=0.01, max_delay=0.1) as tasks:
+            tasks.keep_running("stubborn", stubborn)
+            await started.wait()
+
+    asyncio.run(asyncio.wait_for(owner(), 30))
+    assert starts == ["started"]
