@@ -34,13 +34,14 @@ async def _register(dsn: str, addresses: Sequence[str]) -> None:
             await cp.add_node(address)
 
 
-def serve(dsn: str, addresses: list[str], extra: Sequence[str] = ()) -> Iterator[Client]:
+def serve(dsn: str, addresses: list[str], extra: Sequence[str] = (), **options: object) -> Iterator[Client]:
     """A client of a router over the nodes at `addresses` (bootstrapped into `dsn`, owning every index slot) and
-    the nodes at `extra` (registered after, owning none); everything stops after."""
+    the nodes at `extra` (registered after, owning none); `options` are the router's `Settings` fields.
+    Everything stops after."""
     asyncio.run(bootstrap(dsn, addresses))
     if extra:
         asyncio.run(_register(dsn, extra))
-    thread = RouterThread(dsn).start()
+    thread = RouterThread(dsn, **options).start()
     client = Client(thread.port)
     try:
         yield client
