@@ -76,7 +76,7 @@ async def plan_merge(
         )
     _check_active(second)
     if survivor is None:
-        sizes = await _sizes(cluster, layout, (first, second))
+        sizes = [await _count(cluster, layout, s, s.lower, s.upper) for s in (first, second)]
         source, target = (first, second) if sizes[0] <= sizes[1] else (second, first)
     elif survivor in (first.id, second.id):
         source, target = (second, first) if survivor == first.id else (first, second)
@@ -211,14 +211,6 @@ async def _check_sides(cluster: Cluster, layout: BoardLayout, shard: Shard, cut:
         raise InvalidArgument("at", f"shard {shard.id} has no members to cut between")
     empty = "below" if not left else "at or above"
     raise InvalidArgument("at", f"a cut at {cut} would leave no member of shard {shard.id} {empty} it")
-
-
-async def _sizes(cluster: Cluster, layout: BoardLayout, shards: tuple[Shard, ...]) -> list[int]:
-    out = []
-    for s in shards:
-        lo, hi = layout.stored_ranges[s.id]
-        out.append(int(await cluster.node(s.node).command("ZCOUNT", shard_key(layout.board, s.id), lo, f"({hi}")))
-    return out
 
 
 def _range(shard: Shard) -> str:

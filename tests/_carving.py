@@ -31,6 +31,15 @@ from rankshard.shard_node._layout import BoardLayout
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
 
+BOUNDARIES = [0, 50]
+"""s1 (-inf, 0) on n1, s2 [0, 50) on n2, s3 [50, inf) on n1 (a board on a two-node cluster)."""
+HOT = [f"m{i}" for i in range(6)]
+"""The members a `Writer` increments while the jobs run."""
+NEAR = [0, 25, 50]
+"""The scores `HOT`'s members drift around (the `Writer`'s `near`): both cuts and the middle of s2."""
+BULK = {f"b{i:03}": (i * 37) % 200 - 60 for i in range(200)}
+"""Members seeded before the jobs, over all three shards of `BOUNDARIES`."""
+
 
 @dataclass(frozen=True, slots=True)
 class Spec:

@@ -1,14 +1,15 @@
-"""What the tests of the jobs CLI share: the CLI in-process, board `carve` seeded, its map and job rows as a value
-to compare before and after, the board against its model."""
+"""What the tests of the jobs CLI share: a router whose sweeper never runs, the CLI in-process, board `carve` seeded
+(under a writer), its map and job rows as a value to compare before and after, the board against its model."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 
-from _router import Client, RouterThread, bootstrap
+from _fixtures_cluster import serve
+from _router import Client
 from click.testing import CliRunner, Result
-from test_carve import BOARD, USERS
+from test_carve import BOARD, USERS, Writer
 
 from rankshard.cli import main
 from rankshard.shard_map import ControlPlane, Job, Shard
@@ -18,14 +19,18 @@ from rankshard.v1 import leaderboard_pb2 as pb
 def quiet_client(dsn: str, addresses: list[str]) -> Iterator[Client]:
     """A client of a router whose sweeper never runs: it would finish abandoned jobs itself, racing the command
     under test for them."""
-    asyncio.run(bootstrap(dsn, addresses))
-    thread = RouterThread(dsn, sweep_interval=3600.0).start()
-    client = Client(thread.port)
-    try:
-        yield client
-    finally:
-        client.close()
-        thread.stop()
+    yield from serve(dsn, addresses, sweep_interval=3600.0)
+
+
+def seeded_writer(client: Client, seed_of: int) -> Iterator[Writer]:
+    """Board `carve` (cut at 100) seeded, a writer (`seed_of` its random seed) incrementing it until the caller
+    ends; handed over once 30 of its writes are acknowledged (so the test runs under traffic)."""
+    writer = Writer(client, seed=seed_of)
+    writer.expected = seed(client, [100])
+    writer.start()
+    writer.wait_for(30)
+    yield writer
+    writer.stop()
 
 
 def cli(dsn: str, *args: str, env: dict[str, str] | None = None) -> Result:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from _router import Client, RouterThread, bootstrap
 
 from rankshard.cli._local import LocalValkey
+from rankshard.shard_map import ControlPlane
 
 
 @pytest.fixture
@@ -27,10 +28,20 @@ def client(router: RouterThread) -> Iterator[Client]:
     c.close()
 
 
-def serve(dsn: str, addresses: list[str]) -> Iterator[Client]:
-    """A client of a router over the nodes at `addresses` (bootstrapped into `dsn`); everything stops after."""
+async def _register(dsn: str, addresses: Sequence[str]) -> None:
+    async with await ControlPlane.open(dsn) as cp:
+        for address in addresses:
+            await cp.add_node(address)
+
+
+def serve(dsn: str, addresses: list[str], extra: Sequence[str] = (), **options: object) -> Iterator[Client]:
+    """A client of a router over the nodes at `addresses` (bootstrapped into `dsn`, owning every index slot) and
+    the nodes at `extra` (registered after, owning none); `options` are the router's `Settings` fields.
+    Everything stops after."""
     asyncio.run(bootstrap(dsn, addresses))
-    thread = RouterThread(dsn).start()
+    if extra:
+        asyncio.run(_register(dsn, extra))
+    thread = RouterThread(dsn, **options).start()
     client = Client(thread.port)
     try:
         yield client

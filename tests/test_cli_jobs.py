@@ -18,7 +18,17 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from _cli_jobs import board_equals_model, checked_clean, cli, other_node, quiet_client, seed, shard_at, snapshot
+from _cli_jobs import (
+    board_equals_model,
+    checked_clean,
+    cli,
+    other_node,
+    quiet_client,
+    seed,
+    seeded_writer,
+    shard_at,
+    snapshot,
+)
 from _router import Client
 from test_carve import BOARD, Writer
 
@@ -37,12 +47,7 @@ def client(control_plane_dsn: str, node_addresses: list[str]) -> Iterator[Client
 @pytest.fixture
 def writing(client: Client) -> Iterator[Writer]:
     """Board `carve` (cut at 100) seeded, a writer incrementing it until the test ends."""
-    writer = Writer(client, seed=11)
-    writer.expected = seed(client, [100])
-    writer.start()
-    writer.wait_for(30)
-    yield writer
-    writer.stop()
+    yield from seeded_writer(client, 11)
 
 
 def test_split_move_and_merge_under_writes_log_each_step_and_keep_ranks_exact(

@@ -13,7 +13,16 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from _cli_jobs import board_equals_model, checked_clean, cli, other_node, quiet_client, seed, shard_at, snapshot
+from _cli_jobs import (
+    board_equals_model,
+    checked_clean,
+    cli,
+    other_node,
+    quiet_client,
+    seeded_writer,
+    shard_at,
+    snapshot,
+)
 from _router import Client
 from test_carve import BOARD, Writer
 
@@ -30,12 +39,7 @@ def client(control_plane_dsn: str, node_addresses: list[str]) -> Iterator[Client
 
 @pytest.fixture
 def writing(client: Client) -> Iterator[Writer]:
-    writer = Writer(client, seed=5)
-    writer.expected = seed(client, [100])
-    writer.start()
-    writer.wait_for(30)
-    yield writer
-    writer.stop()
+    yield from seeded_writer(client, 5)
 
 
 def test_a_move_killed_at_each_step_is_finished_or_rolled_back(

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 from _carving import (
+    BOUNDARIES,
+    BULK,
     CRASHED_LEASE,
+    HOT,
+    NEAR,
     JobCrash,
     Spec,
     Writer,
@@ -36,11 +40,6 @@ from rankshard.shard_node import Carver, Cluster
 from rankshard.v1 import leaderboard_pb2 as pb
 
 BOARD = "faults"
-BOUNDARIES = [0, 50]
-"""s1 (-inf, 0) on n1, s2 [0, 50) on n2, s3 [50, inf) on n1."""
-HOT = [f"m{i}" for i in range(6)]
-NEAR = [0, 25, 50]
-BULK = {f"b{i:03}": (i * 37) % 200 - 60 for i in range(200)}
 
 
 def _start(dsn: str, addresses: list[str]) -> tuple[RouterProcess, list[Op]]:

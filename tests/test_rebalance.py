@@ -11,7 +11,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from _router import Client, RouterThread, bootstrap
+from _fixtures_cluster import serve
+from _router import Client, bootstrap
 from click.testing import CliRunner, Result
 from test_carve import BOARD, USERS, Writer
 
@@ -43,20 +44,7 @@ CUTS = [10_000, 20_000, 30_000, 40_000, 50_000, 60_000]
 @pytest.fixture
 def three(control_plane_dsn: str, node_addresses: list[str], fresh_valkey: LocalValkey) -> Iterator[Client]:
     """A router over n1 and n2 (the session's nodes, owning every index slot) and n3 (`fresh_valkey`, none)."""
-
-    async def register_third() -> None:
-        async with await ControlPlane.open(control_plane_dsn) as cp:
-            await cp.add_node(fresh_valkey.address)
-
-    asyncio.run(bootstrap(control_plane_dsn, node_addresses))
-    asyncio.run(register_third())
-    thread = RouterThread(control_plane_dsn).start()
-    client = Client(thread.port)
-    try:
-        yield client
-    finally:
-        client.close()
-        thread.stop()
+    yield from serve(control_plane_dsn, node_addresses, extra=[fresh_valkey.address])
 
 
 def _invoke(dsn: str, *args: str) -> Result:

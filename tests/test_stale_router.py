@@ -17,6 +17,10 @@ import psycopg
 import pytest
 import redis
 from _carving import (
+    BOUNDARIES,
+    BULK,
+    HOT,
+    NEAR,
     Spec,
     Writer,
     assert_counter,
@@ -37,11 +41,6 @@ from rankshard.shard_map._store import LISTENER_NAME
 from rankshard.shard_node._keys import descriptor_key, shard_key
 
 BOARD = "stale"
-BOUNDARIES = [0, 50]
-"""s1 (-inf, 0) on n1, s2 [0, 50) on n2, s3 [50, inf) on n1."""
-HOT = [f"m{i}" for i in range(6)]
-NEAR = [0, 25, 50]
-BULK = {f"b{i:03}": (i * 37) % 200 - 60 for i in range(200)}
 
 
 def _listeners(dsn: str) -> list[int]:
