@@ -2,7 +2,8 @@
 
 from ._admin import connect_cluster, create_board, delete_board, install_descriptors
 from ._audit import Finding, FindingKind, audit_board
-from ._carve import Carver, JobFailed, finish_abandoned
+from ._carve import Carver, finish_abandoned
+from ._carve_parts import JobFailed
 from ._carve_plan import DRAINING, plan_merge, plan_move, plan_split
 from ._client import DEFAULT_NODE_TIMEOUT, NODE_ERROR_KINDS, NodeClient, NodeObserver
 from ._import import ImportInterrupted, import_members

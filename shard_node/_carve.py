@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,6 +33,16 @@ from rankshard.shard_map import (
 )
 
 from . import _replies as replies
+from ._carve_parts import (
+    JobFailed,
+    Parts,
+    read_source,
+    settle_users,
+    target_descriptor,
+    write_target,
+    zrange,
+)
+from ._carve_verify import counts_agree
 from ._client import NodeClient
 from ._keys import (
     carve_key,
@@ -41,13 +51,12 @@ from ._keys import (
     dirty_key,
     floor_key,
     moves_key,
-    registered_version,
     shard_key,
     stored_range,
     taken_key,
 )
 from ._layout import BoardLayout, Cluster
-from ._scripts import CARVE_CLEANUP, CARVE_DESCRIBE, CARVE_FLOOR, CARVE_READ, CARVE_SETTLE, CARVE_TAKE
+from ._scripts import CARVE_CLEANUP, CARVE_DESCRIBE, CARVE_FLOOR, CARVE_TAKE
 from ._sweep import settle_member
 
 log = logging.getLogger("rankshard.jobs")
@@ -67,10 +76,6 @@ StepHook = Callable[[Job], None]
 the job right there, as a crash would (the tests' way to interrupt a job at every step)."""
 
 
-class JobFailed(RankshardError):
-    """A job cannot go on as planned (its shards changed, a freeze kept lapsing); its row says where it stands."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Batch:
     """A batch of the copy: the scan's cursor after it, its members in R and how the source holds them."""
@@ -82,22 +87,6 @@ class _Batch:
     state: list[tuple[str, int]]
     restarted: bool = False
     """The source's node restarted: the scan began again, and what was copied is counted again."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Parts:
-    """What a job works on, under the map it was planned and prepared with."""
-
-    layout: BoardLayout
-    source: Shard
-    carved: tuple[str, str]
-    """R in stored scores, ``[lo, hi)``."""
-    source_node: NodeClient
-    target_node: NodeClient
-
-    @property
-    def same_node(self) -> bool:
-        return self.source_node.id == self.target_node.id
 
 
 class Carver:
@@ -229,7 +218,7 @@ class Carver:
         parts = self._parts(job, await self._layout(job.board))
         copied = job.copied
         if job.total == 0:
-            total = await parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved))
+            total = await parts.source_node.command("ZCOUNT", *zrange(job.board, job.source, parts.carved))
             job = await self._record(job, total=int(total))
         batches: asyncio.Queue[_Batch | Exception | None] = asyncio.Queue(maxsize=2)
         scan = asyncio.get_running_loop().create_task(self._scan_source(parts, job, batches))
@@ -241,7 +230,7 @@ class Carver:
                 if batch.restarted:
                     copied = 0
                 if batch.users:
-                    copied += await self._write_target(parts, job, batch.users, batch.versions, batch.state)
+                    copied += await write_target(parts, job, batch.users, batch.versions, batch.state)
                 job = await self._save(job, scan_cursor=batch.cursor, copied=copied)
                 await self._rest(started)
         finally:
@@ -250,7 +239,7 @@ class Carver:
                 await scan
         return await self._record(job, step=JobStep.CATCHUP, scan_cursor="0", copied=copied)
 
-    async def _scan_source(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | Exception | None]) -> None:
+    async def _scan_source(self, parts: Parts, job: Job, batches: asyncio.Queue[_Batch | Exception | None]) -> None:
         """ZSCAN of S from the job's cursor, each batch's members in R read as they stand, into `batches` (with
         the cursor to save after it, ``run@cursor``), then None; an error ends it, put in `batches` for the copy
         to raise."""
@@ -259,7 +248,7 @@ class Carver:
         except Exception as exc:
             await batches.put(exc)
 
-    async def _scan_batches(self, parts: _Parts, job: Job, batches: asyncio.Queue[_Batch | Exception | None]) -> None:
+    async def _scan_batches(self, parts: Parts, job: Job, batches: asyncio.Queue[_Batch | Exception | None]) -> None:
         run, _, cursor = job.scan_cursor.rpartition("@")
         lo, hi = int(parts.carved[0]), int(parts.carved[1])
         key = shard_key(job.board, job.source)
@@ -274,7 +263,7 @@ class Carver:
             cursor, rows = _scanned(parts.source_node.id, raw)
             users = [u for u, s in rows if lo <= s < hi]
             versions = [parts.layout.versions_key(u) for u in users]
-            state = await self._read_source(parts, job, users, versions) if users else []
+            state = await read_source(parts, job, users, versions) if users else []
             await batches.put(_Batch(f"{run}@{cursor}", users, versions, state, restarted))
             restarted = False
             if cursor == "0":
@@ -308,7 +297,7 @@ class Carver:
                     parts.source_node, job, job.source, frozen, str(self.freeze_ms), descriptor(source)
                 )
                 await self._drain(parts, job, until=1)
-                if not await self._counts_agree(parts, job):
+                if not await counts_agree(self.cluster, parts, job):
                     error = "the target's count of the range kept differing from the source's"
                     log.info("%s: the counts of the range differ; trying again once the freeze lapses", job.describe())
                     await asyncio.sleep(self.freeze_ms / 1000)  # the freeze's deadline, set at most this long ago
@@ -335,7 +324,7 @@ class Carver:
             await self._describe(source_node, job, job.source, layout.descriptors[job.source], committing)
         else:
             await self._describe(source_node, job, job.source, "", committing)
-        await self._describe(target_node, job, job.target, layout.descriptors[job.target], _target_descriptor(job))
+        await self._describe(target_node, job, job.target, layout.descriptors[job.target], target_descriptor(job))
         return await self._record(job, step=JobStep.CLEANUP)
 
     async def _cleanup(self, job: Job) -> Job:
@@ -345,7 +334,7 @@ class Carver:
         carved = stored_range(job.plan.lower, job.plan.upper, layout.descending)
         away = "1" if job.kind is not JobKind.SPLIT and job.plan.source_node != job.target_node else "0"
         while True:
-            raw = await node.command("ZRANGE", *_zrange(board, job.source, carved), "BYSCORE", "LIMIT", 0, BATCH)
+            raw = await node.command("ZRANGE", *zrange(board, job.source, carved), "BYSCORE", "LIMIT", 0, BATCH)
             names = replies.texts(node.id, "ZRANGE", raw)
             if not names:
                 break
@@ -389,19 +378,18 @@ class Carver:
         node = self.cluster.node(job.target_node)
         if job.kind is JobKind.MERGE:
             carved = stored_range(job.plan.lower, job.plan.upper, layout.descending)
-            await node.command("ZREMRANGEBYSCORE", *_zrange(job.board, job.target, carved))
+            await node.command("ZREMRANGEBYSCORE", *zrange(job.board, job.target, carved))
         else:
             await node.command("DEL", shard_key(job.board, job.target), descriptor_key(job.board, job.target))
 
     # ---- parts ----------------------------------------------------------------------------------------------
 
-    async def _prepare_target(self, job: Job, parts: _Parts) -> None:
+    async def _prepare_target(self, job: Job, parts: Parts) -> None:
         """T holds nothing in R (leftovers of an earlier job there are range-deleted first) and, when new, is
         INCOMING: filled by the job, read by nobody until the map names it."""
-        zrange = _zrange(job.board, job.target, parts.carved)
-        await parts.target_node.command("ZREMRANGEBYSCORE", *zrange)
+        await parts.target_node.command("ZREMRANGEBYSCORE", *zrange(job.board, job.target, parts.carved))
         if job.kind is not JobKind.MERGE:
-            await self._describe(parts.target_node, job, job.target, _target_descriptor(job), "")
+            await self._describe(parts.target_node, job, job.target, target_descriptor(job), "")
 
     async def _settle_before(self, layout: BoardLayout, node: NodeClient, since_ms: int, deadline: float) -> None:
         """Finishes every write marked on `node` at or before `since_ms` (its clock) and waits until none is left."""
@@ -418,7 +406,7 @@ class Carver:
                 except StaleMap:  # the member's shard is another job's: its sweeper or writer finishes it
                     await asyncio.sleep(0.05)
 
-    async def _drain(self, parts: _Parts, job: Job, until: int) -> int:
+    async def _drain(self, parts: Parts, job: Job, until: int) -> int:
         """Takes members off the dirty set and settles them in T until fewer than `until` are left; returns how
         many were left."""
         board, node = job.board, parts.source_node
@@ -427,88 +415,12 @@ class Carver:
             raw = await node.run(CARVE_TAKE, keys, [BATCH])
             taken, left = _taken(node.id, raw)
             if taken:
-                await self._settle_users(parts, job, taken)
+                await settle_users(parts, job, taken)
                 await node.command("SREM", keys[1], *taken)
             if not taken and left < until:
                 return left
             if taken:
                 job = await self._save(job, dirty=left)
-
-    async def _settle_users(self, parts: _Parts, job: Job, users: Sequence[str]) -> int:
-        """`users` as S holds them now, written into (or removed from) T; returns how many T now holds of them."""
-        versions = [parts.layout.versions_key(u) for u in users]
-        state = await self._read_source(parts, job, users, versions)
-        return await self._write_target(parts, job, users, versions, state)
-
-    async def _read_source(
-        self, parts: _Parts, job: Job, users: Sequence[str], versions: Sequence[str]
-    ) -> list[tuple[str, int]]:
-        """Each of `users` (`versions`: their register keys) as S holds it now: its stored score ('' when absent)
-        and registered version."""
-        raw = await parts.source_node.run(CARVE_READ, [shard_key(job.board, job.source), *versions], list(users))
-        return _read(parts.source_node.id, raw, len(users))
-
-    async def _write_target(
-        self,
-        parts: _Parts,
-        job: Job,
-        users: Sequence[str],
-        versions: Sequence[str],
-        state: Sequence[tuple[str, int]],
-    ) -> int:
-        """`users` in T made as `state` says S holds them; returns how many T now holds of them."""
-        args: list[object] = [_target_descriptor(job), *parts.carved, int(parts.same_node)]
-        for user, (stored, version) in zip(users, state, strict=True):
-            args += (user, stored, version)
-        keys = [shard_key(job.board, job.target), descriptor_key(job.board, job.target), *versions]
-        return _settled(parts.target_node.id, await parts.target_node.run(CARVE_SETTLE, keys, args), job)
-
-    async def _counts_agree(self, parts: _Parts, job: Job) -> bool:
-        """Whether T holds what S holds in R, once S is frozen and drained: the same count, or else (see
-        `_reconciled`) once the members only S holds are settled again."""
-        source, target = await asyncio.gather(
-            parts.source_node.command("ZCOUNT", *_zrange(job.board, job.source, parts.carved)),
-            parts.target_node.command("ZCOUNT", *_zrange(job.board, job.target, parts.carved)),
-        )
-        return bool(source == target) or await self._reconciled(parts, job)
-
-    async def _reconciled(self, parts: _Parts, job: Job) -> bool:
-        """Settles again the members S holds in R and T lacks, then whether T lacks only members of S that T's
-        node registers a newer version of. Two crossings leave such members, and the dirty set does not note
-        either: one from T into S (a merge's live target) whose removal from T came after the drain had settled
-        the member there; and one out of S into another shard on T's node, whose new copy is written there first
-        while its removal from S waits for the freeze to end (T rightly lacks it: the crossing finishes under
-        the new map). Reads R of both shards: only run when the counts differ."""
-        only_s, extra = await self._differing(parts, job)
-        if extra or not only_s:
-            return False
-        await self._settle_users(parts, job, only_s)
-        only_s, extra = await self._differing(parts, job)
-        if extra or not only_s:
-            return not extra
-        if parts.same_node:
-            return False  # one register for both: the settle copied every member S holds
-        board, layout = job.board, parts.layout
-        versions = [layout.versions_key(u) for u in only_s]
-        raw = await parts.source_node.run(CARVE_READ, [shard_key(board, job.source), *versions], only_s)
-        at_source = _read(parts.source_node.id, raw, len(only_s))
-        target = parts.target_node
-        at_target = await asyncio.gather(*(target.command("HGET", k, u) for k, u in zip(versions, only_s, strict=True)))
-        return all(
-            registered_version(t if isinstance(t, str) else None) > v
-            for (_, v), t in zip(at_source, at_target, strict=True)
-        )
-
-    async def _differing(self, parts: _Parts, job: Job) -> tuple[list[str], bool]:
-        """The members S holds in R and T does not, and whether T holds any in R that S does not."""
-        page = ("BYSCORE", "LIMIT", 0, -1)
-        in_s, in_t = await asyncio.gather(
-            parts.source_node.command("ZRANGE", *_zrange(job.board, job.source, parts.carved), *page),
-            parts.target_node.command("ZRANGE", *_zrange(job.board, job.target, parts.carved), *page),
-        )
-        held = set(replies.texts(parts.source_node.id, "ZRANGE", in_s))
-        copied = set(replies.texts(parts.target_node.id, "ZRANGE", in_t))
-        return sorted(held - copied), bool(copied - held)
 
     async def _state(self, node: NodeClient, board: str, shard_id: str) -> str:
         raw = await node.command("GET", descriptor_key(board, shard_id))
@@ -539,12 +451,12 @@ class Carver:
         if self.pace < 1.0:
             await asyncio.sleep((time.monotonic() - started) * (1.0 - self.pace) / self.pace)
 
-    def _parts(self, job: Job, layout: BoardLayout, source: Shard | None = None) -> _Parts:
+    def _parts(self, job: Job, layout: BoardLayout, source: Shard | None = None) -> Parts:
         source = source or _find(layout.map, job.source)
         if source is None:
             raise JobFailed(f"{job.describe()}: shard {job.source} is not in the map")
         carved = stored_range(job.plan.lower, job.plan.upper, layout.descending)
-        return _Parts(
+        return Parts(
             layout, source, carved, self.cluster.node(job.plan.source_node), self.cluster.node(job.target_node)
         )
 
@@ -633,14 +545,6 @@ def _source_descriptor(job: Job, state: ShardState, generation_offset: int = 1) 
     return descriptor(shard)
 
 
-def _target_descriptor(job: Job) -> str:
-    """The target's descriptor while the job fills it: a new one INCOMING, a merge target as it was."""
-    plan = job.plan
-    state = ShardState.ACTIVE if job.kind is JobKind.MERGE else ShardState.INCOMING
-    shard = Shard(job.target, plan.target_lower, plan.target_upper, job.target_node, state, plan.target_generation)
-    return descriptor(shard)
-
-
 def _committed_map(job: Job, current: ShardMap) -> list[Shard]:
     """The board's shards once the job commits."""
     out: list[Shard] = []
@@ -664,10 +568,6 @@ def _committed_map(job: Job, current: ShardMap) -> list[Shard]:
         else:
             out.append(s)
     return out
-
-
-def _zrange(board: str, shard_id: str, carved: tuple[str, str]) -> tuple[str, str, str]:
-    return shard_key(board, shard_id), carved[0], f"({carved[1]}"
 
 
 def _number(node: str, raw: object) -> int:
@@ -695,22 +595,6 @@ def _taken(node: str, raw: object) -> tuple[list[str], int]:
     if type(raw) is list and len(raw) == 2 and type(raw[0]) is list and type(raw[1]) is int:
         return replies.texts(node, "carve_take", raw[0]), raw[1]
     raise replies.unexpected(node, "carve_take", raw)
-
-
-def _read(node: str, raw: object, members: int) -> list[tuple[str, int]]:
-    if type(raw) is list and len(raw) == 2 * members:
-        scores, versions = raw[::2], raw[1::2]
-        if all(type(s) is str for s in scores) and all(type(v) is int for v in versions):
-            return [(str(int(float(s))) if s else "", v) for s, v in zip(scores, versions, strict=True)]
-    raise replies.unexpected(node, "carve_read", raw)
-
-
-def _settled(node: str, raw: object, job: Job) -> int:
-    if type(raw) is list and raw and raw[0] == "ok" and len(raw) == 3 and type(raw[1]) is int:
-        return raw[1]
-    if type(raw) is list and len(raw) == 2 and raw[0] == "stale":
-        raise JobFailed(f"{job.describe()}: node {node} holds {raw[1]!r} for {job.target}, not what the job expects")
-    raise replies.unexpected(node, "carve_settle", raw)
 
 
 def _described(node: str, raw: object) -> bool:

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import redis
 from _router import Client
 
 from rankshard.shard_map import ControlPlane, Job, JobState, JobStep, JobStore
 from rankshard.shard_node import Carver, audit_board, connect_cluster, plan_merge, plan_move, plan_split
+from rankshard.shard_node._keys import shard_key
 from rankshard.shard_node._layout import BoardLayout
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -244,5 +246,38 @@ def test_a_runner_that_stops_stops_renewing_its_lease_even_when_a_cancellation_i
 
     assert asyncio.run(scenario()) == []
     assert renewals[-1] == "stopped", renewals  # no renewal began after the run stopped
+    _board_equals_model(seeded, {u: i for i, u in enumerate(USERS)})
+    asyncio.run(_check(control_plane_dsn))
+
+
+def test_a_target_that_lacks_a_member_the_source_holds_is_never_committed(
+    seeded: Client, control_plane_dsn: str
+) -> None:
+    """The freeze commits only when the target holds what the source holds in the range, or when writes under way
+    account for the difference. A copy lost behind the job's back, with no write to explain it, fails every
+    freeze, and the job rolls back: the board serves as before, nothing lost."""
+    lost = "u150"  # in s2 [100, inf), on n2
+
+    async def scenario() -> Job:
+        async with await ControlPlane.open(control_plane_dsn) as cp:
+            cluster = await connect_cluster(cp)
+            target = redis.Redis.from_url(f"redis://{(await cp.get_node('n1')).address}")
+            try:
+                job = await plan_move(cp, BOARD, "s2", "n1", "test", 30)
+
+                def hook(row: Job) -> None:
+                    if row.step is JobStep.FREEZE:
+                        target.zrem(shard_key(BOARD, row.target), lost)
+
+                return await Carver(cp, cluster, "test", freeze_ms=200, on_step=hook).run(job)
+            finally:
+                target.close()
+                await cluster.aclose()
+
+    ended = asyncio.run(scenario())
+    assert (ended.state, ended.error) == (
+        JobState.ABORTED,
+        "the target's count of the range kept differing from the source's",
+    )
     _board_equals_model(seeded, {u: i for i, u in enumerate(USERS)})
     asyncio.run(_check(control_plane_dsn))
