@@ -24,11 +24,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ._audit import BoardScan, Finding, FindingKind, scan_board
-from ._keys import IndexEntry, descriptor_key, registered_version
+from ._carve_parts import clear_shard
+from ._keys import IndexEntry, registered_version
 from ._layout import BoardLayout, Cluster
 from ._moves import apply_call, finish_move, remove_call, shard_call
 from ._reindex import Reindex, reindex_board
-from ._scripts import ShardWriteMode
+from ._scripts import ClearMode, ShardWriteMode
 
 _HANDLED = {
     FindingKind.MISSING,
@@ -98,7 +99,7 @@ async def repair_board(cluster: Cluster, layout: BoardLayout) -> RepairReport:
     for shard in layout.map.shards:
         node = cluster.node(shard.node)
         # SET NX: only a lost descriptor is restored; a different one may be a migration's fence.
-        if await node.command("SET", descriptor_key(layout.board, shard.id), layout.descriptors[shard.id], "NX"):
+        if await clear_shard(node, layout.board, shard.id, ClearMode.INSTALL, layout.descriptors[shard.id]):
             report.descriptors_installed.append(shard.id)
     scan = await scan_board(cluster, layout)
     index_fields = scan.index_fields  # before anything is rebuilt: a node whose index is empty lost it
