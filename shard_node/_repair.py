@@ -32,6 +32,7 @@ from ._reindex import Reindex, reindex_board
 from ._scripts import ClearMode, ShardWriteMode
 
 _HANDLED = {
+    FindingKind.KEPT_SIZE,
     FindingKind.MISSING,
     FindingKind.SCORE_MISMATCH,
     FindingKind.WRONG_SHARD,
@@ -61,6 +62,8 @@ class RepairReport:
     descriptors_installed: list[str] = field(default_factory=list)
     """Shards whose node had lost their descriptor, and with it their data."""
     moves_finished: int = 0
+    sizes_dropped: list[str] = field(default_factory=list)
+    """Shards whose node kept a size that disagreed with them (the next count counts them again)."""
     members_rewritten: int = 0
     copies_removed: int = 0
     entries_rebuilt: int = 0
@@ -85,6 +88,7 @@ class RepairReport:
     def changed(self) -> bool:
         return bool(
             self.descriptors_installed
+            or self.sizes_dropped
             or self.moves_finished
             or self.members_rewritten
             or self.copies_removed
@@ -114,6 +118,12 @@ async def repair_board(cluster: Cluster, layout: BoardLayout) -> RepairReport:
     if reindex.rebuilt or reindex.merged:
         scan = await scan_board(cluster, layout)
     await _place_members(cluster, layout, scan, report)
+    for finding in scan.findings:
+        if finding.kind is FindingKind.KEPT_SIZE and finding.shard is not None:
+            # Dropped, not rewritten: the next count checks the descriptor and counts the shard, and keeps that.
+            shard = layout.shards[finding.shard]
+            await clear_shard(cluster.node(shard.node), layout.board, shard.id, ClearMode.FORGET)
+            report.sizes_dropped.append(shard.id)
     report.left = [f for f in scan.findings if f.kind not in _HANDLED]
     report.lost = _lost_members(cluster, layout, scan, report, _lost_index_nodes(index_fields, reindex))
     return report

@@ -452,6 +452,13 @@ def _reply(node: str, script: Script, raw: object) -> list[Any]:
     return raw
 
 
+def texts_or_none(node: str, command: str, raw: object, length: int) -> list[str | None]:
+    """A command's list of `length` strings or nils (HMGET)."""
+    if type(raw) is not list or len(raw) != length or not all(item is None or type(item) is str for item in raw):
+        raise UnexpectedReply(node, command, f"{_shown(raw)} is not a list of {length} strings or nils")
+    return raw
+
+
 def texts(node: str, command: str, raw: object) -> list[str]:
     """A command's list of strings (members, user ids)."""
     if type(raw) is not list or not all(type(item) is str for item in raw):
