@@ -73,9 +73,9 @@ async def closed_loop(
     in_flight: int,
     seconds: float,
     cpu: Callable[[], float],
-) -> float:
+) -> tuple[float, float]:
     """Calls made by `in_flight` workers for 1 s of warm-up then `seconds`; returns node CPU µs per call of the
-    measured window."""
+    measured window, and calls per second."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.LeaderboardStub(channel)
         calls = 0
@@ -100,7 +100,7 @@ async def closed_loop(
         used = cpu() - before
         stop = True
         await asyncio.gather(*tasks)
-    return 1e6 * used / max(1, calls)
+    return 1e6 * used / max(1, calls), calls / seconds
 
 
 def measure(cluster: Cluster, board: str, members: int, args: argparse.Namespace) -> dict[str, float]:
@@ -121,7 +121,7 @@ def measure(cluster: Cluster, board: str, members: int, args: argparse.Namespace
 
     out = {}
     for name, make in (("get_rank", get_rank), ("update", update)):
-        out[name] = asyncio.run(
+        out[name], out[f"{name}_per_s"] = asyncio.run(
             closed_loop(cluster.address, make, args.in_flight, args.seconds, cluster.node_cpu_seconds)
         )
     return out
@@ -148,15 +148,19 @@ def main() -> None:
                     print(f"  round {r + 1}, {n} shards: {rows[n][-1]}", flush=True)
         finally:
             cluster.stop()
-    median = {n: {k: statistics.median(row[k] for row in rows[n]) for k in ("get_rank", "update")} for n in counts}
+    kinds = ("get_rank", "update", "get_rank_per_s", "update_per_s")
+    median = {n: {k: statistics.median(row[k] for row in rows[n]) for k in kinds} for n in counts}
     base = median[counts[0]]
     print(f"node CPU per call, 2 nodes, {args.members:,} members, {args.in_flight} in flight, median of {args.rounds}")
-    print(f"{'shards':>6}  {'GetRank µs':>10}  {'ratio':>5}  {'UpdateScore µs':>14}  {'ratio':>5}")
+    print(
+        f"{'shards':>6}  {'GetRank µs':>10}  {'ratio':>5}  {'calls/s':>7}"
+        f"  {'UpdateScore µs':>14}  {'ratio':>5}  {'calls/s':>7}"
+    )
     for n in counts:
         m = median[n]
         print(
-            f"{n:>6}  {m['get_rank']:>10.1f}  {m['get_rank'] / base['get_rank']:>5.2f}"
-            f"  {m['update']:>14.1f}  {m['update'] / base['update']:>5.2f}"
+            f"{n:>6}  {m['get_rank']:>10.1f}  {m['get_rank'] / base['get_rank']:>5.2f}  {m['get_rank_per_s']:>7.0f}"
+            f"  {m['update']:>14.1f}  {m['update'] / base['update']:>5.2f}  {m['update_per_s']:>7.0f}"
         )
 
 
