@@ -142,6 +142,8 @@ def _report_lines(report: RepairReport) -> list[str]:
         f"index entries rebuilt {report.entries_rebuilt}, index entries merged {report.entries_merged}"
     )
     lines = [done]
+    if report.sizes_dropped:
+        lines.append(f"kept sizes dropped (counted again on the next read): {', '.join(report.sizes_dropped)}")
     if report.records_lost:
         lines.append(
             f"lost: request-id records of {report.records_lost} members (their index entries were rebuilt "

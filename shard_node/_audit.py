@@ -15,7 +15,15 @@ from rankshard.shard_map import Shard, tiling_problems
 
 from . import _replies as replies
 from ._client import NodeClient
-from ._keys import IndexEntry, descriptor_key, index_pattern, registered_version, shard_data_pattern, shard_key
+from ._keys import (
+    IndexEntry,
+    descriptor_key,
+    index_pattern,
+    registered_version,
+    shard_data_pattern,
+    shard_key,
+    sizes_key,
+)
 from ._layout import BoardLayout, Cluster
 from ._reads import rank_of_scores
 
@@ -37,6 +45,7 @@ class FindingKind(StrEnum):
     ORPHAN = "orphan"  # a shard member without an index entry
     STRAY_KEY = "stray-key"  # shard data on a node that does not own the shard
     RANK = "rank"  # invariant 4: a served rank differs from the single sorted list's
+    KEPT_SIZE = "kept-size"  # a node's kept size of a shard differs from what the shard holds in its range
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +133,40 @@ async def scan_board(cluster: Cluster, layout: BoardLayout) -> BoardScan:
                 scan.placed.setdefault(user, []).append((shard.id, score))
         scan.sizes[shard.id] = size
     scan.findings += _membership(layout, scan)
+    scan.findings += await _kept_sizes(cluster, layout, scan.sizes)
     scan.findings += await _stray_keys(cluster, layout)
     return scan
+
+
+async def kept_sizes(cluster: Cluster, layout: BoardLayout, shards: list[Shard]) -> list[tuple[str | None, str | None]]:
+    """Each shard's size and range as its node keeps them (``rs:n:``; None where none is kept)."""
+    out: list[tuple[str | None, str | None]] = []
+    for shard in shards:
+        raw = await cluster.node(shard.node).command("HMGET", sizes_key(layout.board), shard.id, f">{shard.id}")
+        size, kept_range = replies.texts_or_none(shard.node, "HMGET", raw, 2)
+        out.append((size, kept_range))
+    return out
+
+
+async def _kept_sizes(cluster: Cluster, layout: BoardLayout, sizes: dict[str, int]) -> list[Finding]:
+    """Every size a node keeps for a shard of the map (what rank counts read) against what the shard holds in its
+    range; a size not kept yet is no finding (the next count sets it)."""
+    found = []
+    shards = list(layout.map.shards)
+    for shard, (size, kept_range) in zip(shards, await kept_sizes(cluster, layout, shards), strict=True):
+        if size is None:
+            continue
+        lo, hi = layout.stored_ranges[shard.id]
+        if size != str(sizes[shard.id]) or kept_range != f"{lo} {hi}":
+            found.append(
+                Finding(
+                    FindingKind.KEPT_SIZE,
+                    f"node {shard.node} keeps size {size} for range {kept_range!r}; the shard holds {sizes[shard.id]}"
+                    f" in {lo} {hi}",
+                    shard=shard.id,
+                )
+            )
+    return found
 
 
 def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:

@@ -36,6 +36,7 @@ from . import _replies as replies
 from ._carve_parts import (
     JobFailed,
     Parts,
+    clear_shard,
     read_source,
     settle_users,
     target_descriptor,
@@ -56,7 +57,7 @@ from ._keys import (
     taken_key,
 )
 from ._layout import BoardLayout, Cluster
-from ._scripts import CARVE_CLEANUP, CARVE_DESCRIBE, CARVE_FLOOR, CARVE_TAKE
+from ._scripts import CARVE_CLEANUP, CARVE_DESCRIBE, CARVE_FLOOR, CARVE_TAKE, ClearMode
 from ._sweep import settle_member
 
 log = logging.getLogger("rankshard.jobs")
@@ -378,16 +379,16 @@ class Carver:
         node = self.cluster.node(job.target_node)
         if job.kind is JobKind.MERGE:
             carved = stored_range(job.plan.lower, job.plan.upper, layout.descending)
-            await node.command("ZREMRANGEBYSCORE", *zrange(job.board, job.target, carved))
+            await clear_shard(node, job.board, job.target, ClearMode.RANGE, *carved)
         else:
-            await node.command("DEL", shard_key(job.board, job.target), descriptor_key(job.board, job.target))
+            await clear_shard(node, job.board, job.target, ClearMode.DROP)
 
     # ---- parts ----------------------------------------------------------------------------------------------
 
     async def _prepare_target(self, job: Job, parts: Parts) -> None:
         """T holds nothing in R (leftovers of an earlier job there are range-deleted first) and, when new, is
         INCOMING: filled by the job, read by nobody until the map names it."""
-        await parts.target_node.command("ZREMRANGEBYSCORE", *zrange(job.board, job.target, parts.carved))
+        await clear_shard(parts.target_node, job.board, job.target, ClearMode.RANGE, *parts.carved)
         if job.kind is not JobKind.MERGE:
             await self._describe(parts.target_node, job, job.target, target_descriptor(job), "")
 

@@ -13,7 +13,7 @@ from . import _replies as replies
 from ._client import NodeClient
 from ._keys import descriptor, descriptor_key, shard_key
 from ._layout import BoardLayout
-from ._scripts import CARVE_READ, CARVE_SETTLE
+from ._scripts import CARVE_READ, CARVE_SETTLE, SHARD_CLEAR, ClearMode
 
 
 class JobFailed(RankshardError):
@@ -67,6 +67,12 @@ def target_descriptor(job: Job) -> str:
     state = ShardState.ACTIVE if job.kind is JobKind.MERGE else ShardState.INCOMING
     shard = Shard(job.target, plan.target_lower, plan.target_upper, job.target_node, state, plan.target_generation)
     return descriptor(shard)
+
+
+async def clear_shard(node: NodeClient, board: str, shard_id: str, mode: ClearMode, *args: str) -> int:
+    """`shard_clear` of the shard on `node` in `mode` (its data and the node's kept size of it changed together)."""
+    keys = [shard_key(board, shard_id), descriptor_key(board, shard_id)]
+    return replies.shard_clear(node.id, await node.run(SHARD_CLEAR, keys, [mode.value, *args]))
 
 
 def zrange(board: str, shard_id: str, carved: tuple[str, str]) -> tuple[str, str, str]:

@@ -40,6 +40,16 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
   grow, and every write or removal a register refuses has been overtaken by a newer version of that member.
 - ``rs:d:{b}/{s}``            string the shard descriptor ``lower|upper|generation|state``: the fence. Writes
   must match it whole; reads all but the state (``shard_map.ShardState``).
+- ``rs:n:{b}/``              hash  on each node holding shards of the board: the shards' kept sizes. Field ``s``:
+  how many members of ``rs:z:{b}/{s}`` lie inside the range of descriptor ``s``; field ``>s``: that range in stored
+  scores, ``lo hi``; both absent until a full count (``shard_count.lua``) sets them, and dropped with every
+  change to the descriptor. Field ``''``: the token the sizes are good under, renewed with every descriptor change
+  (``count:seconds.microseconds`` of the node's clock). Every script that changes a shard's members inside its
+  range keeps its size, so a read that checked every descriptor once under a token (``shard_count.lua``) reads
+  the sizes alone while the token holds (``shard_tally.lua``). Field ``#``: how many size changes the node has
+  kept (each keeps its shard's size and takes the next number).
+- ``rs:o:{b}/``              zset  beside it: shard id -> the number of its size's last change, so a reader holding
+  the sizes at change ``c`` asks for the shards changed since (``ZRANGEBYSCORE (c +inf``) and nothing else.
 - ``rs:e:{b}/``              string on each index node: the board's epoch floor. Index scripts refuse a router
   whose map is older, before writing anything.
 - ``rs:c:{b}/{s}``            hash  while a job carves from shard s: ``lo``, ``hi`` (the carved range in stored
@@ -112,7 +122,7 @@ def collection_key(board: str) -> str:
 
 
 def shard_key(board: str, shard_id: str) -> str:
-    return f"rs:z:{board}/{shard_id}"
+    return f"{shard_stem(board)}{shard_id}"
 
 
 def versions_key(board: str, buckets: Buckets, user_hash: int) -> str:
@@ -141,6 +151,19 @@ def registered_version(raw: str | None) -> int:
     if not raw:
         return 0
     return int(raw.lstrip("~").split("|", 1)[0])
+
+
+def sizes_key(board: str) -> str:
+    return f"rs:n:{board}/"
+
+
+def size_changes_key(board: str) -> str:
+    return f"rs:o:{board}/"
+
+
+def shard_stem(board: str) -> str:
+    """What the board's shard keys start with, before the shard id."""
+    return f"rs:z:{board}/"
 
 
 def descriptor_key(board: str, shard_id: str) -> str:

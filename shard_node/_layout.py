@@ -17,6 +17,9 @@ from ._keys import (
     index_key,
     read_fence,
     shard_key,
+    shard_stem,
+    size_changes_key,
+    sizes_key,
     stored_range,
     versions_key,
 )
@@ -102,23 +105,53 @@ class BoardLayout:
 
 @dataclass(frozen=True, slots=True)
 class CountCall:
-    """The part of a node's SHARD_COUNT call that only the map decides: keys, descriptors, positions."""
+    """The parts of a node's SHARD_COUNT and SHARD_TALLY calls that only the map decides: keys, descriptors,
+    positions, ranges."""
 
     shards: tuple[Shard, ...]
     keys: tuple[str, ...]
-    """Empty: SHARD_COUNT takes the key names packed in its first argument."""
+    """Empty: SHARD_COUNT takes the key names packed in its first argument (SHARD_TALLY, none at all)."""
     args: tuple[object, ...]
     position: Mapping[str, int]
+    sizes_key: str
+    changes_key: str
+    stem: str
+    """SHARD_TALLY's keys (see `_keys.sizes_key`) and the stem of the board's shard keys."""
+    tally_query: Mapping[str, tuple[str, str, str]]
+    """Per shard, what a SHARD_TALLY query names it by: its id and its range in stored scores."""
 
     @classmethod
     def of(cls, board: str, shards: list[Shard], descending: bool) -> CountCall:
         keys: list[str] = []
         bounds: list[str] = []
+        tally_query: dict[str, tuple[str, str, str]] = {}
         for s in shards:
             keys += (shard_key(board, s.id), descriptor_key(board, s.id))
-            bounds += stored_range(s.lower, s.upper, descending)
+            lo, hi = stored_range(s.lower, s.upper, descending)
+            bounds += (lo, hi)
+            tally_query[s.id] = (s.id, lo, hi)
         args = (" ".join(keys), "\n".join(read_fence(s) for s in shards), " ".join(bounds))
-        return cls(tuple(shards), (), args, {s.id: p for p, s in enumerate(shards, 1)})
+        return cls(
+            tuple(shards),
+            (),
+            args,
+            {s.id: p for p, s in enumerate(shards, 1)},
+            sizes_key(board),
+            size_changes_key(board),
+            shard_stem(board),
+            tally_query,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SeenSizes:
+    """A node's sizes of a `CountCall`'s shards as one router last saw them: at the node's change number
+    `version` under its sizes token `token` (see `_reads.count_after`)."""
+
+    call: CountCall
+    token: str
+    version: int
+    sizes: tuple[int, ...]
 
 
 class Cluster:
@@ -132,6 +165,10 @@ class Cluster:
         (board, descriptor, shard id): what reads use for the shards of a node that is down or frozen
         (see `_reads._count`). Exact for this router's own writes; writes other routers made to that
         node just before it went down are missing until it is back."""
+        self.seen_sizes: dict[tuple[str, str], SeenSizes] = {}
+        """By (board, node id): the newest sizes this router has seen there, from a SHARD_COUNT that checked every
+        descriptor of its shards and the SHARD_TALLY answers since; while the node's token is the same, a count
+        there asks only for the sizes changed since (see `_reads.count_after`)."""
         self.forgets = Forgets()
         """Pending-write marks being cleared in the background (see `_forget`)."""
 

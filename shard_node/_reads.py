@@ -15,10 +15,10 @@ from rankshard.shard_map import NodeUnavailable, NotFound, Shard
 from . import _replies as replies
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry
-from ._layout import BoardLayout, Cluster
+from ._layout import BoardLayout, Cluster, CountCall, SeenSizes
 from ._moves import apply_call, check_fence, fence_error, shard_call
-from ._replies import ShardCounts, ShardPage, Stale
-from ._scripts import SHARD_COUNT, SHARD_PAGE, CountQuery
+from ._replies import ShardCounts, ShardPage, SizeChanges, Stale
+from ._scripts import SHARD_COUNT, SHARD_PAGE, SHARD_TALLY, CountQuery
 
 SIZE_WAIT = 0.5
 """Seconds a node is waited for when only its shard sizes are wanted and last-known sizes exist."""
@@ -59,6 +59,11 @@ async def count_after(
 ) -> tuple[dict[str, int], list[int], dict[str, list[object]]]:
     """Like `_count`, with `before[node]` pipelined ahead of that node's count in the same round trip.
 
+    A node's count is one SHARD_TALLY call (its kept sizes, one lookup per shard) while the node's sizes token is
+    the one this router's last SHARD_COUNT there answered for the same layout, else one SHARD_COUNT (every
+    descriptor checked, every shard counted; it answers the token): the first count of a layout on a node, and
+    each after a descriptor change there, costs one more call.
+
     Returns the sizes, the query answers and, per node of `before`, the answers of its calls (their
     fences are not checked here). A node that has calls in `before` or queries must answer.
     """
@@ -68,24 +73,45 @@ async def count_after(
         per_node.setdefault(layout.shards[q.shard_id].node, []).append(i)
     prefixes: dict[str, list[object]] = {}
 
+    async def run(node: NodeClient, prefix: Sequence[ScriptCall] | None, count: ScriptCall) -> object:
+        if not prefix:
+            return await node.run(*count)
+        answers = await node.run_many([*prefix, count])
+        prefixes[node.id] = answers[:-1]
+        return answers[-1]
+
     async def ask(node_id: str) -> ShardCounts:
         node = cluster.node(node_id)
         call = layout.count_calls[node_id]
-        args = list(call.args)
         mine = per_node.get(node_id, ())
+        prefix = before.get(node_id)
+        seen = cluster.seen_sizes.get((layout.board, node_id))
+        if seen is not None and seen.call is call:
+            # The short way: only the sizes changed since those we saw, trusted while the node's token is the one
+            # they were seen under (every descriptor change renews it), so the cost does not grow with the node's
+            # shards.
+            args = [call.sizes_key, seen.token, seen.version, call.changes_key, call.stem]
+            for i in mine:
+                q = queries[i]
+                args += (_QUERY_ARG[q.kind], *call.tally_query[q.shard_id], q.arg)
+            tally = replies.shard_tally(node.id, await run(node, prefix, (SHARD_TALLY, (), args)), len(mine))
+            if tally is not None:
+                sizes = _updated(call, seen, tally)
+                if sizes is not None:
+                    _keep_seen(cluster, layout.board, node_id, SeenSizes(call, seen.token, tally.version, sizes))
+                    return ShardCounts(sizes, tally.answers)
+            prefix = None  # it ran: the full count below goes alone
+        args = list(call.args)
         for i in mine:
             q = queries[i]
             args += (_QUERY_ARG[q.kind], call.position[q.shard_id], q.arg)
-        prefix = before.get(node_id)
-        if prefix:
-            answers = await node.run_many([*prefix, (SHARD_COUNT, call.keys, args)])
-            prefixes[node_id] = answers[:-1]
-            raw = answers[-1]
-        else:
-            raw = await node.run(SHARD_COUNT, call.keys, args)
-        reply = replies.shard_count(node.id, raw, len(call.shards), len(mine))
+        reply = replies.shard_count(
+            node.id, await run(node, prefix, (SHARD_COUNT, call.keys, args)), len(call.shards), len(mine)
+        )
         if isinstance(reply, Stale):
             raise fence_error(node, layout, call.shards[reply.position - 1].id, reply)
+        if reply.token is not None:
+            _keep_seen(cluster, layout.board, node_id, SeenSizes(call, reply.token, reply.version, reply.sizes))
         return reply
 
     async def ask_sizes_only(node_id: str) -> ShardCounts:
@@ -115,6 +141,29 @@ async def count_after(
         for i, value in zip(per_node.get(node_id, ()), answer.answers, strict=True):
             results[i] = value
     return sizes, results, prefixes
+
+
+def _updated(call: CountCall, seen: SeenSizes, tally: SizeChanges) -> tuple[int, ...] | None:
+    """The sizes of `seen` with the changes of `tally` applied: the node's sizes at `tally.version`; None when a
+    shard of the call has no kept size (then only a full count can tell)."""
+    if not tally.changes:
+        return seen.sizes
+    sizes = list(seen.sizes)
+    for shard_id, size in tally.changes:
+        p = call.position.get(shard_id)
+        if p is not None:
+            if size < 0:
+                return None
+            sizes[p - 1] = size
+    return tuple(sizes)
+
+
+def _keep_seen(cluster: Cluster, board: str, node_id: str, seen: SeenSizes) -> None:
+    """`seen` kept as what the router knows of the node's sizes, unless it knows newer ones for the same call:
+    counts answered out of order must not take the sizes back."""
+    old = cluster.seen_sizes.get((board, node_id))
+    if old is None or old.call is not seen.call or old.token != seen.token or old.version < seen.version:
+        cluster.seen_sizes[(board, node_id)] = seen
 
 
 def _last_sizes(

@@ -24,13 +24,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ._audit import BoardScan, Finding, FindingKind, scan_board
-from ._keys import IndexEntry, descriptor_key, registered_version
+from ._carve_parts import clear_shard
+from ._keys import IndexEntry, registered_version
 from ._layout import BoardLayout, Cluster
 from ._moves import apply_call, finish_move, remove_call, shard_call
 from ._reindex import Reindex, reindex_board
-from ._scripts import ShardWriteMode
+from ._scripts import ClearMode, ShardWriteMode
 
 _HANDLED = {
+    FindingKind.KEPT_SIZE,
     FindingKind.MISSING,
     FindingKind.SCORE_MISMATCH,
     FindingKind.WRONG_SHARD,
@@ -60,6 +62,8 @@ class RepairReport:
     descriptors_installed: list[str] = field(default_factory=list)
     """Shards whose node had lost their descriptor, and with it their data."""
     moves_finished: int = 0
+    sizes_dropped: list[str] = field(default_factory=list)
+    """Shards whose node kept a size that disagreed with them (the next count counts them again)."""
     members_rewritten: int = 0
     copies_removed: int = 0
     entries_rebuilt: int = 0
@@ -84,6 +88,7 @@ class RepairReport:
     def changed(self) -> bool:
         return bool(
             self.descriptors_installed
+            or self.sizes_dropped
             or self.moves_finished
             or self.members_rewritten
             or self.copies_removed
@@ -98,7 +103,7 @@ async def repair_board(cluster: Cluster, layout: BoardLayout) -> RepairReport:
     for shard in layout.map.shards:
         node = cluster.node(shard.node)
         # SET NX: only a lost descriptor is restored; a different one may be a migration's fence.
-        if await node.command("SET", descriptor_key(layout.board, shard.id), layout.descriptors[shard.id], "NX"):
+        if await clear_shard(node, layout.board, shard.id, ClearMode.INSTALL, layout.descriptors[shard.id]):
             report.descriptors_installed.append(shard.id)
     scan = await scan_board(cluster, layout)
     index_fields = scan.index_fields  # before anything is rebuilt: a node whose index is empty lost it
@@ -113,6 +118,12 @@ async def repair_board(cluster: Cluster, layout: BoardLayout) -> RepairReport:
     if reindex.rebuilt or reindex.merged:
         scan = await scan_board(cluster, layout)
     await _place_members(cluster, layout, scan, report)
+    for finding in scan.findings:
+        if finding.kind is FindingKind.KEPT_SIZE and finding.shard is not None:
+            # Dropped, not rewritten: the next count checks the descriptor and counts the shard, and keeps that.
+            shard = layout.shards[finding.shard]
+            await clear_shard(cluster.node(shard.node), layout.board, shard.id, ClearMode.FORGET)
+            report.sizes_dropped.append(shard.id)
     report.left = [f for f in scan.findings if f.kind not in _HANDLED]
     report.lost = _lost_members(cluster, layout, scan, report, _lost_index_nodes(index_fields, reindex))
     return report

@@ -87,10 +87,13 @@ class ShardChange:
 
 @dataclass(frozen=True, slots=True)
 class ShardCounts:
-    """shard_count's answer: the size of each of the call's shards, then each query's answer, in order."""
+    """shard_count's (or shard_tally's) answer: the size of each of the call's shards, then each query's answer, in
+    order; from shard_count, also the token the node's kept sizes are good under (see `_reads.count_after`)."""
 
     sizes: tuple[int, ...]
     answers: tuple[int, ...]
+    token: str | None = None
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,19 +122,68 @@ def shard_change(node: str, script: Script, raw: object) -> ShardChange | Stale:
 
 def shard_count(node: str, raw: object, shards: int, queries: int) -> ShardCounts | Stale:
     """shard_count's reply for a call over `shards` shards with `queries` queries: ``{'stale', position,
-    actual}`` or ``{'ok', size..., answer...}``. A position query answers -1 for a member not there."""
+    actual}`` or ``{'ok', token, change number, size..., answer...}`` (`ShardCounts.token`, `.version`: what
+    shard_tally is sent). A position query answers -1 for a member not there."""
     reply = _reply(node, scripts.SHARD_COUNT, raw)
     if reply[0] == _STALE and len(reply) == 3:
         position, actual = reply[1], reply[2]
         if type(position) is int and 1 <= position <= shards and type(actual) is str:
             return Stale(actual, position)
-    elif reply[0] == _OK and len(reply) == 1 + shards + queries:
-        for n in islice(reply, 1, None):
+    elif reply[0] == _OK and len(reply) == 3 + shards + queries and type(reply[1]) is str and reply[1]:
+        version = _number(reply[2])
+        for n in islice(reply, 3, None):
             if type(n) is not int:
                 break
         else:
-            return ShardCounts(tuple(reply[1 : 1 + shards]), tuple(reply[1 + shards :]))
+            if version is not None:
+                return ShardCounts(tuple(reply[3 : 3 + shards]), tuple(reply[3 + shards :]), reply[1], version)
     _wrong(node, scripts.SHARD_COUNT, raw, f"for {shards} shards and {queries} queries")
+
+
+def shard_clear(node: str, raw: object) -> int:
+    """shard_clear's reply: how many members it removed, or 1 / 0 (see the script's header)."""
+    return _count(node, scripts.SHARD_CLEAR, raw)
+
+
+RECHECK = "recheck"
+"""shard_tally's answer when the sizes the caller holds cannot be brought up to date (the node's token moved on):
+the caller asks shard_count."""
+
+
+@dataclass(frozen=True, slots=True)
+class SizeChanges:
+    """shard_tally's answer: the node's change number now, the sizes (by shard id) changed since the one the
+    caller sent (-1: a size the node does not keep), and each query's answer."""
+
+    version: int
+    changes: tuple[tuple[str, int], ...]
+    answers: tuple[int, ...]
+
+
+def shard_tally(node: str, raw: object, queries: int) -> SizeChanges | None:
+    """shard_tally's reply for a call with `queries` queries: ``{'ok', change number, k, id, size, ...,
+    answer...}``, or None for ``{'recheck'}``."""
+    reply = _reply(node, scripts.SHARD_TALLY, raw)
+    if reply[0] == _OK and len(reply) >= 3:
+        version, k = _number(reply[1]), reply[2]
+        if version is not None and type(k) is int and k >= 0 and len(reply) == 3 + 2 * k + queries:
+            ids, sizes, answers = reply[3 : 3 + 2 * k : 2], reply[4 : 4 + 2 * k : 2], reply[3 + 2 * k :]
+            if (
+                all(type(i) is str for i in ids)
+                and all(type(n) is int for n in sizes)
+                and all(type(n) is int for n in answers)
+            ):
+                return SizeChanges(version, tuple(zip(ids, sizes, strict=True)), tuple(answers))
+    elif reply[0] == RECHECK and len(reply) == 1:
+        return None
+    _wrong(node, scripts.SHARD_TALLY, raw, f"for {queries} queries")
+
+
+def _number(raw: object) -> int | None:
+    """A non-negative decimal integer sent as a string (a hash field's value), or None."""
+    if type(raw) is str and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return None
 
 
 def shard_page(node: str, raw: object) -> ShardPage | Stale:
@@ -397,6 +449,13 @@ def _reply(node: str, script: Script, raw: object) -> list[Any]:
     """`raw` as a tagged reply: a list whose first item is a string."""
     if type(raw) is not list or not raw or type(raw[0]) is not str:
         _wrong(node, script, raw)
+    return raw
+
+
+def texts_or_none(node: str, command: str, raw: object, length: int) -> list[str | None]:
+    """A command's list of `length` strings or nils (HMGET)."""
+    if type(raw) is not list or len(raw) != length or not all(item is None or type(item) is str for item in raw):
+        raise UnexpectedReply(node, command, f"{_shown(raw)} is not a list of {length} strings or nils")
     return raw
 
 

@@ -42,12 +42,25 @@ class ShardWriteMode(StrEnum):
 
 
 class CountQuery(StrEnum):
-    """The kind of a shard_count query."""
+    """The kind of a shard_count (or shard_tally) query."""
 
     BETTER = "b"
     """Members strictly better than a stored score."""
     POSITION = "r"
     """A member's 0-based position in its shard (-1 when it is not there)."""
+
+
+class ClearMode(StrEnum):
+    """shard_clear's mode (ARGV[1])."""
+
+    RANGE = "range"
+    """A job clearing its target of the carved range: the members in it removed, the kept size counted again."""
+    DROP = "drop"
+    """A job's new target rolled back: its zset and descriptor deleted."""
+    INSTALL = "install"
+    """Repair: a lost descriptor set again (only when the node holds none)."""
+    FORGET = "forget"
+    """Repair: the shard's kept size dropped (a full count sets it again)."""
 
 
 def _load(name: str) -> Script:
@@ -67,6 +80,8 @@ INDEX_REBUILD = _load("index_rebuild")
 SHARD_APPLY = _load("shard_apply")
 SHARD_REMOVE = _load("shard_remove")
 SHARD_COUNT = _load("shard_count")
+SHARD_TALLY = _load("shard_tally")
+SHARD_CLEAR = _load("shard_clear")
 SHARD_PAGE = _load("shard_page")
 COLLECT_TOMBSTONES = _load("collect_tombstones")
 CARVE_DESCRIBE = _load("carve_describe")
@@ -87,6 +102,8 @@ ALL = (
     SHARD_APPLY,
     SHARD_REMOVE,
     SHARD_COUNT,
+    SHARD_TALLY,
+    SHARD_CLEAR,
     SHARD_PAGE,
     COLLECT_TOMBSTONES,
     CARVE_DESCRIBE,

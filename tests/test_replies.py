@@ -28,6 +28,7 @@ from rankshard.shard_node._replies import (
     ShardChange,
     ShardCounts,
     ShardPage,
+    SizeChanges,
     Stale,
     UpdateKind,
 )
@@ -71,7 +72,13 @@ def test_the_other_scripts_replies_decode() -> None:
     assert replies.shard_change("n1", SHARD_APPLY, ["ok", 12]) == ShardChange(12)
     assert replies.shard_change("n1", SHARD_REMOVE, ["ok", 11, 1]) == ShardChange(11, 1)
     assert replies.shard_change("n1", SHARD_REMOVE, ["stale", ""]) == Stale("")
-    assert replies.shard_count("n1", ["ok", 3, 4, 1, -1], shards=2, queries=2) == ShardCounts((3, 4), (1, -1))
+    counted = replies.shard_count("n1", ["ok", "1:5.6", "7", 3, 4, 1, -1], shards=2, queries=2)
+    assert counted == ShardCounts((3, 4), (1, -1), "1:5.6", 7)
+    tally = replies.shard_tally("n1", ["ok", "9", 1, "s3", 5, 1], queries=1)
+    assert tally == SizeChanges(9, (("s3", 5),), (1,))
+    assert replies.shard_tally("n1", ["ok", "9", 0], queries=0) == SizeChanges(9, (), ())
+    assert replies.shard_tally("n1", ["recheck"], queries=1) is None
+    assert replies.shard_clear("n1", 3) == 3
     assert replies.shard_count("n1", ["stale", 2, "|5|1|FROZEN"], shards=2, queries=0) == Stale("|5|1|FROZEN", 2)
     assert replies.shard_page("n1", ["ok", 4, "a", "-20", "b", "-15"]) == ShardPage(4, (("a", -20), ("b", -15)))
     assert replies.index_remove("n1", ["absent"], "u") is None
@@ -116,6 +123,14 @@ _BAD: list[tuple[str, Callable[[], object]]] = [
     ("shard_remove", lambda: replies.shard_change("n1", SHARD_REMOVE, ["ok", 3])),
     ("shard_remove", lambda: replies.shard_change("n1", SHARD_REMOVE, ["stale"])),
     ("shard_count", lambda: replies.shard_count("n1", ["ok", 3], shards=2, queries=0)),
+    ("shard_count", lambda: replies.shard_count("n1", ["ok", "1:2.3", 3, 4], shards=2, queries=0)),
+    ("shard_count", lambda: replies.shard_count("n1", ["ok", "", "0", 3, 4], shards=2, queries=0)),
+    ("shard_count", lambda: replies.shard_count("n1", ["ok", "1:2.3", "x", 3, 4], shards=2, queries=0)),
+    ("shard_tally", lambda: replies.shard_tally("n1", ["ok", "3", 1, "s1"], queries=0)),
+    ("shard_tally", lambda: replies.shard_tally("n1", ["ok", 3, 0], queries=0)),
+    ("shard_tally", lambda: replies.shard_tally("n1", ["ok", "3", 0, "1"], queries=1)),
+    ("shard_tally", lambda: replies.shard_tally("n1", ["recheck", 1], queries=0)),
+    ("shard_clear", lambda: replies.shard_clear("n1", "1")),
     ("shard_count", lambda: replies.shard_count("n1", ["stale", 3, ""], shards=2, queries=0)),
     ("shard_page", lambda: replies.shard_page("n1", ["ok", 0, "a"])),
     ("shard_page", lambda: replies.shard_page("n1", ["ok", 0, "a", "high"])),

@@ -134,3 +134,57 @@ local function carving(dkey, expected)
   local lo, hi = tonumber(r[1]), tonumber(r[2])
   return function(stored) return stored and stored >= lo and stored < hi end, dirty
 end
+
+-- The board's shard sizes on this node, 'rs:n:{b}/' (docs/architecture.md, key formats), and the field of the shard
+-- whose zset is `zkey` ('rs:z:{b}/{s}'; also its descriptor key 'rs:d:{b}/{s}'). Field s: the members of zset s
+-- inside the stored range of descriptor s, field '>s' that range 'lo hi' (both absent until a full count sets them);
+-- field '': a token renewed with every descriptor change; field '#': a count of size changes. The zset beside it,
+-- 'rs:o:{b}/', holds each shard's number in that count at its last change: a read that saw every size at change
+-- number c under the token asks only for the shards changed since.
+local function sizes_of(zkey)
+  local board, s = string.match(zkey, '^rs:[zd]:(.*/)([^/]*)$')
+  return 'rs:n:' .. board, s, 'rs:o:' .. board
+end
+
+local function size_kept(key, s, okey, n, range)
+  if range then redis.call('HSET', key, s, n, '>' .. s, range) else redis.call('HSET', key, s, n) end
+  redis.call('ZADD', okey, redis.call('HINCRBY', key, '#', 1), s)
+end
+
+-- The size of zset `zkey` inside its range [lo, hi) (stored scores, its descriptor's: the caller checked it),
+-- counted and kept.
+local function keep_size(zkey, lo, hi)
+  local key, s, okey = sizes_of(zkey)
+  local n = redis.call('ZCOUNT', zkey, lo, '(' .. hi)
+  size_kept(key, s, okey, n, lo .. ' ' .. hi)
+  return n
+end
+
+-- After a change to zset `zkey` inside its range: its size counted again (when a size is kept for it).
+local function recount(zkey)
+  local key, s, okey = sizes_of(zkey)
+  local range = redis.call('HGET', key, '>' .. s)
+  if not range then return end
+  local lo, hi = string.match(range, '^(%S+) (%S+)$')
+  size_kept(key, s, okey, redis.call('ZCOUNT', zkey, lo, '(' .. hi))
+end
+
+-- A new token of sizes hash `key`, returned: a count of renewals and the node's time, so a node that lost its data
+-- never hands out a token it handed out before.
+local function new_sizes_token(key)
+  local t = redis.call('TIME')
+  local old = redis.call('HGET', key, '')
+  local n = old and tonumber(string.match(old, '^(%d+):')) or 0
+  local token = string.format('%d:%s.%s', n + 1, t[1], t[2])
+  redis.call('HSET', key, '', token)
+  return token
+end
+
+-- After a change to the descriptor of zset `zkey`: its size dropped (the next full count sets it under the new
+-- range) and a new token, so no read trusts sizes checked against the old descriptor.
+local function sizes_changed(zkey)
+  local key, s, okey = sizes_of(zkey)
+  redis.call('HDEL', key, s, '>' .. s)
+  redis.call('ZREM', okey, s)
+  new_sizes_token(key)
+end

@@ -4,7 +4,8 @@
 -- MIGRATING (a job starts carving): ARGV[2], ARGV[3] are the carved range in stored scores, written to the carve
 -- hash in the same call, so every write after the switch is noted; FROZEN: ARGV[2] is the freeze's length in ms
 -- (its deadline is set, or pushed back when it is frozen already); COMMITTING: only before the freeze's deadline;
--- ACTIVE or '': the carve keys go. A descriptor already at the target answers ok (a resumed job).
+-- ACTIVE or '': the carve keys go. A descriptor already at the target answers ok (a resumed job). A change drops the
+-- shard's kept size and renews the sizes' token (see _prelude's sizes_changed).
 -- Returns {'ok'} or {'stale', actual} ('' for absent).
 local target = ARGV[1]
 local state = target ~= '' and state_of(target) or ''
@@ -21,6 +22,7 @@ if state == 'COMMITTING' and d ~= target then
   if node_ms() >= deadline then return {'stale', d} end
 end
 if target == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], target) end
+if d ~= target then sizes_changed(KEYS[1]) end
 if state == 'MIGRATING' and d ~= target then
   redis.call('DEL', KEYS[3], KEYS[4])
   redis.call('HSET', KEYS[2], 'lo', ARGV[2], 'hi', ARGV[3], 'deadline', 0)

@@ -9,7 +9,8 @@
 -- later is never older, so the copy is stale whatever this node registers (a newer version here is the member's
 -- write into another shard on this node, not a newer copy). Across nodes the register then keeps a tombstone
 -- unless it is newer.
--- Returns {'stale', actual} or {'ok', written, removed}.
+-- The target's kept size (see _prelude's sizes_of) is counted again. Returns {'stale', actual} or {'ok', written,
+-- removed}.
 local d = redis.call('GET', KEYS[2])
 if d ~= ARGV[1] then return {'stale', d or ''} end
 local lo, hi, same = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
@@ -34,4 +35,5 @@ for i = 5, #ARGV, 3 do
 end
 call_bulk('ZADD', KEYS[1], adds)
 call_bulk('ZREM', KEYS[1], gone)
+recount(KEYS[1])
 return {'ok', #adds / 2, #gone}

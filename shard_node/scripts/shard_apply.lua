@@ -7,7 +7,8 @@
 -- A MIGRATING shard (a job carves from it) notes every member written whose old or new stored score lies in the
 -- carved range, for the job's catch-up.
 -- Returns {'stale', actual descriptor} or {'ok', size}: size = the shard's members inside its range after the
--- writes (ranks are counted by shard_count, behind these writes in the same round trip).
+-- writes, also kept in the board's sizes on this node (ranks are counted by shard_tally or shard_count, behind these
+-- writes in the same round trip).
 local actual = write_fence(KEYS[2], ARGV[1])
 if actual then return {'stale', actual} end
 local mode = ARGV[2]
@@ -30,4 +31,4 @@ for i = 5, #ARGV, 3 do
 end
 call_bulk('ZADD', KEYS[1], adds)
 if #noted > 0 then call_bulk('SADD', dirty, noted) end
-return {'ok', redis.call('ZCOUNT', KEYS[1], lo, '(' .. hi)}
+return {'ok', keep_size(KEYS[1], lo, hi)}

@@ -4,7 +4,8 @@
 -- stored scores [lo, hi), then (user, ver)... A MIGRATING shard notes the members removed from the carved range.
 -- Only a member inside the range is the shard's: one the key holds outside it is a job's copy (a merge target
 -- holds its neighbour's members while they are carved into it) or a finished job's leftover, and stays.
--- Returns {'stale', actual descriptor} or {'ok', size after (inside the range), removed count}.
+-- Returns {'stale', actual descriptor} or {'ok', size after (inside the range, kept in the board's sizes on this
+-- node), removed count}.
 local actual = write_fence(KEYS[2], ARGV[1])
 if actual then return {'stale', actual} end
 local lo, hi = ARGV[2], ARGV[3]
@@ -22,4 +23,4 @@ for i = 4, #ARGV, 2 do
   end
 end
 if #noted > 0 then call_bulk('SADD', dirty, noted) end
-return {'ok', redis.call('ZCOUNT', KEYS[1], lo, '(' .. hi), removed}
+return {'ok', keep_size(KEYS[1], lo, hi), removed}
