@@ -133,36 +133,38 @@ async def scan_board(cluster: Cluster, layout: BoardLayout) -> BoardScan:
                 scan.placed.setdefault(user, []).append((shard.id, score))
         scan.sizes[shard.id] = size
     scan.findings += _membership(layout, scan)
-    scan.findings += await _kept_sizes(cluster, layout, scan.sizes)
+    scan.findings += await _kept_sizes(cluster, layout)
     scan.findings += await _stray_keys(cluster, layout)
     return scan
 
 
-async def kept_sizes(cluster: Cluster, layout: BoardLayout, shards: list[Shard]) -> list[tuple[str | None, str | None]]:
-    """Each shard's size and range as its node keeps them (``rs:n:``; None where none is kept)."""
-    out: list[tuple[str | None, str | None]] = []
-    for shard in shards:
-        raw = await cluster.node(shard.node).command("HMGET", sizes_key(layout.board), shard.id, f">{shard.id}")
-        size, kept_range = replies.texts_or_none(shard.node, "HMGET", raw, 2)
-        out.append((size, kept_range))
-    return out
-
-
-async def _kept_sizes(cluster: Cluster, layout: BoardLayout, sizes: dict[str, int]) -> list[Finding]:
+async def _kept_sizes(cluster: Cluster, layout: BoardLayout) -> list[Finding]:
     """Every size a node keeps for a shard of the map (what rank counts read) against what the shard holds in its
-    range; a size not kept yet is no finding (the next count sets it)."""
+    range at the same moment (both read in one MULTI/EXEC, so writes going on meanwhile find nothing); a size not
+    kept yet is no finding (the next count sets it)."""
     found = []
-    shards = list(layout.map.shards)
-    for shard, (size, kept_range) in zip(shards, await kept_sizes(cluster, layout, shards), strict=True):
+    for shard in layout.map.shards:
+        lo, hi = layout.stored_ranges[shard.id]
+        key = shard_key(layout.board, shard.id)
+        together = [
+            ("MULTI",),
+            ("ZCOUNT", key, lo, f"({hi}"),
+            ("HMGET", sizes_key(layout.board), shard.id, f">{shard.id}"),
+            ("EXEC",),
+        ]
+        raw = (await cluster.node(shard.node).commands(together))[-1]
+        if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int:
+            raise replies.unexpected(shard.node, "EXEC", raw)
+        holds = raw[0]
+        size, kept_range = replies.texts_or_none(shard.node, "HMGET", raw[1], 2)
         if size is None:
             continue
-        lo, hi = layout.stored_ranges[shard.id]
-        if size != str(sizes[shard.id]) or kept_range != f"{lo} {hi}":
+        if size != str(holds) or kept_range != f"{lo} {hi}":
             found.append(
                 Finding(
                     FindingKind.KEPT_SIZE,
-                    f"node {shard.node} keeps size {size} for range {kept_range!r}; the shard holds {sizes[shard.id]}"
-                    f" in {lo} {hi}",
+                    f"node {shard.node} keeps size {size} for range {kept_range!r}; "
+                    f"the shard holds {holds} in {lo} {hi}",
                     shard=shard.id,
                 )
             )
