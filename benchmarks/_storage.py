@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import grpc
 import redis
@@ -217,3 +218,123 @@ async def _raw(address: str, seconds: float, pipelined: bool, batch: int, tasks:
     finally:
         await client.aclose()
     return {"updates_per_s": done / took, "cpu_s": cpu, "seconds": took, "updates": done}
+
+
+BARE_KEY = "bench:bare"
+"""The bare sorted set on each node: a board's members and scores in one plain key, as a leaderboard built on a
+bare sorted set keeps them (not an ``rs:`` key: rankshard's scripts never see it)."""
+BARE_KINDS = ("update", "rank", "top", "around")
+
+
+def fill_bare(nodes: list[redis.Redis], model: TrafficModel, seed: int, population: int) -> None:
+    """Each node gets BARE_KEY holding members 0..population-1 (CHUNK-aligned) with their preloaded scores: the
+    same members and scores as a board of the shard-count series."""
+    for node in nodes:
+        node.delete(BARE_KEY)
+        for at in range(0, population, CHUNK):
+            node.zadd(BARE_KEY, dict(chunk_scores(model, seed, at)))
+
+
+def bare_phase(
+    addresses: list[str],
+    kind: str,
+    seconds: float,
+    population: int,
+    in_flight: int,
+    *,
+    batch: int = 100,
+    radius: int = 4,
+    top: int = 10,
+) -> dict[str, Any]:
+    """What a leaderboard on a bare sorted set (BARE_KEY on each node, `fill_bare`) asks of its node for one
+    call of `kind`, driven from one process with redis-py (hiredis parser) for `seconds`, `in_flight` at once,
+    spread evenly over the nodes at `addresses`:
+
+    - update: ZINCRBY then ZREVRANK per update, pipelined in batches of `batch` updates (`in_flight` batches);
+    - rank: ZREVRANK and ZCARD, one pipeline per rank;
+    - top: ZREVRANGE 0 top-1 WITHSCORES and ZCARD, one pipeline per call;
+    - around: ZREVRANK, then ZREVRANGE rank-radius rank+radius WITHSCORES and ZCARD (two round trips).
+
+    Returns calls, items (updates or calls), their rates, this process's CPU time and the nodes' own CPU time
+    (``used_cpu_user + used_cpu_sys``, read right before and right after the timed window)."""
+    if kind not in BARE_KINDS:
+        raise ValueError(f"kind: one of {', '.join(BARE_KINDS)}, got {kind!r}")
+    return asyncio.run(_bare(addresses, kind, seconds, population, in_flight, batch, radius, top))
+
+
+async def _node_cpu(clients: list[aioredis.Redis]) -> list[float]:
+    out = []
+    for c in clients:
+        cpu = await c.info("cpu")
+        out.append(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+    return out
+
+
+async def _bare(
+    addresses: list[str], kind: str, seconds: float, population: int, in_flight: int, batch: int, radius: int, top: int
+) -> dict[str, Any]:
+    clients = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        clients.append(aioredis.Redis(host=host, port=int(port), max_connections=in_flight + 4))
+    calls = items = 0
+    try:
+        await asyncio.gather(*(c.ping() for c in clients))
+
+        async def worker(i: int, end: float) -> None:
+            nonlocal calls, items
+            rng, client = random.Random(i * 7919 + 1), clients[i % len(clients)]
+
+            def member() -> str:
+                return user_id(rng.randrange(population))
+
+            while time.perf_counter() < end:
+                if kind == "update":
+                    async with client.pipeline(transaction=False) as pipe:
+                        for _ in range(batch):
+                            m = member()
+                            pipe.zincrby(BARE_KEY, rng.randrange(1, 100), m)
+                            pipe.zrevrank(BARE_KEY, m)
+                        await pipe.execute()
+                    items += batch
+                elif kind == "around":
+                    rank = await client.zrevrank(BARE_KEY, member())
+                    async with client.pipeline(transaction=False) as pipe:
+                        pipe.zrevrange(BARE_KEY, max(0, rank - radius), rank + radius, withscores=True)
+                        pipe.zcard(BARE_KEY)
+                        await pipe.execute()
+                    items += 1
+                else:
+                    async with client.pipeline(transaction=False) as pipe:
+                        if kind == "rank":
+                            pipe.zrevrank(BARE_KEY, member())
+                        else:
+                            pipe.zrevrange(BARE_KEY, 0, top - 1, withscores=True)
+                        pipe.zcard(BARE_KEY)
+                        await pipe.execute()
+                    items += 1
+                calls += 1
+
+        node0 = await _node_cpu(clients)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(i, t0 + seconds) for i in range(in_flight)))
+        took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        node1 = await _node_cpu(clients)
+    finally:
+        for c in clients:
+            await c.aclose()
+    by_node = [b - a for a, b in zip(node0, node1, strict=True)]
+    return {
+        "kind": kind,
+        "calls": calls,
+        "items": items,
+        "seconds": took,
+        "calls_per_s": calls / took,
+        "items_per_s": items / took,
+        "updates_per_s": items / took if kind == "update" else 0.0,
+        "updates": items if kind == "update" else 0,
+        "in_flight": in_flight,
+        "cpu_s": cpu,
+        "node_cpu_s": sum(by_node),
+        "node_cpu_by_node": by_node,
+    }
