@@ -179,12 +179,14 @@ def plan_assumptions(result: dict[str, Any]) -> str:
             f"- Nodes planned {h['node_utilisation']:.0%} busy (one command thread each): the node figure is "
             f"{node_phase}'s, open loop at {basis['node_phase_rate']:,.0f} calls/s, with the nodes "
             f"{basis['node_busy']:.0%} busy on average (busiest {basis['busiest_node']:.0%}). A node mostly idle "
-            "spends more CPU per call than a busy one (waking up), so a figure measured below 50% busy errs high.",
+            "spends more CPU per call than a busy one (waking up), so a figure measured below 50% busy errs high."
+            + _node_bound(result),
             f"- Memory: all in per member at {basis['memory_members']:,} members on a board created for its size; "
             f"{h['node_memory_gib']:g} GiB of data per node, {h['replicas']} replica(s) per primary.",
             f"- Bare sorted-set design: one sorted set per board; its node CPU per call is the mix "
             f"({', '.join(f'{k} {v:.0%}' for k, v in sim['mix'].items())}) of the bare baselines in the node CPU "
-            f"table, measured closed loop from one redis-py process (nodes busy: {bare_busy}); its memory the bare "
+            f"table, measured closed loop from one redis-py process in pipelines of 100 (nodes busy: {bare_busy}); "
+            "its memory the bare "
             "sorted set's used_memory per member; the same headroom and replicas.",
             f"- Bare design's routers: assumed to cost what the gRPC echo server costs per call of the same mix at "
             f"the same rate ({basis['echo_busy']:.0%} busy): a gRPC tier doing nothing but gRPC, the least any "
@@ -193,6 +195,20 @@ def plan_assumptions(result: dict[str, Any]) -> str:
             "one sorted set cannot (its writes land on one node's one thread), so they are the least a bare design "
             "costs, not a design that serves the model.",
         ]
+    )
+
+
+def _node_bound(result: dict[str, Any]) -> str:
+    """When the nodes stayed well under the plan's utilisation: what stopped the load, as measured."""
+    basis, h = result["plan_basis"], result["capacity"]["headroom"]
+    if basis["node_busy"] >= h["node_utilisation"] - 0.1:
+        return ""
+    cap = result["simulation"]["capacity"]
+    return (
+        f" Here the nodes got no busier: at the mix's closed-loop capacity ({_n(cap['calls_per_s'])} calls/s) the "
+        f"router was {cap['busy']['router']:.0%} busy and the nodes {cap['busy']['nodes']:.0%}, so the machine's "
+        "cores (shared by the router, the nodes and the load generators) run out before the nodes do; the offered "
+        "load stops there."
     )
 
 
@@ -266,8 +282,8 @@ def markdown(result: dict[str, Any]) -> str:
         "## Node CPU per call\n\n"
         f"The nodes' own CPU time (`used_cpu_user + used_cpu_sys` of all {p['nodes']} nodes) per call, on the "
         f"{few}-shard board of {p['shard_population']:,} members, beside a bare sorted set of the same members "
-        "and scores on each of the same nodes, driven from one redis-py process, in the same rounds. Nodes busy: "
-        "their mean CPU share during the phase.\n\n" + node_cpu_table(result),
+        "and scores on each of the same nodes, driven from one redis-py process in pipelines of 100 calls, in the "
+        "same rounds. Nodes busy: their mean CPU share during the phase.\n\n" + node_cpu_table(result),
         "## Shard-count series\n\n"
         f"{p['nodes']} nodes, {p['shard_population']:,} members per board, {p['in_flight']} calls in flight, "
         f"closed loop. The {few}- and {many}-shard rows are each the median of {p['rounds']} rounds; the others "

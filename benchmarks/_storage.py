@@ -246,17 +246,20 @@ def bare_phase(
     radius: int = 4,
     top: int = 10,
 ) -> dict[str, Any]:
-    """What a leaderboard on a bare sorted set (BARE_KEY on each node, `fill_bare`) asks of its node for one
-    call of `kind`, driven from one process with redis-py (hiredis parser) for `seconds`, `in_flight` at once,
-    spread evenly over the nodes at `addresses`:
+    """What a leaderboard on a bare sorted set (BARE_KEY on each node, `fill_bare`) asks of its nodes for
+    calls of `kind`, driven from one process with redis-py (hiredis parser) for `seconds`: pipelines of
+    `batch` calls, `in_flight` pipelines at once, spread evenly over the nodes at `addresses` (the cheapest
+    way a service in front of bare sorted sets sends its clients' calls: batched across them, as rankshard's
+    router batches its own). Per call:
 
-    - update: ZINCRBY then ZREVRANK per update, pipelined in batches of `batch` updates (`in_flight` batches);
-    - rank: ZREVRANK and ZCARD, one pipeline per rank;
-    - top: ZREVRANGE 0 top-1 WITHSCORES and ZCARD, one pipeline per call;
-    - around: ZREVRANK, then ZREVRANGE rank-radius rank+radius WITHSCORES and ZCARD (two round trips).
+    - update: ZINCRBY then ZREVRANK;
+    - rank: ZREVRANK and ZCARD;
+    - top: ZREVRANGE 0 top-1 WITHSCORES and ZCARD;
+    - around: ZREVRANK, then (a second round trip, once the rank is known) ZREVRANGE rank-radius
+      rank+radius WITHSCORES and ZCARD.
 
-    Returns calls, items (updates or calls), their rates, this process's CPU time and the nodes' own CPU time
-    (``used_cpu_user + used_cpu_sys``, read right before and right after the timed window)."""
+    Returns calls (= items: updates or reads), their rate, this process's CPU time and the nodes' own CPU
+    time (``used_cpu_user + used_cpu_sys``, read right before and right after the timed window)."""
     if kind not in BARE_KINDS:
         raise ValueError(f"kind: one of {', '.join(BARE_KINDS)}, got {kind!r}")
     return asyncio.run(_bare(addresses, kind, seconds, population, in_flight, batch, radius, top))
@@ -277,43 +280,35 @@ async def _bare(
     for address in addresses:
         host, _, port = address.rpartition(":")
         clients.append(aioredis.Redis(host=host, port=int(port), max_connections=in_flight + 4))
-    calls = items = 0
+    calls = 0
     try:
         await asyncio.gather(*(c.ping() for c in clients))
 
         async def worker(i: int, end: float) -> None:
-            nonlocal calls, items
+            nonlocal calls
             rng, client = random.Random(i * 7919 + 1), clients[i % len(clients)]
-
-            def member() -> str:
-                return user_id(rng.randrange(population))
-
             while time.perf_counter() < end:
-                if kind == "update":
-                    async with client.pipeline(transaction=False) as pipe:
-                        for _ in range(batch):
-                            m = member()
+                members = [user_id(rng.randrange(population)) for _ in range(batch)]
+                async with client.pipeline(transaction=False) as pipe:
+                    for m in members:
+                        if kind == "update":
                             pipe.zincrby(BARE_KEY, rng.randrange(1, 100), m)
                             pipe.zrevrank(BARE_KEY, m)
-                        await pipe.execute()
-                    items += batch
-                elif kind == "around":
-                    rank = await client.zrevrank(BARE_KEY, member())
-                    async with client.pipeline(transaction=False) as pipe:
-                        pipe.zrevrange(BARE_KEY, max(0, rank - radius), rank + radius, withscores=True)
-                        pipe.zcard(BARE_KEY)
-                        await pipe.execute()
-                    items += 1
-                else:
-                    async with client.pipeline(transaction=False) as pipe:
-                        if kind == "rank":
-                            pipe.zrevrank(BARE_KEY, member())
-                        else:
+                        elif kind == "top":
                             pipe.zrevrange(BARE_KEY, 0, top - 1, withscores=True)
-                        pipe.zcard(BARE_KEY)
+                            pipe.zcard(BARE_KEY)
+                        else:
+                            pipe.zrevrank(BARE_KEY, m)
+                            if kind == "rank":
+                                pipe.zcard(BARE_KEY)
+                    ranks = await pipe.execute()
+                if kind == "around":
+                    async with client.pipeline(transaction=False) as pipe:
+                        for rank in ranks:
+                            pipe.zrevrange(BARE_KEY, max(0, rank - radius), rank + radius, withscores=True)
+                            pipe.zcard(BARE_KEY)
                         await pipe.execute()
-                    items += 1
-                calls += 1
+                calls += batch
 
         node0 = await _node_cpu(clients)
         cpu0, t0 = time.process_time(), time.perf_counter()
@@ -327,12 +322,13 @@ async def _bare(
     return {
         "kind": kind,
         "calls": calls,
-        "items": items,
+        "items": calls,
         "seconds": took,
         "calls_per_s": calls / took,
-        "items_per_s": items / took,
-        "updates_per_s": items / took if kind == "update" else 0.0,
-        "updates": items if kind == "update" else 0,
+        "items_per_s": calls / took,
+        "updates_per_s": calls / took if kind == "update" else 0.0,
+        "updates": calls if kind == "update" else 0,
+        "batch": batch,
         "in_flight": in_flight,
         "cpu_s": cpu,
         "node_cpu_s": sum(by_node),
