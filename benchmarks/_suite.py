@@ -333,8 +333,9 @@ def _scaling(bench: Bench, board: str) -> list[dict[str, Any]]:
     return rows
 
 
-PUSH_CAP = 0.9
-"""The node phase offers at most this share of the mix's closed-loop capacity (past it, a queue)."""
+PUSH_CAP = 0.8
+"""The simulation and the node phase offer at most this share of the mix's closed-loop capacity: nearer to it, a
+moment of noise on a shared machine builds a queue, and a backlogged router batches more and costs less per call."""
 
 
 def _busy(m: dict[str, Any], nodes: int) -> dict[str, float]:
