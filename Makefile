@@ -20,8 +20,9 @@ test: $(BIN)/rankshard
 lint: $(BIN)/rankshard
 	BIN=$(BIN) scripts/lint
 
+# About four minutes; `make bench BENCH_FLAGS=--full` adds the 5M-member memory fill and extra rounds.
 bench: $(BIN)/rankshard
-	$(BIN)/rankshard bench --profile 500m-dau --duration 60 --out bench-results
+	$(BIN)/rankshard bench --profile 500m-dau --out bench-results $(BENCH_FLAGS)
 
 cluster: $(BIN)/rankshard
 	$(BIN)/rankshard cluster up

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ._hist import Histogram
 from ._loadgen import Share, merge, run_share, warm
 from ._model import Profile
 from ._procs import Cluster, Spawned, cpu_seconds, free_port
+from ._storage import bare_phase
 
 Progress = Callable[[str], None]
 DirectDriver = Callable[..., dict[str, float]]
@@ -194,11 +196,13 @@ class Bench:
         futures: list[Future[dict[str, object]]] = [self.pool.submit(run_share, s) for s in shares]
         pids = self._pids(target)
         _sleep_until(start_at)
-        cpu0, node0 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_seconds()
+        cpu0, node0 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_by_node()
         self._countdown(name, start_at, seconds)
-        cpu1, node1 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_seconds()
+        cpu1, node1 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_by_node()
         merged = merge([f.result() for f in futures])
-        return _figures(name, target, rate, seconds, merged, cpu1 - cpu0, node1 - node0, len(pids))
+        by_node = [b - a for a, b in zip(node0, node1, strict=True)]
+        out = _figures(name, target, rate, seconds, merged, cpu1 - cpu0, sum(by_node), len(pids))
+        return {**out, "concurrency": concurrency, "node_cpu_by_node": by_node}
 
     def measure_direct(self, board: str, population: int) -> dict[str, Any] | None:
         """`direct` on `board` for a phase, in one load-generator process, with the nodes' CPU time for
@@ -210,9 +214,21 @@ class Bench:
         p = self.profile
         out = self.run_in_pool(
             self.direct,
-            [(self.cluster.control_plane, board, p.phase_seconds, population, self.seed, p.model, p.in_flight)],
+            [(self.cluster.control_plane, board, p.phase_seconds, population, self.seed, p.model, p.batch_in_flight)],
         )[0]
         return {**out, "node_cpu_s": self.cluster.node_cpu_seconds() - node0}
+
+    def measure_bare(self, kind: str, population: int, in_flight: int) -> dict[str, Any]:
+        """`bare_phase` of `kind` for a phase on every node's bare sorted set, from one load-generator process,
+        with node CPU per item and the nodes' busy share during it."""
+        assert self.cluster is not None
+        p = self.profile
+        run = partial(bare_phase, radius=p.around_radius)
+        out: dict[str, Any] = self.run_in_pool(
+            run, [(self.cluster.nodes, kind, p.phase_seconds, population, in_flight)]
+        )[0]
+        out["node_us_per_item"] = 1e6 * out["node_cpu_s"] / out["items"] if out["items"] else 0.0
+        return out
 
     def _pids(self, target: str) -> list[int]:
         assert self.echo is not None and self.cluster is not None
@@ -280,6 +296,7 @@ def _figures(
         "server_processes": processes,
         "server_cpu_s": server_cpu,
         "node_cpu_s": node_cpu,
+        "node_us_per_item": 1e6 * node_cpu / items if items else 0.0,
         "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
         "items_per_server_core": items / server_cpu if server_cpu else 0.0,
         "timeline": timeline,

@@ -45,6 +45,8 @@ class Share:
     population: int = 1000
     new_player_share: float = 0.0
     batch_size: int = 100
+    radius: int = 5
+    """GetAround's radius."""
     request_ids: bool = True
     channels: int = 1
     seed: int = 1
@@ -197,7 +199,7 @@ class _Runner:
         if kind == "top":
             return stub.GetTop(pb.GetTopRequest(leaderboard=s.board, limit=10), timeout=s.timeout), 1
         if kind == "around":
-            around = pb.GetAroundRequest(leaderboard=s.board, user_id=self._member(), radius=5)
+            around = pb.GetAroundRequest(leaderboard=s.board, user_id=self._member(), radius=s.radius)
             return stub.GetAround(around, timeout=s.timeout), 1
         raise ValueError(f"kind: unknown call kind {kind!r}")
 

@@ -110,23 +110,44 @@ class Profile:
 
     name: str
     model: TrafficModel = field(default_factory=TrafficModel)
-    memory_at: tuple[int, ...] = (1_000_000, 5_000_000)
-    """Member counts at which memory per member is measured; the simulated board is loaded to the largest
-    before traffic starts."""
-    shard_counts: tuple[int, ...] = (1, 4, 16)
-    shard_population: int = 100_000
-    """Members on each board of the shard-count comparison."""
+    memory_at: tuple[int, ...] = (1_000_000,)
+    """Member counts at which memory per member is measured; the simulated board is created for the largest
+    and loaded to it before traffic starts (`full()` adds 5,000,000: a fill of about two minutes here)."""
+    shard_counts: tuple[int, ...] = (4, 16, 64, 256)
+    """Boards of the shard-count series. The fewest is the board of the side-by-side comparisons."""
+    shard_population: int = 50_000
+    """Members on each board of the shard-count series (and on each node's bare sorted set)."""
+    sim_shards: int = 16
+    """Shards of the simulated board (the capacity plan's mix runs on it)."""
     nodes: int = 2
     router_processes: tuple[int, ...] = (1, 2)
-    duration: float = 60.0
-    """Seconds of the open-loop traffic simulation."""
-    phase_seconds: float = 4.0
+    duration: float = 12.0
+    """Seconds of the open-loop traffic simulation at the plan's router utilisation."""
+    phase_seconds: float = 2.5
     """Seconds of each throughput measurement (closed loop) and each latency probe (open loop)."""
     loaders: int = 2
     in_flight: int = 64
+    batch_in_flight: int = 8
+    """BatchUpdateScores(100) calls in flight (and pipelines of 100 in flight on the bare sorted set)."""
+    around_radius: int = 4
+    """GetAround's radius in the node-CPU comparison."""
+    rounds: int = 3
+    """Interleaved rounds of the side-by-side comparisons; each goal is the median of its rounds' ratios."""
+    extras: bool = False
+    """Also the latency probes, router processes on one port, and the direct-driver batch baseline."""
 
     def scaled(self, **changes: Any) -> Profile:
         return replace(self, **changes)
+
+    def full(self) -> Profile:
+        """The long run: memory also at 5M members, more rounds, the 60 s simulation, and the extras."""
+        return replace(
+            self,
+            memory_at=tuple(sorted({*self.memory_at, 5_000_000})),
+            rounds=max(self.rounds, 5),
+            duration=max(self.duration, 60.0),
+            extras=True,
+        )
 
 
 PROFILES: dict[str, Profile] = {
@@ -134,12 +155,16 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke",
         memory_at=(2_000, 3_000),
-        shard_counts=(1, 4),
+        shard_counts=(4, 16),
         shard_population=1_000,
+        sim_shards=4,
         router_processes=(1,),
-        duration=2.0,
-        phase_seconds=1.0,
+        duration=1.5,
+        phase_seconds=0.8,
         loaders=1,
         in_flight=16,
+        batch_in_flight=2,
+        rounds=1,
+        extras=True,
     ),
 }

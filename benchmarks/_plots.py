@@ -43,7 +43,7 @@ def _timeline(result: dict[str, Any], path: Path) -> Path:
 def _latency(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5))
     series = {f"sim {k}": v["hist"] for k, v in result["simulation"]["run"]["kinds"].items()}
-    for kind, probe in result["latency"].items():
+    for kind, probe in result.get("latency", {}).items():
         series[f"echo {kind} @{probe['rate']:,.0f}/s"] = probe["echo"]["kinds"][kind]["hist"]
         series[f"router {kind} @{probe['rate']:,.0f}/s"] = probe["router"]["kinds"][kind]["hist"]
     x = range(len(_PERCENTILES))

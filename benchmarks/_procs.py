@@ -162,11 +162,15 @@ class Cluster:
 
     def node_cpu_seconds(self) -> float:
         """CPU time every node has used so far, as the nodes themselves report it (INFO cpu)."""
-        total = 0.0
+        return sum(self.node_cpu_by_node())
+
+    def node_cpu_by_node(self) -> list[float]:
+        """CPU time each node (in `nodes` order) has used so far: ``used_cpu_user + used_cpu_sys``."""
+        out = []
         for address in self.nodes:
             cpu = info(self.node(address), "cpu")
-            total += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-        return total
+            out.append(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+        return out
 
     def used_memory(self) -> int:
         return sum(int(info(self.node(a), "memory")["used_memory"]) for a in self.nodes)

@@ -33,29 +33,68 @@ def _n(x: float) -> str:
 
 
 def headline(result: dict[str, Any]) -> str:
-    """The goals table: each ratio, its target, met or not."""
+    """The goals table: each ratio, its target, met or not ("—": a figure reported beside the goals)."""
     lines = ["| goal | measured | target | met |", "|---|---|---|---|"]
     for g in result["goals"]:
-        lines.append(f"| {g['goal']} | {g['value']:.2f} | {g['target']} | {'yes' if g['met'] else '**no**'} |")
+        met = "—" if g["met"] is None else "yes" if g["met"] else "**no**"
+        value = f"{g['value']:.0f}" if "seconds" in g["goal"] else f"{g['value']:.2f}"
+        lines.append(f"| {g['goal']} | {value} | {g['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def node_cpu_table(result: dict[str, Any]) -> str:
+    """Node CPU per call, rankshard beside the bare sorted set on the same nodes in the same run."""
+    lines = [
+        "| call | node CPU µs per call | calls/s (nodes busy) | bare sorted set doing the same | node CPU µs "
+        "| calls/s (nodes busy) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["node_cpu"]:
+        lines.append(
+            f"| {r['call']} | {r['node_us']:.1f} | {_n(r['per_s'])} ({r['node_busy']:.0%}) | {r['bare_call']} "
+            f"| {r['bare_node_us']:.1f} | {_n(r['bare_per_s'])} ({r['bare_node_busy']:.0%}) "
+            f"| {r['ratio']:.2f} ({r['spread']}) |"
+        )
+    return "\n".join(lines)
+
+
+def shard_series_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| shards | node CPU µs per GetRank | vs the fewest | GetRank calls/s | node CPU µs per UpdateScore "
+        "| vs the fewest | UpdateScore calls/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["shard_series"]:
+        lines.append(
+            f"| {r['shards']} | {r['rank_node_us']:.1f} | {r['rank_node_vs_fewest']:.2f} | {_n(r['rank_per_s'])} "
+            f"| {r['update_node_us']:.1f} | {r['update_node_vs_fewest']:.2f} | {_n(r['update_per_s'])} |"
+        )
     return "\n".join(lines)
 
 
 def throughput_table(result: dict[str, Any]) -> str:
-    """Side by side: echo floor, rankshard by shard count, raw storage."""
+    """Side by side: echo floor, rankshard by shard count, the bare sorted set, raw storage."""
     lines = ["| what | calls/s | updates/s | per server core (calls) | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
 
     def row(label: str, m: dict[str, Any]) -> None:
-        lat = m["latency"]
-        lines.append(
-            f"| {label} | {_n(m['calls_per_s'])} | {_n(m['items_per_s'])} | {_n(m['calls_per_server_core'])} "
-            f"| {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} |"
-        )
+        lat = m.get("latency")
+        per_core = _n(m["calls_per_server_core"]) if "calls_per_server_core" in m else ""
+        ms = f"{lat['p50_ms']:.2f} | {lat['p99_ms']:.2f}" if lat else " | "
+        lines.append(f"| {label} | {_n(m['calls_per_s'])} | {_n(m['items_per_s'])} | {per_core} | {ms} |")
 
+    p = result["profile"]
     names = {"update": "UpdateScore", "rank": "GetRank", "batch": "BatchUpdateScores(100)"}
     for kind, rpc in names.items():
-        row(f"echo {rpc}", result["echo"][kind])
+        if kind in result["echo"]:
+            row(f"echo {rpc}", result["echo"][kind])
         for n, by_kind in sorted(result["shards"].items(), key=lambda kv: int(kv[0])):
-            row(f"rankshard {rpc}, {n} shard(s)", by_kind[kind])
+            if kind in by_kind:
+                row(f"rankshard {rpc}, {n} shard(s)", by_kind[kind])
+        if kind == "rank":
+            row("bare sorted set, ZREVRANK+ZCARD (one pipeline per rank, one process)", result["bare"]["rank"])
+    few = min(p["shard_counts"])
+    row(f"rankshard GetTop(10), {few} shard(s)", result["once"]["top"])
+    row(f"rankshard GetAround({p['around_radius']}), {few} shard(s)", result["once"]["around"])
     for name, raw in result["raw"].items():
         if name == "direct":
             label = (
@@ -70,33 +109,137 @@ def throughput_table(result: dict[str, Any]) -> str:
 
 
 def capacity_table(result: dict[str, Any]) -> str:
-    c = result["capacity"]
+    """The plan for rankshard and, beside it, the same plan for a bare sorted-set design."""
+    c, b = result["capacity"], result.get("capacity_bare")
     m, h = c["measured"], c["headroom"]
     rates = ", ".join(f"{k} {v:,}" for k, v in c["peak_calls_per_s"].items())
-    rows = [
-        ("peak calls/s at full scale", f"{c['peak_total_calls_per_s']:,} ({rates})"),
-        ("board members", f"{c['board_members']:,}"),
+
+    def both(fmt: Any) -> tuple[str, str]:
+        return fmt(c), fmt(b) if b else ""
+
+    rows: list[tuple[str, str, str]] = [
+        ("peak calls/s at full scale", f"{c['peak_total_calls_per_s']:,} ({rates})", "the same"),
+        ("board members", f"{c['board_members']:,}", "the same"),
         (
             "router CPU per call of the mix (measured)",
-            f"{m['router_cpu_per_call'] * 1e6:,.0f} µs ({_per_core(m['router_cpu_per_call'])} calls/s per router core)",
+            *both(
+                lambda x: (
+                    f"{x['measured']['router_cpu_per_call'] * 1e6:,.0f} µs "
+                    f"({_per_core(x['measured']['router_cpu_per_call'])} calls/s per router core)"
+                )
+            ),
         ),
         (
             "node CPU per call of the mix (measured)",
-            f"{m['node_cpu_per_call'] * 1e6:,.1f} µs ({_per_core(m['node_cpu_per_call'])} calls/s per node core)",
+            *both(
+                lambda x: (
+                    f"{x['measured']['node_cpu_per_call'] * 1e6:,.1f} µs "
+                    f"({_per_core(x['measured']['node_cpu_per_call'])} calls/s per node core)"
+                )
+            ),
         ),
-        ("node memory per member, all in (measured)", f"{m['bytes_per_member']:,.0f} B"),
-        (f"router cores at {h['router_utilisation']:.0%} busy", f"{c['router_cores']:,}"),
+        ("node memory per member, all in (measured)", *both(lambda x: f"{x['measured']['bytes_per_member']:,.0f} B")),
+        (f"router cores at {h['router_utilisation']:.0%} busy", *both(lambda x: f"{x['router_cores']:,}")),
     ]
     if "router_cores_if_updates_batched" in c:
-        rows.append(("router cores if updates come in batches of 100", f"{c['router_cores_if_updates_batched']:,}"))
+        rows.append(("router cores if updates come in batches of 100", f"{c['router_cores_if_updates_batched']:,}", ""))
     rows += [
-        (f"node cores at {h['node_utilisation']:.0%} busy", f"{c['node_cores_for_cpu']:,}"),
-        (f"nodes for memory at {h['node_memory_gib']:g} GiB each", f"{c['nodes_for_memory']:,}"),
-        ("primary nodes", f"{c['primary_nodes']:,} (bound by {c['bound_by']})"),
-        (f"nodes with {h['replicas']} replica(s) each", f"{c['nodes_with_replicas']:,}"),
-        ("data / with replicas", f"{c['data_gib']:,} GiB / {c['memory_gib_with_replicas']:,} GiB"),
+        (f"node cores at {h['node_utilisation']:.0%} busy", *both(lambda x: f"{x['node_cores_for_cpu']:,}")),
+        (f"nodes for memory at {h['node_memory_gib']:g} GiB each", *both(lambda x: f"{x['nodes_for_memory']:,}")),
+        ("primary nodes", *both(lambda x: f"{x['primary_nodes']:,} (bound by {x['bound_by']})")),
+        (f"nodes with {h['replicas']} replica(s) each", *both(lambda x: f"{x['nodes_with_replicas']:,}")),
+        (
+            "data / with replicas",
+            *both(lambda x: f"{x['data_gib']:,} GiB / {x['memory_gib_with_replicas']:,} GiB"),
+        ),
     ]
-    return "\n".join(["| capacity plan | |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
+    del m
+    if not b:
+        return "\n".join(["| capacity plan | rankshard |", "|---|---|", *(f"| {r[0]} | {r[1]} |" for r in rows)])
+    return "\n".join(
+        [
+            "| capacity plan | rankshard | bare sorted set |",
+            "|---|---|---|",
+            *(f"| {a} | {x} | {y} |" for a, x, y in rows),
+        ]
+    )
+
+
+def plan_assumptions(result: dict[str, Any]) -> str:
+    """What the plan rests on, each figure with the load it was measured at."""
+    basis, c = result["plan_basis"], result["capacity"]
+    h, sim = c["headroom"], result["simulation"]
+    bare_busy = ", ".join(f"{k} {v:.0%}" for k, v in basis["bare_node_busy"].items())
+    node_phase = "the simulation" if basis["node_phase"] == "run" else "the busier-nodes phase"
+    return "\n".join(
+        [
+            "- Peak rates from the traffic model; costs per call and per member stay the same at full scale.",
+            f"- Routers planned {h['router_utilisation']:.0%} busy: the router figure is the simulation's, open loop "
+            f"at {basis['router_phase_rate']:,.0f} calls/s, with the router {basis['router_busy']:.0%} busy.",
+            f"- Nodes planned {h['node_utilisation']:.0%} busy (one command thread each): the node figure is "
+            f"{node_phase}'s, open loop at {basis['node_phase_rate']:,.0f} calls/s, with the nodes "
+            f"{basis['node_busy']:.0%} busy on average (busiest {basis['busiest_node']:.0%}). A node mostly idle "
+            "spends more CPU per call than a busy one (waking up), so a figure measured below 50% busy errs high."
+            + _node_bound(result),
+            f"- Memory: all in per member at {basis['memory_members']:,} members on a board created for its size; "
+            f"{h['node_memory_gib']:g} GiB of data per node, {h['replicas']} replica(s) per primary.",
+            f"- Bare sorted-set design: one sorted set per board; its node CPU per call is the mix "
+            f"({', '.join(f'{k} {v:.0%}' for k, v in sim['mix'].items())}) of the bare baselines in the node CPU "
+            f"table, measured closed loop from one redis-py process in pipelines of 100 (nodes busy: {bare_busy}); "
+            "its memory the bare "
+            "sorted set's used_memory per member; the same headroom and replicas.",
+            f"- Bare design's routers: assumed to cost what the gRPC echo server costs per call of the same mix at "
+            f"the same rate ({basis['echo_busy']:.0%} busy): a gRPC tier doing nothing but gRPC, the least any "
+            "Python service in front of the sorted sets costs (a real one adds its Redis client's work).",
+            "- The bare design's node counts assume its work divides over nodes as rankshard's does; one board in "
+            "one sorted set cannot (its writes land on one node's one thread), so they are the least a bare design "
+            "costs, not a design that serves the model.",
+        ]
+    )
+
+
+def _node_bound(result: dict[str, Any]) -> str:
+    """When the nodes stayed well under the plan's utilisation: what stopped the load, as measured."""
+    basis, h = result["plan_basis"], result["capacity"]["headroom"]
+    if basis["node_busy"] >= h["node_utilisation"] - 0.1:
+        return ""
+    cap = result["simulation"]["capacity"]
+    return (
+        f" Here the nodes got no busier: at the mix's closed-loop capacity ({_n(cap['calls_per_s'])} calls/s) the "
+        f"router was {cap['busy']['router']:.0%} busy and the nodes {cap['busy']['nodes']:.0%}, so the machine's "
+        "cores (shared by the router, the nodes and the load generators) run out before the nodes do; the offered "
+        "load stops there."
+    )
+
+
+def plan_phases_table(result: dict[str, Any]) -> str:
+    """The open-loop mix phases the plan's figures come from."""
+    sim = result["simulation"]
+    lines = [
+        "| phase | offered calls/s | completed | router busy | nodes busy (busiest) | router µs/call | node µs/call "
+        "| p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "capacity": "capacity (closed loop)",
+        "calibration": "calibration, half of capacity",
+        "run": "simulation (router figure)",
+        "nodes": "nodes busier",
+        "echo": "echo server, same rate",
+    }
+    phases = {"capacity": sim["phases"]["capacity"], "calibration": sim["phases"]["calibration"], "run": sim["run"]}
+    phases.update({k: v for k, v in sim["phases"].items() if k in ("nodes", "echo")})
+    for key, m in phases.items():
+        busy = m.get("busy", {})
+        calls = max(m["calls"], 1)
+        label = names[key] + (" (node figure)" if key == sim["node_phase"] else "")
+        node_us = "" if key == "echo" else f"{1e6 * m['node_cpu_s'] / calls:.1f}"
+        lines.append(
+            f"| {label} | {_n(m['offered_per_s']) if m['offered_per_s'] else ''} | {_n(m['calls_per_s'])} "
+            f"| {busy.get('router', 0):.0%} | {busy.get('nodes', 0):.0%} ({busy.get('busiest_node', 0):.0%}) "
+            f"| {1e6 * m['server_cpu_s'] / calls:.0f} | {node_us} | {m['latency']['p99_ms']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def _per_core(cpu_per_call: float) -> str:
@@ -118,59 +261,91 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {m['every_member_active_per_member']:.0f} | {m['bare_zset_per_member']:.0f} "
             f"| {m['ratio_to_bare']:.2f} | {m['rss_per_member']:.0f} |"
         )
-    scale = ["| router processes | UpdateScore calls/s | per router core | p99 ms |", "|---|---|---|---|"]
-    for s in result["scaling"]:
-        scale.append(
-            f"| {s['routers']} | {_n(s['calls_per_s'])} | {_n(s['calls_per_router_core'])} | {s['p99_ms']:.2f} |"
-        )
-    lat = ["| RPC at rate | echo p50 / p99 ms | router p50 / p99 ms |", "|---|---|---|"]
-    for kind, probe in result["latency"].items():
-        e, r = probe["echo"]["latency"], probe["router"]["latency"]
-        lat.append(
-            f"| {kind} at {probe['rate']:,.0f}/s | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} "
-            f"| {r['p50_ms']:.2f} / {r['p99_ms']:.2f} |"
-        )
     kinds = ", ".join(
         f"{k} {v['calls_per_s']:,.0f}/s p99 {v['latency']['p99_ms']:.1f} ms" for k, v in run["kinds"].items()
     )
     pre = result["preload"]
-    return (
-        "\n\n".join(
-            [
-                f"# rankshard bench: profile {p['name']}",
-                f"Command: `{result['command']}`. Took {result['seconds']:.0f} s. "
-                "Machine-relative figures: compare the ratios, each measured against a baseline in this same run.",
-                "## Goals\n\n" + headline(result),
-                "## Capacity plan for the full model\n\n" + capacity_table(result),
-                "## Throughput, side by side (closed loop)\n\n" + throughput_table(result),
-                "## Latency at the same offered load (open loop)\n\n"
-                "Each row: the pair of probes (echo, then router) whose p99 ratio is the median of the rounds.\n\n"
-                + "\n".join(lat),
-                "## Memory per member\n\n"
-                + "\n".join(mem)
-                + f"\n\nThe board was created for {pre['laid_out_for']:,} members (`expected_members`: its index and "
-                "version registers spread over hashes of about 64 entries at that size, as a deployment would create "
-                "a board for its size). Stored: index, shard and version registers. A request-id record costs "
-                f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for "
-                f"an hour hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s with "
-                "`rankshard leaderboards import` "
-                "(append-only files on, as deployed)"
-                + (
-                    f", then filled to {pre['filled_to']:,} with it, append-only files paused."
-                    if pre["filled_to"] > pre["members"]
-                    else "."
-                ),
-                "## Router processes on one port\n\n" + "\n".join(scale),
-                f"## Traffic simulation\n\n{run['seconds']:.0f} s open loop at {run['offered_per_s']:,.0f} calls/s "
-                f"({sim['scale']:.2e} of the full-scale peak; {SIM_SHARE_NOTE}), "
-                f"completed {run['calls_per_s']:,.0f}/s, p50 {run['latency']['p50_ms']:.2f} ms, "
-                f"p99 {run['latency']['p99_ms']:.2f} ms, errors {run['errors'] or 0}, shed {run['shed']}.\n\n"
-                f"By call: {kinds}.",
-                "Plots: " + ", ".join(f"[{name}]({name})" for name in PLOTS),
-            ]
-        )
-        + "\n"
+    largest = max(m["members"] for m in result["memory"])
+    size_note = (
+        ""
+        if largest >= 5_000_000
+        else f" This run measured memory at {largest:,} members only; the goal's size, 5,000,000, takes "
+        "`--full` (a fill of about two minutes)."
     )
+    few, many = min(p["shard_counts"]), max(p["shard_counts"])
+    sections = [
+        f"# rankshard bench: profile {p['name']}",
+        f"Command: `{result['command']}`. Took {result.get('wall_seconds', result['seconds']):.0f} s wall "
+        f"({p['rounds']} interleaved rounds of {p['phase_seconds']:g} s phases). Machine-relative figures: "
+        "compare the ratios, each measured against a baseline in this same run.",
+        "## Goals\n\n" + headline(result),
+        "## Node CPU per call\n\n"
+        f"The nodes' own CPU time (`used_cpu_user + used_cpu_sys` of all {p['nodes']} nodes) per call, on the "
+        f"{few}-shard board of {p['shard_population']:,} members, beside a bare sorted set of the same members "
+        "and scores on each of the same nodes, driven from one redis-py process in pipelines of 100 calls, in the "
+        "same rounds. Nodes busy: their mean CPU share during the phase.\n\n" + node_cpu_table(result),
+        "## Shard-count series\n\n"
+        f"{p['nodes']} nodes, {p['shard_population']:,} members per board, {p['in_flight']} calls in flight, "
+        f"closed loop. The {few}- and {many}-shard rows are each the median of {p['rounds']} rounds; the others "
+        "one measurement.\n\n" + shard_series_table(result),
+        "## Capacity plan for the full model\n\n"
+        + capacity_table(result)
+        + "\n\nAssumptions:\n\n"
+        + plan_assumptions(result)
+        + "\n\nThe open-loop phases of the model's mix the figures come from:\n\n"
+        + plan_phases_table(result),
+        "## Throughput, side by side (closed loop)\n\n" + throughput_table(result),
+    ]
+    if "latency" in result:
+        lat = ["| RPC at rate | echo p50 / p99 ms | router p50 / p99 ms |", "|---|---|---|"]
+        for kind, probe in result["latency"].items():
+            e, r = probe["echo"]["latency"], probe["router"]["latency"]
+            lat.append(
+                f"| {kind} at {probe['rate']:,.0f}/s | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} "
+                f"| {r['p50_ms']:.2f} / {r['p99_ms']:.2f} |"
+            )
+        sections.append(
+            "## Latency at the same offered load (open loop)\n\n"
+            "Each row: the pair of probes (echo, then router) whose p99 ratio is the median of the rounds.\n\n"
+            + "\n".join(lat)
+        )
+    sections.append(
+        "## Memory per member\n\n"
+        + "\n".join(mem)
+        + f"\n\nThe board was created for {pre['laid_out_for']:,} members (`expected_members`: its index and "
+        "version registers spread over hashes of about 64 entries at that size, as a deployment would create "
+        "a board for its size). Stored: index, shard and version registers. A request-id record costs "
+        f"{result['memory'][0]['request_id_record_bytes']:.0f} B per member holding one (members idle for "
+        f"an hour hold none). Loaded {pre['members']:,} members at {pre['members_per_s']:,.0f}/s with "
+        "`rankshard leaderboards import` "
+        "(append-only files on, as deployed)"
+        + (
+            f", then filled to {pre['filled_to']:,} with it, append-only files paused."
+            if pre["filled_to"] > pre["members"]
+            else "."
+        )
+        + size_note
+    )
+    if "scaling" in result:
+        scale = ["| router processes | UpdateScore calls/s | per router core | p99 ms |", "|---|---|---|---|"]
+        for s in result["scaling"]:
+            scale.append(
+                f"| {s['routers']} | {_n(s['calls_per_s'])} | {_n(s['calls_per_router_core'])} | {s['p99_ms']:.2f} |"
+            )
+        sections.append("## Router processes on one port\n\n" + "\n".join(scale))
+    else:
+        sections.append(
+            "Latency probes, router processes on one port and the direct-driver batch baseline: `--full` only."
+        )
+    sections += [
+        f"## Traffic simulation\n\n{run['seconds']:.0f} s open loop at {run['offered_per_s']:,.0f} calls/s "
+        f"({sim['scale']:.2e} of the full-scale peak; {SIM_SHARE_NOTE}), "
+        f"completed {run['calls_per_s']:,.0f}/s, p50 {run['latency']['p50_ms']:.2f} ms, "
+        f"p99 {run['latency']['p99_ms']:.2f} ms, errors {run['errors'] or 0}, shed {run['shed']}.\n\n"
+        f"By call: {kinds}.",
+        "Plots: " + ", ".join(f"[{name}]({name})" for name in PLOTS),
+    ]
+    return "\n\n".join(sections) + "\n"
 
 
-SIM_SHARE_NOTE = "60% of this machine's measured capacity for the mix"
+SIM_SHARE_NOTE = "the rate that keeps the router 60% busy by the calibration phase"

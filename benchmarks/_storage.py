@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import grpc
 import redis
@@ -217,3 +218,119 @@ async def _raw(address: str, seconds: float, pipelined: bool, batch: int, tasks:
     finally:
         await client.aclose()
     return {"updates_per_s": done / took, "cpu_s": cpu, "seconds": took, "updates": done}
+
+
+BARE_KEY = "bench:bare"
+"""The bare sorted set on each node: a board's members and scores in one plain key, as a leaderboard built on a
+bare sorted set keeps them (not an ``rs:`` key: rankshard's scripts never see it)."""
+BARE_KINDS = ("update", "rank", "top", "around")
+
+
+def fill_bare(nodes: list[redis.Redis], model: TrafficModel, seed: int, population: int) -> None:
+    """Each node gets BARE_KEY holding members 0..population-1 (CHUNK-aligned) with their preloaded scores: the
+    same members and scores as a board of the shard-count series."""
+    for node in nodes:
+        node.delete(BARE_KEY)
+        for at in range(0, population, CHUNK):
+            node.zadd(BARE_KEY, dict(chunk_scores(model, seed, at)))
+
+
+def bare_phase(
+    addresses: list[str],
+    kind: str,
+    seconds: float,
+    population: int,
+    in_flight: int,
+    *,
+    batch: int = 100,
+    radius: int = 4,
+    top: int = 10,
+) -> dict[str, Any]:
+    """What a leaderboard on a bare sorted set (BARE_KEY on each node, `fill_bare`) asks of its nodes for
+    calls of `kind`, driven from one process with redis-py (hiredis parser) for `seconds`: pipelines of
+    `batch` calls, `in_flight` pipelines at once, spread evenly over the nodes at `addresses` (the cheapest
+    way a service in front of bare sorted sets sends its clients' calls: batched across them, as rankshard's
+    router batches its own). Per call:
+
+    - update: ZINCRBY then ZREVRANK;
+    - rank: ZREVRANK and ZCARD;
+    - top: ZREVRANGE 0 top-1 WITHSCORES and ZCARD;
+    - around: ZREVRANK, then (a second round trip, once the rank is known) ZREVRANGE rank-radius
+      rank+radius WITHSCORES and ZCARD.
+
+    Returns calls (= items: updates or reads), their rate, this process's CPU time and the nodes' own CPU
+    time (``used_cpu_user + used_cpu_sys``, read right before and right after the timed window)."""
+    if kind not in BARE_KINDS:
+        raise ValueError(f"kind: one of {', '.join(BARE_KINDS)}, got {kind!r}")
+    return asyncio.run(_bare(addresses, kind, seconds, population, in_flight, batch, radius, top))
+
+
+async def _node_cpu(clients: list[aioredis.Redis]) -> list[float]:
+    out = []
+    for c in clients:
+        cpu = await c.info("cpu")
+        out.append(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+    return out
+
+
+async def _bare(
+    addresses: list[str], kind: str, seconds: float, population: int, in_flight: int, batch: int, radius: int, top: int
+) -> dict[str, Any]:
+    clients = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        clients.append(aioredis.Redis(host=host, port=int(port), max_connections=in_flight + 4))
+    calls = 0
+    try:
+        await asyncio.gather(*(c.ping() for c in clients))
+
+        async def worker(i: int, end: float) -> None:
+            nonlocal calls
+            rng, client = random.Random(i * 7919 + 1), clients[i % len(clients)]
+            while time.perf_counter() < end:
+                members = [user_id(rng.randrange(population)) for _ in range(batch)]
+                async with client.pipeline(transaction=False) as pipe:
+                    for m in members:
+                        if kind == "update":
+                            pipe.zincrby(BARE_KEY, rng.randrange(1, 100), m)
+                            pipe.zrevrank(BARE_KEY, m)
+                        elif kind == "top":
+                            pipe.zrevrange(BARE_KEY, 0, top - 1, withscores=True)
+                            pipe.zcard(BARE_KEY)
+                        else:
+                            pipe.zrevrank(BARE_KEY, m)
+                            if kind == "rank":
+                                pipe.zcard(BARE_KEY)
+                    ranks = await pipe.execute()
+                if kind == "around":
+                    async with client.pipeline(transaction=False) as pipe:
+                        for rank in ranks:
+                            pipe.zrevrange(BARE_KEY, max(0, rank - radius), rank + radius, withscores=True)
+                            pipe.zcard(BARE_KEY)
+                        await pipe.execute()
+                calls += batch
+
+        node0 = await _node_cpu(clients)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(i, t0 + seconds) for i in range(in_flight)))
+        took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        node1 = await _node_cpu(clients)
+    finally:
+        for c in clients:
+            await c.aclose()
+    by_node = [b - a for a, b in zip(node0, node1, strict=True)]
+    return {
+        "kind": kind,
+        "calls": calls,
+        "items": calls,
+        "seconds": took,
+        "calls_per_s": calls / took,
+        "items_per_s": calls / took,
+        "updates_per_s": calls / took if kind == "update" else 0.0,
+        "updates": calls if kind == "update" else 0,
+        "batch": batch,
+        "in_flight": in_flight,
+        "cpu_s": cpu,
+        "node_cpu_s": sum(by_node),
+        "node_cpu_by_node": by_node,
+    }

@@ -108,6 +108,45 @@ def test_capacity_plan_is_bound_by_whichever_of_cpu_and_memory_needs_more_nodes(
     assert memory_bound["primary_nodes"] == -(-500_000_000 * 200 // (25 * GIB))
 
 
+def test_the_default_run_leaves_the_long_fill_and_the_extras_to_full() -> None:
+    default = PROFILES["500m-dau"]
+    assert max(default.memory_at) < 5_000_000 and not default.extras
+    assert max(default.shard_counts) == 256
+    full = default.full()
+    assert 5_000_000 in full.memory_at and full.extras and full.rounds > default.rounds
+    assert min(full.memory_at) == min(default.memory_at)  # the default's size is still measured
+
+
+def test_the_plan_rate_interpolates_between_the_two_measured_loads() -> None:
+    from rankshard.benchmarks._suite import PUSH_CAP, _rate_for
+
+    def phase(rate: float, busy: float) -> dict[str, object]:
+        return {"offered_per_s": rate, "calls_per_s": rate, "busy": {"router": busy}}
+
+    half, capacity = phase(1000, 0.4), phase(2000, 0.8)
+    assert _rate_for(0.6, half, capacity) == pytest.approx(1500)
+    assert _rate_for(0.3, half, capacity) == pytest.approx(750)  # below the calibration: in proportion to it
+    # A router that never gets that busy here: the rate stops short of capacity rather than build a queue.
+    assert _rate_for(0.9, half, capacity) == pytest.approx(PUSH_CAP * 2000)
+
+
+def test_the_goals_table_marks_reported_figures_apart_from_goals() -> None:
+    from rankshard.benchmarks._report import headline
+
+    table = headline(
+        {
+            "goals": [
+                {"goal": "a ratio", "value": 2.5, "target": "<= 3.0", "met": True},
+                {"goal": "another", "value": 4.0, "target": "<= 3.0", "met": False},
+                {"goal": "beside them", "value": 9.0, "target": "reported", "met": None},
+            ]
+        }
+    )
+    assert "| a ratio | 2.50 | <= 3.0 | yes |" in table
+    assert "| another | 4.00 | <= 3.0 | **no** |" in table
+    assert "| beside them | 9.00 | reported | — |" in table
+
+
 def _processes_under(folder: Path) -> list[str]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -141,19 +180,53 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
     profile = PROFILES["smoke"]
     goals = result["goals"]
     assert {"goal", "value", "target", "met"} <= set(goals[0])
-    assert any("UpdateScore calls per router core" in g["goal"] for g in goals)
-    assert any("BatchUpdateScores(100)" in g["goal"] for g in goals)
+    names = [g["goal"] for g in goals]
+    for wanted in (
+        "node CPU per update, BatchUpdateScores(100)",
+        "node CPU per GetRank (",
+        "node CPU per unary UpdateScore",
+        "node CPU per GetAround(",
+        "BatchUpdateScores(100) updates/s / raw pipelined redis-py",
+        "UpdateScore calls per router core",
+        "GetRank calls per router core",
+        f"node CPU per GetRank, {max(profile.shard_counts)} shards / {min(profile.shard_counts)} shards",
+        f"node CPU per UpdateScore, {max(profile.shard_counts)} shards / {min(profile.shard_counts)} shards",
+        "memory all in / bare sorted set",
+        "capacity plan: router busy",
+        "capacity plan: nodes busy",
+        "whole run, wall seconds",
+        "the same node operations driven directly",  # an extra: the smoke profile runs them all
+    ):
+        assert any(name.startswith(wanted) or wanted in name for name in names), (wanted, names)
+    assert all(g["met"] in (True, False, None) and g["value"] >= 0 for g in goals)
     assert [m["members"] for m in result["memory"]] == sorted(profile.memory_at)
     assert all(m["all_in_per_member"] > 0 and m["bare_zset_per_member"] > 0 for m in result["memory"])
-    for kind in ("update", "rank", "batch"):
+    few = str(min(profile.shard_counts))
+    for kind in ("update", "rank"):
         assert result["echo"][kind]["calls"] > 0
         for n in profile.shard_counts:
             measured = result["shards"][str(n)][kind]
             assert measured["calls"] > 0 and measured["errors"] == {}, measured["errors"]
+            assert measured["node_us_per_item"] > 0
+    assert result["shards"][few]["batch"]["errors"] == {} and result["shards"][few]["batch"]["items"] > 0
+    # Node CPU per call, rankshard beside the bare sorted set on the same nodes: every call kind, both sides.
+    assert len(result["node_cpu"]) == 5
+    for row in result["node_cpu"]:
+        assert row["node_us"] > 0 and row["bare_node_us"] > 0 and row["ratio"] > 0, row
+    assert {k: result["bare"][k]["calls"] > 0 for k in ("update", "rank", "top", "around")} == dict.fromkeys(
+        ("update", "rank", "top", "around"), True
+    )
+    assert [r["shards"] for r in result["shard_series"]] == sorted(profile.shard_counts)
+    assert all(r["rank_node_us"] > 0 and r["update_node_us"] > 0 for r in result["shard_series"])
     assert result["raw"]["pipelined"]["updates_per_s"] > 0
     direct = result["raw"]["direct"]  # the node operations of a batch, without the router in between
-    assert direct["updates_per_s"] > 0 and direct["node_cpu_s"] > 0 and direct["shards"] == max(profile.shard_counts)
-    assert any("the same node operations driven directly" in g["goal"] for g in goals)
+    assert direct["updates_per_s"] > 0 and direct["node_cpu_s"] > 0 and direct["shards"] == min(profile.shard_counts)
+    basis = result["plan_basis"]
+    assert 0 < basis["router_busy"] < 2 and 0 < basis["node_busy"] < 2 and basis["node_phase"] in ("run", "nodes")
+    bare_plan = result["capacity_bare"]  # the same plan for a bare sorted-set design, on the same run's figures
+    assert bare_plan["primary_nodes"] >= 1 and bare_plan["router_cores"] >= 1
+    assert bare_plan["peak_calls_per_s"] == result["capacity"]["peak_calls_per_s"]
+    assert result["wall_seconds"] > 0 and any(g["goal"].startswith("whole run") for g in goals)
     run = result["simulation"]["run"]
     assert run["errors"] == {} and set(run["kinds"]) == {"update", "rank", "top", "around"}
     assert run["timeline"] and all(p["items_per_s"] >= 0 for p in run["timeline"])
@@ -164,8 +237,18 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
     assert plan_["peak_calls_per_s"]["update"] == round(TrafficModel().peak_rates()["update"])
 
     report = (out / "report.md").read_text()
-    for heading in ("## Goals", "## Capacity plan", "## Throughput", "## Memory per member", "## Traffic simulation"):
+    for heading in (
+        "## Goals",
+        "## Node CPU per call",
+        "## Shard-count series",
+        "## Capacity plan",
+        "Assumptions:",
+        "## Throughput",
+        "## Memory per member",
+        "## Traffic simulation",
+    ):
         assert heading in report
+    assert "| capacity plan | rankshard | bare sorted set |" in report
     for name in PLOTS:
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, name
