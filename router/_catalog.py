@@ -64,6 +64,8 @@ class Catalog:
         self._layouts.pop(board, None)
         for key in [k for k in self.cluster.last_sizes if k[0] == board]:
             del self.cluster.last_sizes[key]
+        for seen in [k for k in self.cluster.seen_sizes if k[0] == board]:
+            del self.cluster.seen_sizes[seen]
 
     async def refresh(self, board: str) -> BoardLayout:
         """Reloads `board` from the control plane; concurrent callers share one load."""
