@@ -20,6 +20,7 @@ from rankshard.shard_map import (
 from ._client import DEFAULT_NODE_TIMEOUT, NodeClient
 from ._keys import board_pattern, descriptor_key
 from ._layout import BoardLayout, Cluster
+from ._reads import shard_sizes
 
 PURGE_BATCH = 1000
 """Keys asked for per SCAN step when removing a board's keys (each step's keys go in one UNLINK)."""
@@ -60,6 +61,9 @@ async def create_board(
         # The name was a board before (`begin_board`): writes in flight while it was deleted may have left keys.
         await _purge(control_plane, cluster, config.name, "create it again")
     await install_descriptors(cluster, layout)
+    # Counted once now, so each node keeps the new shards' sizes (0) before the board takes traffic: its first
+    # reads then find them kept and write nothing.
+    await shard_sizes(cluster, layout)
     await control_plane.activate_board(config.name, shard_map.epoch)
     return layout
 
