@@ -54,10 +54,17 @@ local function load_entry(ik, user)
   end
   return k, entries[k]
 end
+-- Stored records, packed (what this release writes): the byte PACKED, the number of records (one byte),
+-- then the records back to back, oldest first, each struct '>I6ddB' (ts: node ms, absolute, so records
+-- move between generations as they are; the submitted value; the score answered; the id's byte length)
+-- followed by the id: any bytes ('|', NUL, newlines), cut out by its length. Scores and values are
+-- integers within ±(2^53 - 1), exact in a double. Records of older releases are text (`scan_records`),
+-- read, and written again packed.
+local PACKED, RECORD, HEAD_LEN = 1, '>I6ddB', 23
 -- A member's stored request ids, as stored: its field in the generation its entry names (rgen), or when
 -- that is unknown in every generation that can still hold records younger than WINDOW_MS. Parsed only
 -- when needed (`parse_records`): most updates carry an id never seen, and a plain search of the stored
--- bytes for '|len|rid' (how a record ends) proves that without parsing.
+-- bytes for the id behind its length (how a record ends) proves that without parsing.
 local function load_records(rk, user, rgen)
   local found, gens = {}, {}
   local oldest = gen - math.ceil(WINDOW_MS / GEN_MS)
@@ -71,32 +78,61 @@ local function load_records(rk, user, rgen)
   for _, g in ipairs(gens) do
     local key = rk .. ':' .. g
     local raw = redis.call('HGET', key, user)
-    if raw then table.insert(found, {key = key, g = g, raw = raw}) end
+    if raw then table.insert(found, {key = key, g = g, raw = raw, packed = string.byte(raw, 1) == PACKED}) end
   end
   return {found = found}
 end
 
--- Stored records 'ts|value|score|len|rid', back to back; the id is cut out by its length, so it may hold
--- any bytes ('|', NUL, newlines).
+local function pack_record(rec)
+  return struct.pack(RECORD, rec.ts, rec.value, rec.score, #rec.rid) .. rec.rid
+end
+-- The packed records of `raw`, appended to `list` ({ts, value, score, rid}), and whether all of it
+-- parsed (what does not is dropped, never an error: an error would fail every update of the batch).
+local function unpack_records(raw, list)
+  local n, pos = string.byte(raw, 2) or 0, 3
+  for _ = 1, n do
+    if pos + HEAD_LEN - 1 > #raw then return false end
+    local ts, v, s, len, at = struct.unpack(RECORD, raw, pos)
+    if at + len - 1 > #raw then return false end
+    table.insert(list, {ts = ts, value = v, score = s, rid = string.sub(raw, at, at + len - 1)})
+    pos = at + len
+  end
+  return pos == #raw + 1
+end
+-- The packed form of the last `keep` records of packed `raw` that are younger than WINDOW_MS, as
+-- (count, bytes), cut out as they are: what `parse_records` would keep, without parsing all of them (records
+-- are oldest first, so the old ones lead). nil when `raw` does not hold what its count says.
+local function packed_tail(raw, keep)
+  local n, pos, len = string.byte(raw, 2) or 0, 3, #raw
+  while n > 0 do
+    if pos + HEAD_LEN - 1 > len then return nil end
+    if n <= keep and struct.unpack('>I6', raw, pos) >= now - WINDOW_MS then break end
+    pos = pos + HEAD_LEN + string.byte(raw, pos + HEAD_LEN - 1)
+    n = n - 1
+  end
+  if pos > len + 1 then return nil end
+  return n, string.sub(raw, pos)
+end
+
+-- Stored records of older releases, text: 'ts|value|score|len|rid' back to back, ts in ms since the start
+-- of the generation of the hash holding them; the id is cut out by its length.
 local HEAD = '^(-?%d+)|(-?%d+)|(-?%d+)|(%d+)|()'
--- The records of `raw` from `pos` on, appended to `list` ({ts, value, score, rid, first, last}: ts as
--- stored, first..last where the record lies in `raw`) while they parse. Returns where parsing stopped
--- (#raw + 1 once all of it parsed) and, when a record there has a head but is longer than what is left,
--- where its id begins.
+-- The records of `raw` from `pos` on, appended to `list` ({ts, value, score, rid, last}: ts as stored,
+-- last where the record ends in `raw`) while they parse. Returns where parsing stopped (#raw + 1 once all
+-- of it parsed) and, when a record there has a head but is longer than what is left, where its id begins.
 local function parse_from(raw, pos, list)
   while pos <= #raw do
     local ts, v, s, n, at = string.match(raw, HEAD, pos)
     if not at then return pos, nil end
     local last = at + tonumber(n) - 1
     if last > #raw then return pos, at end
-    table.insert(list, {ts = tonumber(ts), value = v, score = tonumber(s), rid = string.sub(raw, at, last),
-                        first = pos, last = last})
+    table.insert(list, {ts = tonumber(ts), value = tonumber(v), score = tonumber(s),
+                        rid = string.sub(raw, at, last), last = last})
     pos = last + 1
   end
   return pos, nil
 end
--- Every record of `raw` that can be trusted, and whether that is all of `raw`. Stored records never fail
--- a call (an error here would fail every update of the batch, other members' too): what does not parse
+-- Every text record of `raw` that can be trusted, and whether that is all of `raw`. What does not parse
 -- is dropped, and rewritten clean by the caller. Ids with a NUL were once written cut at the NUL while
 -- their length counted every byte: such a record swallows the head of the next one (or runs past the
 -- end), and parsing goes astray right behind it. Its own id is lost then, but the records behind it are
@@ -123,30 +159,25 @@ local function scan_records(raw)
   end
   return list, false
 end
--- The records of `found` younger than WINDOW_MS, oldest first, the last DEPTH; and whether any stored
--- bytes did not parse.
+-- The records of `found` younger than WINDOW_MS, oldest first, the last DEPTH ({ts: node ms, value,
+-- score, rid}); and whether any stored bytes did not parse.
 local function parse_records(found)
   local list, damaged = {}, false
   for _, f in ipairs(found) do
-    local recs, clean = scan_records(f.raw)
+    local recs, clean = {}, true
+    if f.packed then
+      clean = unpack_records(f.raw, recs)
+    else
+      recs, clean = scan_records(f.raw)
+      for _, rec in ipairs(recs) do rec.ts = f.g * GEN_MS + rec.ts end
+    end
     damaged = damaged or not clean
     for _, rec in ipairs(recs) do
-      local ts = f.g * GEN_MS + rec.ts
-      if ts >= now - WINDOW_MS then table.insert(list, {ts = ts, value = rec.value, score = rec.score, rid = rec.rid}) end
+      if rec.ts >= now - WINDOW_MS then table.insert(list, rec) end
     end
   end
   while #list > DEPTH do table.remove(list, 1) end
   return list, damaged
-end
--- The stored form of the last `keep` records of `raw` (records of the current generation: their times
--- need no rebasing) younger than WINDOW_MS, cut out as they are: what `parse_records` would keep,
--- without formatting them again.
-local function recent_tail(raw, keep)
-  local pieces, base = {}, gen * GEN_MS
-  for _, rec in ipairs((scan_records(raw))) do
-    if base + rec.ts >= now - WINDOW_MS then table.insert(pieces, string.sub(raw, rec.first, rec.last)) end
-  end
-  return table.concat(pieces, '', math.max(1, #pieces - keep + 1))
 end
 local function rewrite_records(slot, rk, user, k, ik)
   if not rewritten[slot] then rewritten[slot] = true; table.insert(pushed_order, {rk, user, slot, k, ik}) end
@@ -159,8 +190,9 @@ local function find_record(rk, user, rid, k, ik, rgen)
   for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
   local stored = records[slot]
   if stored.list == nil then
-    local needle, seen = '|' .. #rid .. '|' .. rid, false
+    local seen = false
     for _, f in ipairs(stored.found) do
+      local needle = f.packed and string.char(#rid) .. rid or '|' .. #rid .. '|' .. rid
       if string.find(f.raw, needle, 1, true) then seen = true; break end
     end
     if not seen then return nil end
@@ -188,7 +220,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
   if blocked[k] or (not e.absent and e.from ~= '' and not fresh[k]) then
     blocked[k] = true
     table.insert(results, {'intent', user, e.score, e.ver, e.home, e.from, e.to})
-  elseif rec and rec.value ~= value then
+  elseif rec and rec.value ~= tonumber(value) then
     refuse(i, 'conflict')
   elseif rec then
     if mode == 'check' then
@@ -232,7 +264,7 @@ for i = 1, (#ARGV - first + 1) / 3 do
         local slot = rk .. '\0' .. user
         if pushed[slot] == nil then pushed[slot] = {} end
         rewrite_records(slot, rk, user, k, ik)
-        table.insert(pushed[slot], {ts = now, value = value, score = new, rid = rid})
+        table.insert(pushed[slot], {ts = now, value = tonumber(value), score = new, rid = rid})
       end
       if mode ~= 'check' then table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}) end
     end
@@ -243,34 +275,42 @@ if #aborts > 1 then return aborts end
 if mode == 'check' then return results end
 -- Each member's records move to the current generation, which its entry then names: older
 -- generations' hashes only hold members idle since, and expire WINDOW_MS after their generation ended.
-local rewrite = {}
--- Concatenated, not string.format('%s'): Lua 5.1 formats a short string with sprintf, which stops at a
--- NUL while the length field counts every byte.
-local function format_record(rec, base)
-  return string.format('%d|', rec.ts - base) .. rec.value .. string.format('|%d|%d|', rec.score, #rec.rid) .. rec.rid
-end
+local rewrite, expiring = {}, {}
 for _, p in ipairs(pushed_order) do
   local rk, user, slot, k = p[1], p[2], p[3], p[4]
-  local stored, mine, key, base = records[slot], pushed[slot] or {}, rk .. ':' .. gen, gen * GEN_MS
-  local found, parts = stored.found, {}
-  if stored.list == nil and (#found == 0 or (#found == 1 and found[1].g == gen)) then
-    -- The usual case: at most the current generation's records, unparsed; keep their tail as stored.
-    if #found == 1 and #mine < DEPTH then table.insert(parts, recent_tail(found[1].raw, DEPTH - #mine)) end
-    for j = math.max(1, #mine - DEPTH + 1), #mine do table.insert(parts, format_record(mine[j], base)) end
-  else
+  local stored, mine, key = records[slot], pushed[slot] or {}, rk .. ':' .. gen
+  local found, value = stored.found, nil
+  local from = math.max(1, #mine - DEPTH + 1)
+  if stored.list == nil and #found <= 1 then
+    -- The usual case: one packed field (of any generation: times are absolute), unparsed; keep its tail as
+    -- stored.
+    local n, tail = 0, ''
+    if #found == 1 and found[1].packed then n, tail = packed_tail(found[1].raw, DEPTH - (#mine - from + 1))
+    elseif #found == 1 then n = nil end
+    if n then
+      local parts = {string.char(PACKED, n + #mine - from + 1), tail}
+      for j = from, #mine do table.insert(parts, pack_record(mine[j])) end
+      value = table.concat(parts)
+    end
+  end
+  if value == nil then
     stored.list = stored.list or parse_records(found)
     local all = {}
     for _, rec in ipairs(stored.list) do table.insert(all, rec) end
     for _, rec in ipairs(mine) do table.insert(all, rec) end
-    for j = math.max(1, #all - DEPTH + 1), #all do table.insert(parts, format_record(all[j], base)) end
+    local parts = {string.char(PACKED, math.min(#all, DEPTH))}
+    for j = math.max(1, #all - DEPTH + 1), #all do table.insert(parts, pack_record(all[j])) end
+    value = table.concat(parts)
   end
   for _, f in ipairs(found) do
     if f.key ~= key then redis.call('HDEL', f.key, user) end
   end
-  local value = table.concat(parts)
-  if value ~= '' then
+  if #value > 2 then
     redis.call('HSET', key, user, value)
-    redis.call('PEXPIREAT', key, base + GEN_MS + WINDOW_MS)
+    if not expiring[key] then
+      expiring[key] = true
+      redis.call('PEXPIREAT', key, (gen + 1) * GEN_MS + WINDOW_MS)
+    end
   else  -- records found damaged, nothing left of them
     redis.call('HDEL', key, user)
   end
