@@ -19,7 +19,8 @@
 -- calls coalesced by the router, each its own request) only that update is refused, as {'refused', kind}.
 -- Otherwise {'ok', result per update}: {kind, score, ver, applied, home, from, to, entry score}, kind
 -- 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
--- member's entry after the call. In 'check' mode nothing is written and only the intents come back,
+-- member's entry after the call. The usual result, a 'new' or 'upd' that leaves no crossing pending, is
+-- {kind, score, ver, applied} alone: the entry is then {score, ver, '@', '', ''}. In 'check' mode nothing is written and only the intents come back,
 -- {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local floor = below_floor(KEYS[#KEYS], ARGV[4])
@@ -32,6 +33,9 @@ local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 local RGEN_MOD = 100
 local now = node_ms()
 local gen = math.floor(now / GEN_MS)
+local RGEN, OLDEST = tostring(gen % RGEN_MOD), gen - math.ceil(WINDOW_MS / GEN_MS)
+-- Called once per update or more: locals, not global lookups.
+local call, byte, sub, find, unpack_struct = redis.call, string.byte, string.sub, string.find, struct.unpack
 
 -- Working state of this call: entries by key..user, request-id records by stem..user.
 local entries, fresh, written, order, blocked = {}, {}, {}, {}, {}
@@ -41,7 +45,7 @@ local records, pushed, pushed_order, rewritten = {}, {}, {}, {}
 local function load_entry(ik, user)
   local k = ik .. '\0' .. user
   if entries[k] == nil then
-    local raw = redis.call('HGET', ik, user)
+    local raw = call('HGET', ik, user)
     local e = parse_entry(raw)
     -- Absent, or removed (a tombstone "~ver|ms"); `ver` + 1 is the version it gets if it comes (see
     -- first_version). A member never seen, or whose tombstone was collected, has no request-id records
@@ -66,19 +70,18 @@ local PACKED, RECORD, HEAD_LEN = 1, '>I6ddB', 23
 -- when needed (`parse_records`): most updates carry an id never seen, and a plain search of the stored
 -- bytes for the id behind its length (how a record ends) proves that without parsing.
 local function load_records(rk, user, rgen)
-  local found, gens = {}, {}
-  local oldest = gen - math.ceil(WINDOW_MS / GEN_MS)
-  if rgen == nil then
-    for g = oldest, gen do table.insert(gens, g) end
-  elseif rgen ~= '' then
+  local found = {}
+  if rgen == '' then return {found = found} end
+  local lo, hi = OLDEST, gen
+  if rgen ~= nil then
     -- rgen is the generation mod RGEN_MOD: one generation of the window has that remainder.
-    local g = gen - (gen - tonumber(rgen)) % RGEN_MOD
-    if g >= oldest then gens[1] = g end
+    lo = gen - (gen - tonumber(rgen)) % RGEN_MOD
+    hi = lo
   end
-  for _, g in ipairs(gens) do
+  for g = math.max(lo, OLDEST), hi do
     local key = rk .. ':' .. g
-    local raw = redis.call('HGET', key, user)
-    if raw then table.insert(found, {key = key, g = g, raw = raw, packed = string.byte(raw, 1) == PACKED}) end
+    local raw = call('HGET', key, user)
+    if raw then found[#found + 1] = {key = key, g = g, raw = raw, packed = byte(raw, 1) == PACKED} end
   end
   return {found = found}
 end
@@ -103,15 +106,15 @@ end
 -- (count, bytes), cut out as they are: what `parse_records` would keep, without parsing all of them (records
 -- are oldest first, so the old ones lead). nil when `raw` does not hold what its count says.
 local function packed_tail(raw, keep)
-  local n, pos, len = string.byte(raw, 2) or 0, 3, #raw
+  local n, pos, len = byte(raw, 2) or 0, 3, #raw
   while n > 0 do
     if pos + HEAD_LEN - 1 > len then return nil end
-    if n <= keep and struct.unpack('>I6', raw, pos) >= now - WINDOW_MS then break end
-    pos = pos + HEAD_LEN + string.byte(raw, pos + HEAD_LEN - 1)
+    if n <= keep and unpack_struct('>I6', raw, pos) >= now - WINDOW_MS then break end
+    pos = pos + HEAD_LEN + byte(raw, pos + HEAD_LEN - 1)
     n = n - 1
   end
   if pos > len + 1 then return nil end
-  return n, string.sub(raw, pos)
+  return n, sub(raw, pos)
 end
 
 -- Stored records of older releases, text: 'ts|value|score|len|rid' back to back, ts in ms since the start
@@ -186,14 +189,16 @@ local function find_record(rk, user, rid, k, ik, rgen)
   local slot = rk .. '\0' .. user
   if records[slot] == nil then records[slot] = load_records(rk, user, rgen) end
   -- Newest first: records pushed by this call sit at the end of `pushed`.
-  local mine = pushed[slot] or {}
-  for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
+  local mine = pushed[slot]
+  if mine then
+    for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
+  end
   local stored = records[slot]
   if stored.list == nil then
     local seen = false
     for _, f in ipairs(stored.found) do
       local needle = f.packed and string.char(#rid) .. rid or '|' .. #rid .. '|' .. rid
-      if string.find(f.raw, needle, 1, true) then seen = true; break end
+      if find(f.raw, needle, 1, true) then seen = true; break end
     end
     if not seen then return nil end
     local damaged
@@ -262,11 +267,17 @@ for i = 1, (#ARGV - first + 1) / 3 do
       end
       if rid ~= '' then
         local slot = rk .. '\0' .. user
-        if pushed[slot] == nil then pushed[slot] = {} end
+        local mine = pushed[slot]
+        if mine == nil then mine = {}; pushed[slot] = mine end
         rewrite_records(slot, rk, user, k, ik)
-        table.insert(pushed[slot], {ts = now, value = tonumber(value), score = new, rid = rid})
+        mine[#mine + 1] = {ts = now, value = v, score = new, rid = rid}
       end
-      if mode ~= 'check' then table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}) end
+      if mode == 'check' then
+      elseif e.from == '' then
+        results[#results + 1] = {kind, new, e.ver, applied}  -- entry {new, ver, '@', '', ''}
+      else
+        results[#results + 1] = {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}
+      end
     end
   end
 end
@@ -306,27 +317,28 @@ for _, p in ipairs(pushed_order) do
     if f.key ~= key then redis.call('HDEL', f.key, user) end
   end
   if #value > 2 then
-    redis.call('HSET', key, user, value)
-    if not expiring[key] then
+    -- A field new to the hash may be its first (every write of a new field sets the expiry, so a field that was
+    -- there already is in a hash that has it).
+    if call('HSET', key, user, value) == 1 and not expiring[key] then
       expiring[key] = true
-      redis.call('PEXPIREAT', key, (gen + 1) * GEN_MS + WINDOW_MS)
+      call('PEXPIREAT', key, (gen + 1) * GEN_MS + WINDOW_MS)
     end
   else  -- records found damaged, nothing left of them
     redis.call('HDEL', key, user)
   end
   local e = entries[k]
   -- A removed member's tombstone names no generation (every one is looked in): it stays as it is.
-  if not e.absent and e.rgen ~= tostring(gen % RGEN_MOD) then
-    e.rgen = tostring(gen % RGEN_MOD)
+  if not e.absent and e.rgen ~= RGEN then
+    e.rgen = RGEN
     -- An update that changed nothing (best mode) still moved the records: its entry must say where.
     if not written[k] then table.insert(rewrite, {p[5], user, k}) end
   end
 end
 local marks = {}
 for _, w in ipairs(order) do
-  redis.call('HSET', w[1], w[2], format_entry(entries[w[3]]))
-  table.insert(marks, now)
-  table.insert(marks, w[2])
+  call('HSET', w[1], w[2], format_entry(entries[w[3]]))
+  marks[#marks + 1] = now
+  marks[#marks + 1] = w[2]
 end
 call_bulk('ZADD', KEYS[#KEYS], marks)
 for _, w in ipairs(rewrite) do redis.call('HSET', w[1], w[2], format_entry(entries[w[3]])) end
