@@ -37,13 +37,15 @@ local RGEN, OLDEST = tostring(gen % RGEN_MOD), gen - math.ceil(WINDOW_MS / GEN_M
 -- Called once per update or more: locals, not global lookups.
 local call, byte, sub, find, unpack_struct = redis.call, string.byte, string.sub, string.find, struct.unpack
 
--- Working state of this call: entries by key..user, request-id records by stem..user.
-local entries, fresh, written, order, blocked = {}, {}, {}, {}, {}
--- pushed: this call's new records by slot; rewritten (in pushed_order): the slots whose records are
+-- Working state of this call, by user: a user's keys are the same in all its updates (the router derives
+-- them from the user id), so the user alone names its entry and its records. ikeys, rkeys: the user's index
+-- hash and records stem; entries; written (in order): the users whose entries are written.
+local ikeys, rkeys, entries, fresh, written, order, blocked = {}, {}, {}, {}, {}, {}, {}
+-- pushed: this call's new records by user; rewritten (in pushed_order): the users whose records are
 -- stored again, those with new records and those found damaged.
 local records, pushed, pushed_order, rewritten = {}, {}, {}, {}
 local function load_entry(ik, user)
-  local k = ik .. '\0' .. user
+  local k = user
   if entries[k] == nil then
     local raw = call('HGET', ik, user)
     local e = parse_entry(raw)
@@ -182,11 +184,11 @@ local function parse_records(found)
   while #list > DEPTH do table.remove(list, 1) end
   return list, damaged
 end
-local function rewrite_records(slot, rk, user, k, ik)
-  if not rewritten[slot] then rewritten[slot] = true; table.insert(pushed_order, {rk, user, slot, k, ik}) end
+local function rewrite_records(slot)
+  if not rewritten[slot] then rewritten[slot] = true; pushed_order[#pushed_order + 1] = slot end
 end
-local function find_record(rk, user, rid, k, ik, rgen)
-  local slot = rk .. '\0' .. user
+local function find_record(rk, user, rid, rgen)
+  local slot = user
   if records[slot] == nil then records[slot] = load_records(rk, user, rgen) end
   -- Newest first: records pushed by this call sit at the end of `pushed`.
   local mine = pushed[slot]
@@ -203,7 +205,7 @@ local function find_record(rk, user, rid, k, ik, rgen)
     if not seen then return nil end
     local damaged
     stored.list, damaged = parse_records(stored.found)
-    if damaged then rewrite_records(slot, rk, user, k, ik) end
+    if damaged then rewrite_records(slot) end
   end
   for _, rec in ipairs(stored.list) do
     if rec.rid == rid then return rec end
@@ -219,9 +221,10 @@ for i = 1, (#ARGV - first + 1) / 3 do
   local a = first + (i - 1) * 3
   local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local ik, rk = KEYS[2 * i - 1], KEYS[2 * i]
+  ikeys[user], rkeys[user] = ik, rk
   local k, e = load_entry(ik, user)
   local rec = nil
-  if rid ~= '' then rec = find_record(rk, user, rid, k, ik, e.rgen) end
+  if rid ~= '' then rec = find_record(rk, user, rid, e.rgen) end
   if blocked[k] or (not e.absent and e.from ~= '' and not fresh[k]) then
     blocked[k] = true
     table.insert(results, {'intent', user, e.score, e.ver, e.home, e.from, e.to})
@@ -263,13 +266,13 @@ for i = 1, (#ARGV - first + 1) / 3 do
           e.home = '@'
           e.score, e.ver = new, e.ver + 1
         end
-        if not written[k] then written[k] = true; table.insert(order, {ik, user, k}) end
+        if not written[k] then written[k] = true; order[#order + 1] = user end
       end
       if rid ~= '' then
-        local slot = rk .. '\0' .. user
+        local slot = user
         local mine = pushed[slot]
         if mine == nil then mine = {}; pushed[slot] = mine end
-        rewrite_records(slot, rk, user, k, ik)
+        rewrite_records(slot)
         mine[#mine + 1] = {ts = now, value = v, score = new, rid = rid}
       end
       if mode == 'check' then
@@ -287,8 +290,8 @@ if mode == 'check' then return results end
 -- Each member's records move to the current generation, which its entry then names: older
 -- generations' hashes only hold members idle since, and expire WINDOW_MS after their generation ended.
 local rewrite, expiring = {}, {}
-for _, p in ipairs(pushed_order) do
-  local rk, user, slot, k = p[1], p[2], p[3], p[4]
+for _, user in ipairs(pushed_order) do
+  local rk, slot, k = rkeys[user], user, user
   local stored, mine, key = records[slot], pushed[slot] or {}, rk .. ':' .. gen
   local found, value = stored.found, nil
   local from = math.max(1, #mine - DEPTH + 1)
@@ -298,7 +301,9 @@ for _, p in ipairs(pushed_order) do
     local n, tail = 0, ''
     if #found == 1 and found[1].packed then n, tail = packed_tail(found[1].raw, DEPTH - (#mine - from + 1))
     elseif #found == 1 then n = nil end
-    if n then
+    if n and #mine == 1 then  -- one new record: one concatenation
+      value = string.char(PACKED, n + 1) .. tail .. pack_record(mine[1])
+    elseif n then
       local parts = {string.char(PACKED, n + #mine - from + 1), tail}
       for j = from, #mine do table.insert(parts, pack_record(mine[j])) end
       value = table.concat(parts)
@@ -331,15 +336,15 @@ for _, p in ipairs(pushed_order) do
   if not e.absent and e.rgen ~= RGEN then
     e.rgen = RGEN
     -- An update that changed nothing (best mode) still moved the records: its entry must say where.
-    if not written[k] then table.insert(rewrite, {p[5], user, k}) end
+    if not written[k] then rewrite[#rewrite + 1] = user end
   end
 end
 local marks = {}
-for _, w in ipairs(order) do
-  call('HSET', w[1], w[2], format_entry(entries[w[3]]))
+for _, user in ipairs(order) do
+  call('HSET', ikeys[user], user, format_entry(entries[user]))
   marks[#marks + 1] = now
-  marks[#marks + 1] = w[2]
+  marks[#marks + 1] = user
 end
 call_bulk('ZADD', KEYS[#KEYS], marks)
-for _, w in ipairs(rewrite) do redis.call('HSET', w[1], w[2], format_entry(entries[w[3]])) end
+for _, user in ipairs(rewrite) do call('HSET', ikeys[user], user, format_entry(entries[user])) end
 return results
