@@ -1,5 +1,6 @@
 """Node CPU per batched update, beside a bare sorted set on the same nodes in the same run: ``python -m
-rankshard.benchmarks.node_cost [--members 200000] [--shards 4] [--seconds 10] [--rounds 3] [--out DIR]``.
+rankshard.benchmarks.node_cost [--members 200000] [--shards 4] [--seconds 10] [--rounds 3] [--warm-records 8]
+[--out DIR]``.
 
 A local cluster of two nodes (``cluster up``) gets a board of `--shards` shards (cut at the traffic model's
 quantiles, spread over both nodes) and `--members` members (``leaderboards import``). Then, `--rounds` times,
@@ -59,6 +60,13 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--warm-records",
+        type=int,
+        default=0,
+        help="before measuring, this many updates with request ids per member (8: every member holds a full "
+        "request-id record list, as the members active in the last hour do)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "node_cost")
     args = parser.parse_args()
     result = measure(args)
@@ -90,6 +98,10 @@ def _run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         _fill_bare(node, args.members, model, rng)
     seq = itertools.count()
     _rankshard_phase(cluster.address, 2.0, args.members, model, seq)  # warm-up: connections, scripts, records
+    if args.warm_records:
+        t = time.monotonic()
+        asyncio.run(_fill_records(cluster.address, args.members, args.warm_records, model, seq))
+        print(f"{args.warm_records} request ids per member in {time.monotonic() - t:.1f} s", flush=True)
     rounds = []
     for r in range(args.rounds):
         ours = _phase(nodes, lambda: _rankshard_phase(cluster.address, args.seconds, args.members, model, seq))
@@ -102,7 +114,13 @@ def _run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         )
     for node in nodes:
         node.delete(BARE_KEY)
-    return {"members": args.members, "shards": args.shards, "seconds": args.seconds, "rounds": rounds}
+    return {
+        "members": args.members,
+        "shards": args.shards,
+        "seconds": args.seconds,
+        "warm_records": args.warm_records,
+        "rounds": rounds,
+    }
 
 
 def _phase(nodes: list[redis.Redis], drive: Any) -> dict[str, Any]:
@@ -215,6 +233,30 @@ async def _drive_router(
 
         await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
         return done, time.perf_counter() - t0
+
+
+async def _fill_records(
+    address: str, members: int, per_member: int, model: TrafficModel, seq: itertools.count[int]
+) -> None:
+    """`per_member` updates with request ids for every member, in BatchUpdateScores(100) calls, 8 in flight."""
+    rng = random.Random(17)
+    batches = iter(range(0, members * per_member, BATCH))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.LeaderboardStub(channel)
+
+        async def worker() -> None:
+            for start in batches:
+                updates = [
+                    pb.ScoreUpdate(
+                        user_id=user_id(i % members), score=model.sample_points(rng), request_id=f"c{next(seq)}"
+                    )
+                    for i in range(start, min(start + BATCH, members * per_member))
+                ]
+                await stub.BatchUpdateScores(
+                    pb.BatchUpdateScoresRequest(leaderboard=BOARD, updates=updates), timeout=60
+                )
+
+        await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
 
 
 def _bare_phase(addresses: list[str], seconds: float, members: int, model: TrafficModel) -> tuple[int, float]:
