@@ -19,14 +19,16 @@ it expects; a board that outgrows that has longer hashes, then ordinary ones (mo
   a version register may still hold for an earlier incarnation of it.
   ``slot = h % NUM_SLOTS`` (the slot table places it on a node), ``bucket = h // NUM_SLOTS % buckets.index``.
 - ``rs:r:{b}/{bucket}:{gen}``  hash  on the index node: user -> the member's last request ids (at most
-  ``DEDUP_DEPTH``), oldest first, each ``ts|value|score|len|rid`` with ``ts`` in ms since the start of
-  generation ``gen`` (``gen = now_ms // DEDUP_GEN_MS``), ``len`` the byte length of ``rid``: any bytes
-  (``|``, NUL, newlines), cut out by that length. Records that do not parse (a NUL id was once stored
-  cut at the NUL) are dropped when read and the member's records stored again without them.
-  ``bucket = h % DEDUP_BUCKETS``. A member's records sit in one generation, the one of its last update
-  with a request id, which its index entry names (one lookup, not one per generation); the hash expires
-  ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle for an hour costs no dedup memory once
-  that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).
+  ``DEDUP_DEPTH``), oldest first, packed: the byte 1, the number of records (one byte), then per record
+  struct ``>I6ddB`` (``ts``, the node's clock in ms; the submitted value; the score answered; the byte
+  length of ``rid``) followed by ``rid``: any bytes (``|``, NUL, newlines), cut out by that length.
+  ``gen = now_ms // DEDUP_GEN_MS``. Older releases stored text, ``ts|value|score|len|rid`` back to back with
+  ``ts`` in ms since the start of generation ``gen``: read as well, and stored again packed when the
+  member's records are next written; text records that do not parse (a NUL id was once stored cut at the
+  NUL) are dropped then. ``bucket = h % DEDUP_BUCKETS``. A member's records sit in one generation, the one of
+  its last update with a request id, which its index entry names (one lookup, not one per generation); the
+  hash expires ``DEDUP_WINDOW_MS`` after its generation ends, so a member idle for an hour costs no dedup
+  memory once that generation's hash is gone (at most ``DEDUP_GEN_MS`` later).
   The router names ``rs:r:{b}/{bucket}``; the index script appends the generations it reads and writes.
 - ``rs:m:{b}/``             zset  on each index node: users with a write, move or removal committed
   on the index but not yet confirmed done in the shards -> ms of the commit; the sweeper finishes

@@ -268,7 +268,8 @@ _REFUSAL_KINDS: dict[Any, RefusalKind] = {kind.value: kind for kind in RefusalKi
 
 def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -> Aborted | Checked | Answered:
     """index_apply's reply to a call in `mode` for updates of `users` (in order): ``{'abort', {i, kind}...}``,
-    or ``{'ok', answer...}``; an answer is ``{kind, score, ver, applied, home, from, to, entry score}``,
+    or ``{'ok', answer...}``; an answer is ``{kind, score, ver, applied, home, from, to, entry score}``
+    (``{kind, score, ver, applied}`` for a new or updated entry without a crossing: ``{score, ver, '@', '', ''}``),
     ``{'intent', user, score, ver, home, from, to}`` or (IndexMode.EACH) ``{'refused', kind}``. In
     IndexMode.CHECK the answers are the intents alone. Raises `StaleMap` for ``{'stale', floor}`` (nothing
     was written)."""
@@ -289,7 +290,15 @@ def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -
     try:
         for user, answer in zip(users, islice(reply, 1, None), strict=True):  # lengths checked above
             kind = _UPDATE_KINDS.get(answer[0])
-            if kind is not None:  # the usual answer first
+            if kind is not None and len(answer) == 4:  # the usual answer first: no crossing pending
+                _, score, version, applied = answer
+                if (
+                    not (type(score) is type(version) is int and (applied == 1 or applied == 0))
+                    or kind is UpdateKind.DUPLICATE
+                ):
+                    raise ValueError
+                append(Committed(kind, score, applied == 1, IndexEntry(user, score, version)))
+            elif kind is not None:
                 _, score, version, applied, home, from_, to, current = answer
                 if not (
                     type(score) is type(version) is type(current) is int

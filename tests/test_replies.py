@@ -44,8 +44,9 @@ def test_index_apply_answers_decode_into_their_kinds() -> None:
         ["dup", 12, 0, 0, "", "", "", 0],  # a retry for a member removed since: no entry
         ["intent", "e", 3, 6, "s2", "s2", "s1"],
         ["refused", "overflow"],
+        ["upd", 8, 3, 1],  # the usual answer, short: no crossing, the entry is the score's
     ]
-    reply = replies.index_apply("n1", raw, IndexMode.EACH, ["a", "b", "c", "d", "e", "f"])
+    reply = replies.index_apply("n1", raw, IndexMode.EACH, ["a", "b", "c", "d", "e", "f", "g"])
     assert reply == Answered(
         (
             Committed(UpdateKind.NEW, 5, True, IndexEntry("a", 5, 1, "s1")),
@@ -54,6 +55,7 @@ def test_index_apply_answers_decode_into_their_kinds() -> None:
             Committed(UpdateKind.DUPLICATE, 12, False, None),
             PendingMove(IndexEntry("e", 3, 6, "s2", "s2", "s1")),
             Refused(RefusalKind.OVERFLOW),
+            Committed(UpdateKind.UPDATED, 8, True, IndexEntry("g", 8, 3)),
         )
     )
     # The tags are the strings the scripts send.
@@ -109,6 +111,8 @@ _BAD: list[tuple[str, Callable[[], object]]] = [
         lambda: replies.index_apply("n1", ["ok", ["kept", 5, 1, 1, "s1", "", "", 5]], IndexMode.APPLY, ["a"]),
     ),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["refused", "overflow"]], IndexMode.APPLY, ["a"])),
+    ("index_apply", lambda: replies.index_apply("n1", ["ok", ["dup", 5, 1, 0]], IndexMode.APPLY, ["a"])),
+    ("index_apply", lambda: replies.index_apply("n1", ["ok", ["new", 5, "1", 1]], IndexMode.APPLY, ["a"])),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["refused", "late"]], IndexMode.EACH, ["a"])),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["intent", "a", 3]], IndexMode.APPLY, ["a"])),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", 7], IndexMode.APPLY, ["a"])),

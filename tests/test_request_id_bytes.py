@@ -4,15 +4,14 @@ fail the other updates of the same script call. Through a real router over real 
 
 from __future__ import annotations
 
-import re
-
 import grpc
 import pytest
 import redis
+from _records import packed_ids, text_record
 from _router import Client
 
 from rankshard.shard_map import user_hash
-from rankshard.shard_node._keys import dedup_key
+from rankshard.shard_node._keys import DEDUP_GEN_MS, dedup_key
 from rankshard.v1 import leaderboard_pb2 as pb
 
 T = 10.0
@@ -70,21 +69,9 @@ def _records(node_addresses: list[str], board: str, user: str) -> tuple[redis.Re
     raise AssertionError(f"no node holds {user}'s request-id records")
 
 
-_RECORD = re.compile(rb"-?\d+\|-?\d+\|-?\d+\|(\d+)\|")
-
-
 def _stored_ids(raw: bytes) -> list[bytes]:
-    """The request ids of stored records (``ts|value|score|len|rid``..., see _keys.py); fails unless every
-    byte belongs to a well-formed record."""
-    ids, pos = [], 0
-    while pos < len(raw):
-        head = _RECORD.match(raw, pos)
-        assert head, raw[pos:]
-        end = head.end() + int(head.group(1))
-        assert end <= len(raw), raw[pos:]
-        ids.append(raw[head.end() : end])
-        pos = end
-    return ids
+    """The request ids of stored records, oldest first; fails unless every byte belongs to a well-formed record."""
+    return packed_ids(raw)
 
 
 def test_a_request_id_of_nul_bytes_is_recognised_and_the_members_later_ids_work(client, node_addresses):
@@ -189,25 +176,20 @@ def test_a_request_id_that_is_not_utf8_is_invalid_argument_and_nothing_is_stored
     assert top.total == 0
 
 
-def _record(ts: bytes, value: int, score: int, rid: bytes, length: int | None = None) -> bytes:
-    """One stored record; `length` other than the id's own is how ``string.format('%s')`` wrote an id
-    holding a NUL: its bytes cut at the first NUL while its length counts them all."""
-    return b"%s|%d|%d|%d|%s" % (ts, value, score, len(rid) if length is None else length, rid)
-
-
 @pytest.mark.parametrize("first", ["retry", "new-id"])
 @pytest.mark.parametrize("damage", ["nul-then-one", "nul-then-short", "nul-last", "garbage"])
 def test_a_member_whose_stored_records_are_corrupt_fails_no_neighbour_and_heals(client, node_addresses, damage, first):
     client.create("heal", boundaries=[10])
     users = ["n1", "n2", "n3"]
     assert _batch(client, "heal", [("victim", 1, "r0"), *((u, 1, "r0") for u in users)]) == [(1, True)] * 4
-    node, key, raw = _records(node_addresses, "heal", "victim")
-    # What the stored records looked like after the old `%s` formatting met a NUL id: the NUL record's
-    # id missing while its length counts it, then (once) a record written behind it, long or short
-    # enough to end inside the missing id; or plain garbage.
-    ts = raw.split(b"|", 1)[0]
-    old_nul = _record(ts, 1, 1, b"", length=len(NUL_ID))
-    behind = {"nul-then-one": _record(ts, 1, 2, b"x"), "nul-then-short": _record(b"0", 1, 2, b"x")}
+    node, key, _ = _records(node_addresses, "heal", "victim")
+    # What the stored records (the text form of older releases) looked like after the old `%s` formatting met a
+    # NUL id: the NUL record's id missing while its length counts it, then (once) a record written behind it,
+    # long or short enough to end inside the missing id; or plain garbage.
+    ts = b"%d" % (DEDUP_GEN_MS - 1)  # at the end of the generation of the key: inside the window
+    raw = text_record(ts, 1, 1, b"r0")
+    old_nul = text_record(ts, 1, 1, b"", length=len(NUL_ID))
+    behind = {"nul-then-one": text_record(ts, 1, 2, b"x"), "nul-then-short": text_record(b"0", 1, 2, b"x")}
     if damage in behind:
         broken = raw + old_nul + behind[damage]
     elif damage == "nul-last":

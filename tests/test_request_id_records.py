@@ -4,10 +4,9 @@ stored data is rearranged on the nodes to stand for states that otherwise take m
 
 from __future__ import annotations
 
-import re
-
 import grpc
 import redis
+from _records import pack, packed_ids, packed_records, text_record
 from _router import Client
 
 from rankshard.shard_map import Buckets, user_hash
@@ -42,10 +41,12 @@ def _index_node(node_addresses: list[str], board: str, user: str) -> tuple[redis
     raise AssertionError(f"no node holds {user}'s index entry")
 
 
-def _records(node: redis.Redis, board: str, user: str) -> tuple[int, str]:
-    """The generation holding `user`'s records, and their stored form."""
+def _records(node: redis.Redis, board: str, user: str) -> tuple[int, bytes]:
+    """The generation holding `user`'s records, and their stored bytes."""
     stem = dedup_key(board, user_hash(user))
-    found = [(int(k.rsplit(":", 1)[1]), node.hget(k, user)) for k in node.scan_iter(f"{stem}:*")]
+    kwargs = node.connection_pool.connection_kwargs
+    with redis.Redis(host=kwargs["host"], port=kwargs["port"]) as raw:  # records are bytes
+        found = [(int(k.rsplit(":", 1)[1]), raw.hget(k, user)) for k in node.scan_iter(f"{stem}:*")]
     found = [(g, v) for g, v in found if v is not None]
     assert len(found) == 1, found
     return found[0]
@@ -73,11 +74,10 @@ def test_an_update_that_changes_nothing_still_records_where_its_request_id_went(
     node, key = _index_node(node_addresses, "best", "u")
     gen, stored = _records(node, "best", "u")
     # Stand for an hour-window member whose last request id came one generation earlier: the same
-    # records (their times are relative to their generation's start) one generation back.
+    # records (their times are the node's clock) one generation back.
     stem = dedup_key("best", user_hash("u"))
-    ts, rest = stored.split("|", 1)
     node.delete(f"{stem}:{gen}")
-    node.hset(f"{stem}:{gen - 1}", "u", f"{int(ts) + DEDUP_GEN_MS}|{rest}")
+    node.hset(f"{stem}:{gen - 1}", "u", stored)
     fields = node.hget(key, "u").split("|")
     node.hset(key, "u", "|".join([*fields[:5], str((gen - 1) % 100)]))
 
@@ -92,15 +92,9 @@ def test_an_update_that_changes_nothing_still_records_where_its_request_id_went(
     node.close()
 
 
-def _stored_ids(stored: str) -> list[str]:
-    """The request ids of a stored record list (``ts|value|score|len|rid``..., see _keys.py), oldest first."""
-    ids, pos = [], 0
-    while pos < len(stored):
-        head = re.compile(r"-?\d+\|[^|]*\|[^|]*\|(\d+)\|").match(stored, pos)
-        assert head, stored[pos:]
-        ids.append(stored[head.end() : head.end() + int(head.group(1))])
-        pos = head.end() + int(head.group(1))
-    return ids
+def _stored_ids(stored: bytes) -> list[str]:
+    """The request ids of stored records, oldest first."""
+    return [rid.decode() for rid in packed_ids(stored)]
 
 
 def test_a_member_keeps_its_last_ids_and_none_older_than_the_window(client, node_addresses):
@@ -122,8 +116,37 @@ def test_a_member_keeps_its_last_ids_and_none_older_than_the_window(client, node
     stem = dedup_key("keep", user_hash("v"))
     for old, rid, score in (("ancient", "ancient", 5), ("older", "v2", 6)):
         gen, stored = _records(node, "keep", "v")
-        node.hset(f"{stem}:{gen}", "v", f"{-DEDUP_WINDOW_MS - 1}|1|0|{len(old)}|{old}{stored}")
+        aged = (gen * DEDUP_GEN_MS - DEDUP_WINDOW_MS - 1, 1, 0, old.encode())
+        node.hset(f"{stem}:{gen}", "v", pack([aged, *packed_records(stored)]))
         assert _update(client, "keep", "v", 1 if rid == "v2" else 4, rid) == (score, True)
     assert _stored_ids(_records(node, "keep", "v")[1]) == ["v1", "ancient", "v2"]
     assert _update(client, "keep", "v", 4, "ancient") == (5, False)
+    node.close()
+
+
+def test_records_stored_as_text_by_older_releases_are_recognised_and_stored_again_packed(client, node_addresses):
+    client.create("text")
+    assert _update(client, "text", "u", 5, "r1") == (5, True)
+    node, key = _index_node(node_addresses, "text", "u")
+    gen, _ = _records(node, "text", "u")
+    stem = dedup_key("text", user_hash("u"))
+    # An older release's records one generation back, their times relative to its start: r1 and r2 (an id
+    # whose bytes look like a record of their own), and one older than the window.
+    r2 = b"1|2|3|1|x"
+    old = [text_record(-DEDUP_WINDOW_MS, 1, 0, b"aged"), text_record(10, 5, 5, b"r1"), text_record(20, 2, 7, r2)]
+    node.delete(f"{stem}:{gen}")
+    node.hset(f"{stem}:{gen - 1}", "u", b"".join(old))
+    fields = node.hget(key, "u").split("|")
+    node.hset(key, "u", "|".join([*fields[:5], str((gen - 1) % 100)]))
+
+    assert _conflicts(client, "text", "u", 6, "r1")
+    assert _update(client, "text", "u", 2, r2.decode()) == (7, False)
+    assert _update(client, "text", "u", 0, "aged") == (5, True)  # older than the window: a new request
+    moved_to, stored = _records(node, "text", "u")
+    assert moved_to >= gen
+    records = packed_records(stored)
+    assert [rid for *_, rid in records] == [b"r1", r2, b"aged"]
+    assert [(value, score) for _, value, score, _ in records] == [(5, 5), (2, 7), (0, 5)]
+    assert records[0][0] == (gen - 1) * DEDUP_GEN_MS + 10  # rebased to the node's clock
+    assert _update(client, "text", "u", 5, "r1") == (5, False)
     node.close()

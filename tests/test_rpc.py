@@ -341,6 +341,34 @@ def test_batch_update_scores(client):
 # ---- reads ------------------------------------------------------------------------------------------------
 
 
+def test_a_batch_of_distinct_members_over_both_index_nodes_is_refused_whole(client):
+    """The check round before a batch over several index nodes, for a batch in which no member comes twice: a
+    reused request id (of a member present, or of one removed since) or an overflow on either node refuses the
+    whole batch, and nothing of it is applied."""
+    client.create("chk", boundaries=CUTS)
+    model = Model()
+    users = [f"q{i}" for i in range(10)]
+    assert {slot_for(u) % 2 for u in users} == {0, 1}, "the batch should span both index nodes"
+    batch(client, "chk", [(u, 1, f"first-{u}") for u in users])
+    for u in users:
+        model.update(u, 1)
+    assert remove(client, "chk", "q9")
+    del model.scores["q9"]
+    for refused, code, field in (
+        (("q3", 2, "first-q3"), grpc.StatusCode.FAILED_PRECONDITION, "request_id"),
+        (("q9", 2, "first-q9"), grpc.StatusCode.FAILED_PRECONDITION, "request_id"),  # removed: records still count
+        (("q5", 2**53 - 1, "big"), grpc.StatusCode.OUT_OF_RANGE, "score"),
+    ):
+        others = [(u, 3, f"second-{u}") for u in users if u != refused[0]]
+        error = status_of(client.lb.BatchUpdateScores, batch_request("chk", [*others, refused]))
+        assert error.code() == code, error
+        assert f"updates[{len(others)}].{field}" in error.details() and "nothing was applied" in error.details()
+        check_board(client, "chk", model)
+    # A retry of the first batch's ids with their values is answered, not applied again.
+    assert [a for _, _, a in batch(client, "chk", [(u, 1, f"first-{u}") for u in users[:9]])] == [False] * 9
+    check_board(client, "chk", model)
+
+
 def test_get_rank_is_competition_rank_with_percentile(client):
     for order, expected in (("desc", {"w": 1, "x": 2, "y": 2, "z": 4}), ("asc", {"z": 1, "x": 2, "y": 2, "w": 4})):
         client.create(order, order, boundaries=[35, 45])

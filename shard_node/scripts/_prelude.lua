@@ -14,9 +14,9 @@ end
 
 -- Strings are concatenated, never formatted with '%s' (which stops at a NUL in Lua 5.1).
 local function format_entry(e)
-  local raw = string.format('%d|%d|', e.score, e.ver) .. e.home .. '|' .. e.from .. '|' .. e.to
-  if e.rgen == nil then return raw end
-  return raw .. '|' .. e.rgen
+  local head = string.format('%d|%d|', e.score, e.ver)
+  if e.rgen == nil then return head .. e.home .. '|' .. e.from .. '|' .. e.to end
+  return head .. e.home .. '|' .. e.from .. '|' .. e.to .. '|' .. e.rgen  -- one concatenation, not two
 end
 
 -- `cmd key args...` for a flat list of arguments in as few calls as Lua allows (unpack takes a few

@@ -19,7 +19,8 @@
 -- calls coalesced by the router, each its own request) only that update is refused, as {'refused', kind}.
 -- Otherwise {'ok', result per update}: {kind, score, ver, applied, home, from, to, entry score}, kind
 -- 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
--- member's entry after the call. In 'check' mode nothing is written and only the intents come back,
+-- member's entry after the call. The usual result, a 'new' or 'upd' that leaves no crossing pending, is
+-- {kind, score, ver, applied} alone: the entry is then {score, ver, '@', '', ''}. In 'check' mode nothing is written and only the intents come back,
 -- {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local floor = below_floor(KEYS[#KEYS], ARGV[4])
@@ -32,16 +33,21 @@ local WINDOW_MS, GEN_MS, DEPTH = 3600000, 300000, 8
 local RGEN_MOD = 100
 local now = node_ms()
 local gen = math.floor(now / GEN_MS)
+local RGEN, OLDEST = tostring(gen % RGEN_MOD), gen - math.ceil(WINDOW_MS / GEN_MS)
+-- Called once per update or more: locals, not global lookups.
+local call, byte, sub, find, unpack_struct = redis.call, string.byte, string.sub, string.find, struct.unpack
 
--- Working state of this call: entries by key..user, request-id records by stem..user.
-local entries, fresh, written, order, blocked = {}, {}, {}, {}, {}
--- pushed: this call's new records by slot; rewritten (in pushed_order): the slots whose records are
+-- Working state of this call, by user: a user's keys are the same in all its updates (the router derives
+-- them from the user id), so the user alone names its entry and its records. ikeys, rkeys: the user's index
+-- hash and records stem; entries; written (in order): the users whose entries are written.
+local ikeys, rkeys, entries, fresh, written, order, blocked = {}, {}, {}, {}, {}, {}, {}
+-- pushed: this call's new records by user; rewritten (in pushed_order): the users whose records are
 -- stored again, those with new records and those found damaged.
 local records, pushed, pushed_order, rewritten = {}, {}, {}, {}
 local function load_entry(ik, user)
-  local k = ik .. '\0' .. user
+  local k = user
   if entries[k] == nil then
-    local raw = redis.call('HGET', ik, user)
+    local raw = call('HGET', ik, user)
     local e = parse_entry(raw)
     -- Absent, or removed (a tombstone "~ver|ms"); `ver` + 1 is the version it gets if it comes (see
     -- first_version). A member never seen, or whose tombstone was collected, has no request-id records
@@ -54,49 +60,84 @@ local function load_entry(ik, user)
   end
   return k, entries[k]
 end
+-- Stored records, packed (what this release writes): the byte PACKED, the number of records (one byte),
+-- then the records back to back, oldest first, each struct '>I6ddB' (ts: node ms, absolute, so records
+-- move between generations as they are; the submitted value; the score answered; the id's byte length)
+-- followed by the id: any bytes ('|', NUL, newlines), cut out by its length. Scores and values are
+-- integers within ±(2^53 - 1), exact in a double. Records of older releases are text (`scan_records`),
+-- read, and written again packed.
+local PACKED, RECORD, HEAD_LEN = 1, '>I6ddB', 23
 -- A member's stored request ids, as stored: its field in the generation its entry names (rgen), or when
 -- that is unknown in every generation that can still hold records younger than WINDOW_MS. Parsed only
 -- when needed (`parse_records`): most updates carry an id never seen, and a plain search of the stored
--- bytes for '|len|rid' (how a record ends) proves that without parsing.
+-- bytes for the id behind its length (how a record ends) proves that without parsing.
 local function load_records(rk, user, rgen)
-  local found, gens = {}, {}
-  local oldest = gen - math.ceil(WINDOW_MS / GEN_MS)
-  if rgen == nil then
-    for g = oldest, gen do table.insert(gens, g) end
-  elseif rgen ~= '' then
+  local found = {}
+  if rgen == '' then return {found = found} end
+  local lo, hi = OLDEST, gen
+  if rgen ~= nil then
     -- rgen is the generation mod RGEN_MOD: one generation of the window has that remainder.
-    local g = gen - (gen - tonumber(rgen)) % RGEN_MOD
-    if g >= oldest then gens[1] = g end
+    lo = gen - (gen - tonumber(rgen)) % RGEN_MOD
+    hi = lo
   end
-  for _, g in ipairs(gens) do
+  for g = math.max(lo, OLDEST), hi do
     local key = rk .. ':' .. g
-    local raw = redis.call('HGET', key, user)
-    if raw then table.insert(found, {key = key, g = g, raw = raw}) end
+    local raw = call('HGET', key, user)
+    if raw then found[#found + 1] = {key = key, g = g, raw = raw, packed = byte(raw, 1) == PACKED} end
   end
   return {found = found}
 end
 
--- Stored records 'ts|value|score|len|rid', back to back; the id is cut out by its length, so it may hold
--- any bytes ('|', NUL, newlines).
+local function pack_record(rec)
+  return struct.pack(RECORD, rec.ts, rec.value, rec.score, #rec.rid) .. rec.rid
+end
+-- The packed records of `raw`, appended to `list` ({ts, value, score, rid}), and whether all of it
+-- parsed (what does not is dropped, never an error: an error would fail every update of the batch).
+local function unpack_records(raw, list)
+  local n, pos = string.byte(raw, 2) or 0, 3
+  for _ = 1, n do
+    if pos + HEAD_LEN - 1 > #raw then return false end
+    local ts, v, s, len, at = struct.unpack(RECORD, raw, pos)
+    if at + len - 1 > #raw then return false end
+    table.insert(list, {ts = ts, value = v, score = s, rid = string.sub(raw, at, at + len - 1)})
+    pos = at + len
+  end
+  return pos == #raw + 1
+end
+-- The packed form of the last `keep` records of packed `raw` that are younger than WINDOW_MS, as
+-- (count, bytes), cut out as they are: what `parse_records` would keep, without parsing all of them (records
+-- are oldest first, so the old ones lead). nil when `raw` does not hold what its count says.
+local function packed_tail(raw, keep)
+  local n, pos, len = byte(raw, 2) or 0, 3, #raw
+  while n > 0 do
+    if pos + HEAD_LEN - 1 > len then return nil end
+    if n <= keep and unpack_struct('>I6', raw, pos) >= now - WINDOW_MS then break end
+    pos = pos + HEAD_LEN + byte(raw, pos + HEAD_LEN - 1)
+    n = n - 1
+  end
+  if pos > len + 1 then return nil end
+  return n, sub(raw, pos)
+end
+
+-- Stored records of older releases, text: 'ts|value|score|len|rid' back to back, ts in ms since the start
+-- of the generation of the hash holding them; the id is cut out by its length.
 local HEAD = '^(-?%d+)|(-?%d+)|(-?%d+)|(%d+)|()'
--- The records of `raw` from `pos` on, appended to `list` ({ts, value, score, rid, first, last}: ts as
--- stored, first..last where the record lies in `raw`) while they parse. Returns where parsing stopped
--- (#raw + 1 once all of it parsed) and, when a record there has a head but is longer than what is left,
--- where its id begins.
+-- The records of `raw` from `pos` on, appended to `list` ({ts, value, score, rid, last}: ts as stored,
+-- last where the record ends in `raw`) while they parse. Returns where parsing stopped (#raw + 1 once all
+-- of it parsed) and, when a record there has a head but is longer than what is left, where its id begins.
 local function parse_from(raw, pos, list)
   while pos <= #raw do
     local ts, v, s, n, at = string.match(raw, HEAD, pos)
     if not at then return pos, nil end
     local last = at + tonumber(n) - 1
     if last > #raw then return pos, at end
-    table.insert(list, {ts = tonumber(ts), value = v, score = tonumber(s), rid = string.sub(raw, at, last),
-                        first = pos, last = last})
+    table.insert(list, {ts = tonumber(ts), value = tonumber(v), score = tonumber(s),
+                        rid = string.sub(raw, at, last), last = last})
     pos = last + 1
   end
   return pos, nil
 end
--- Every record of `raw` that can be trusted, and whether that is all of `raw`. Stored records never fail
--- a call (an error here would fail every update of the batch, other members' too): what does not parse
+-- Every text record of `raw` that can be trusted, and whether that is all of `raw`. What does not parse
 -- is dropped, and rewritten clean by the caller. Ids with a NUL were once written cut at the NUL while
 -- their length counted every byte: such a record swallows the head of the next one (or runs past the
 -- end), and parsing goes astray right behind it. Its own id is lost then, but the records behind it are
@@ -123,55 +164,99 @@ local function scan_records(raw)
   end
   return list, false
 end
--- The records of `found` younger than WINDOW_MS, oldest first, the last DEPTH; and whether any stored
--- bytes did not parse.
+-- The records of `found` younger than WINDOW_MS, oldest first, the last DEPTH ({ts: node ms, value,
+-- score, rid}); and whether any stored bytes did not parse.
 local function parse_records(found)
   local list, damaged = {}, false
   for _, f in ipairs(found) do
-    local recs, clean = scan_records(f.raw)
+    local recs, clean = {}, true
+    if f.packed then
+      clean = unpack_records(f.raw, recs)
+    else
+      recs, clean = scan_records(f.raw)
+      for _, rec in ipairs(recs) do rec.ts = f.g * GEN_MS + rec.ts end
+    end
     damaged = damaged or not clean
     for _, rec in ipairs(recs) do
-      local ts = f.g * GEN_MS + rec.ts
-      if ts >= now - WINDOW_MS then table.insert(list, {ts = ts, value = rec.value, score = rec.score, rid = rec.rid}) end
+      if rec.ts >= now - WINDOW_MS then table.insert(list, rec) end
     end
   end
   while #list > DEPTH do table.remove(list, 1) end
   return list, damaged
 end
--- The stored form of the last `keep` records of `raw` (records of the current generation: their times
--- need no rebasing) younger than WINDOW_MS, cut out as they are: what `parse_records` would keep,
--- without formatting them again.
-local function recent_tail(raw, keep)
-  local pieces, base = {}, gen * GEN_MS
-  for _, rec in ipairs((scan_records(raw))) do
-    if base + rec.ts >= now - WINDOW_MS then table.insert(pieces, string.sub(raw, rec.first, rec.last)) end
-  end
-  return table.concat(pieces, '', math.max(1, #pieces - keep + 1))
+local function rewrite_records(slot)
+  if not rewritten[slot] then rewritten[slot] = true; pushed_order[#pushed_order + 1] = slot end
 end
-local function rewrite_records(slot, rk, user, k, ik)
-  if not rewritten[slot] then rewritten[slot] = true; table.insert(pushed_order, {rk, user, slot, k, ik}) end
-end
-local function find_record(rk, user, rid, k, ik, rgen)
-  local slot = rk .. '\0' .. user
+local function find_record(rk, user, rid, rgen)
+  local slot = user
   if records[slot] == nil then records[slot] = load_records(rk, user, rgen) end
   -- Newest first: records pushed by this call sit at the end of `pushed`.
-  local mine = pushed[slot] or {}
-  for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
+  local mine = pushed[slot]
+  if mine then
+    for j = #mine, 1, -1 do if mine[j].rid == rid then return mine[j] end end
+  end
   local stored = records[slot]
   if stored.list == nil then
-    local needle, seen = '|' .. #rid .. '|' .. rid, false
+    local seen = false
     for _, f in ipairs(stored.found) do
-      if string.find(f.raw, needle, 1, true) then seen = true; break end
+      local needle = f.packed and string.char(#rid) .. rid or '|' .. #rid .. '|' .. rid
+      if find(f.raw, needle, 1, true) then seen = true; break end
     end
     if not seen then return nil end
     local damaged
     stored.list, damaged = parse_records(stored.found)
-    if damaged then rewrite_records(slot, rk, user, k, ik) end
+    if damaged then rewrite_records(slot) end
   end
   for _, rec in ipairs(stored.list) do
     if rec.rid == rid then return rec end
   end
   return nil
+end
+
+-- 'check' mode when no user appears twice (the usual batch): each update on its own, so none of the
+-- bookkeeping an apply needs (new records, entries to write, crossings decided again) is kept. The same
+-- answers as the general loop below gives then: the intents, or the refusals.
+local function check_distinct()
+  local seen, n = {}, (#ARGV - first + 1) / 3
+  for i = 1, n do
+    local user = ARGV[first + (i - 1) * 3]
+    if seen[user] then return nil end
+    seen[user] = true
+  end
+  local out, refused = {'ok'}, {'abort'}
+  for i = 1, n do
+    local a = first + (i - 1) * 3
+    local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    local ik = KEYS[2 * i - 1]
+    local raw = call('HGET', ik, user)
+    local e = parse_entry(raw)
+    if e and e.from ~= '' then
+      out[#out + 1] = {'intent', user, e.score, e.ver, e.home, e.from, e.to}
+    else
+      local rec = nil
+      if rid ~= '' then
+        -- As load_entry: no entry and no tombstone, no records; a tombstone names no generation (nil).
+        local rgen = nil
+        if e then rgen = e.rgen elseif not raw then rgen = '' end
+        rec = find_record(KEYS[2 * i], user, rid, rgen)
+      end
+      local v = tonumber(value)
+      local new = v
+      if e and op == 1 then new = e.score + v
+      elseif e and op == 2 and ((desc and v <= e.score) or (not desc and v >= e.score)) then new = e.score end
+      if rec and rec.value ~= v then
+        refused[#refused + 1] = {i, 'conflict'}
+      elseif not rec and math.abs(new) > MAX_SCORE then
+        refused[#refused + 1] = {i, 'overflow'}
+      end
+    end
+  end
+  if #refused > 1 then return refused end
+  return out
+end
+if mode == 'check' then
+  local answer = check_distinct()
+  if answer then return answer end
 end
 
 local results, aborts = {'ok'}, {'abort'}
@@ -182,13 +267,14 @@ for i = 1, (#ARGV - first + 1) / 3 do
   local a = first + (i - 1) * 3
   local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local ik, rk = KEYS[2 * i - 1], KEYS[2 * i]
+  ikeys[user], rkeys[user] = ik, rk
   local k, e = load_entry(ik, user)
   local rec = nil
-  if rid ~= '' then rec = find_record(rk, user, rid, k, ik, e.rgen) end
+  if rid ~= '' then rec = find_record(rk, user, rid, e.rgen) end
   if blocked[k] or (not e.absent and e.from ~= '' and not fresh[k]) then
     blocked[k] = true
     table.insert(results, {'intent', user, e.score, e.ver, e.home, e.from, e.to})
-  elseif rec and rec.value ~= value then
+  elseif rec and rec.value ~= tonumber(value) then
     refuse(i, 'conflict')
   elseif rec then
     if mode == 'check' then
@@ -226,15 +312,21 @@ for i = 1, (#ARGV - first + 1) / 3 do
           e.home = '@'
           e.score, e.ver = new, e.ver + 1
         end
-        if not written[k] then written[k] = true; table.insert(order, {ik, user, k}) end
+        if not written[k] then written[k] = true; order[#order + 1] = user end
       end
       if rid ~= '' then
-        local slot = rk .. '\0' .. user
-        if pushed[slot] == nil then pushed[slot] = {} end
-        rewrite_records(slot, rk, user, k, ik)
-        table.insert(pushed[slot], {ts = now, value = value, score = new, rid = rid})
+        local slot = user
+        local mine = pushed[slot]
+        if mine == nil then mine = {}; pushed[slot] = mine end
+        rewrite_records(slot)
+        mine[#mine + 1] = {ts = now, value = v, score = new, rid = rid}
       end
-      if mode ~= 'check' then table.insert(results, {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}) end
+      if mode == 'check' then
+      elseif e.from == '' then
+        results[#results + 1] = {kind, new, e.ver, applied}  -- entry {new, ver, '@', '', ''}
+      else
+        results[#results + 1] = {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}
+      end
     end
   end
 end
@@ -243,51 +335,62 @@ if #aborts > 1 then return aborts end
 if mode == 'check' then return results end
 -- Each member's records move to the current generation, which its entry then names: older
 -- generations' hashes only hold members idle since, and expire WINDOW_MS after their generation ended.
-local rewrite = {}
--- Concatenated, not string.format('%s'): Lua 5.1 formats a short string with sprintf, which stops at a
--- NUL while the length field counts every byte.
-local function format_record(rec, base)
-  return string.format('%d|', rec.ts - base) .. rec.value .. string.format('|%d|%d|', rec.score, #rec.rid) .. rec.rid
-end
-for _, p in ipairs(pushed_order) do
-  local rk, user, slot, k = p[1], p[2], p[3], p[4]
-  local stored, mine, key, base = records[slot], pushed[slot] or {}, rk .. ':' .. gen, gen * GEN_MS
-  local found, parts = stored.found, {}
-  if stored.list == nil and (#found == 0 or (#found == 1 and found[1].g == gen)) then
-    -- The usual case: at most the current generation's records, unparsed; keep their tail as stored.
-    if #found == 1 and #mine < DEPTH then table.insert(parts, recent_tail(found[1].raw, DEPTH - #mine)) end
-    for j = math.max(1, #mine - DEPTH + 1), #mine do table.insert(parts, format_record(mine[j], base)) end
-  else
+local rewrite, expiring = {}, {}
+for _, user in ipairs(pushed_order) do
+  local rk, slot, k = rkeys[user], user, user
+  local stored, mine, key = records[slot], pushed[slot] or {}, rk .. ':' .. gen
+  local found, value = stored.found, nil
+  local from = math.max(1, #mine - DEPTH + 1)
+  if stored.list == nil and #found <= 1 then
+    -- The usual case: one packed field (of any generation: times are absolute), unparsed; keep its tail as
+    -- stored.
+    local n, tail = 0, ''
+    if #found == 1 and found[1].packed then n, tail = packed_tail(found[1].raw, DEPTH - (#mine - from + 1))
+    elseif #found == 1 then n = nil end
+    if n and #mine == 1 then  -- one new record: one concatenation
+      value = string.char(PACKED, n + 1) .. tail .. pack_record(mine[1])
+    elseif n then
+      local parts = {string.char(PACKED, n + #mine - from + 1), tail}
+      for j = from, #mine do table.insert(parts, pack_record(mine[j])) end
+      value = table.concat(parts)
+    end
+  end
+  if value == nil then
     stored.list = stored.list or parse_records(found)
     local all = {}
     for _, rec in ipairs(stored.list) do table.insert(all, rec) end
     for _, rec in ipairs(mine) do table.insert(all, rec) end
-    for j = math.max(1, #all - DEPTH + 1), #all do table.insert(parts, format_record(all[j], base)) end
+    local parts = {string.char(PACKED, math.min(#all, DEPTH))}
+    for j = math.max(1, #all - DEPTH + 1), #all do table.insert(parts, pack_record(all[j])) end
+    value = table.concat(parts)
   end
   for _, f in ipairs(found) do
     if f.key ~= key then redis.call('HDEL', f.key, user) end
   end
-  local value = table.concat(parts)
-  if value ~= '' then
-    redis.call('HSET', key, user, value)
-    redis.call('PEXPIREAT', key, base + GEN_MS + WINDOW_MS)
+  if #value > 2 then
+    -- A field new to the hash may be its first (every write of a new field sets the expiry, so a field that was
+    -- there already is in a hash that has it).
+    if call('HSET', key, user, value) == 1 and not expiring[key] then
+      expiring[key] = true
+      call('PEXPIREAT', key, (gen + 1) * GEN_MS + WINDOW_MS)
+    end
   else  -- records found damaged, nothing left of them
     redis.call('HDEL', key, user)
   end
   local e = entries[k]
   -- A removed member's tombstone names no generation (every one is looked in): it stays as it is.
-  if not e.absent and e.rgen ~= tostring(gen % RGEN_MOD) then
-    e.rgen = tostring(gen % RGEN_MOD)
+  if not e.absent and e.rgen ~= RGEN then
+    e.rgen = RGEN
     -- An update that changed nothing (best mode) still moved the records: its entry must say where.
-    if not written[k] then table.insert(rewrite, {p[5], user, k}) end
+    if not written[k] then rewrite[#rewrite + 1] = user end
   end
 end
 local marks = {}
-for _, w in ipairs(order) do
-  redis.call('HSET', w[1], w[2], format_entry(entries[w[3]]))
-  table.insert(marks, now)
-  table.insert(marks, w[2])
+for _, user in ipairs(order) do
+  call('HSET', ikeys[user], user, format_entry(entries[user]))
+  marks[#marks + 1] = now
+  marks[#marks + 1] = user
 end
 call_bulk('ZADD', KEYS[#KEYS], marks)
-for _, w in ipairs(rewrite) do redis.call('HSET', w[1], w[2], format_entry(entries[w[3]])) end
+for _, user in ipairs(rewrite) do call('HSET', ikeys[user], user, format_entry(entries[user])) end
 return results
