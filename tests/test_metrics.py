@@ -158,6 +158,9 @@ def test_node_errors_are_counted_by_node_and_kind(
     router = MeteredRouter(control_plane_dsn)
     try:
         router.client.create("halved", boundaries=[10])
+        # Members on both nodes: a page needs the lost node's (an empty shard's known size would do without it).
+        for user, score in (("low", 1), ("high", 20)):
+            router.client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="halved", user_id=user, score=score))
         lost = next(n.id for n in asyncio.run(_nodes(control_plane_dsn)) if n.address == fresh_valkey.address)
         fresh_valkey.stop()
         assert _fails(lambda: router.client.lb.GetTop(pb.GetTopRequest(leaderboard="halved"))) == (
