@@ -5,11 +5,12 @@ stored data is rearranged on the nodes to stand for states that otherwise take m
 from __future__ import annotations
 
 import grpc
+import pytest
 import redis
 from _records import pack, packed_ids, packed_records, text_record
 from _router import Client
 
-from rankshard.shard_map import Buckets, user_hash
+from rankshard.shard_map import Buckets, slot_for, user_hash
 from rankshard.shard_node._keys import DEDUP_DEPTH, DEDUP_GEN_MS, DEDUP_WINDOW_MS, dedup_key, index_key
 from rankshard.v1 import leaderboard_pb2 as pb
 
@@ -140,6 +141,22 @@ def test_records_stored_as_text_by_older_releases_are_recognised_and_stored_agai
     node.hset(key, "u", "|".join([*fields[:5], str((gen - 1) % 100)]))
 
     assert _conflicts(client, "text", "u", 6, "r1")
+    # So does a batch over both index nodes (its check round reads them), and nothing of it is applied.
+    others = [f"o{i}" for i in range(8)]
+    assert {slot_for(o) % 2 for o in [*others, "u"]} == {0, 1}, "the batch should span both index nodes"
+    batch = pb.BatchUpdateScoresRequest(
+        leaderboard="text",
+        updates=[
+            *(pb.ScoreUpdate(user_id=o, score=1, request_id="b") for o in others),
+            pb.ScoreUpdate(user_id="u", score=6, request_id="r1"),
+        ],
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        client.lb.BatchUpdateScores(batch, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "nothing was applied" in refused.value.details()
+    top = client.lb.GetTop(pb.GetTopRequest(leaderboard="text", limit=100), timeout=10)
+    assert [(e.user_id, e.score) for e in top.entries] == [("u", 5)]
     assert _update(client, "text", "u", 2, r2.decode()) == (7, False)
     assert _update(client, "text", "u", 0, "aged") == (5, True)  # older than the window: a new request
     moved_to, stored = _records(node, "text", "u")

@@ -238,7 +238,18 @@ local function check_distinct()
         -- As load_entry: no entry and no tombstone, no records; a tombstone names no generation (nil).
         local rgen = nil
         if e then rgen = e.rgen elseif not raw then rgen = '' end
-        rec = find_record(KEYS[2 * i], user, rid, rgen)
+        if rgen == nil then
+          rec = find_record(KEYS[2 * i], user, rid, rgen)
+        elseif rgen ~= '' then
+          -- The usual case, one generation: the stored bytes searched as they are; only a hit (a retry, or an id
+          -- whose bytes occur in another) takes find_record's parse.
+          local g = gen - (gen - tonumber(rgen)) % RGEN_MOD
+          local stored = g >= OLDEST and call('HGET', KEYS[2 * i] .. ':' .. g, user)
+          if stored then
+            local needle = byte(stored, 1) == PACKED and string.char(#rid) .. rid or '|' .. #rid .. '|' .. rid
+            if find(stored, needle, 1, true) then rec = find_record(KEYS[2 * i], user, rid, rgen) end
+          end
+        end
       end
       local v = tonumber(value)
       local new = v
