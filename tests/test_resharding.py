@@ -35,7 +35,7 @@ HOT = [f"m{i}" for i in range(8)]
 BULK = {f"b{i:03}": (i * 7919) % 260 - 100 for i in range(300)}
 """Written once: what every copy carries."""
 WORKERS = 3
-REQUESTS = 240  # per worker: about 12 s at PACE, several times what one round of the jobs below takes here
+REQUESTS = 400  # per worker: about 20 s at PACE, four times what one round of the jobs below takes here
 PACE = 0.05
 
 CYCLE = [
