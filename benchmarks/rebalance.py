@@ -247,7 +247,9 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=1_000_000)
-    parser.add_argument("--rate", type=float, default=1000.0)
+    # 400/s: at 1,000/s one router on 2 cores is saturated before the move begins, and "before" is then the worse
+    # of the two percentiles.
+    parser.add_argument("--rate", type=float, default=400.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rebalance"))
     args = parser.parse_args()
@@ -257,7 +259,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "summary.txt").write_text(
-        f"python -m rankshard.benchmarks.rebalance --members {args.members}\n{text}\n"
+        f"python -m rankshard.benchmarks.rebalance --members {args.members} --rate {args.rate:g} "
+        f"--seconds {args.seconds:g}\n{text}\n"
     )
 
 
