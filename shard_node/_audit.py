@@ -6,8 +6,9 @@ million-member board is checked in seconds without blocking a node.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -141,34 +142,39 @@ async def scan_board(cluster: Cluster, layout: BoardLayout) -> BoardScan:
 async def _kept_sizes(cluster: Cluster, layout: BoardLayout) -> list[Finding]:
     """Every size a node keeps for a shard of the map (what rank counts read) against what the shard holds in its
     range at the same moment (both read in one MULTI/EXEC, so writes going on meanwhile find nothing); a size not
-    kept yet is no finding (the next count sets it)."""
-    found = []
-    for shard in layout.map.shards:
-        lo, hi = layout.stored_ranges[shard.id]
-        key = shard_key(layout.board, shard.id)
-        together = [
-            ("MULTI",),
-            ("ZCOUNT", key, lo, f"({hi}"),
-            ("HMGET", sizes_key(layout.board), shard.id, f">{shard.id}"),
-            ("EXEC",),
-        ]
-        raw = (await cluster.node(shard.node).commands(together))[-1]
-        if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int:
-            raise replies.unexpected(shard.node, "EXEC", raw)
-        holds = raw[0]
-        size, kept_range = replies.texts_or_none(shard.node, "HMGET", raw[1], 2)
-        if size is None:
-            continue
-        if size != str(holds) or kept_range != f"{lo} {hi}":
-            found.append(
-                Finding(
-                    FindingKind.KEPT_SIZE,
-                    f"node {shard.node} keeps size {size} for range {kept_range!r}; "
-                    f"the shard holds {holds} in {lo} {hi}",
-                    shard=shard.id,
-                )
-            )
-    return found
+    kept yet is no finding (the next count sets it). One round trip per node."""
+
+    async def on_node(node_id: str, shards: Sequence[Shard]) -> list[Finding]:
+        commands: list[tuple[object, ...]] = []
+        for shard in shards:
+            lo, hi = layout.stored_ranges[shard.id]
+            commands += [
+                ("MULTI",),
+                ("ZCOUNT", shard_key(layout.board, shard.id), lo, f"({hi}"),
+                ("HMGET", sizes_key(layout.board), shard.id, f">{shard.id}"),
+                ("EXEC",),
+            ]
+        answers = (await cluster.node(node_id).commands(commands))[3::4]
+        return [f for shard, raw in zip(shards, answers, strict=True) if (f := _kept_size(layout, shard, raw))]
+
+    per_node = await asyncio.gather(*(on_node(n, shards) for n, shards in layout.by_node.items()))
+    return [f for found in per_node for f in found]
+
+
+def _kept_size(layout: BoardLayout, shard: Shard, raw: object) -> Finding | None:
+    """The finding, if any, of one shard's EXEC answer (its count in range, then its kept size and range)."""
+    if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int:
+        raise replies.unexpected(shard.node, "EXEC", raw)
+    holds = raw[0]
+    size, kept_range = replies.texts_or_none(shard.node, "HMGET", raw[1], 2)
+    lo, hi = layout.stored_ranges[shard.id]
+    if size is None or (size == str(holds) and kept_range == f"{lo} {hi}"):
+        return None
+    return Finding(
+        FindingKind.KEPT_SIZE,
+        f"node {shard.node} keeps size {size} for range {kept_range!r}; the shard holds {holds} in {lo} {hi}",
+        shard=shard.id,
+    )
 
 
 def _membership(layout: BoardLayout, scan: BoardScan) -> list[Finding]:
