@@ -188,3 +188,14 @@ local function sizes_changed(zkey)
   redis.call('ZREM', okey, s)
   new_sizes_token(key)
 end
+
+-- A read query inside zset `zkey`, clipped to its range [lo, hi) (stored scores): kind 'b', the members strictly
+-- better than stored score `arg`; else the 0-based position of member `arg` in the range (-1 if it is not there).
+local function count_query(kind, zkey, lo, hi, arg)
+  if kind == 'b' then return redis.call('ZCOUNT', zkey, lo, '(' .. arg) end
+  local s = tonumber(redis.call('ZSCORE', zkey, arg))
+  if s and s >= tonumber(lo) and s < tonumber(hi) then
+    return redis.call('ZRANK', zkey, arg) - redis.call('ZCOUNT', zkey, '-inf', '(' .. lo)
+  end
+  return -1
+end

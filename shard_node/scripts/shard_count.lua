@@ -45,16 +45,6 @@ if p > 0 then
 end
 for q = 4, #ARGV, 3 do
   local p = tonumber(ARGV[q + 1])
-  local key, lo, hi = keys[2 * p - 1], bounds[2 * p - 1], bounds[2 * p]
-  if ARGV[q] == 'b' then
-    table.insert(out, redis.call('ZCOUNT', key, lo, '(' .. ARGV[q + 2]))
-  else
-    local s = tonumber(redis.call('ZSCORE', key, ARGV[q + 2]))
-    if s and s >= tonumber(lo) and s < tonumber(hi) then
-      table.insert(out, redis.call('ZRANK', key, ARGV[q + 2]) - redis.call('ZCOUNT', key, '-inf', '(' .. lo))
-    else
-      table.insert(out, -1)
-    end
-  end
+  table.insert(out, count_query(ARGV[q], keys[2 * p - 1], bounds[2 * p - 1], bounds[2 * p], ARGV[q + 2]))
 end
 return out

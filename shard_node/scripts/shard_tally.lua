@@ -27,16 +27,6 @@ if now ~= ARGV[3] then
 end
 local stem = ARGV[5]
 for q = 6, #ARGV, 5 do
-  local zkey, lo, hi, arg = stem .. ARGV[q + 1], ARGV[q + 2], ARGV[q + 3], ARGV[q + 4]
-  if ARGV[q] == 'b' then
-    out[#out + 1] = redis.call('ZCOUNT', zkey, lo, '(' .. arg)
-  else
-    local s = tonumber(redis.call('ZSCORE', zkey, arg))
-    if s and s >= tonumber(lo) and s < tonumber(hi) then
-      out[#out + 1] = redis.call('ZRANK', zkey, arg) - redis.call('ZCOUNT', zkey, '-inf', '(' .. lo)
-    else
-      out[#out + 1] = -1
-    end
-  end
+  out[#out + 1] = count_query(ARGV[q], stem .. ARGV[q + 1], ARGV[q + 2], ARGV[q + 3], ARGV[q + 4])
 end
 return out
