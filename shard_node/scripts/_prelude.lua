@@ -152,21 +152,25 @@ local function size_kept(key, s, okey, n, range)
 end
 
 -- The size of zset `zkey` inside its range [lo, hi) (stored scores, its descriptor's: the caller checked it),
--- counted and kept.
+-- counted and kept. Most writes move a member within its shard: a size and range already kept as they are cost
+-- one read, not a change (readers then have nothing new to fetch).
 local function keep_size(zkey, lo, hi)
   local key, s, okey = sizes_of(zkey)
   local n = redis.call('ZCOUNT', zkey, lo, '(' .. hi)
-  size_kept(key, s, okey, n, lo .. ' ' .. hi)
+  local range = lo .. ' ' .. hi
+  local kept = redis.call('HMGET', key, s, '>' .. s)
+  if tonumber(kept[1]) ~= n or kept[2] ~= range then size_kept(key, s, okey, n, range) end
   return n
 end
 
 -- After a change to zset `zkey` inside its range: its size counted again (when a size is kept for it).
 local function recount(zkey)
   local key, s, okey = sizes_of(zkey)
-  local range = redis.call('HGET', key, '>' .. s)
-  if not range then return end
-  local lo, hi = string.match(range, '^(%S+) (%S+)$')
-  size_kept(key, s, okey, redis.call('ZCOUNT', zkey, lo, '(' .. hi))
+  local kept = redis.call('HMGET', key, s, '>' .. s)
+  if not kept[2] then return end
+  local lo, hi = string.match(kept[2], '^(%S+) (%S+)$')
+  local n = redis.call('ZCOUNT', zkey, lo, '(' .. hi)
+  if tonumber(kept[1]) ~= n then size_kept(key, s, okey, n) end
 end
 
 -- A new token of sizes hash `key`, returned: a count of renewals and the node's time, so a node that lost its data
