@@ -169,7 +169,12 @@ def shard_stem(board: str) -> str:
 
 
 def descriptor_key(board: str, shard_id: str) -> str:
-    return f"rs:d:{board}/{shard_id}"
+    return f"{descriptor_stem(board)}{shard_id}"
+
+
+def descriptor_stem(board: str) -> str:
+    """What the board's descriptor keys start with, before the shard id."""
+    return f"rs:d:{board}/"
 
 
 def descriptor(shard: Shard) -> str:

@@ -14,6 +14,7 @@ from ._keys import (
     IndexEntry,
     descriptor,
     descriptor_key,
+    descriptor_stem,
     index_key,
     read_fence,
     shard_key,
@@ -47,6 +48,9 @@ class BoardLayout:
     """Per shard, what reads check its descriptor against: all of it but the state (reads go on in every state)."""
     stored_ranges: Mapping[str, tuple[str, str]] = field(init=False)
     """Per shard, its range in stored scores as ``[lo, hi)`` (see `stored_range`): every count is clipped to it."""
+    write_keys: tuple[str, str, str, str] = field(init=False)
+    """The board's keys a SHARD_WRITE call starts with: its sizes hash, its size changes zset, the stems of its shard
+    and descriptor keys."""
 
     def __post_init__(self) -> None:
         m = self.map
@@ -67,6 +71,12 @@ class BoardLayout:
             "fenced_keys": {s.id: (shard_key(self.board, s.id), descriptor_key(self.board, s.id)) for s in m.shards},
             "read_fences": {s.id: read_fence(s) for s in m.shards},
             "stored_ranges": {s.id: stored_range(s.lower, s.upper, self.config.descending) for s in m.shards},
+            "write_keys": (
+                sizes_key(self.board),
+                size_changes_key(self.board),
+                shard_stem(self.board),
+                descriptor_stem(self.board),
+            ),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar, cast
 
 from rankshard.shard_map import ShardFrozen, ShardState, StaleMap
@@ -28,7 +28,7 @@ from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, descriptor_state, moves_key
 from ._layout import BoardLayout, Cluster
 from ._replies import ShardChange, Stale
-from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, Script, ShardWriteMode
+from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, SHARD_WRITE, Script, ShardWriteMode
 
 StepHook = Callable[[str], None]
 """Test-only: called with a step name right after that step is durable; raising simulates a crash."""
@@ -147,7 +147,15 @@ def shard_changed(
 ) -> ShardChange:
     """`node`'s reply `raw` to a fenced shard script of `shard_id` (SHARD_APPLY or SHARD_REMOVE), its size
     remembered; raises `StaleMap`, `ShardFrozen` (see `check_fence`), `UnexpectedReply`."""
-    change = check_fence(node, layout, shard_id, replies.shard_change(node.id, script, raw))
+    return shard_written(cluster, node, layout, shard_id, replies.shard_change(node.id, script, raw))
+
+
+def shard_written(
+    cluster: Cluster, node: NodeClient, layout: BoardLayout, shard_id: str, reply: ShardChange | Stale
+) -> ShardChange:
+    """`node`'s decoded answer `reply` for `shard_id` (from a fenced shard script), its size remembered; raises
+    `StaleMap`, `ShardFrozen` (see `check_fence`)."""
+    change = check_fence(node, layout, shard_id, reply)
     record_size(cluster, layout, shard_id, change)
     return change
 
@@ -156,9 +164,32 @@ def apply_call(
     layout: BoardLayout, shard_id: str, writes: Sequence[object], *, mode: ShardWriteMode = ShardWriteMode.WRITE
 ) -> ScriptCall:
     """SHARD_APPLY of `writes` = (user, stored score, version)... into the shard, in `mode`."""
-    users = cast("Sequence[str]", writes[::3])  # every third item is a user id
-    keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]
-    return SHARD_APPLY, keys, [layout.descriptors[shard_id], mode, *layout.stored_ranges[shard_id], *writes]
+    args: list[object] = [layout.descriptors[shard_id], mode, *layout.stored_ranges[shard_id]]
+    _add_writes(layout, args, writes)
+    return SHARD_APPLY, layout.fenced_keys[shard_id], args
+
+
+def write_call(
+    layout: BoardLayout, by_shard: Mapping[str, Sequence[object]], *, mode: ShardWriteMode = ShardWriteMode.WRITE
+) -> ScriptCall:
+    """SHARD_WRITE of each shard's writes (user, stored score, version)... in `by_shard` (shards of one node), in
+    `mode`: one call that writes them all, each shard fenced on its own (`replies.shard_write` answers per shard,
+    in the order of `by_shard`)."""
+    args: list[object] = [mode, *layout.write_keys]
+    descriptors, ranges = layout.descriptors, layout.stored_ranges
+    for shard_id, writes in by_shard.items():
+        args += (shard_id, descriptors[shard_id], *ranges[shard_id], len(writes) // 3)
+        _add_writes(layout, args, writes)
+    return SHARD_WRITE, (), args
+
+
+def _add_writes(layout: BoardLayout, args: list[object], writes: Sequence[object]) -> None:
+    """Appends `writes` = (user, stored score, version)... to `args` as the shard scripts take them: (user, stored
+    score, version, the user's versions hash)..."""
+    versions_key = layout.versions_key
+    for i in range(0, len(writes), 3):
+        user = cast("str", writes[i])
+        args += (user, writes[i + 1], writes[i + 2], versions_key(user))
 
 
 def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) -> ScriptCall:

@@ -120,6 +120,25 @@ def shard_change(node: str, script: Script, raw: object) -> ShardChange | Stale:
     _wrong(node, script, raw)
 
 
+def shard_write(node: str, raw: object, shards: int) -> list[ShardChange | Stale]:
+    """shard_write's reply for a call over `shards` shards: per shard, in the order sent, shard_apply's answer
+    (``{'stale', actual}`` or ``{'ok', size}``)."""
+    if type(raw) is list and len(raw) == shards:
+        changes: list[ShardChange | Stale] = []
+        for item in raw:  # checked inline, as shard_change: on the write path, once per shard and batch
+            if type(item) is list and len(item) == 2:
+                tag, size = item
+                if tag == _OK and type(size) is int and size >= 0:
+                    changes.append(ShardChange(size))
+                    continue
+                if tag == _STALE and type(size) is str:
+                    changes.append(Stale(size))
+                    continue
+            _wrong(node, scripts.SHARD_WRITE, raw, f"answer {len(changes) + 1} of {shards}")
+        return changes
+    _wrong(node, scripts.SHARD_WRITE, raw, f"for {shards} shards")
+
+
 def shard_count(node: str, raw: object, shards: int, queries: int) -> ShardCounts | Stale:
     """shard_count's reply for a call over `shards` shards with `queries` queries: ``{'stale', position,
     actual}`` or ``{'ok', token, change number, size..., answer...}`` (`ShardCounts.token`, `.version`: what

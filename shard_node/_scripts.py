@@ -33,7 +33,7 @@ class IndexMode(StrEnum):
 
 
 class ShardWriteMode(StrEnum):
-    """shard_apply's mode (ARGV[2])."""
+    """shard_apply's mode (ARGV[2]), shard_write's (ARGV[1])."""
 
     WRITE = "write"
     """Writes an update only if its version is newer than the member's registered one."""
@@ -78,6 +78,7 @@ INDEX_STALE_MOVES = _load("index_stale_moves")
 INDEX_IMPORT = _load("index_import")
 INDEX_REBUILD = _load("index_rebuild")
 SHARD_APPLY = _load("shard_apply")
+SHARD_WRITE = _load("shard_write")
 SHARD_REMOVE = _load("shard_remove")
 SHARD_COUNT = _load("shard_count")
 SHARD_TALLY = _load("shard_tally")
@@ -100,6 +101,7 @@ ALL = (
     INDEX_IMPORT,
     INDEX_REBUILD,
     SHARD_APPLY,
+    SHARD_WRITE,
     SHARD_REMOVE,
     SHARD_COUNT,
     SHARD_TALLY,

@@ -13,10 +13,10 @@ from . import _replies as replies
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, apply_call, finish_move, finish_moves, run_per_node, shard_changed, shard_node
+from ._moves import StepHook, _step, finish_move, finish_moves, run_per_node, shard_node, shard_written, write_call
 from ._reads import rank_after
 from ._replies import Aborted, Answered, Checked, Committed, PendingMove, Refusal, RefusalKind, Refused
-from ._scripts import INDEX_APPLY, INDEX_REMOVE, SHARD_APPLY, IndexMode, ShardWriteMode
+from ._scripts import INDEX_APPLY, INDEX_REMOVE, IndexMode, ShardWriteMode
 
 _MAX_ROUNDS = 8
 """Index attempts per call: each lost round means another writer's move had to be finished first."""
@@ -368,23 +368,26 @@ async def _write_groups(
     scores: Sequence[int] = (),
     mode: ShardWriteMode = ShardWriteMode.WRITE,
 ) -> list[int]:
-    """One SHARD_APPLY per shard (in `mode`, see `apply_call`), pipelined per node; then the ranks of
-    `scores`, counted behind each node's writes in the same round trip (docs/architecture.md read path)."""
-    calls: dict[str, list[ScriptCall]] = {}
-    shard_ids: dict[str, list[str]] = {}
+    """One SHARD_WRITE per node for all of its shards' writes (in `mode`, see `write_call`): the node's work per
+    batch grows with the updates, not with the shards they touch. Then the ranks of `scores`, counted behind each
+    node's writes in the same round trip (docs/architecture.md read path).
+
+    A shard whose fence refuses leaves the others' writes done; the first such shard (in the order of `by_shard`,
+    node by node) raises `StaleMap` or `ShardFrozen`, as a call of its own would."""
+    groups: dict[str, dict[str, list[object]]] = {}
     for shard_id, args in by_shard.items():
-        node_id = shard_node(cluster, layout, shard_id).id
-        calls.setdefault(node_id, []).append(apply_call(layout, shard_id, args, mode=mode))
-        shard_ids.setdefault(node_id, []).append(shard_id)
+        groups.setdefault(shard_node(cluster, layout, shard_id).id, {})[shard_id] = args
+    calls = {node_id: [write_call(layout, shards, mode=mode)] for node_id, shards in groups.items()}
     if scores:
         ranks, _, answers = await rank_after(cluster, layout, scores, calls)
     else:
         ranks = []
         answers = await run_per_node(cluster, calls)
-    for node_id, shards in shard_ids.items():
+    for node_id, shards in groups.items():
         node = cluster.node(node_id)
-        for shard_id, raw in zip(shards, answers[node_id], strict=True):
-            shard_changed(cluster, node, layout, shard_id, SHARD_APPLY, raw)
+        changes = replies.shard_write(node_id, answers[node_id][0], len(shards))
+        for shard_id, change in zip(shards, changes, strict=True):
+            shard_written(cluster, node, layout, shard_id, change)
     return ranks
 
 

@@ -141,6 +141,7 @@ end
 -- field '': a token renewed with every descriptor change; field '#': a count of size changes. The zset beside it,
 -- 'rs:o:{b}/', holds each shard's number in that count at its last change: a read that saw every size at change
 -- number c under the token asks only for the shards changed since.
+-- Scripts over many shards are sent the sizes keys and each shard's field instead (a match per shard adds up).
 local function sizes_of(zkey)
   local board, s = string.match(zkey, '^rs:[zd]:(.*/)([^/]*)$')
   return 'rs:n:' .. board, s, 'rs:o:' .. board
@@ -152,10 +153,11 @@ local function size_kept(key, s, okey, n, range)
 end
 
 -- The size of zset `zkey` inside its range [lo, hi) (stored scores, its descriptor's: the caller checked it),
--- counted and kept. Most writes move a member within its shard: a size and range already kept as they are cost
--- one read, not a change (readers then have nothing new to fetch).
-local function keep_size(zkey, lo, hi)
-  local key, s, okey = sizes_of(zkey)
+-- counted and kept in sizes hash `key`, field `s`, changes zset `okey` (when not given: `sizes_of(zkey)`). Most
+-- writes move a member within its shard: a size and range already kept as they are cost one read, not a change
+-- (readers then have nothing new to fetch).
+local function keep_size(zkey, lo, hi, key, s, okey)
+  if not key then key, s, okey = sizes_of(zkey) end
   local n = redis.call('ZCOUNT', zkey, lo, '(' .. hi)
   local range = lo .. ' ' .. hi
   local kept = redis.call('HMGET', key, s, '>' .. s)
@@ -171,6 +173,33 @@ local function recount(zkey)
   local lo, hi = string.match(kept[2], '^(%S+) (%S+)$')
   local n = redis.call('ZCOUNT', zkey, lo, '(' .. hi)
   if tonumber(kept[1]) ~= n then size_kept(key, s, okey, n) end
+end
+
+-- The writes of shard_apply and shard_write into one shard whose write fence let descriptor `expected` through:
+-- ARGV[first..last] as (user, stored score, ver, the user's versions hash)... Each is written only if its ver (+
+-- `slack`: 1 to rewrite at the registered version, else 0) is newer than the user's registered version; a MIGRATING
+-- shard notes every member written whose old or new stored score lies in the carved range, for the job's catch-up.
+-- Returns the shard's size inside [lo, hi) after the writes, kept as `keep_size` keeps it (`key`, `s`, `okey` may be
+-- nil: see there).
+local function apply_writes(zkey, dkey, expected, slack, lo, hi, first, last, key, s, okey)
+  local in_carve, dirty = carving(dkey, expected)
+  local adds, noted = {}, {}
+  for i = first, last, 4 do
+    local user, stored, ver, vkey = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    if tonumber(ver) + slack > version_of(redis.call('HGET', vkey, user)) then
+      redis.call('HSET', vkey, user, ver)
+      -- One user appears once per shard and call (the caller sends each member's final state), so one ZADD at
+      -- the end writes what per-member ZADDs would.
+      adds[#adds + 1] = stored
+      adds[#adds + 1] = user
+      if in_carve and (in_carve(tonumber(stored)) or in_carve(tonumber(redis.call('ZSCORE', zkey, user)))) then
+        noted[#noted + 1] = user
+      end
+    end
+  end
+  call_bulk('ZADD', zkey, adds)
+  if #noted > 0 then call_bulk('SADD', dirty, noted) end
+  return keep_size(zkey, lo, hi, key, s, okey)
 end
 
 -- A new token of sizes hash `key`, returned: a count of renewals and the node's time, so a node that lost its data
