@@ -114,9 +114,11 @@ end
 
 -- The write fence of a shard: nil when writes planned with descriptor `expected` may go ahead, else the
 -- descriptor the node holds ('' for none). A FROZEN shard whose freeze deadline has passed thaws back to
--- MIGRATING here, so a job that died while it was frozen holds no writer up for long.
-local function write_fence(dkey, expected)
-  local d = redis.call('GET', dkey)
+-- MIGRATING here, so a job that died while it was frozen holds no writer up for long. `held`: the descriptor as
+-- the caller read it in this call (false: absent), so that many shards' fences cost one MGET; nil: read here.
+local function write_fence(dkey, expected, held)
+  local d = held
+  if d == nil then d = redis.call('GET', dkey) end
   if d == expected then return nil end
   if d and state_of(d) == 'FROZEN' and string.sub(d, 1, -7) .. 'MIGRATING' == expected then
     local deadline = tonumber(redis.call('HGET', (carve_keys(dkey)), 'deadline') or '0')
@@ -131,7 +133,7 @@ end
 -- The dirty-set tracking of a MIGRATING shard: a function telling whether a member's stored score `stored`
 -- lies in the carved range, and the set to add such members to; nil when the shard is not carved from.
 local function carving(dkey, expected)
-  if state_of(expected) ~= 'MIGRATING' then return nil end
+  if string.sub(expected, -10) ~= '|MIGRATING' then return nil end  -- state_of without a match: once per shard
   local ckey, dirty = carve_keys(dkey)
   local r = redis.call('HMGET', ckey, 'lo', 'hi')
   local lo, hi = tonumber(r[1]), tonumber(r[2])
@@ -155,16 +157,32 @@ local function size_kept(key, s, okey, n, range)
   redis.call('ZADD', okey, redis.call('HINCRBY', key, '#', 1), s)
 end
 
--- The size of zset `zkey` inside its range [lo, hi) (stored scores, its descriptor's: the caller checked it),
--- counted and kept in sizes hash `key`, field `s`, changes zset `okey` (when not given: `sizes_of(zkey)`). Most
--- writes move a member within its shard: a size and range already kept as they are cost one read, not a change
--- (readers then have nothing new to fetch).
-local function keep_size(zkey, lo, hi, key, s, okey)
-  if not key then key, s, okey = sizes_of(zkey) end
+-- Sizes `counts[j]` of shards `fields[j]` inside their ranges `ranges[j]` ('lo hi', stored scores, their
+-- descriptors': the caller checked them), kept in sizes hash `key` with changes zset `okey`, with one read of those
+-- kept. Most writes move a member within its shard: a size and range already kept as they are cost that read, not
+-- a change (readers then have nothing new to fetch).
+local function keep_sizes(key, okey, fields, counts, ranges)
+  local asked = {}
+  for j = 1, #fields do
+    asked[2 * j - 1] = fields[j]
+    asked[2 * j] = '>' .. fields[j]
+  end
+  for i = 1, #asked, 4000 do  -- an even step: a shard's two fields stay in one read
+    local kept = redis.call('HMGET', key, unpack(asked, i, math.min(i + 3999, #asked)))
+    for j = 1, #kept, 2 do
+      local at = (i + j) / 2
+      if tonumber(kept[j]) ~= counts[at] or kept[j + 1] ~= ranges[at] then
+        size_kept(key, fields[at], okey, counts[at], ranges[at])
+      end
+    end
+  end
+end
+
+-- The size of zset `zkey` inside its range [lo, hi) (as `keep_sizes` takes it), counted and kept.
+local function keep_size(zkey, lo, hi)
+  local key, s, okey = sizes_of(zkey)
   local n = redis.call('ZCOUNT', zkey, lo, '(' .. hi)
-  local range = lo .. ' ' .. hi
-  local kept = redis.call('HMGET', key, s, '>' .. s)
-  if tonumber(kept[1]) ~= n or kept[2] ~= range then size_kept(key, s, okey, n, range) end
+  keep_sizes(key, okey, {s}, {n}, {lo .. ' ' .. hi})
   return n
 end
 
@@ -182,9 +200,8 @@ end
 -- ARGV[first..last] as (user, stored score, ver, the user's versions hash)... Each is written only if its ver (+
 -- `slack`: 1 to rewrite at the registered version, else 0) is newer than the user's registered version; a MIGRATING
 -- shard notes every member written whose old or new stored score lies in the carved range, for the job's catch-up.
--- Returns the shard's size inside [lo, hi) after the writes, kept as `keep_size` keeps it (`key`, `s`, `okey` may be
--- nil: see there).
-local function apply_writes(zkey, dkey, expected, slack, lo, hi, first, last, key, s, okey)
+-- The caller keeps the shard's size (`keep_size`, `keep_sizes`).
+local function apply_writes(zkey, dkey, expected, slack, first, last)
   local in_carve, dirty = carving(dkey, expected)
   local adds, noted = {}, {}
   for i = first, last, 4 do
@@ -202,7 +219,6 @@ local function apply_writes(zkey, dkey, expected, slack, lo, hi, first, last, ke
   end
   call_bulk('ZADD', zkey, adds)
   if #noted > 0 then call_bulk('SADD', dirty, noted) end
-  return keep_size(zkey, lo, hi, key, s, okey)
 end
 
 -- A new token of sizes hash `key`, returned: a count of renewals and the node's time, so a node that lost its data

@@ -14,4 +14,5 @@
 local actual = write_fence(KEYS[2], ARGV[1])
 if actual then return {'stale', actual} end
 local slack = ARGV[2] == 'rewrite' and 1 or 0
-return {'ok', apply_writes(KEYS[1], KEYS[2], ARGV[1], slack, ARGV[3], ARGV[4], 5, #ARGV)}
+apply_writes(KEYS[1], KEYS[2], ARGV[1], slack, 5, #ARGV)
+return {'ok', keep_size(KEYS[1], ARGV[3], ARGV[4])}
