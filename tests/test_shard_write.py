@@ -1,0 +1,170 @@
+"""A batch's shard writes on one node go in one call (docs/architecture.md write path step 3), yet each shard is fenced
+on its own: a shard being carved from beside one that is not, or a shard the caller's map no longer describes beside
+one it does, each get what a call of their own would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+import redis
+from _router import Client
+
+from rankshard.shard_map import ControlPlane, Job, JobState, JobStep, StaleMap
+from rankshard.shard_node import (
+    BoardLayout,
+    Carver,
+    Cluster,
+    Update,
+    UpdateCall,
+    audit_board,
+    connect_cluster,
+    plan_move,
+)
+from rankshard.shard_node._keys import dirty_key, shard_key
+from rankshard.v1 import leaderboard_pb2 as pb
+
+BOARD = "sw"
+CUTS = [100, 200, 300]
+"""Four shards over the two nodes, two on each."""
+SEEDS = {f"u{i}": i * 4 for i in range(100)}
+"""Members in every shard (scores 0..396)."""
+
+R = TypeVar("R")
+
+
+class _Stop(Exception):
+    """Raised from a job's step hook: the job stops there, as if its process had died."""
+
+
+def _on_board(dsn: str, work: Callable[[ControlPlane, Cluster, BoardLayout], Awaitable[R]]) -> R:
+    """`work`'s result on a control plane, cluster and layout of the test's own (as the CLI builds them)."""
+
+    async def main() -> R:
+        async with await ControlPlane.open(dsn) as cp:
+            cluster = await connect_cluster(cp)
+            try:
+                return await work(cp, cluster, BoardLayout(await cp.get_board(BOARD), await cp.shard_map(BOARD)))
+            finally:
+                await cluster.aclose()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def seeded(client: Client) -> Client:
+    client.create(BOARD, boundaries=CUTS)
+    updates = [pb.ScoreUpdate(user_id=u, score=s) for u, s in SEEDS.items()]
+    client.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=BOARD, updates=updates), timeout=10)
+    return client
+
+
+async def _layout(_: ControlPlane, __: Cluster, layout: BoardLayout) -> BoardLayout:
+    return layout
+
+
+def _pair_on_one_node(layout: BoardLayout) -> tuple[str, str, str]:
+    """Two shards on one node, and that node: (the one to move, the one that stays, node id)."""
+    for node, shards in layout.by_node.items():
+        if len(shards) >= 2:
+            return shards[0].id, shards[1].id, node
+    raise AssertionError(f"no node holds two shards: {layout.by_node}")
+
+
+def _member_in(layout: BoardLayout, shard_id: str) -> str:
+    return next(u for u, s in sorted(SEEDS.items()) if layout.map.shard_for(s).id == shard_id)
+
+
+def _move_stopped_at_catch_up(dsn: str, shard_id: str) -> Job:
+    """`shard_id` moving to the other node, stopped once copied: MIGRATING, its writes noted for the catch-up."""
+
+    def stop(job: Job) -> None:
+        if job.step is JobStep.CATCHUP:
+            raise _Stop
+
+    async def work(cp: ControlPlane, cluster: Cluster, layout: BoardLayout) -> Job:
+        other = next(n for n in layout.by_node if n != layout.shards[shard_id].node)
+        job = await plan_move(cp, BOARD, shard_id, other, "test", 30)
+        with pytest.raises(_Stop):
+            await Carver(cp, cluster, "test", on_step=stop).run(job)
+        return job
+
+    return _on_board(dsn, work)
+
+
+def _resume(dsn: str, job: Job) -> None:
+    async def work(cp: ControlPlane, cluster: Cluster, _: BoardLayout) -> None:
+        done = await Carver(cp, cluster, "test").run(job)
+        assert (done.state, done.step) == (JobState.DONE, JobStep.DONE), done
+
+    _on_board(dsn, work)
+
+
+def _board_is(client: Client, dsn: str, expected: dict[str, int]) -> None:
+    """Every member's score, rank and place as a plain sorted list's, and `check` finds nothing."""
+    top = client.lb.GetTop(pb.GetTopRequest(leaderboard=BOARD, limit=1000), timeout=10)
+    model = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0].encode()))
+    assert ([(e.user_id, e.score) for e in top.entries], top.total) == (model, len(expected))
+    for user in ("u0", "u30", "u60", "u99"):
+        rank = client.lb.GetRank(pb.GetRankRequest(leaderboard=BOARD, user_id=user), timeout=10).entry.rank
+        assert rank == 1 + sum(1 for s in expected.values() if s > expected[user])
+
+    async def audit(_: ControlPlane, cluster: Cluster, layout: BoardLayout) -> None:
+        assert await audit_board(cluster, layout) == []
+
+    _on_board(dsn, audit)
+
+
+def _node(address: str) -> redis.Redis:
+    host, port = address.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), decode_responses=True)
+
+
+def test_one_batch_into_a_shard_being_moved_and_one_that_is_not_loses_no_write(
+    seeded: Client, control_plane_dsn: str, node_addresses: list[str]
+) -> None:
+    """The moving shard notes its member for the job's catch-up, the other shard notes nothing; once the move is
+    done both writes are on the board."""
+    layout = _on_board(control_plane_dsn, _layout)
+    moving, staying, node = _pair_on_one_node(layout)
+    m, a = _member_in(layout, moving), _member_in(layout, staying)
+    job = _move_stopped_at_catch_up(control_plane_dsn, moving)
+    updates = [pb.ScoreUpdate(user_id=m, score=1), pb.ScoreUpdate(user_id=a, score=2)]  # both stay in their shards
+    reply = seeded.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=BOARD, updates=updates), timeout=10)
+    assert [(r.score, r.applied) for r in reply.results] == [(SEEDS[m] + 1, True), (SEEDS[a] + 2, True)]
+    with _node(node_addresses[int(node[1:]) - 1]) as r:
+        assert r.smembers(dirty_key(BOARD, moving)) == {m}
+        assert not r.exists(dirty_key(BOARD, staying))
+        assert r.zscore(shard_key(BOARD, staying), a) == -(SEEDS[a] + 2)  # descending: stored negated
+    _resume(control_plane_dsn, job)
+    _board_is(seeded, control_plane_dsn, {**SEEDS, m: SEEDS[m] + 1, a: SEEDS[a] + 2})
+
+
+def test_a_shard_the_map_no_longer_describes_beside_one_it_does_is_written_once_retried_under_the_new_map(
+    seeded: Client, control_plane_dsn: str, node_addresses: list[str]
+) -> None:
+    """A writer holding the map of before a move (read while it ran: the index takes it) writes both shards' members
+    in one call to the node: the shard still described is written, the moved one refuses (`StaleMap`), and the call
+    run again under the new map writes the moved member in its new shard and answers both."""
+    before = _on_board(control_plane_dsn, _layout)
+    moving, staying, node = _pair_on_one_node(before)
+    m, a = _member_in(before, moving), _member_in(before, staying)
+    job = _move_stopped_at_catch_up(control_plane_dsn, moving)
+    stale = _on_board(control_plane_dsn, _layout)  # epoch of the floor
+    _resume(control_plane_dsn, job)
+
+    async def write(_: ControlPlane, cluster: Cluster, fresh: BoardLayout) -> list[tuple[int, int]]:
+        call = UpdateCall(cluster, stale, [Update(m, 3, "rm"), Update(a, 4, "ra")])
+        with pytest.raises(StaleMap):
+            await call.run(stale)
+        with _node(node_addresses[int(node[1:]) - 1]) as r:
+            assert r.zscore(shard_key(BOARD, staying), a) == -(SEEDS[a] + 4)
+        assert fresh.map.epoch > stale.map.epoch and moving not in fresh.shards
+        return [(o.score, o.rank) for o in await call.run(fresh)]
+
+    expected = {**SEEDS, m: SEEDS[m] + 3, a: SEEDS[a] + 4}
+    rank = {u: 1 + sum(1 for s in expected.values() if s > expected[u]) for u in (m, a)}
+    assert _on_board(control_plane_dsn, write) == [(expected[m], rank[m]), (expected[a], rank[a])]
+    _board_is(seeded, control_plane_dsn, expected)
