@@ -368,9 +368,9 @@ async def _write_groups(
     scores: Sequence[int] = (),
     mode: ShardWriteMode = ShardWriteMode.WRITE,
 ) -> list[int]:
-    """One SHARD_WRITE per node for all of its shards' writes (in `mode`, see `write_call`): the node's work per
-    batch grows with the updates, not with the shards they touch. Then the ranks of `scores`, counted behind each
-    node's writes in the same round trip (docs/architecture.md read path).
+    """One SHARD_WRITE per node for all of its shards' writes (in `mode`, see `write_call`): one script call per node
+    however many of its shards the batch touches. Then the ranks of `scores`, counted behind each node's writes in
+    the same round trip (docs/architecture.md read path).
 
     A shard whose fence refuses leaves the others' writes done; the first such shard (in the order of `by_shard`,
     node by node) raises `StaleMap` or `ShardFrozen`, as a call of its own would."""
