@@ -67,7 +67,7 @@ async def finish_moves(
     crossings a failed step left are rolled forward like any other."""
     moving = [e for e in entries if e.to]
     if moving:
-        await _shard_step(cluster, layout, _destination_writes(layout, moving))
+        await write_shards(cluster, layout, _destination_writes(layout, moving))
         _step(on_step, "destination_written")
     await _shard_step(cluster, layout, _source_removals(layout, entries), removals)
     _step(on_step, "source_removed")
@@ -75,14 +75,14 @@ async def finish_moves(
     _step(on_step, "intent_cleared")
 
 
-def _destination_writes(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, ScriptCall]:
-    """Step 1's calls: per destination shard, the writes of the members moving there."""
+def _destination_writes(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, list[object]]:
+    """Step 1's writes: per destination shard, (user, stored score, version) of each member moving there."""
     by_shard: dict[str, list[object]] = {}
     for e in entries:
         destination = layout.destination_of(e)
         assert destination is not None  # only crossings with a destination are passed
         by_shard.setdefault(destination, []).extend((e.user_id, layout.stored(e.score), e.version))
-    return {shard_id: apply_call(layout, shard_id, writes) for shard_id, writes in by_shard.items()}
+    return by_shard
 
 
 def _source_removals(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, ScriptCall]:
@@ -96,10 +96,37 @@ def _source_removals(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict
     return {shard_id: remove_call(layout, shard_id, removals) for shard_id, removals in by_shard.items()}
 
 
+async def write_shards(
+    cluster: Cluster,
+    layout: BoardLayout,
+    by_shard: Mapping[str, Sequence[object]],
+    *,
+    mode: ShardWriteMode = ShardWriteMode.WRITE,
+    run_calls: RunCalls | None = None,
+) -> None:
+    """Each shard's writes (user, stored score, version)... in `by_shard`, one SHARD_WRITE per node for all of its
+    shards (see `write_call`), the nodes at once; `run_calls`, when given, runs those calls in place of a plain round
+    trip (a writer's chance to count ranks right behind them). A shard whose fence refuses leaves the others' writes
+    done; the first such shard (in the order of `by_shard`, node by node) raises `StaleMap` or `ShardFrozen`, as a
+    call of its own would. Raises `NodeError` subclasses."""
+    groups: dict[str, dict[str, Sequence[object]]] = {}
+    for shard_id, writes in by_shard.items():
+        groups.setdefault(shard_node(cluster, layout, shard_id).id, {})[shard_id] = writes
+    calls = {node_id: [write_call(layout, shards, mode=mode)] for node_id, shards in groups.items()}
+    if run_calls is None:
+        run_calls = functools.partial(run_per_node, cluster)
+    answers = await run_calls(calls)
+    for node_id, shards in groups.items():
+        node = cluster.node(node_id)
+        changes = replies.shard_write(node_id, answers[node_id][0], len(shards))
+        for shard_id, change in zip(shards, changes, strict=True):
+            shard_written(cluster, node, layout, shard_id, change)
+
+
 async def _shard_step(
     cluster: Cluster, layout: BoardLayout, calls: dict[str, ScriptCall], run_calls: RunCalls | None = None
 ) -> None:
-    """Step 1 or step 2: each shard's call, one pipelined round trip per node."""
+    """Step 2: each shard's call, one pipelined round trip per node."""
     by_node: dict[str, list[tuple[str, ScriptCall]]] = {}
     for shard_id, call in calls.items():
         by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))

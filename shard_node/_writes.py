@@ -13,7 +13,7 @@ from . import _replies as replies
 from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
-from ._moves import StepHook, _step, finish_move, finish_moves, run_per_node, shard_node, shard_written, write_call
+from ._moves import StepHook, _step, finish_move, finish_moves, write_shards
 from ._reads import rank_after
 from ._replies import Aborted, Answered, Checked, Committed, PendingMove, Refusal, RefusalKind, Refused
 from ._scripts import INDEX_APPLY, INDEX_REMOVE, IndexMode, ShardWriteMode
@@ -368,26 +368,17 @@ async def _write_groups(
     scores: Sequence[int] = (),
     mode: ShardWriteMode = ShardWriteMode.WRITE,
 ) -> list[int]:
-    """One SHARD_WRITE per node for all of its shards' writes (in `mode`, see `write_call`): one script call per node
-    however many of its shards the batch touches. Then the ranks of `scores`, counted behind each node's writes in
-    the same round trip (docs/architecture.md read path).
+    """`write_shards` of `by_shard` (one SHARD_WRITE per node however many of its shards the batch touches, in
+    `mode`); then the ranks of `scores`, counted behind each node's writes in the same round trip
+    (docs/architecture.md read path). Raises as `write_shards`."""
+    ranks: list[int] = []
 
-    A shard whose fence refuses leaves the others' writes done; the first such shard (in the order of `by_shard`,
-    node by node) raises `StaleMap` or `ShardFrozen`, as a call of its own would."""
-    groups: dict[str, dict[str, list[object]]] = {}
-    for shard_id, args in by_shard.items():
-        groups.setdefault(shard_node(cluster, layout, shard_id).id, {})[shard_id] = args
-    calls = {node_id: [write_call(layout, shards, mode=mode)] for node_id, shards in groups.items()}
-    if scores:
+    async def then_count(calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
+        nonlocal ranks
         ranks, _, answers = await rank_after(cluster, layout, scores, calls)
-    else:
-        ranks = []
-        answers = await run_per_node(cluster, calls)
-    for node_id, shards in groups.items():
-        node = cluster.node(node_id)
-        changes = replies.shard_write(node_id, answers[node_id][0], len(shards))
-        for shard_id, change in zip(shards, changes, strict=True):
-            shard_written(cluster, node, layout, shard_id, change)
+        return answers
+
+    await write_shards(cluster, layout, by_shard, mode=mode, run_calls=then_count if scores else None)
     return ranks
 
 

@@ -1,5 +1,6 @@
 -- docs/architecture.md write path step 3: absolute, versioned writes into one shard, fenced by its descriptor (the
--- data path writes all of a node's shards in one shard_write call; moves, repair and the sweeper use this one).
+-- data path and crossings write all of a node's shards in one shard_write call; repair, the sweeper and GetAround's
+-- healing of a lost write use this one).
 -- KEYS: zset, descriptor (the versions hashes come in ARGV: nodes are standalone, undeclared keys are fine).
 -- ARGV: expected descriptor, mode, the shard's range in stored scores [lo, hi), then (user, stored score, ver, the
 -- user's versions hash (see _keys.py))...
