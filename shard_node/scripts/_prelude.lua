@@ -64,9 +64,8 @@ end
 -- line it falls in. Where a member lives is derived from its score (docs/architecture.md): it crosses when its cell
 -- changes.
 local function cell_finder(cuts)
-  -- Read by cjson's C parser as a JSON array: every index call reads every cut, and a loop over string.gmatch
-  -- costs about 0.17 µs a cut (45 µs a call at 256 shards), cjson about a third of that. Integers up to 2^53 read
-  -- exactly either way.
+  -- Read by cjson's C parser as a JSON array: every index call reads every cut, and at 256 shards a loop over
+  -- string.gmatch took 45 µs a call, cjson 18 (Valkey 8.1). Integers up to 2^53 read exactly either way.
   local bounds = cjson.decode('[' .. (string.gsub(cuts, ' ', ',')) .. ']')
   local nb = #bounds
   return function(score)
