@@ -260,9 +260,38 @@ async def get_ranks(cluster: Cluster, layout: BoardLayout, user_ids: Sequence[st
 
 
 async def get_top(cluster: Cluster, layout: BoardLayout, offset: int, limit: int) -> tuple[list[Entry], int]:
-    """Positions offset..offset+limit-1 across all shards, best first, and the board's size."""
+    """Positions offset..offset+limit-1 across all shards, best first, and the board's size.
+
+    One round trip per node when the sizes this router saw last put the page where the fresh count puts it
+    (the usual case: a leaderboard's top lies deep inside its best shard): the page is read in the count's round
+    trip, and kept only if the count agrees. Otherwise, or when a node the guess needed could not answer, the
+    page is read after the count, as the fresh sizes place it.
+    """
+    guess = _known_pages(cluster, layout, offset, limit)
+    if guess:
+        try:
+            sizes, _, answers = await count_after(cluster, layout, before=_page_calls(layout, guess))
+        except NodeUnavailable:
+            pass  # the guess may have asked a node the page does not need: the plain way below needs fewer
+        else:
+            if _pages(layout, sizes, offset, limit) == guess:
+                results = _page_replies(cluster, layout, guess, answers)
+                return _entries(layout, sizes, guess, results), sum(sizes.values())
+            return await _read_range(cluster, layout, sizes, offset, limit), sum(sizes.values())
     sizes, _ = await _count(cluster, layout)
     return await _read_range(cluster, layout, sizes, offset, limit), sum(sizes.values())
+
+
+def _known_pages(cluster: Cluster, layout: BoardLayout, offset: int, limit: int) -> list[_Page] | None:
+    """Where the last sizes this router saw of every shard put positions offset..offset+limit-1; None when one
+    was never seen under its current descriptor."""
+    known: dict[str, int] = {}
+    for s in layout.best_first:
+        size = cluster.last_sizes.get((layout.board, layout.descriptors[s.id], s.id))
+        if size is None:
+            return None
+        known[s.id] = size
+    return _pages(layout, known, offset, limit)
 
 
 async def get_around(cluster: Cluster, layout: BoardLayout, user_id: str, radius: int) -> tuple[list[Entry], int]:
@@ -285,11 +314,13 @@ async def get_around(cluster: Cluster, layout: BoardLayout, user_id: str, radius
     return entries, total
 
 
-async def _read_range(
-    cluster: Cluster, layout: BoardLayout, sizes: dict[str, int], start: int, count: int
-) -> list[Entry]:
-    """Entries at global positions start..start+count-1, walking the shards best-first."""
-    pages: list[tuple[str, int, int, int]] = []  # shard, first local position, last, global start
+_Page = tuple[str, int, int, int]
+"""A page of one shard: its id, the first and last local positions, and the global position of the first."""
+
+
+def _pages(layout: BoardLayout, sizes: Mapping[str, int], start: int, count: int) -> list[_Page]:
+    """The shard pages holding global positions start..start+count-1 under `sizes`, best first."""
+    pages: list[_Page] = []
     seen = 0
     for s in layout.best_first:
         size = sizes[s.id]
@@ -298,10 +329,24 @@ async def _read_range(
             last = min(size, start + count - seen) - 1
             pages.append((s.id, first, last, seen + first))
         seen += size
+    return pages
+
+
+async def _read_range(
+    cluster: Cluster, layout: BoardLayout, sizes: dict[str, int], start: int, count: int
+) -> list[Entry]:
+    """Entries at global positions start..start+count-1, walking the shards best-first."""
+    pages = _pages(layout, sizes, start, count)
     if not pages:
         return []
-    results = await _read_pages(cluster, layout, pages)
-    sums = _better_sums(layout, sizes)
+    return _entries(layout, sizes, pages, await _read_pages(cluster, layout, pages))
+
+
+def _entries(
+    layout: BoardLayout, sizes: Mapping[str, int], pages: Sequence[_Page], results: Sequence[ShardPage]
+) -> list[Entry]:
+    """The entries of `pages` (read as `results`), ranked under `sizes`."""
+    sums = _better_sums(layout, dict(sizes))
     entries: list[Entry] = []
     seen_users: set[str] = set()
     for (shard_id, _, _, position), page in zip(pages, results, strict=True):
@@ -320,31 +365,41 @@ async def _read_range(
     return entries
 
 
-async def _read_pages(cluster: Cluster, layout: BoardLayout, pages: list[tuple[str, int, int, int]]) -> list[ShardPage]:
-    """The pages (shard, first local position, last, global start) of `pages`, in order: one pipelined round
-    trip per node."""
-    by_node: dict[str, list[int]] = {}
-    for i, (shard_id, *_) in enumerate(pages):
-        by_node.setdefault(layout.shards[shard_id].node, []).append(i)
+def _page_call(layout: BoardLayout, page: _Page) -> ScriptCall:
+    shard_id, first, last, _ = page
+    return (
+        SHARD_PAGE,
+        layout.fenced_keys[shard_id],
+        [layout.read_fences[shard_id], first, last, *layout.stored_ranges[shard_id]],
+    )
 
-    async def read(node_id: str, indexes: list[int]) -> list[ShardPage]:
+
+def _page_calls(layout: BoardLayout, pages: Sequence[_Page]) -> dict[str, list[ScriptCall]]:
+    """The SHARD_PAGE calls of `pages`, per node, in the order of `pages`."""
+    calls: dict[str, list[ScriptCall]] = {}
+    for page in pages:
+        calls.setdefault(layout.shards[page[0]].node, []).append(_page_call(layout, page))
+    return calls
+
+
+def _page_replies(
+    cluster: Cluster, layout: BoardLayout, pages: Sequence[_Page], answers: Mapping[str, Sequence[object]]
+) -> list[ShardPage]:
+    """The pages of `pages` from their nodes' raw `answers` (as `_page_calls` sent them), fences checked."""
+    taken: dict[str, int] = {}
+    out: list[ShardPage] = []
+    for page in pages:
+        node_id = layout.shards[page[0]].node
+        i = taken.get(node_id, 0)
+        taken[node_id] = i + 1
         node = cluster.node(node_id)
-        calls: list[ScriptCall] = []
-        for i in indexes:
-            shard_id, first, last, _ = pages[i]
-            keys = layout.fenced_keys[shard_id]
-            calls.append(
-                (SHARD_PAGE, keys, [layout.read_fences[shard_id], first, last, *layout.stored_ranges[shard_id]])
-            )
-        answers = await node.run_many(calls)
-        return [
-            check_fence(node, layout, pages[i][0], replies.shard_page(node.id, raw))
-            for i, raw in zip(indexes, answers, strict=True)
-        ]
-
-    out: list[ShardPage] = [ShardPage(0, ())] * len(pages)
-    node_ids = list(by_node)
-    for node_id, found in zip(node_ids, await asyncio.gather(*(read(n, by_node[n]) for n in node_ids)), strict=True):
-        for i, page in zip(by_node[node_id], found, strict=True):
-            out[i] = page
+        out.append(check_fence(node, layout, page[0], replies.shard_page(node.id, answers[node_id][i])))
     return out
+
+
+async def _read_pages(cluster: Cluster, layout: BoardLayout, pages: list[_Page]) -> list[ShardPage]:
+    """The pages of `pages`, in order: one pipelined round trip per node."""
+    calls = _page_calls(layout, pages)
+    node_ids = list(calls)
+    answers = await asyncio.gather(*(cluster.node(n).run_many(calls[n]) for n in node_ids))
+    return _page_replies(cluster, layout, pages, dict(zip(node_ids, answers, strict=True)))
