@@ -22,7 +22,7 @@ from rankshard.shard_node import (
     get_ranks,
     get_top,
     rank_of_scores,
-    read_entry,
+    read_entries,
 )
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
@@ -134,10 +134,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
 
     async def _rank_batch(self, board: str, users: list[str]) -> list[tuple[Entry, int] | BaseException]:
         """Concurrent GetRank calls of one board: index entries read together, ranks in one count round."""
-        found = await self._read(
-            board,
-            lambda lay: asyncio.gather(*(read_entry(self.cluster, lay, u) for u in users), return_exceptions=True),
-        )
+        found = await self._read(board, lambda lay: read_entries(self.cluster, lay, users))
         known = [e for e in found if not isinstance(e, BaseException)]
         ranks, total = await self._read(board, lambda lay: rank_of_scores(self.cluster, lay, [e.score for e in known]))
         rank_of = iter(ranks)

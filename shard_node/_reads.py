@@ -226,8 +226,41 @@ async def read_entry(cluster: Cluster, layout: BoardLayout, user_id: str) -> Ind
     node, key = cluster.index_of(layout, user_id)
     entry = IndexEntry.parse(user_id, await node.command("HGET", key, user_id))
     if entry is None:
-        raise NotFound(f"user {user_id!r} is not on leaderboard {layout.board!r}")
+        raise _not_found(layout, user_id)
     return entry
+
+
+async def read_entries(
+    cluster: Cluster, layout: BoardLayout, user_ids: Sequence[str]
+) -> list[IndexEntry | NotFound | NodeUnavailable]:
+    """Each member's index entry, in the order of `user_ids`, in one pipelined round trip per index node (a batch
+    of GetRank calls): `NotFound` for a member not on the board, the node's `NodeUnavailable` for each member
+    whose index node could not answer (the others are answered)."""
+    groups: dict[str, tuple[NodeClient, list[int], list[tuple[str, str, str]]]] = {}
+    for i, user in enumerate(user_ids):
+        node, key = cluster.index_of(layout, user)
+        group = groups.get(node.id)
+        if group is None:
+            group = groups[node.id] = (node, [], [])
+        group[1].append(i)
+        group[2].append(("HGET", key, user))
+    found = list(groups.values())
+    answers = await asyncio.gather(*(node.commands(reads) for node, _, reads in found), return_exceptions=True)
+    out: dict[int, IndexEntry | NotFound | NodeUnavailable] = {}
+    for (_, positions, _), raws in zip(found, answers, strict=True):
+        if isinstance(raws, NodeUnavailable):
+            out.update(dict.fromkeys(positions, raws))
+        elif isinstance(raws, BaseException):
+            raise raws
+        else:
+            for i, raw in zip(positions, raws, strict=True):
+                entry = IndexEntry.parse(user_ids[i], raw)
+                out[i] = entry if entry is not None else _not_found(layout, user_ids[i])
+    return [out[i] for i in range(len(user_ids))]
+
+
+def _not_found(layout: BoardLayout, user_id: str) -> NotFound:
+    return NotFound(f"user {user_id!r} is not on leaderboard {layout.board!r}")
 
 
 async def get_rank(cluster: Cluster, layout: BoardLayout, user_id: str) -> tuple[Entry, int]:

@@ -54,9 +54,7 @@ def _write(client: Client, board: str, scores: dict[str, int]) -> None:
 def _model_top(scores: dict[str, int], offset: int, limit: int) -> list[Entry]:
     """What one sorted list of all members gives: best first, ties by user id's bytes, competition ranks."""
     ordered = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0].encode()))
-    return [
-        Entry(u, s, 1 + sum(1 for v in scores.values() if v > s)) for u, s in ordered[offset : offset + limit]
-    ]
+    return [Entry(u, s, 1 + sum(1 for v in scores.values() if v > s)) for u, s in ordered[offset : offset + limit]]
 
 
 def test_a_top_page_whose_place_is_known_takes_one_round_trip_per_node(control_plane_dsn: str, client: Client) -> None:
