@@ -21,8 +21,7 @@ from rankshard.shard_node import (
     get_around,
     get_ranks,
     get_top,
-    rank_of_scores,
-    read_entries,
+    rank_members,
 )
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
@@ -132,13 +131,9 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         call = UpdateCall(self.cluster, layout, updates, each=True, on_step=self.on_step)
         return await self._write(board, layout, call.run)
 
-    async def _rank_batch(self, board: str, users: list[str]) -> list[tuple[Entry, int] | BaseException]:
+    async def _rank_batch(self, board: str, users: list[str]) -> Sequence[tuple[Entry, int] | BaseException]:
         """Concurrent GetRank calls of one board: index entries read together, ranks in one count round."""
-        found = await self._read(board, lambda lay: read_entries(self.cluster, lay, users))
-        known = [e for e in found if not isinstance(e, BaseException)]
-        ranks, total = await self._read(board, lambda lay: rank_of_scores(self.cluster, lay, [e.score for e in known]))
-        rank_of = iter(ranks)
-        return [e if isinstance(e, BaseException) else (Entry(e.user_id, e.score, next(rank_of)), total) for e in found]
+        return await self._read(board, lambda lay: rank_members(self.cluster, lay, users))
 
     async def _page_once(self, key: tuple[str, int, int], waiting: list[None]) -> list[tuple[list[Entry], int]]:
         """Identical GetTop calls in flight together share one read (it starts after all of them did)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rankshard.shard_map import NodeUnavailable, NotFound, Shard
 
@@ -51,23 +52,62 @@ async def _count(
     return sizes, results
 
 
+def sizes_call(cluster: Cluster, layout: BoardLayout, node_id: str) -> ScriptCall | None:
+    """A SHARD_TALLY call asking node `node_id` only for its shards' sizes, to ride in a round trip the caller makes
+    to that node anyway (the index round of a write or of a rank), so that the count round after it need not ask
+    that node again (`count_after`'s `known`, see `sizes_answer`); None while this router has not seen the node's
+    sizes under the layout (then only a full count can tell)."""
+    call = layout.count_calls.get(node_id)
+    seen = cluster.seen_sizes.get((layout.board, node_id))
+    if call is None or seen is None or seen.call is not call:
+        return None
+    return (SHARD_TALLY, (), [call.sizes_key, seen.token, seen.version, call.changes_key, call.stem])
+
+
+def sizes_answer(cluster: Cluster, layout: BoardLayout, node_id: str, raw: object) -> ShardCounts | None:
+    """The sizes of node `node_id`'s shards from the raw reply to its `sizes_call`, kept as seen; None when they
+    cannot be told from it (the node's token moved on, or the seen sizes changed since the call was made)."""
+    call = layout.count_calls[node_id]
+    seen = cluster.seen_sizes.get((layout.board, node_id))
+    tally = replies.shard_tally(node_id, raw, 0)
+    if tally is None or seen is None or seen.call is not call:
+        return None
+    return _tallied(cluster, layout, node_id, seen, tally)
+
+
+def _tallied(
+    cluster: Cluster, layout: BoardLayout, node_id: str, seen: SeenSizes, tally: SizeChanges
+) -> ShardCounts | None:
+    """The node's counts from a SHARD_TALLY answer to a call made from `seen`, kept as seen; None when a shard of
+    the call has no kept size."""
+    sizes = _updated(seen.call, seen, tally)
+    if sizes is None:
+        return None
+    _keep_seen(cluster, layout.board, node_id, SeenSizes(seen.call, seen.token, tally.version, sizes))
+    return ShardCounts(sizes, tally.answers)
+
+
 async def count_after(
     cluster: Cluster,
     layout: BoardLayout,
     queries: Sequence[_Query] = (),
     before: Mapping[str, Sequence[ScriptCall]] | None = None,
+    known: Mapping[str, ShardCounts] | None = None,
 ) -> tuple[dict[str, int], list[int], dict[str, list[object]]]:
     """Like `_count`, with `before[node]` pipelined ahead of that node's count in the same round trip.
 
     A node's count is one SHARD_TALLY call (its kept sizes, one lookup per shard) while the node's sizes token is
     the one this router's last SHARD_COUNT there answered for the same layout, else one SHARD_COUNT (every
     descriptor checked, every shard counted; it answers the token): the first count of a layout on a node, and
-    each after a descriptor change there, costs one more call.
+    each after a descriptor change there, costs one more call. A node in `known` (its sizes read by the caller
+    after the call began, in a round trip made anyway: `sizes_call`) is not asked again unless it has queries or
+    calls in `before`.
 
     Returns the sizes, the query answers and, per node of `before`, the answers of its calls (their
     fences are not checked here). A node that has calls in `before` or queries must answer.
     """
     before = before or {}
+    known = known or {}
     per_node: dict[str, list[int]] = {}
     for i, q in enumerate(queries):
         per_node.setdefault(layout.shards[q.shard_id].node, []).append(i)
@@ -95,11 +135,8 @@ async def count_after(
                 q = queries[i]
                 args += (_QUERY_ARG[q.kind], *call.tally_query[q.shard_id], q.arg)
             tally = replies.shard_tally(node.id, await run(node, prefix, (SHARD_TALLY, (), args)), len(mine))
-            if tally is not None:
-                sizes = _updated(call, seen, tally)
-                if sizes is not None:
-                    _keep_seen(cluster, layout.board, node_id, SeenSizes(call, seen.token, tally.version, sizes))
-                    return ShardCounts(sizes, tally.answers)
+            if tally is not None and (counts := _tallied(cluster, layout, node_id, seen, tally)) is not None:
+                return counts
             prefix = None  # it ran: the full count below goes alone
         args = list(call.args)
         for i in mine:
@@ -119,10 +156,14 @@ async def count_after(
         # a frozen node must not hold up calls that need nothing else from it.
         return await asyncio.wait_for(ask(node_id), SIZE_WAIT)
 
+    async def given(node_id: str) -> ShardCounts:
+        return known[node_id]
+
     nodes = list(layout.by_node.items())
     needed = per_node.keys() | before.keys()
     answers = await asyncio.gather(
-        *((ask if n in needed else ask_sizes_only)(n) for n, _ in nodes), return_exceptions=True
+        *((ask if n in needed else given if n in known else ask_sizes_only)(n) for n, _ in nodes),
+        return_exceptions=True,
     )
     sizes: dict[str, int] = {}
     results = [0] * len(queries)
@@ -211,12 +252,14 @@ async def rank_after(
     layout: BoardLayout,
     scores: Sequence[int],
     before: Mapping[str, Sequence[ScriptCall]] | None = None,
+    known: Mapping[str, ShardCounts] | None = None,
 ) -> tuple[list[int], int, dict[str, list[object]]]:
-    """`rank_of_scores` counted right after `before` (see `count_after`), in the same round trip."""
+    """`rank_of_scores` counted right after `before` (see `count_after`, also for `known`), in the same round
+    trip."""
     shards = [layout.map.shard_for(s).id for s in scores]
     kind = CountQuery.BETTER
     queries = [_Query(kind, sid, layout.stored(s)) for sid, s in zip(shards, scores, strict=True)]
-    sizes, better, prefixes = await count_after(cluster, layout, queries, before)
+    sizes, better, prefixes = await count_after(cluster, layout, queries, before, known)
     sums = _better_sums(layout, sizes)
     return [1 + sums[sid] + b for sid, b in zip(shards, better, strict=True)], sum(sizes.values()), prefixes
 
@@ -233,9 +276,31 @@ async def read_entry(cluster: Cluster, layout: BoardLayout, user_id: str) -> Ind
 async def read_entries(
     cluster: Cluster, layout: BoardLayout, user_ids: Sequence[str]
 ) -> list[IndexEntry | NotFound | NodeUnavailable]:
-    """Each member's index entry, in the order of `user_ids`, in one pipelined round trip per index node (a batch
-    of GetRank calls): `NotFound` for a member not on the board, the node's `NodeUnavailable` for each member
-    whose index node could not answer (the others are answered)."""
+    """Each member's index entry, in the order of `user_ids`, in one pipelined round trip per index node: `NotFound`
+    for a member not on the board, the node's `NodeUnavailable` for each member whose index node could not answer
+    (the others are answered)."""
+    return (await _read_entries(cluster, layout, user_ids, with_sizes=False))[0]
+
+
+async def rank_members(
+    cluster: Cluster, layout: BoardLayout, user_ids: Sequence[str]
+) -> list[tuple[Entry, int] | NotFound | NodeUnavailable]:
+    """GetRank for each of `user_ids` (calls answered together): the member's entry and the board's size, or that
+    member's error alone (`read_entries`). Two rounds: the index entries, with the sizes of the index nodes' shards
+    riding along (`sizes_call`), then the count, which asks again only the nodes holding a member's shard and
+    those not asked yet. Raises `StaleMap`, `ShardFrozen` and the `NodeUnavailable` of a node the count needed."""
+    found, known = await _read_entries(cluster, layout, user_ids, with_sizes=True)
+    entries = [e for e in found if isinstance(e, IndexEntry)]
+    ranks, total, _ = await rank_after(cluster, layout, [e.score for e in entries], known=known)
+    rank_of = iter(ranks)
+    return [(Entry(e.user_id, e.score, next(rank_of)), total) if isinstance(e, IndexEntry) else e for e in found]
+
+
+async def _read_entries(
+    cluster: Cluster, layout: BoardLayout, user_ids: Sequence[str], *, with_sizes: bool
+) -> tuple[list[IndexEntry | NotFound | NodeUnavailable], dict[str, ShardCounts]]:
+    """`read_entries`, and `with_sizes` the sizes of each index node's shards read in the same round trip (where
+    this router can ask for them: `sizes_call`)."""
     groups: dict[str, tuple[NodeClient, list[int], list[tuple[str, str, str]]]] = {}
     for i, user in enumerate(user_ids):
         node, key = cluster.index_of(layout, user)
@@ -244,8 +309,19 @@ async def read_entries(
             group = groups[node.id] = (node, [], [])
         group[1].append(i)
         group[2].append(("HGET", key, user))
+    known: dict[str, ShardCounts] = {}
+
+    async def read(node: NodeClient, reads: list[tuple[str, str, str]]) -> list[Any]:
+        call = sizes_call(cluster, layout, node.id) if with_sizes else None
+        if call is None:
+            return await node.commands(reads)
+        raws, (sized,) = await node.commands_then_run(reads, [call])
+        if (counts := sizes_answer(cluster, layout, node.id, sized)) is not None:
+            known[node.id] = counts
+        return raws
+
     found = list(groups.values())
-    answers = await asyncio.gather(*(node.commands(reads) for node, _, reads in found), return_exceptions=True)
+    answers = await asyncio.gather(*(read(node, reads) for node, _, reads in found), return_exceptions=True)
     out: dict[int, IndexEntry | NotFound | NodeUnavailable] = {}
     for (_, positions, _), raws in zip(found, answers, strict=True):
         if isinstance(raws, NodeUnavailable):
@@ -256,7 +332,7 @@ async def read_entries(
             for i, raw in zip(positions, raws, strict=True):
                 entry = IndexEntry.parse(user_ids[i], raw)
                 out[i] = entry if entry is not None else _not_found(layout, user_ids[i])
-    return [out[i] for i in range(len(user_ids))]
+    return [out[i] for i in range(len(user_ids))], known
 
 
 def _not_found(layout: BoardLayout, user_id: str) -> NotFound:

@@ -11,7 +11,7 @@ from typing import TypeVar
 from _router import Client
 
 from rankshard.shard_map import ControlPlane
-from rankshard.shard_node import BoardLayout, Cluster, Entry, connect_cluster, get_top
+from rankshard.shard_node import BoardLayout, Cluster, Entry, connect_cluster, get_top, rank_members
 from rankshard.v1 import leaderboard_pb2 as pb
 
 T = TypeVar("T")
@@ -105,3 +105,33 @@ def test_a_top_page_moved_by_other_routers_writes_is_read_where_the_fresh_count_
 
     for offset, limit, got, expected in _on_board(control_plane_dsn, "moving", work):
         assert got == expected, (offset, limit)
+
+
+def test_a_rank_takes_one_round_trip_per_node_its_counts_need(control_plane_dsn: str, client: Client) -> None:
+    """Once a router has seen the board's sizes, a rank reads the member's index node and, in the same round trip,
+    that node's sizes; the count then asks only the nodes not asked yet and the node of the member's shard."""
+    client.create("ranks", boundaries=BOUNDARIES, order="desc", operator="set")
+    rng = random.Random(5)
+    scores = {f"r{i:02d}": rng.randrange(-5, 45) for i in range(40)}
+    _write(client, "ranks", scores)
+
+    async def work(cluster: Cluster, layout: BoardLayout) -> list[tuple[str, int, int, int]]:
+        await rank_members(cluster, layout, ["r00"])  # learns the sizes
+        out = []
+        for user in sorted(scores):
+            trips = _RoundTrips()
+            for node in cluster.nodes.values():
+                node.observer = trips
+            ((entry, total),) = await rank_members(cluster, layout, [user])  # type: ignore[misc]
+            assert total == len(scores)
+            index_node = cluster.index_of(layout, user)[0].id
+            shard_node = layout.shards[layout.map.shard_for(entry.score).id].node
+            expected = len(cluster.nodes) + (shard_node == index_node)
+            out.append((user, entry.rank, sum(trips.count.values()), expected))
+        return out
+
+    answers = _on_board(control_plane_dsn, "ranks", work)
+    for user, rank, trips, expected in answers:
+        assert rank == 1 + sum(1 for v in scores.values() if v > scores[user]), user
+        assert trips == expected, (user, trips, expected)
+    assert {e for *_, e in answers} == {len(BOUNDARIES) - 1, len(BOUNDARIES)}  # both cases met
