@@ -404,11 +404,15 @@ def _known_pages(cluster: Cluster, layout: BoardLayout, offset: int, limit: int)
 
 
 async def get_around(cluster: Cluster, layout: BoardLayout, user_id: str, radius: int) -> tuple[list[Entry], int]:
-    """Up to `radius` members either side of the member, best first; raises `NotFound`."""
-    entry = await read_entry(cluster, layout, user_id)
+    """Up to `radius` members either side of the member, best first; raises `NotFound`. The index node's sizes
+    ride in the index round (see `rank_members`)."""
+    (entry,), known = await _read_entries(cluster, layout, [user_id], with_sizes=True)
+    if not isinstance(entry, IndexEntry):
+        raise entry
     home = layout.home_of(entry)
     for _ in range(2):
-        sizes, (position,) = await _count(cluster, layout, [_Query(CountQuery.POSITION, home, user_id)])
+        query = _Query(CountQuery.POSITION, home, user_id)
+        sizes, (position,), _ = await count_after(cluster, layout, [query], known=known)
         if position >= 0:
             break
         # The index committed but the shard write never happened (a crashed writer): heal it.
