@@ -22,6 +22,7 @@ from ._reads import (
     read_entries,
     read_entry,
     shard_sizes,
+    windows_around,
 )
 from ._rebalance import (
     QUANTILES,
@@ -101,4 +102,5 @@ __all__ = [
     "read_entry",
     "remove_member",
     "shard_sizes",
+    "windows_around",
 ]

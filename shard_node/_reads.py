@@ -7,9 +7,9 @@ instead of a wrong answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from rankshard.shard_map import NodeUnavailable, NotFound, Shard
 
@@ -291,9 +291,74 @@ async def rank_members(
     those not asked yet. Raises `StaleMap`, `ShardFrozen` and the `NodeUnavailable` of a node the count needed."""
     found, known = await _read_entries(cluster, layout, user_ids, with_sizes=True)
     entries = [e for e in found if isinstance(e, IndexEntry)]
-    ranks, total, _ = await rank_after(cluster, layout, [e.score for e in entries], known=known)
+    try:
+        ranks, total, _ = await rank_after(cluster, layout, [e.score for e in entries], known=known)
+    except NodeUnavailable:
+        if len(entries) <= 1:
+            raise
+        return await _one_by_one(user_ids, lambda u: rank_members(cluster, layout, [u]))
     rank_of = iter(ranks)
     return [(Entry(e.user_id, e.score, next(rank_of)), total) if isinstance(e, IndexEntry) else e for e in found]
+
+
+async def windows_around(
+    cluster: Cluster, layout: BoardLayout, user_ids: Sequence[str], radius: int
+) -> list[tuple[list[Entry], int] | NotFound | NodeUnavailable]:
+    """GetAround for each of `user_ids` (calls answered together): up to `radius` members either side of the
+    member, best first, and the board's size, or that member's error alone. One round for the index entries (with
+    the index nodes' sizes), one count with every member's position, one read of every window's pages. Raises
+    `StaleMap` and `ShardFrozen`."""
+    found, known = await _read_entries(cluster, layout, user_ids, with_sizes=True)
+    members = [(i, e) for i, e in enumerate(found) if isinstance(e, IndexEntry)]
+    queries = [_Query(CountQuery.POSITION, layout.home_of(e), e.user_id) for _, e in members]
+    try:
+        sizes, positions, _ = await count_after(cluster, layout, queries, known=known)
+        out: list[tuple[list[Entry], int] | NotFound | NodeUnavailable | None] = [
+            None if isinstance(e, IndexEntry) else e for e in found
+        ]
+        sums, total = _better_sums(layout, sizes), sum(sizes.values())
+        pages: list[_Page] = []
+        spans: list[tuple[int, int, int]] = []  # member, its first page in `pages`, its number of pages
+        for (i, _), q, position in zip(members, queries, positions, strict=True):
+            if position < 0:
+                continue  # not in its shard (a crashed writer's): healed the single-call way below
+            at = sums[q.shard_id] + position
+            start = max(0, at - radius)
+            window = _pages(layout, sizes, start, min(total, at + radius + 1) - start)
+            spans.append((i, len(pages), len(window)))
+            pages += window
+        read = await _read_pages(cluster, layout, pages) if pages else []
+    except NodeUnavailable:
+        if len(members) <= 1:
+            raise
+        return await _one_by_one(user_ids, lambda u: windows_around(cluster, layout, [u], radius))
+    for i, first, n in spans:
+        out[i] = (_entries(layout, sizes, pages[first : first + n], read[first : first + n]), total)
+    for i, answer in enumerate(out):
+        if answer is None:
+            try:
+                out[i] = await get_around(cluster, layout, user_ids[i], radius)
+            except (NotFound, NodeUnavailable) as exc:
+                out[i] = exc
+    return cast("list[tuple[list[Entry], int] | NotFound | NodeUnavailable]", out)
+
+
+A = TypeVar("A")
+
+
+async def _one_by_one(
+    user_ids: Sequence[str], read: Callable[[str], Awaitable[list[A | NotFound | NodeUnavailable]]]
+) -> list[A | NotFound | NodeUnavailable]:
+    """`read` for each member alone, together: when a node a batch needed could not answer, only the members that
+    need it fail (a failure of one node degrades only what lives on it)."""
+
+    async def one(user: str) -> A | NotFound | NodeUnavailable:
+        try:
+            return (await read(user))[0]
+        except NodeUnavailable as exc:
+            return exc
+
+    return list(await asyncio.gather(*(one(u) for u in user_ids)))
 
 
 async def _read_entries(
