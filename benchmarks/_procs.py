@@ -172,6 +172,11 @@ class Cluster:
             out.append(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
         return out
 
+    def node_reads(self) -> int:
+        """Read events every node has processed so far (``total_reads_processed``): about one per round trip a
+        client's write woke it for."""
+        return sum(int(info(self.node(a), "stats")["total_reads_processed"]) for a in self.nodes)
+
     def used_memory(self) -> int:
         return sum(int(info(self.node(a), "memory")["used_memory"]) for a in self.nodes)
 

@@ -45,17 +45,23 @@ def headline(result: dict[str, Any]) -> str:
 def node_cpu_table(result: dict[str, Any]) -> str:
     """Node CPU per call, rankshard beside the bare sorted set on the same nodes in the same run."""
     lines = [
-        "| call | node CPU µs per call | calls/s (nodes busy) | bare sorted set doing the same | node CPU µs "
-        "| calls/s (nodes busy) | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| call | node CPU µs per call | calls/s (nodes busy) | node round trips per call "
+        "| bare sorted set doing the same | node CPU µs | calls/s (nodes busy) | node round trips per call | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["node_cpu"]:
         lines.append(
-            f"| {r['call']} | {r['node_us']:.1f} | {_n(r['per_s'])} ({r['node_busy']:.0%}) | {r['bare_call']} "
+            f"| {r['call']} | {r['node_us']:.1f} | {_n(r['per_s'])} ({r['node_busy']:.0%}) "
+            f"| {_reads(r.get('node_reads'))} | {r['bare_call']} "
             f"| {r['bare_node_us']:.1f} | {_n(r['bare_per_s'])} ({r['bare_node_busy']:.0%}) "
-            f"| {r['ratio']:.2f} ({r['spread']}) |"
+            f"| {_reads(r.get('bare_node_reads'))} | {r['ratio']:.2f} ({r['spread']}) |"
         )
     return "\n".join(lines)
+
+
+def _reads(per_call: float | None) -> str:
+    """Node round trips per call (read events the nodes processed), or a dash for a run that did not count them."""
+    return "—" if per_call is None else f"{per_call:.2f}"
 
 
 def shard_series_table(result: dict[str, Any]) -> str:
@@ -139,8 +145,17 @@ def capacity_table(result: dict[str, Any]) -> str:
             ),
         ),
         ("node memory per member, all in (measured)", *both(lambda x: f"{x['measured']['bytes_per_member']:,.0f} B")),
-        (f"router cores at {h['router_utilisation']:.0%} busy", *both(lambda x: f"{x['router_cores']:,}")),
     ]
+    basis = result.get("plan_basis", {})
+    if basis.get("node_reads_per_call") is not None:
+        rows.append(
+            (
+                "node round trips per call of the mix (measured with the node figure)",
+                f"{basis['node_reads_per_call']:.2f}",
+                f"{basis['bare_node_reads_per_call']:.2f}",
+            )
+        )
+    rows.append((f"router cores at {h['router_utilisation']:.0%} busy", *both(lambda x: f"{x['router_cores']:,}")))
     if "router_cores_if_updates_batched" in c:
         rows.append(("router cores if updates come in batches of 100", f"{c['router_cores_if_updates_batched']:,}", ""))
     rows += [
@@ -283,7 +298,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"The nodes' own CPU time (`used_cpu_user + used_cpu_sys` of all {p['nodes']} nodes) per call, on the "
         f"{few}-shard board of {p['shard_population']:,} members, beside a bare sorted set of the same members "
         "and scores on each of the same nodes, driven from one redis-py process in pipelines of 100 calls, in the "
-        "same rounds. Nodes busy: their mean CPU share during the phase.\n\n" + node_cpu_table(result),
+        "same rounds. Nodes busy: their mean CPU share during the phase. Node round trips per call: the read events "
+        "the nodes processed (`total_reads_processed`, each a client's write waking a node) per call; most of a "
+        "call's node CPU at a low busy share is the cost of these wake-ups, which batching spreads over more "
+        "calls.\n\n" + node_cpu_table(result),
         "## Shard-count series\n\n"
         f"{p['nodes']} nodes, {p['shard_population']:,} members per board, {p['in_flight']} calls in flight, "
         f"closed loop. The {few}- and {many}-shard rows are each the median of {p['rounds']} rounds; the others "

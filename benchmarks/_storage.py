@@ -273,6 +273,14 @@ async def _node_cpu(clients: list[aioredis.Redis]) -> list[float]:
     return out
 
 
+async def _node_reads(clients: list[aioredis.Redis]) -> int:
+    """The nodes' read events so far (``total_reads_processed``): one per round trip a client's write woke."""
+    total = 0
+    for c in clients:
+        total += int((await c.info("stats"))["total_reads_processed"])
+    return total
+
+
 async def _bare(
     addresses: list[str], kind: str, seconds: float, population: int, in_flight: int, batch: int, radius: int, top: int
 ) -> dict[str, Any]:
@@ -310,11 +318,11 @@ async def _bare(
                         await pipe.execute()
                 calls += batch
 
-        node0 = await _node_cpu(clients)
+        node0, reads0 = await _node_cpu(clients), await _node_reads(clients)
         cpu0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker(i, t0 + seconds) for i in range(in_flight)))
         took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        node1 = await _node_cpu(clients)
+        node1, reads1 = await _node_cpu(clients), await _node_reads(clients)
     finally:
         for c in clients:
             await c.aclose()
@@ -333,4 +341,5 @@ async def _bare(
         "cpu_s": cpu,
         "node_cpu_s": sum(by_node),
         "node_cpu_by_node": by_node,
+        "node_reads_per_item": (reads1 - reads0) / calls if calls else 0.0,
     }

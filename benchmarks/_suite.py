@@ -454,6 +454,10 @@ def _capacity(p: Profile, result: dict[str, Any]) -> tuple[dict[str, Any], dict[
         "memory_members": memory["members"],
         "bare_node_busy": {kind: m["node_cpu_s"] / m["seconds"] / p.nodes for kind, m in result["bare"].items()},
         "echo_busy": echo["busy"]["router"],
+        "node_reads_per_call": node_m.get("node_reads_per_item"),
+        "bare_node_reads_per_call": sum(
+            share * result["bare"][kind].get("node_reads_per_item", 0.0) for kind, share in mix.items()
+        ),
     }
     return plan(p.model, ours), plan(p.model, bare), basis
 
@@ -516,10 +520,12 @@ def _node_cpu_rows(p: Profile, result: dict[str, Any]) -> list[dict[str, Any]]:
                 "node_us": ours["node_us_per_item"],
                 "per_s": ours["items_per_s"],
                 "node_busy": ours["node_cpu_s"] / ours["seconds"] / p.nodes,
+                "node_reads": ours.get("node_reads_per_item"),
                 "bare_call": bare_call,
                 "bare_node_us": bare["node_us_per_item"],
                 "bare_per_s": bare["items_per_s"],
                 "bare_node_busy": bare["node_cpu_s"] / bare["seconds"] / p.nodes,
+                "bare_node_reads": bare.get("node_reads_per_item"),
                 "ratio": ratio,
                 "spread": spread,
             }

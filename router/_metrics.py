@@ -47,7 +47,7 @@ class RouterMetrics:
         )
         self._batches = HistogramTallies(
             "rankshard_coalesced_batch_size",
-            "Calls per coalesced batch, by kind (update: UpdateScore, rank: GetRank, page: GetTop)",
+            "Calls per coalesced batch, by kind (update: UpdateScore, rank: GetRank, page: GetTop, window: GetAround)",
             ("kind",),
             _BATCH_BUCKETS,
         )

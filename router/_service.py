@@ -18,11 +18,10 @@ from rankshard.shard_node import (
     Update,
     UpdateCall,
     UpdateOutcome,
-    get_around,
     get_ranks,
     get_top,
-    rank_of_scores,
-    read_entry,
+    rank_members,
+    windows_around,
 )
 from rankshard.v1 import leaderboard_pb2 as pb
 from rankshard.v1 import leaderboard_pb2_grpc as pb_grpc
@@ -63,10 +62,13 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         self._pages: Coalescer[tuple[str, int, int], None, tuple[list[Entry], int]] = Coalescer(
             self._page_once, on_batch=sizes("page")
         )
+        self._windows: Coalescer[tuple[str, int], str, tuple[list[Entry], int]] = Coalescer(
+            self._window_batch, on_batch=sizes("window")
+        )
 
     async def aclose(self) -> None:
         """Waits for the coalesced batches under way."""
-        for coalescer in (self._updates, self._ranks, self._pages):
+        for coalescer in (self._updates, self._ranks, self._pages, self._windows):
             await coalescer.aclose()
 
     @handler
@@ -113,7 +115,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
     async def GetAround(self, request: pb.GetAroundRequest, context: grpc.aio.ServicerContext) -> pb.GetAroundResponse:
         board, user = validate.member(request)
         radius = validate.radius(request)
-        entries, total = await self._read(board, lambda lay: get_around(self.cluster, lay, user, radius))
+        entries, total = await self._windows.submit((board, radius), user)
         return pb.GetAroundResponse(entries=[_entry(e) for e in entries], total=total)
 
     @handler
@@ -132,16 +134,16 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
         call = UpdateCall(self.cluster, layout, updates, each=True, on_step=self.on_step)
         return await self._write(board, layout, call.run)
 
-    async def _rank_batch(self, board: str, users: list[str]) -> list[tuple[Entry, int] | BaseException]:
+    async def _rank_batch(self, board: str, users: list[str]) -> Sequence[tuple[Entry, int] | BaseException]:
         """Concurrent GetRank calls of one board: index entries read together, ranks in one count round."""
-        found = await self._read(
-            board,
-            lambda lay: asyncio.gather(*(read_entry(self.cluster, lay, u) for u in users), return_exceptions=True),
-        )
-        known = [e for e in found if not isinstance(e, BaseException)]
-        ranks, total = await self._read(board, lambda lay: rank_of_scores(self.cluster, lay, [e.score for e in known]))
-        rank_of = iter(ranks)
-        return [e if isinstance(e, BaseException) else (Entry(e.user_id, e.score, next(rank_of)), total) for e in found]
+        return await self._read(board, lambda lay: rank_members(self.cluster, lay, users))
+
+    async def _window_batch(
+        self, key: tuple[str, int], users: list[str]
+    ) -> Sequence[tuple[list[Entry], int] | BaseException]:
+        """Concurrent GetAround calls of one board and radius: entries, positions and windows read together."""
+        board, radius = key
+        return await self._read(board, lambda lay: windows_around(self.cluster, lay, users, radius))
 
     async def _page_once(self, key: tuple[str, int, int], waiting: list[None]) -> list[tuple[list[Entry], int]]:
         """Identical GetTop calls in flight together share one read (it starts after all of them did)."""

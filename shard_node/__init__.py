@@ -11,7 +11,19 @@ from ._keys import IndexEntry
 from ._layout import BoardLayout, Cluster
 from ._moves import MOVE_STEPS, StepHook, finish_move
 from ._new_node import check_new_node
-from ._reads import Entry, get_around, get_rank, get_ranks, get_top, rank_of_scores, read_entry, shard_sizes
+from ._reads import (
+    Entry,
+    get_around,
+    get_rank,
+    get_ranks,
+    get_top,
+    rank_members,
+    rank_of_scores,
+    read_entries,
+    read_entry,
+    shard_sizes,
+    windows_around,
+)
 from ._rebalance import (
     QUANTILES,
     SERVING_STATES,
@@ -85,7 +97,10 @@ __all__ = [
     "get_top",
     "install_descriptors",
     "rank_of_scores",
+    "rank_members",
+    "read_entries",
     "read_entry",
     "remove_member",
     "shard_sizes",
+    "windows_around",
 ]

@@ -95,7 +95,29 @@ class NodeClient:
     async def run_many(self, calls: Sequence[ScriptCall], *, lazy: bool = False) -> list[object]:
         """Runs scripts in one pipelined round trip, raw replies in order; raises `NodeUnavailable`."""
         self._check_up()
-        results = await self._evalsha(calls, lazy)
+        return await self._scripts_answered(calls, await self._evalsha(calls, lazy))
+
+    async def commands_then_run(
+        self, commands: Sequence[Sequence[Any]], calls: Sequence[ScriptCall]
+    ) -> tuple[list[Any], list[object]]:
+        """`commands` then `calls` in one pipelined round trip: the commands' replies as `commands` answers them,
+        and the scripts' raw replies as `run_many` does; raises `NodeUnavailable`."""
+        self._check_up()
+        payload = b"".join(pack_command(tuple(c)) for c in commands) + _evalsha_payload(calls)
+        replies: list[Any] = await self._send(payload, len(commands) + len(calls))
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                self._check_serving(reply)
+        head, tail = replies[: len(commands)], replies[len(commands) :]
+        for reply in head:
+            if isinstance(reply, ReplyError):
+                raise self._refused(f"refused a command: {reply}") from reply
+        answered = [command_reply(c, r) for c, r in zip(commands, head, strict=True)]
+        return answered, await self._scripts_answered(calls, tail)
+
+    async def _scripts_answered(self, calls: Sequence[ScriptCall], results: list[Any]) -> list[object]:
+        """`results` (the raw replies to `calls`), with the calls a node without the scripts refused sent again once
+        they are loaded; raises `NodeUnavailable` for a call the node refused."""
         missing = [i for i, r in enumerate(results) if isinstance(r, ReplyError) and r.code == "NOSCRIPT"]
         if missing:
             await self.load_scripts()
@@ -134,8 +156,7 @@ class NodeClient:
         """One reply per call: a value, or a `ReplyError` value for a call the node refused."""
         if not calls:
             return []
-        payload = b"".join(pack_command(("EVALSHA", s.sha, len(k), *k, *a)) for s, k, a in calls)
-        replies: list[Any] = await self._send(payload, len(calls), lazy)
+        replies: list[Any] = await self._send(_evalsha_payload(calls), len(calls), lazy)
         for reply in replies:
             if isinstance(reply, ReplyError):
                 self._check_serving(reply)
@@ -200,3 +221,7 @@ class NodeClient:
     def _failed(self, kind: str) -> None:
         if self.observer is not None:
             self.observer.failed(self.id, kind)
+
+
+def _evalsha_payload(calls: Sequence[ScriptCall]) -> bytes:
+    return b"".join(pack_command(("EVALSHA", s.sha, len(k), *k, *a)) for s, k, a in calls)

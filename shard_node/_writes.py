@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -14,8 +14,8 @@ from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import StepHook, _step, finish_move, finish_moves, write_shards
-from ._reads import rank_after
-from ._replies import Aborted, Answered, Checked, Committed, PendingMove, Refusal, RefusalKind, Refused
+from ._reads import rank_after, sizes_answer, sizes_call
+from ._replies import Aborted, Answered, Checked, Committed, PendingMove, Refusal, RefusalKind, Refused, ShardCounts
 from ._scripts import INDEX_APPLY, INDEX_REMOVE, IndexMode, ShardWriteMode
 
 _MAX_ROUNDS = 8
@@ -94,12 +94,15 @@ class UpdateCall:
         self._results: list[Answer | None] = [None] * len(updates)
         self._checked = each or len(self._todo) == 1 or not _refusable(layout, updates)
         self._refused: RequestIdConflict | OutOfRange | None = None
+        self._known: dict[str, ShardCounts] | None = None
+        """Nodes' sizes read in this run's index rounds (see `_run_index`)."""
 
     async def run(self, layout: BoardLayout) -> list[UpdateOutcome | RequestIdConflict | OutOfRange]:
         """The outcome of each update, in order (`each`: a refused one is its error alone). Without `each`, a
         refusal raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]`` (nothing applied when all the
         updates' index slots live on one node; see `_commit`). Raises `StaleMap`, `ShardFrozen` (run again:
         see the class), `NodeError`."""
+        self._known = {} if self._todo else None
         if self._todo:
             await self._commit(layout)
         answers = [a for a in self._results if a is not None]
@@ -107,7 +110,7 @@ class UpdateCall:
             # Some updates committed before another was refused: their members' shards must follow.
             await _write_shards(self.cluster, layout, [a for a in answers if isinstance(a, Committed)], self.on_step)
             raise self._refused
-        outcomes = iter(await _finish(self.cluster, layout, self._batch, answers, self.on_step))
+        outcomes = iter(await _finish(self.cluster, layout, self._batch, answers, self.on_step, self._known))
         return [next(outcomes) if isinstance(a, Committed) else a for a in answers]
 
     async def _commit(self, layout: BoardLayout) -> None:
@@ -125,7 +128,11 @@ class UpdateCall:
             mode = IndexMode.EACH if self.each else IndexMode.APPLY if self._checked else IndexMode.CHECK
             nodes = sorted(todo)
             answers = await asyncio.gather(
-                *(_run_index(by_node[n][0], layout, self._batch, todo[n], mode) for n in nodes), return_exceptions=True
+                *(
+                    _run_index(self.cluster, by_node[n][0], layout, self._batch, todo[n], mode, self._known)
+                    for n in nodes
+                ),
+                return_exceptions=True,
             )
             intents: list[IndexEntry] = []
             refused: tuple[Refusal, list[int]] | None = None
@@ -188,12 +195,18 @@ async def apply_each(
 
 
 async def _finish(
-    cluster: Cluster, layout: BoardLayout, batch: _Batch, answers: list[Answer], on_step: StepHook | None
+    cluster: Cluster,
+    layout: BoardLayout,
+    batch: _Batch,
+    answers: list[Answer],
+    on_step: StepHook | None,
+    known: Mapping[str, ShardCounts] | None = None,
 ) -> list[UpdateOutcome]:
     """Steps 3 to 5 of the write path for the committed `answers` (one per update of `batch`), answered in
-    their order; their pending-write marks are then cleared in the background."""
+    their order (`known`: nodes' sizes read since the call began, see `_reads.count_after`); their pending-write
+    marks are then cleared in the background."""
     committed = [a for a in answers if isinstance(a, Committed)]
-    ranks = await _write_shards(cluster, layout, committed, on_step, rank=True) if committed else []
+    ranks = await _write_shards(cluster, layout, committed, on_step, rank=True, known=known) if committed else []
     _forget_written(cluster, layout, batch, answers)
     return [UpdateOutcome(c.score, r, c.applied) for c, r in zip(committed, ranks, strict=True)]
 
@@ -263,12 +276,16 @@ def _refused(answer: Refused, update: Update) -> RequestIdConflict | OutOfRange:
 
 
 async def _run_index(
+    cluster: Cluster,
     node: NodeClient,
     layout: BoardLayout,
     batch: _Batch,
     positions: list[int],
     mode: IndexMode,
+    known: dict[str, ShardCounts] | None,
 ) -> Aborted | Checked | Answered:
+    """One index node's round of `UpdateCall._commit`; with `known`, the node's sizes are read in the same round trip
+    into it (see `_reads.sizes_call`)."""
     config = layout.config
     args: list[object] = [mode, int(config.operator), int(layout.descending), *layout.index_args]
     first = len(args)
@@ -278,7 +295,14 @@ async def _run_index(
         u = updates[i]
         args += (u.user_id, u.value, u.request_id)
         call_keys += keys[i]
-    raw = await node.run(INDEX_APPLY, [*call_keys, moves_key(layout.board)], args)
+    index_call: ScriptCall = (INDEX_APPLY, [*call_keys, moves_key(layout.board)], args)
+    if known is None or mode is IndexMode.CHECK or (sizes := sizes_call(cluster, layout, node.id)) is None:
+        raw = await node.run(*index_call)
+    else:
+        # The node's sizes ride in the index round, so the shard round asks it again only if it writes there.
+        raw, sized = await node.run_many([index_call, sizes])
+        if (counts := sizes_answer(cluster, layout, node.id, sized)) is not None:
+            known[node.id] = counts
     return replies.index_apply(node.id, raw, mode, cast("list[str]", args[first::3]))  # the updates' user ids
 
 
@@ -307,9 +331,11 @@ async def _write_shards(
     committed: list[Committed],
     on_step: StepHook | None,
     rank: bool = False,
+    known: Mapping[str, ShardCounts] | None = None,
 ) -> list[int]:
     """docs/architecture.md write path steps 3 and 4 for each member's final state in this call; with `rank`,
-    then step 5: the ranks of the committed scores (else an empty list).
+    then step 5: the ranks of the committed scores (else an empty list). Without a crossing, the nodes of `known`
+    (their sizes read since the call began) are counted again only where the call writes.
 
     Every member the call touched is written, applied or not: an earlier call may have died between
     its index commit and its shard write (leaving no intent when the member did not cross a
@@ -330,7 +356,7 @@ async def _write_shards(
             by_shard.setdefault(layout.home_of(e), []).extend((e.user_id, layout.stored(e.score), e.version))
     scores = [c.score for c in committed]
     if rank and not moves:
-        return await _write_groups(cluster, layout, by_shard, scores)
+        return await _write_groups(cluster, layout, by_shard, scores, known=known)
     ranks: list[int] = []
 
     async def remove_then_count(calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
@@ -367,15 +393,17 @@ async def _write_groups(
     by_shard: dict[str, list[object]],
     scores: Sequence[int] = (),
     mode: ShardWriteMode = ShardWriteMode.WRITE,
+    known: Mapping[str, ShardCounts] | None = None,
 ) -> list[int]:
     """`write_shards` of `by_shard` (one SHARD_WRITE per node however many of its shards the batch touches, in
     `mode`); then the ranks of `scores`, counted behind each node's writes in the same round trip
-    (docs/architecture.md read path). Raises as `write_shards`."""
+    (docs/architecture.md read path; the nodes of `known` are asked again only where the call writes). Raises as
+    `write_shards`."""
     ranks: list[int] = []
 
     async def then_count(calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
         nonlocal ranks
-        ranks, _, answers = await rank_after(cluster, layout, scores, calls)
+        ranks, _, answers = await rank_after(cluster, layout, scores, calls, known)
         return answers
 
     await write_shards(cluster, layout, by_shard, mode=mode, run_calls=then_count if scores else None)

@@ -191,6 +191,18 @@ def stored(node_addresses: list[str]) -> dict[tuple[str, bytes], bytes]:
     return data
 
 
+def marks_cleared(node_addresses: list[str], within: float = 10.0) -> None:
+    """Waits until no node holds a pending-write mark: the marks of answered writes are cleared in the background
+    (docs/architecture.md write path step 6), so stored data settles only once they are."""
+    deadline = time.monotonic() + within
+    for address in node_addresses:
+        host, port = address.rsplit(":", 1)
+        with redis.Redis(host=host, port=int(port)) as node:
+            while any(node.zcard(key) for key in node.scan_iter(match="rs:m:*")):
+                assert time.monotonic() < deadline, f"pending marks on {address} not cleared within {within}s"
+                time.sleep(0.01)
+
+
 class Refusals:
     """Collects what went wrong over a table of requests that must all be refused."""
 
@@ -198,6 +210,7 @@ class Refusals:
         self.client = client
         self.node_addresses = node_addresses
         self.problems: list[str] = []
+        marks_cleared(node_addresses)
         self.before = stored(node_addresses)
 
     def expect(self, label: str, request: Any, code: grpc.StatusCode, *names: str, call: Any = None) -> None:
@@ -353,6 +366,7 @@ def test_a_user_id_that_is_not_utf8_is_invalid_argument(client, node_addresses):
 def test_garbage_bytes_do_not_stop_the_router(client, node_addresses):
     populate(client)
     garbage = [b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x18" + b"\xff" * 11, b"\x12\x02\xff\xfe", b"\x0b\x0c"]
+    marks_cleared(node_addresses)
     before = stored(node_addresses)
     for request in Req.every_rpc("b"):
         raw = client.channel.unary_unary(f"/rankshard.v1.Leaderboard/{rpc_of(request)}")

@@ -470,9 +470,59 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
             problems,
         )
 
+    def within_n1_shard(board: str, user: str) -> bool:
+        """Whether the member's neighbours either side lie in its own shard, one of n1's."""
+        model = models[board]
+        expected = ranked(model, descending[board])
+        i = next(j for j, (u, _, _) in enumerate(expected) if u == user)
+        same = [
+            j
+            for j in (i - 1, i + 1)
+            if 0 <= j < len(expected)
+            and shard_node_of(expected[j][1]) == "n1"
+            and (expected[j][1] >= 20) == (model[user] >= 20)
+        ]
+        return len(same) == 2
+
+    def check_concurrent(board: str) -> None:
+        """The same reads all at once, so the router answers them in coalesced batches: a batch whose count needs
+        n2 fails only the calls that need n2."""
+        model, desc = models[board], descending[board]
+        expected = ranked(model, desc)
+        position = {u: i for i, (u, _, _) in enumerate(expected)}
+
+        def rank(user: str) -> tuple[str, object]:
+            try:
+                r = client.lb.GetRank(pb.GetRankRequest(leaderboard=board, user_id=user), timeout=T)
+            except grpc.RpcError as error:
+                return user, error.code()
+            return user, ((r.entry.user_id, r.entry.score, r.entry.rank), r.total)
+
+        def around(user: str) -> tuple[str, object]:
+            try:
+                r = client.lb.GetAround(pb.GetAroundRequest(leaderboard=board, user_id=user, radius=1), timeout=T)
+            except grpc.RpcError as error:
+                return user, error.code()
+            return user, (entries(r), r.total)
+
+        with ThreadPoolExecutor(max_workers=len(model)) as pool:
+            for _ in range(3):
+                ranks = dict(pool.map(rank, list(model) * 2))
+                windows = dict(pool.map(around, list(model) * 2))
+                for user in model:
+                    i = position[user]
+                    if only_n1(board, user):
+                        assert ranks[user] == (expected[i], len(model)), (board, user)
+                        if within_n1_shard(board, user):
+                            assert windows[user] == (expected[i - 1 : i + 2], len(model)), (board, user)
+                    else:
+                        assert ranks[user] == UNAVAILABLE, (board, user, ranks[user])
+                        assert windows[user] == UNAVAILABLE, (board, user, windows[user])
+
     for board, model in models.items():
         check_served(board)
         check_refused(board)
+        check_concurrent(board)
         # Writes that need only n1: an existing member within its shard, a new member, a batch, a removal.
         user = next(u for u in model if only_n1(board, u) and model[u] >= 20)
         model[user] += 1
