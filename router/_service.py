@@ -148,7 +148,7 @@ class LeaderboardService(pb_grpc.LeaderboardServicer):
     async def _page_once(self, key: tuple[str, int, int], waiting: list[None]) -> list[tuple[list[Entry], int]]:
         """Identical GetTop calls in flight together share one read (it starts after all of them did)."""
         board, offset, limit = key
-        page = await self._read(board, lambda lay: get_top(self.cluster, lay, offset, limit))
+        page = await self._read(board, lambda lay: get_top(self.cluster, lay, offset, limit, calls=len(waiting)))
         return [page] * len(waiting)
 
     async def _read(self, board: str, read: Callable[[BoardLayout], Awaitable[T]]) -> T:

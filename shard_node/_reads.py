@@ -24,6 +24,13 @@ from ._scripts import SHARD_COUNT, SHARD_PAGE, SHARD_TALLY, CountQuery
 SIZE_WAIT = 0.5
 """Seconds a node is waited for when only its shard sizes are wanted and last-known sizes exist."""
 
+SMALL_BATCH = 4
+"""Calls per coalesced batch up to which a read or write spends a little node work to save a round trip (sizes read
+in the index round, a top page read with the count). A round trip wakes a node; on a router under moderate load most
+batches hold one call, and these save it a third of its wake-ups. Under heavy load batches grow and a round trip
+fewer makes each batch shorter, so it carries fewer calls: measured at 64 calls in flight (batches of about 8), the
+same paths cost 1.2-1.4x the node CPU per call, so bigger batches take the plain way."""
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -289,7 +296,7 @@ async def rank_members(
     member's error alone (`read_entries`). Two rounds: the index entries, with the sizes of the index nodes' shards
     riding along (`sizes_call`), then the count, which asks again only the nodes holding a member's shard and
     those not asked yet. Raises `StaleMap`, `ShardFrozen` and the `NodeUnavailable` of a node the count needed."""
-    found, known = await _read_entries(cluster, layout, user_ids, with_sizes=True)
+    found, known = await _read_entries(cluster, layout, user_ids, with_sizes=len(user_ids) <= SMALL_BATCH)
     entries = [e for e in found if isinstance(e, IndexEntry)]
     try:
         ranks, total, _ = await rank_after(cluster, layout, [e.score for e in entries], known=known)
@@ -308,7 +315,7 @@ async def windows_around(
     member, best first, and the board's size, or that member's error alone. One round for the index entries (with
     the index nodes' sizes), one count with every member's position, one read of every window's pages. Raises
     `StaleMap` and `ShardFrozen`."""
-    found, known = await _read_entries(cluster, layout, user_ids, with_sizes=True)
+    found, known = await _read_entries(cluster, layout, user_ids, with_sizes=len(user_ids) <= SMALL_BATCH)
     members = [(i, e) for i, e in enumerate(found) if isinstance(e, IndexEntry)]
     queries = [_Query(CountQuery.POSITION, layout.home_of(e), e.user_id) for _, e in members]
     try:
@@ -433,15 +440,17 @@ async def get_ranks(cluster: Cluster, layout: BoardLayout, user_ids: Sequence[st
     return sorted(entries, key=lambda e: (e.rank, e.user_id.encode()))
 
 
-async def get_top(cluster: Cluster, layout: BoardLayout, offset: int, limit: int) -> tuple[list[Entry], int]:
+async def get_top(
+    cluster: Cluster, layout: BoardLayout, offset: int, limit: int, *, calls: int = 1
+) -> tuple[list[Entry], int]:
     """Positions offset..offset+limit-1 across all shards, best first, and the board's size.
 
-    One round trip per node when the sizes this router saw last put the page where the fresh count puts it
-    (the usual case: a leaderboard's top lies deep inside its best shard): the page is read in the count's round
-    trip, and kept only if the count agrees. Otherwise, or when a node the guess needed could not answer, the
-    page is read after the count, as the fresh sizes place it.
+    For a read answering at most SMALL_BATCH `calls`, one round trip per node when the sizes this router saw last
+    put the page where the fresh count puts it (the usual case: a leaderboard's top lies deep inside its best
+    shard): the page is read in the count's round trip, and kept only if the count agrees. Otherwise, or when a
+    node the guess needed could not answer, the page is read after the count, as the fresh sizes place it.
     """
-    guess = _known_pages(cluster, layout, offset, limit)
+    guess = _known_pages(cluster, layout, offset, limit) if calls <= SMALL_BATCH else None
     if guess:
         try:
             sizes, _, answers = await count_after(cluster, layout, before=_page_calls(layout, guess))

@@ -14,7 +14,7 @@ from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, dedup_key, moves_key
 from ._layout import BoardLayout, Cluster
 from ._moves import StepHook, _step, finish_move, finish_moves, write_shards
-from ._reads import rank_after, sizes_answer, sizes_call
+from ._reads import SMALL_BATCH, rank_after, sizes_answer, sizes_call
 from ._replies import Aborted, Answered, Checked, Committed, PendingMove, Refusal, RefusalKind, Refused, ShardCounts
 from ._scripts import INDEX_APPLY, INDEX_REMOVE, IndexMode, ShardWriteMode
 
@@ -95,14 +95,15 @@ class UpdateCall:
         self._checked = each or len(self._todo) == 1 or not _refusable(layout, updates)
         self._refused: RequestIdConflict | OutOfRange | None = None
         self._known: dict[str, ShardCounts] | None = None
-        """Nodes' sizes read in this run's index rounds (see `_run_index`)."""
+        """Nodes' sizes read in this run's index rounds (see `_run_index`), for a call of at most SMALL_BATCH
+        updates."""
 
     async def run(self, layout: BoardLayout) -> list[UpdateOutcome | RequestIdConflict | OutOfRange]:
         """The outcome of each update, in order (`each`: a refused one is its error alone). Without `each`, a
         refusal raises `RequestIdConflict` or `OutOfRange` naming ``updates[i]`` (nothing applied when all the
         updates' index slots live on one node; see `_commit`). Raises `StaleMap`, `ShardFrozen` (run again:
         see the class), `NodeError`."""
-        self._known = {} if self._todo else None
+        self._known = {} if self._todo and len(self.updates) <= SMALL_BATCH else None
         if self._todo:
             await self._commit(layout)
         answers = [a for a in self._results if a is not None]
