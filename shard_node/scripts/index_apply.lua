@@ -19,9 +19,10 @@
 -- calls coalesced by the router, each its own request) only that update is refused, as {'refused', kind}.
 -- Otherwise {'ok', result per update}: {kind, score, ver, applied, home, from, to, entry score}, kind
 -- 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
--- member's entry after the call. The usual result, a 'new' or 'upd' that leaves no crossing pending, is
--- {kind, score, ver, applied} alone: the entry is then {score, ver, '@', '', ''}. In 'check' mode nothing is written and only the intents come back,
--- {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
+-- member's entry after the call. The usual result, a 'new' or 'upd' that leaves no crossing pending, is three
+-- values in the reply itself, not a list: code, score, ver (code 'new', 'upd', or 'kept' for an 'upd' not
+-- applied); the entry is then {score, ver, '@', '', ''}. In 'check' mode nothing is written and only the intents
+-- come back, {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local floor = below_floor(KEYS[#KEYS], ARGV[4])
 if floor then return {'stale', floor} end
@@ -301,7 +302,7 @@ local function apply_distinct()
     if seen[user] then return nil end
     seen[user] = true
   end
-  local out, writes, match, format, char, pack = {'ok'}, {}, string.match, string.format, string.char, struct.pack
+  local out, o, writes, match, format, char, pack = {'ok'}, 1, {}, string.match, string.format, string.char, struct.pack
   for i = 1, n do
     local a = first + (i - 1) * 3
     local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
@@ -356,10 +357,12 @@ local function apply_distinct()
     local w = #writes
     writes[w + 1], writes[w + 2], writes[w + 3], writes[w + 4], writes[w + 5], writes[w + 6], writes[w + 7] =
       user, ik, entry, applied == 1, rkey, records, left
-    if from == '' then
-      out[i + 1] = {raw and 'upd' or 'new', new, ver, applied}  -- entry {new, ver, '@', '', ''}
+    if from == '' then  -- entry {new, ver, '@', '', ''}
+      out[o + 1], out[o + 2], out[o + 3] = raw and (applied == 1 and 'upd' or 'kept') or 'new', new, ver
+      o = o + 3
     else
-      out[i + 1] = {'upd', new, ver, applied, '@', from, '@', new}
+      o = o + 1
+      out[o] = {'upd', new, ver, applied, '@', from, '@', new}
     end
   end
   local marks, expiring = {}, {}
@@ -450,7 +453,8 @@ for i = 1, (#ARGV - first + 1) / 3 do
       end
       if mode == 'check' then
       elseif e.from == '' then
-        results[#results + 1] = {kind, new, e.ver, applied}  -- entry {new, ver, '@', '', ''}
+        local r = #results  -- entry {new, ver, '@', '', ''}
+        results[r + 1], results[r + 2], results[r + 3] = applied == 1 and kind or 'kept', new, e.ver
       else
         results[#results + 1] = {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}
       end
