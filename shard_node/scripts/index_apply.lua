@@ -295,17 +295,13 @@ end
 -- update is of another kind: the general loop below then takes the whole call, so the answers and writes are the
 -- general loop's in every case.
 local function apply_distinct()
-  local n = (#ARGV - first + 1) / 3
-  local seen = {}
-  for i = 1, n do
-    local user = ARGV[first + (i - 1) * 3]
-    if seen[user] then return nil end
-    seen[user] = true
-  end
+  local n, seen = (#ARGV - first + 1) / 3, {}
   local out, o, writes, match, format, char, pack = {'ok'}, 1, {}, string.match, string.format, string.char, struct.pack
   for i = 1, n do
     local a = first + (i - 1) * 3
     local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    if seen[user] then return nil end
+    seen[user] = true
     local ik = KEYS[2 * i - 1]
     local raw = call('HGET', ik, user)
     local score, ver, rgen
@@ -328,9 +324,10 @@ local function apply_distinct()
     local rkey, records, left = false, false, false
     if rid ~= '' then
       local count, tail = 0, ''
+      if rgen == RGEN then rkey = KEYS[2 * i] .. ':' .. gen end  -- the usual generation: where they stay
       if rgen ~= '' then
         local g = gen - (gen - tonumber(rgen)) % RGEN_MOD
-        local stored = g >= OLDEST and call('HGET', KEYS[2 * i] .. ':' .. g, user)
+        local stored = g >= OLDEST and call('HGET', rkey or KEYS[2 * i] .. ':' .. g, user)
         if stored then
           if byte(stored, 1) ~= PACKED or find(stored, char(#rid) .. rid, 1, true) then return nil end
           count, tail = packed_tail(stored, DEPTH - 1)
@@ -338,7 +335,7 @@ local function apply_distinct()
           if g ~= gen then left = KEYS[2 * i] .. ':' .. g end
         end
       end
-      rkey = KEYS[2 * i] .. ':' .. gen
+      rkey = rkey or KEYS[2 * i] .. ':' .. gen
       records = char(PACKED, count + 1) .. tail .. pack(RECORD, now, v, new, #rid) .. rid
     end
     local from = ''
