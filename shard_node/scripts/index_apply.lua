@@ -232,15 +232,12 @@ local PLAIN = '^(-?%d+)|(%d+)|@|||(%d*)$'
 -- answers as the general loop below gives then: the intents, or the refusals.
 local function check_distinct()
   local seen, n = {}, (#ARGV - first + 1) / 3
-  for i = 1, n do
-    local user = ARGV[first + (i - 1) * 3]
-    if seen[user] then return nil end
-    seen[user] = true
-  end
   local out, refused = {'ok'}, {'abort'}
   for i = 1, n do
     local a = first + (i - 1) * 3
     local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    if seen[user] then return nil end  -- nothing written: the general loop takes the call
+    seen[user] = true
     local ik = KEYS[2 * i - 1]
     local raw = call('HGET', ik, user)
     -- The entry's score and rgen, nil for none: as load_entry, no entry and no tombstone have no records, a
