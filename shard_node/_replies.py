@@ -283,14 +283,21 @@ class Answered:
 
 _UPDATE_KINDS: dict[Any, UpdateKind] = {kind.value: kind for kind in UpdateKind}
 _REFUSAL_KINDS: dict[Any, RefusalKind] = {kind.value: kind for kind in RefusalKind}
+_SHORT_ANSWERS: dict[str, tuple[UpdateKind, bool]] = {
+    "new": (UpdateKind.NEW, True),
+    "upd": (UpdateKind.UPDATED, True),
+    "kept": (UpdateKind.UPDATED, False),
+}
+"""index_apply's usual answers, three values in its reply: the code, then score and ver."""
 
 
 def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -> Aborted | Checked | Answered:
     """index_apply's reply to a call in `mode` for updates of `users` (in order): ``{'abort', {i, kind}...}``,
-    or ``{'ok', answer...}``; an answer is ``{kind, score, ver, applied, home, from, to, entry score}``
-    (``{kind, score, ver, applied}`` for a new or updated entry without a crossing: ``{score, ver, '@', '', ''}``),
-    ``{'intent', user, score, ver, home, from, to}`` or (IndexMode.EACH) ``{'refused', kind}``. In
-    IndexMode.CHECK the answers are the intents alone. Raises `StaleMap` for ``{'stale', floor}`` (nothing
+    or ``{'ok', answer...}``; an answer is ``{kind, score, ver, applied, home, from, to, entry score}``,
+    ``{'intent', user, score, ver, home, from, to}`` or (IndexMode.EACH) ``{'refused', kind}``, or for a new or
+    updated entry without a crossing (the usual answer) three values in the reply itself: ``code, score, ver``
+    (code ``'new'``, ``'upd'``, or ``'kept'`` for an update not applied; the entry is ``{score, ver, '@', '', ''}``).
+    In IndexMode.CHECK the answers are the intents alone. Raises `StaleMap` for ``{'stale', floor}`` (nothing
     was written)."""
     reply = _reply(node, scripts.INDEX_APPLY, raw)
     _check_floor(node, scripts.INDEX_APPLY, reply)
@@ -302,22 +309,24 @@ def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -
         if len(reply) > len(users) + 1:
             _wrong(node, scripts.INDEX_APPLY, raw, f"{len(reply) - 1} intents for {len(users)} updates")
         return Checked(tuple(_pending_move(node, scripts.INDEX_APPLY, a) for a in islice(reply, 1, None)))
-    if len(reply) != len(users) + 1:
-        _wrong(node, scripts.INDEX_APPLY, raw, f"{len(reply) - 1} answers for {len(users)} updates")
     answers: list[Committed | PendingMove | Refused] = []
     append = answers.append
+    pos = start = 1
     try:
-        for user, answer in zip(users, islice(reply, 1, None), strict=True):  # lengths checked above
-            kind = _UPDATE_KINDS.get(answer[0])
-            if kind is not None and len(answer) == 4:  # the usual answer first: no crossing pending
-                _, score, version, applied = answer
-                if (
-                    not (type(score) is type(version) is int and (applied == 1 or applied == 0))
-                    or kind is UpdateKind.DUPLICATE
-                ):
+        for user in users:
+            start = pos
+            answer = reply[pos]
+            short = _SHORT_ANSWERS.get(answer) if type(answer) is str else None
+            if short is not None:  # the usual answer first: no crossing pending
+                score, version = reply[pos + 1], reply[pos + 2]
+                if not type(score) is type(version) is int:
                     raise ValueError
-                append(Committed(kind, score, applied == 1, IndexEntry(user, score, version)))
-            elif kind is not None:
+                pos += 3
+                append(Committed(short[0], score, short[1], IndexEntry(user, score, version)))
+                continue
+            pos += 1
+            kind = _UPDATE_KINDS.get(answer[0])
+            if kind is not None:
                 _, score, version, applied, home, from_, to, current = answer
                 if not (
                     type(score) is type(version) is type(current) is int
@@ -334,7 +343,10 @@ def index_apply(node: str, raw: object, mode: IndexMode, users: Sequence[str]) -
             else:
                 raise ValueError
     except (TypeError, ValueError, KeyError, IndexError):
-        _wrong(node, scripts.INDEX_APPLY, reply[len(answers) + 1], f"answer {len(answers) + 1} of {len(users)}")
+        at = reply[start] if start < len(reply) else None
+        _wrong(node, scripts.INDEX_APPLY, at, f"answer {len(answers) + 1} of {len(users)}")
+    if pos != len(reply):
+        _wrong(node, scripts.INDEX_APPLY, raw, f"{len(reply) - pos} values left after {len(users)} answers")
     return Answered(tuple(answers))
 
 

@@ -44,9 +44,11 @@ def test_index_apply_answers_decode_into_their_kinds() -> None:
         ["dup", 12, 0, 0, "", "", "", 0],  # a retry for a member removed since: no entry
         ["intent", "e", 3, 6, "s2", "s2", "s1"],
         ["refused", "overflow"],
-        ["upd", 8, 3, 1],  # the usual answer, short: no crossing, the entry is the score's
+        *("upd", 8, 3),  # the usual answers, three values in the reply: no crossing, the entry is the score's
+        *("new", 1, 1),
+        *("kept", 9, 2),  # best operator, not better
     ]
-    reply = replies.index_apply("n1", raw, IndexMode.EACH, ["a", "b", "c", "d", "e", "f", "g"])
+    reply = replies.index_apply("n1", raw, IndexMode.EACH, ["a", "b", "c", "d", "e", "f", "g", "h", "i"])
     assert reply == Answered(
         (
             Committed(UpdateKind.NEW, 5, True, IndexEntry("a", 5, 1, "s1")),
@@ -56,6 +58,8 @@ def test_index_apply_answers_decode_into_their_kinds() -> None:
             PendingMove(IndexEntry("e", 3, 6, "s2", "s2", "s1")),
             Refused(RefusalKind.OVERFLOW),
             Committed(UpdateKind.UPDATED, 8, True, IndexEntry("g", 8, 3)),
+            Committed(UpdateKind.NEW, 1, True, IndexEntry("h", 1, 1)),
+            Committed(UpdateKind.UPDATED, 9, False, IndexEntry("i", 9, 2)),
         )
     )
     # The tags are the strings the scripts send.
@@ -114,6 +118,11 @@ _BAD: list[tuple[str, Callable[[], object]]] = [
     ),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["refused", "overflow"]], IndexMode.APPLY, ["a"])),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["dup", 5, 1, 0]], IndexMode.APPLY, ["a"])),
+    ("index_apply", lambda: replies.index_apply("n1", ["ok", ["upd", 5, 1, 1]], IndexMode.APPLY, ["a"])),  # a list
+    ("index_apply", lambda: replies.index_apply("n1", ["ok", "dup", 5, 1], IndexMode.APPLY, ["a"])),
+    ("index_apply", lambda: replies.index_apply("n1", ["ok", "upd", 5, "1"], IndexMode.APPLY, ["a"])),
+    ("index_apply", lambda: replies.index_apply("n1", ["ok", "upd", 5], IndexMode.APPLY, ["a"])),
+    ("index_apply", lambda: replies.index_apply("n1", ["ok", "upd", 5, 1, "upd"], IndexMode.APPLY, ["a"])),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["new", 5, "1", 1]], IndexMode.APPLY, ["a"])),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["refused", "late"]], IndexMode.EACH, ["a"])),
     ("index_apply", lambda: replies.index_apply("n1", ["ok", ["intent", "a", 3]], IndexMode.APPLY, ["a"])),

@@ -4,6 +4,8 @@ stored data is rearranged on the nodes to stand for states that otherwise take m
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
 import pytest
 import redis
@@ -11,7 +13,14 @@ from _records import pack, packed_ids, packed_records, text_record
 from _router import Client
 
 from rankshard.shard_map import Buckets, slot_for, user_hash
-from rankshard.shard_node._keys import DEDUP_DEPTH, DEDUP_GEN_MS, DEDUP_WINDOW_MS, dedup_key, index_key
+from rankshard.shard_node._keys import (
+    DEDUP_BUCKETS,
+    DEDUP_DEPTH,
+    DEDUP_GEN_MS,
+    DEDUP_WINDOW_MS,
+    dedup_key,
+    index_key,
+)
 from rankshard.v1 import leaderboard_pb2 as pb
 
 
@@ -166,4 +175,56 @@ def test_records_stored_as_text_by_older_releases_are_recognised_and_stored_agai
     assert [(value, score) for _, value, score, _ in records] == [(5, 5), (2, 7), (0, 5)]
     assert records[0][0] == (gen - 1) * DEDUP_GEN_MS + 10  # rebased to the node's clock
     assert _update(client, "text", "u", 5, "r1") == (5, False)
+    node.close()
+
+
+def _batch(client: Client, board: str, updates: list[tuple[str, int, str]]) -> list[tuple[int, bool]]:
+    request = pb.BatchUpdateScoresRequest(
+        leaderboard=board, updates=[pb.ScoreUpdate(user_id=u, score=s, request_id=r) for u, s, r in updates]
+    )
+    return [(r.score, r.applied) for r in client.lb.BatchUpdateScores(request, timeout=10).results]
+
+
+def test_a_batch_mixing_entries_of_an_older_release_with_others_applies_each_update_once(client, node_addresses):
+    client.create("mixed")
+    assert _update(client, "mixed", "old", 5, "r0") == (5, True)
+    node, key = _index_node(node_addresses, "mixed", "old")
+    node.hset(key, "old", "|".join(node.hget(key, "old").split("|")[:5]))  # the five-field form
+    # Members on the same index node, so the batch is one call, ahead of the old entry in it.
+    users = [u for u in (f"m{i}" for i in range(40)) if slot_for(u) % 2 == slot_for("old") % 2][:4]
+    updates = [*((u, 2, f"{u}-1") for u in users), ("old", 1, "r1")]
+
+    assert _batch(client, "mixed", updates) == [(2, True)] * 4 + [(6, True)]
+    assert _batch(client, "mixed", updates) == [(2, False)] * 4 + [(6, False)]
+    for u in users:
+        assert _stored_ids(_records(node, "mixed", u)[1]) == [f"{u}-1"]
+    assert _stored_ids(_records(node, "mixed", "old")[1]) == ["r0", "r1"]
+    assert node.hget(key, "old").split("|")[:2] == ["6", "2"]
+    node.close()
+
+
+def test_every_records_hash_expires_once_its_generation_has_left_the_window(client, node_addresses):
+    client.create("ttl")
+    assert _update(client, "ttl", "u", 1, "a") == (1, True)
+    node, _ = _index_node(node_addresses, "ttl", "u")
+    # Another member whose records share u's hash: same bucket, same index node.
+    bucket, side = user_hash("u") % DEDUP_BUCKETS, slot_for("u") % 2
+    v = next(
+        f"v{i}"
+        for i in itertools.count()
+        if user_hash(f"v{i}") % DEDUP_BUCKETS == bucket and slot_for(f"v{i}") % 2 == side
+    )
+    gen, _ = _records(node, "ttl", "u")
+    hash_key = f"{dedup_key('ttl', user_hash('u'))}:{gen}"
+    expiry = (gen + 1) * DEDUP_GEN_MS + DEDUP_WINDOW_MS
+    assert node.pexpiretime(hash_key) == expiry
+
+    assert _update(client, "ttl", v, 1, "b") == (1, True)
+    assert _records(node, "ttl", v)[0] == gen, "the test needs both members' records in one generation"
+    assert node.hlen(hash_key) == 2
+    assert node.pexpiretime(hash_key) == expiry
+    # A hash gone (expired, or emptied) and written again gets its expiry again.
+    node.delete(hash_key)
+    assert _update(client, "ttl", "u", 1, "c") == (2, True)
+    assert node.pexpiretime(hash_key) == expiry
     node.close()

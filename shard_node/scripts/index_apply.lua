@@ -19,9 +19,10 @@
 -- calls coalesced by the router, each its own request) only that update is refused, as {'refused', kind}.
 -- Otherwise {'ok', result per update}: {kind, score, ver, applied, home, from, to, entry score}, kind
 -- 'new' | 'upd' | 'dup'; score is the answer (for 'dup': the first call's), the rest describe the
--- member's entry after the call. The usual result, a 'new' or 'upd' that leaves no crossing pending, is
--- {kind, score, ver, applied} alone: the entry is then {score, ver, '@', '', ''}. In 'check' mode nothing is written and only the intents come back,
--- {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
+-- member's entry after the call. The usual result, a 'new' or 'upd' that leaves no crossing pending, is three
+-- values in the reply itself, not a list: code, score, ver (code 'new', 'upd', or 'kept' for an 'upd' not
+-- applied); the entry is then {score, ver, '@', '', ''}. In 'check' mode nothing is written and only the intents
+-- come back, {'ok', intent...}: the caller needs nothing else from it (its apply round answers again).
 local mode, op, desc = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local floor = below_floor(KEYS[#KEYS], ARGV[4])
 if floor then return {'stale', floor} end
@@ -184,6 +185,17 @@ local function parse_records(found)
   while #list > DEPTH do table.remove(list, 1) end
   return list, damaged
 end
+-- `value` stored as `user`'s records in generation hash `key`. A hash gets its expiry (WINDOW_MS after its
+-- generation ends: the same whenever it is set) with its first field: a new field in a hash of one field is
+-- that (empty hashes do not exist), and a hash that was there has it (releases before set it with every new
+-- field; nothing else writes these hashes). One write per hash and generation, not one per new field (a member
+-- whose records move from an older generation is one). `expiring`: the hashes this call looked at already.
+local function store_records(key, user, value, expiring)
+  if call('HSET', key, user, value) == 1 and not expiring[key] then
+    expiring[key] = true
+    if call('HLEN', key) == 1 then call('PEXPIREAT', key, (gen + 1) * GEN_MS + WINDOW_MS) end
+  end
+end
 local function rewrite_records(slot)
   if not rewritten[slot] then rewritten[slot] = true; pushed_order[#pushed_order + 1] = slot end
 end
@@ -213,31 +225,40 @@ local function find_record(rk, user, rid, rgen)
   return nil
 end
 
+-- An entry of this release with no crossing pending: score, ver, rgen (its other fields are '@', '', '').
+local PLAIN = '^(-?%d+)|(%d+)|@|||(%d*)$'
 -- 'check' mode when no user appears twice (the usual batch): each update on its own, so none of the
 -- bookkeeping an apply needs (new records, entries to write, crossings decided again) is kept. The same
 -- answers as the general loop below gives then: the intents, or the refusals.
 local function check_distinct()
   local seen, n = {}, (#ARGV - first + 1) / 3
-  for i = 1, n do
-    local user = ARGV[first + (i - 1) * 3]
-    if seen[user] then return nil end
-    seen[user] = true
-  end
   local out, refused = {'ok'}, {'abort'}
   for i = 1, n do
     local a = first + (i - 1) * 3
     local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    if seen[user] then return nil end  -- nothing written: the general loop takes the call
+    seen[user] = true
     local ik = KEYS[2 * i - 1]
     local raw = call('HGET', ik, user)
-    local e = parse_entry(raw)
+    -- The entry's score and rgen, nil for none: as load_entry, no entry and no tombstone have no records, a
+    -- tombstone names no generation (nil). The usual entry is read without building it.
+    local score, rgen, e = nil, nil, nil
+    if not raw then
+      rgen = ''
+    else
+      local s, _, g = string.match(raw, PLAIN)
+      if s then
+        score, rgen = tonumber(s), g
+      else
+        e = parse_entry(raw)
+        if e then score, rgen = e.score, e.rgen end
+      end
+    end
     if e and e.from ~= '' then
       out[#out + 1] = {'intent', user, e.score, e.ver, e.home, e.from, e.to}
     else
       local rec = nil
       if rid ~= '' then
-        -- As load_entry: no entry and no tombstone, no records; a tombstone names no generation (nil).
-        local rgen = nil
-        if e then rgen = e.rgen elseif not raw then rgen = '' end
         if rgen == nil then
           rec = find_record(KEYS[2 * i], user, rid, rgen)
         elseif rgen ~= '' then
@@ -253,8 +274,8 @@ local function check_distinct()
       end
       local v = tonumber(value)
       local new = v
-      if e and op == 1 then new = e.score + v
-      elseif e and op == 2 and ((desc and v <= e.score) or (not desc and v >= e.score)) then new = e.score end
+      if score and op == 1 then new = score + v
+      elseif score and op == 2 and ((desc and v <= score) or (not desc and v >= score)) then new = score end
       if rec and rec.value ~= v then
         refused[#refused + 1] = {i, 'conflict'}
       elseif not rec and math.abs(new) > MAX_SCORE then
@@ -265,8 +286,100 @@ local function check_distinct()
   if #refused > 1 then return refused end
   return out
 end
+-- 'apply' or 'each' mode in the usual call: every user once, every entry absent (never seen) or PLAIN, every
+-- request id new (its bytes found nowhere in the member's packed records), nothing refused. Decided in one pass
+-- of reads without the general loop's bookkeeping by user, then written. nil, with nothing written, as soon as an
+-- update is of another kind: the general loop below then takes the whole call, so the answers and writes are the
+-- general loop's in every case.
+local function apply_distinct()
+  local n, seen = (#ARGV - first + 1) / 3, {}
+  local out, o, writes, match, format, char, pack = {'ok'}, 1, {}, string.match, string.format, string.char, struct.pack
+  for i = 1, n do
+    local a = first + (i - 1) * 3
+    local user, value, rid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    if seen[user] then return nil end
+    seen[user] = true
+    local ik = KEYS[2 * i - 1]
+    local raw = call('HGET', ik, user)
+    local score, ver, rgen
+    if raw then
+      score, ver, rgen = match(raw, PLAIN)
+      if not score then return nil end
+      score, ver = tonumber(score), tonumber(ver)
+    else
+      ver, rgen = first_version(ik, nil) - 1, ''
+    end
+    local v = tonumber(value)
+    local new, applied = v, 1
+    if raw then
+      if op == 1 then new = score + v
+      elseif op == 2 and ((desc and v <= score) or (not desc and v >= score)) then new, applied = score, 0 end
+    end
+    if math.abs(new) > MAX_SCORE then return nil end
+    -- The new records (as the general loop stores one new record: the stored ones' tail, cut as stored), and the
+    -- field they leave when they move from an older generation.
+    local rkey, records, left = false, false, false
+    if rid ~= '' then
+      local count, tail = 0, ''
+      if rgen == RGEN then rkey = KEYS[2 * i] .. ':' .. gen end  -- the usual generation: where they stay
+      if rgen ~= '' then
+        local g = gen - (gen - tonumber(rgen)) % RGEN_MOD
+        local stored = g >= OLDEST and call('HGET', rkey or KEYS[2 * i] .. ':' .. g, user)
+        if stored then
+          if byte(stored, 1) ~= PACKED or find(stored, char(#rid) .. rid, 1, true) then return nil end
+          count, tail = packed_tail(stored, DEPTH - 1)
+          if not count then return nil end
+          if g ~= gen then left = KEYS[2 * i] .. ':' .. g end
+        end
+      end
+      rkey = rkey or KEYS[2 * i] .. ':' .. gen
+      records = char(PACKED, count + 1) .. tail .. pack(RECORD, now, v, new, #rid) .. rid
+    end
+    local from = ''
+    if applied == 1 then
+      ver = ver + 1
+      if raw and cell(new) ~= cell(score) then from = from_score(score) end
+    end
+    -- The entry is written when the update applies, or when its records move to another generation (a kept
+    -- score in best mode still moves them: the entry must say where); format_entry's form.
+    local entry = false
+    if records then rgen, entry = RGEN, rgen ~= RGEN end
+    if applied == 1 or entry then
+      if from == '' then entry = format('%d|%d|@|||', new, ver) .. rgen
+      else entry = format('%d|%d|@|', new, ver) .. from .. '|@|' .. rgen end
+    end
+    local w = #writes
+    writes[w + 1], writes[w + 2], writes[w + 3], writes[w + 4], writes[w + 5], writes[w + 6], writes[w + 7] =
+      user, ik, entry, applied == 1, rkey, records, left
+    if from == '' then  -- entry {new, ver, '@', '', ''}
+      out[o + 1], out[o + 2], out[o + 3] = raw and (applied == 1 and 'upd' or 'kept') or 'new', new, ver
+      o = o + 3
+    else
+      o = o + 1
+      out[o] = {'upd', new, ver, applied, '@', from, '@', new}
+    end
+  end
+  local marks, expiring = {}, {}
+  for w = 1, #writes, 7 do
+    local user, ik, entry, marked, rkey, records, left = unpack(writes, w, w + 6)
+    if records then
+      if left then call('HDEL', left, user) end
+      store_records(rkey, user, records, expiring)
+    end
+    if entry then call('HSET', ik, user, entry) end
+    if marked then
+      marks[#marks + 1] = now
+      marks[#marks + 1] = user
+    end
+  end
+  call_bulk('ZADD', KEYS[#KEYS], marks)
+  return out
+end
 if mode == 'check' then
   local answer = check_distinct()
+  if answer then return answer end
+else
+  local answer = apply_distinct()
   if answer then return answer end
 end
 
@@ -334,7 +447,8 @@ for i = 1, (#ARGV - first + 1) / 3 do
       end
       if mode == 'check' then
       elseif e.from == '' then
-        results[#results + 1] = {kind, new, e.ver, applied}  -- entry {new, ver, '@', '', ''}
+        local r = #results  -- entry {new, ver, '@', '', ''}
+        results[r + 1], results[r + 2], results[r + 3] = applied == 1 and kind or 'kept', new, e.ver
       else
         results[#results + 1] = {kind, new, e.ver, applied, e.home, e.from, e.to, e.score}
       end
@@ -379,12 +493,7 @@ for _, user in ipairs(pushed_order) do
     if f.key ~= key then redis.call('HDEL', f.key, user) end
   end
   if #value > 2 then
-    -- A field new to the hash may be its first (every write of a new field sets the expiry, so a field that was
-    -- there already is in a hash that has it).
-    if call('HSET', key, user, value) == 1 and not expiring[key] then
-      expiring[key] = true
-      call('PEXPIREAT', key, (gen + 1) * GEN_MS + WINDOW_MS)
-    end
+    store_records(key, user, value, expiring)
   else  -- records found damaged, nothing left of them
     redis.call('HDEL', key, user)
   end
