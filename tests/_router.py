@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
 from rankshard.router import running_router
 from rankshard.shard_map import ControlPlane, Settings, SlotTable
+from rankshard.shard_node import BoardLayout, Cluster, connect_cluster
 from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2_grpc
 
 ORDERS = {"desc": admin_pb2.SORT_ORDER_DESCENDING, "asc": admin_pb2.SORT_ORDER_ASCENDING}
@@ -23,6 +25,24 @@ async def bootstrap(dsn: str, node_addresses: Sequence[str]) -> None:
     async with await ControlPlane.open(dsn) as cp:
         ids = [(await cp.add_node(a)).id for a in node_addresses]
         await cp.assign_slots(SlotTable.spread(ids))
+
+
+T = TypeVar("T")
+
+
+def on_board(dsn: str, board: str, work: Callable[[Cluster, BoardLayout], Awaitable[T]]) -> T:
+    """`work(cluster, layout)`'s result, on a cluster and layout of the test's own (as the CLI builds them): apart
+    from any router's, so what it knows of the board is only what it read itself."""
+
+    async def main() -> T:
+        async with await ControlPlane.open(dsn) as cp:
+            cluster = await connect_cluster(cp)
+            try:
+                return await work(cluster, BoardLayout(await cp.get_board(board), await cp.shard_map(board)))
+            finally:
+                await cluster.aclose()
+
+    return asyncio.run(main())
 
 
 class RouterThread:

@@ -1,23 +1,20 @@
 """Round trips on the read and write paths (docs/architecture.md): a round trip to a node wakes it, and on a
 router under moderate load most batches hold one call, so each node a call asks once less is a wake-up saved.
-GetTop reads its page in the count's round trip when the sizes a router saw last place it where the fresh count
-does (and reads it again after the count when they do not); GetRank and UpdateScore read the index node's sizes in
-the index round, so the count asks again only the nodes it still needs."""
+For a batch of a few calls (`SMALL_BATCH`), GetTop reads its page in the count's round trip when the sizes a router
+saw last place it where the fresh count does (and reads it again after the count when they do not); GetRank and
+UpdateScore read the index node's sizes in the index round, so the count asks again only the nodes it still
+needs."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
-from _router import Client
+from _router import Client, on_board
 
-from rankshard.shard_map import ControlPlane
-from rankshard.shard_node import BoardLayout, Cluster, Entry, Update, apply_each, connect_cluster, get_top, rank_members
+from rankshard.shard_node import BoardLayout, Cluster, Entry, Update, apply_each, get_top, rank_members
 from rankshard.v1 import leaderboard_pb2 as pb
 
-T = TypeVar("T")
 BOUNDARIES = [10, 20, 30]
 
 
@@ -32,21 +29,6 @@ class _RoundTrips:
 
     def failed(self, node_id: str, kind: str) -> None:
         pass
-
-
-def _on_board(dsn: str, board: str, work: Callable[[Cluster, BoardLayout], Awaitable[T]]) -> T:
-    """`work(cluster, layout)`'s result, on a cluster and layout of the test's own: a router apart from the one
-    the test writes through, so what it knows of the board's sizes is only what it read itself."""
-
-    async def main() -> T:
-        async with await ControlPlane.open(dsn) as cp:
-            cluster = await connect_cluster(cp)
-            try:
-                return await work(cluster, BoardLayout(await cp.get_board(board), await cp.shard_map(board)))
-            finally:
-                await cluster.aclose()
-
-    return asyncio.run(main())
 
 
 def _write(client: Client, board: str, scores: dict[str, int]) -> None:
@@ -74,7 +56,7 @@ def test_a_top_page_whose_place_is_known_takes_one_round_trip_per_node(control_p
         assert total == len(scores)
         return first, second, trips.count
 
-    first, second, trips = _on_board(control_plane_dsn, "top", work)
+    first, second, trips = on_board(control_plane_dsn, "top", work)
     assert first == _model_top(scores, 0, 10)
     assert second == _model_top(scores, 2, 6)
     assert set(trips.values()) == {1}, trips  # every node once: the page rode in the count's round trip
@@ -106,7 +88,7 @@ def test_a_top_page_moved_by_other_routers_writes_is_read_where_the_fresh_count_
             scores.update(fresh | moved)
         return out
 
-    for offset, limit, got, expected in _on_board(control_plane_dsn, "moving", work):
+    for offset, limit, got, expected in on_board(control_plane_dsn, "moving", work):
         assert got == expected, (offset, limit)
 
 
@@ -133,7 +115,7 @@ def test_a_rank_takes_one_round_trip_per_node_its_counts_need(control_plane_dsn:
             out.append((user, entry.rank, sum(trips.count.values()), expected))
         return out
 
-    answers = _on_board(control_plane_dsn, "ranks", work)
+    answers = on_board(control_plane_dsn, "ranks", work)
     for user, rank, trips, expected in answers:
         assert rank == 1 + sum(1 for v in scores.values() if v > scores[user]), user
         assert trips == expected, (user, trips, expected)
@@ -170,7 +152,7 @@ def test_an_update_takes_one_round_trip_per_node_its_rank_needs(control_plane_ds
             out.append((user, outcome.rank, sum(trips.count.values()), expected))
         return out
 
-    answers = _on_board(control_plane_dsn, "writes", work)
+    answers = on_board(control_plane_dsn, "writes", work)
     for user, _, trips, expected in answers:
         assert trips == expected, (user, trips, expected)
     assert {e for *_, e in answers} == {2, 3}  # both cases met

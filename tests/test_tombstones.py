@@ -6,22 +6,18 @@ clock), the way the router's sweeper runs it with the real one."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 import redis
-from _router import Client
+from _router import Client, on_board
 
-from rankshard.shard_map import ControlPlane
 from rankshard.shard_node import (
-    BoardLayout,
     Collected,
     audit_board,
     collect_tombstones,
-    connect_cluster,
     import_members,
 )
 from rankshard.shard_node._keys import TOMBSTONE_TTL_MS, registered_version
@@ -41,22 +37,8 @@ def nodes(node_addresses: list[str]) -> Iterator[list[redis.Redis]]:
         c.close()
 
 
-def _on_board(dsn: str, board: str, work):
-    """`work(cluster, layout)`'s result, on a cluster and layout of the test's own (as the CLI builds them)."""
-
-    async def main():
-        async with await ControlPlane.open(dsn) as cp:
-            cluster = await connect_cluster(cp)
-            try:
-                return await work(cluster, BoardLayout(await cp.get_board(board), await cp.shard_map(board)))
-            finally:
-                await cluster.aclose()
-
-    return asyncio.run(main())
-
-
 def _collect(dsn: str, board: str, max_age_ms: int, budget: int = 10**6) -> Collected:
-    return _on_board(dsn, board, lambda c, lay: collect_tombstones(c, lay, max_age_ms=max_age_ms, budget=budget))
+    return on_board(dsn, board, lambda c, lay: collect_tombstones(c, lay, max_age_ms=max_age_ms, budget=budget))
 
 
 def _stored(nodes: list[redis.Redis], board: str, kind: str) -> dict[tuple[int, bytes, bytes], bytes]:
@@ -142,7 +124,7 @@ def test_removed_members_leave_nothing_on_the_nodes_once_their_tombstones_are_co
     removed = {u.encode() for u in users}
     assert not [k for kind in "iv" for k in _stored(nodes, "gone", kind) if k[2] in removed]
     assert _rank(client, "gone", "keeper") == (25, 1)
-    assert _on_board(control_plane_dsn, "gone", audit_board) == []
+    assert on_board(control_plane_dsn, "gone", audit_board) == []
 
 
 def test_a_member_back_after_collection_gets_versions_above_any_left_and_its_writes_land(
@@ -170,11 +152,11 @@ def test_a_member_back_after_collection_gets_versions_above_any_left_and_its_wri
         _update(client, "back", "m", delta)
         assert _rank(client, "back", "m") == expected
     # An import of a member that went the same way lands too.
-    assert _on_board(control_plane_dsn, "back", lambda c, lay: import_members(c, lay, [("i", 33)])) == 1
+    assert on_board(control_plane_dsn, "back", lambda c, lay: import_members(c, lay, [("i", 33)])) == 1
     assert _index_version(nodes, "back", "i") > max(old["i"])
     top = client.lb.GetTop(pb.GetTopRequest(leaderboard="back"), timeout=T)
     assert [(e.user_id, e.score, e.rank) for e in top.entries] == [("i", 33, 1), ("other", 15, 2), ("m", 3, 3)]
-    assert _on_board(control_plane_dsn, "back", audit_board) == []
+    assert on_board(control_plane_dsn, "back", audit_board) == []
 
 
 def test_a_late_old_write_does_not_bring_a_removed_member_back_while_its_tombstone_is_needed(
@@ -193,11 +175,11 @@ def test_a_late_old_write_does_not_bring_a_removed_member_back_while_its_tombsto
 
     for max_age_ms in (TOMBSTONE_TTL_MS, 60_000):  # the real limit, and one still above the tombstone's age
         assert _collect(control_plane_dsn, "late", max_age_ms=max_age_ms).deleted == 0
-        _on_board(control_plane_dsn, "late", late_write)
+        on_board(control_plane_dsn, "late", late_write)
         assert _absent(client, "late", "m")
         top = client.lb.GetTop(pb.GetTopRequest(leaderboard="late"), timeout=T)
         assert [(e.user_id, e.score) for e in top.entries] == [("other", 5)] and top.total == 1
-    assert _on_board(control_plane_dsn, "late", audit_board) == []
+    assert on_board(control_plane_dsn, "late", audit_board) == []
 
 
 def test_tombstones_from_older_releases_are_stamped_when_first_seen_then_collected(client, nodes, control_plane_dsn):
@@ -242,7 +224,7 @@ def test_the_walk_goes_on_in_small_steps_where_the_last_one_stopped(client, node
             steps += 1
         return total, steps
 
-    total, steps = _on_board(control_plane_dsn, "walk", walk)
+    total, steps = on_board(control_plane_dsn, "walk", walk)
     assert total.deleted == count and _tombstones(nodes, "walk") == {}
     assert steps > 4  # each step looked at a part only
 
