@@ -49,8 +49,8 @@ class BoardLayout:
     stored_ranges: Mapping[str, tuple[str, str]] = field(init=False)
     """Per shard, its range in stored scores as ``[lo, hi)`` (see `stored_range`): every count is clipped to it."""
     write_keys: tuple[str, str, str, str] = field(init=False)
-    """The board's keys a SHARD_WRITE call sends after its mode: its sizes hash, its size changes zset, the stems of
-    its shard and descriptor keys."""
+    """The board's keys a SHARD_WRITE call sends after its mode, and a SHARD_DROP call first: its sizes hash, its size
+    changes zset, the stems of its shard and descriptor keys."""
 
     def __post_init__(self) -> None:
         m = self.map

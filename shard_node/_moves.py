@@ -28,7 +28,7 @@ from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, descriptor_state, moves_key
 from ._layout import BoardLayout, Cluster
 from ._replies import ShardChange, Stale
-from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_REMOVE, SHARD_WRITE, Script, ShardWriteMode
+from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_DROP, SHARD_REMOVE, SHARD_WRITE, Script, ShardWriteMode
 
 StepHook = Callable[[str], None]
 """Test-only: called with a step name right after that step is durable; raising simulates a crash."""
@@ -59,25 +59,30 @@ async def finish_moves(
     on_step: StepHook | None = None,
     *,
     removals: RunCalls | None = None,
+    writes: Mapping[str, Sequence[object]] | None = None,
 ) -> None:
     """Carries the pending crossings of `entries` (distinct members) to the end together: each of the
-    three steps for all of them at once, one pipelined round trip per node, before the next step.
-    `removals`, when given, runs step 2's calls in place of a plain pipelined round trip (the writer's
-    chance to count ranks right behind them). Raises `NodeError` subclasses, `StaleMap`, `ShardFrozen`;
-    crossings a failed step left are rolled forward like any other."""
+    three steps for all of them at once, one call per node, before the next step. `writes` (user, stored score,
+    version)... per shard, of other members, ride in step 1's calls. `removals`, when given, runs step 2's calls in
+    place of a plain round trip (the writer's chance to count ranks right behind them). Raises `NodeError`
+    subclasses, `StaleMap`, `ShardFrozen`; crossings a failed step left are rolled forward like any other."""
     moving = [e for e in entries if e.to]
+    if moving or writes:
+        await write_shards(cluster, layout, _destination_writes(layout, moving, writes))
     if moving:
-        await write_shards(cluster, layout, _destination_writes(layout, moving))
         _step(on_step, "destination_written")
-    await _shard_step(cluster, layout, _source_removals(layout, entries), removals)
+    await drop_shards(cluster, layout, _source_removals(layout, entries), removals)
     _step(on_step, "source_removed")
     await _index_step(cluster, layout, entries)
     _step(on_step, "intent_cleared")
 
 
-def _destination_writes(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, list[object]]:
-    """Step 1's writes: per destination shard, (user, stored score, version) of each member moving there."""
-    by_shard: dict[str, list[object]] = {}
+def _destination_writes(
+    layout: BoardLayout, entries: Sequence[IndexEntry], writes: Mapping[str, Sequence[object]] | None
+) -> dict[str, list[object]]:
+    """Step 1's writes: per destination shard, (user, stored score, version) of each member moving there, after
+    `writes`' own for that shard (other members: one user appears once per shard)."""
+    by_shard: dict[str, list[object]] = {s: list(w) for s, w in writes.items()} if writes else {}
     for e in entries:
         destination = layout.destination_of(e)
         assert destination is not None  # only crossings with a destination are passed
@@ -85,15 +90,15 @@ def _destination_writes(layout: BoardLayout, entries: Sequence[IndexEntry]) -> d
     return by_shard
 
 
-def _source_removals(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, ScriptCall]:
-    """Step 2's calls: per source shard, the removals of the members leaving it (none where the member stays in one
-    shard: removing it there would remove what step 1 wrote)."""
+def _source_removals(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, list[object]]:
+    """Step 2's removals: per source shard, (user, version) of the members leaving it (none where the member stays
+    in one shard: removing it there would remove what step 1 wrote)."""
     by_shard: dict[str, list[object]] = {}
     for e in entries:
         source = layout.source_of(e)
         if source != layout.destination_of(e):
             by_shard.setdefault(source, []).extend((e.user_id, e.version))
-    return {shard_id: remove_call(layout, shard_id, removals) for shard_id, removals in by_shard.items()}
+    return by_shard
 
 
 async def write_shards(
@@ -109,34 +114,38 @@ async def write_shards(
     trip (a writer's chance to count ranks right behind them). A shard whose fence refuses leaves the others' writes
     done; the first such shard (in the order of `by_shard`, node by node) raises `StaleMap` or `ShardFrozen`, as a
     call of its own would. Raises `NodeError` subclasses."""
+    await _per_node(cluster, layout, by_shard, functools.partial(write_call, mode=mode), replies.shard_write, run_calls)
+
+
+async def drop_shards(
+    cluster: Cluster, layout: BoardLayout, by_shard: Mapping[str, Sequence[object]], run_calls: RunCalls | None = None
+) -> None:
+    """Each shard's removals (user, version)... in `by_shard`, one SHARD_DROP per node for all of its shards (see
+    `drop_call`); otherwise as `write_shards`."""
+    await _per_node(cluster, layout, by_shard, drop_call, replies.shard_drop, run_calls)
+
+
+async def _per_node(
+    cluster: Cluster,
+    layout: BoardLayout,
+    by_shard: Mapping[str, Sequence[object]],
+    make_call: Callable[[BoardLayout, Mapping[str, Sequence[object]]], ScriptCall],
+    decode: Callable[[str, object, int], list[ShardChange | Stale]],
+    run_calls: RunCalls | None,
+) -> None:
+    """`write_shards` and `drop_shards`: `make_call` of each node's shards, run per node, answers `decode`d."""
     groups: dict[str, dict[str, Sequence[object]]] = {}
-    for shard_id, writes in by_shard.items():
-        groups.setdefault(shard_node(cluster, layout, shard_id).id, {})[shard_id] = writes
-    calls = {node_id: [write_call(layout, shards, mode=mode)] for node_id, shards in groups.items()}
+    for shard_id, items in by_shard.items():
+        groups.setdefault(shard_node(cluster, layout, shard_id).id, {})[shard_id] = items
+    calls = {node_id: [make_call(layout, shards)] for node_id, shards in groups.items()}
     if run_calls is None:
         run_calls = functools.partial(run_per_node, cluster)
     answers = await run_calls(calls)
     for node_id, shards in groups.items():
         node = cluster.node(node_id)
-        changes = replies.shard_write(node_id, answers[node_id][0], len(shards))
+        changes = decode(node_id, answers[node_id][0], len(shards))
         for shard_id, change in zip(shards, changes, strict=True):
             shard_written(cluster, node, layout, shard_id, change)
-
-
-async def _shard_step(
-    cluster: Cluster, layout: BoardLayout, calls: dict[str, ScriptCall], run_calls: RunCalls | None = None
-) -> None:
-    """Step 2: each shard's call, one pipelined round trip per node."""
-    by_node: dict[str, list[tuple[str, ScriptCall]]] = {}
-    for shard_id, call in calls.items():
-        by_node.setdefault(shard_node(cluster, layout, shard_id).id, []).append((shard_id, call))
-    if run_calls is None:
-        run_calls = functools.partial(run_per_node, cluster)
-    answers = await run_calls({n: [c for _, c in node_calls] for n, node_calls in by_node.items()})
-    for node_id, node_calls in by_node.items():
-        node = cluster.node(node_id)
-        for (shard_id, (script, _, _)), raw in zip(node_calls, answers[node_id], strict=True):
-            shard_changed(cluster, node, layout, shard_id, script, raw)
 
 
 async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
@@ -224,6 +233,19 @@ def remove_call(layout: BoardLayout, shard_id: str, removals: Sequence[object]) 
     users = cast("Sequence[str]", removals[::2])  # every other item is a user id
     keys = [*layout.fenced_keys[shard_id], *(layout.versions_key(u) for u in users)]
     return SHARD_REMOVE, keys, [layout.descriptors[shard_id], *layout.stored_ranges[shard_id], *removals]
+
+
+def drop_call(layout: BoardLayout, by_shard: Mapping[str, Sequence[object]]) -> ScriptCall:
+    """SHARD_DROP of each shard's removals (user, version)... in `by_shard` (shards of one node): one call that drops
+    them all, each shard fenced on its own (`replies.shard_drop` answers per shard, in the order of `by_shard`)."""
+    args: list[object] = list(layout.write_keys)
+    descriptors, ranges, versions_key = layout.descriptors, layout.stored_ranges, layout.versions_key
+    for shard_id, removals in by_shard.items():
+        args += (shard_id, descriptors[shard_id], *ranges[shard_id], len(removals) // 2)
+        for i in range(0, len(removals), 2):
+            user = cast("str", removals[i])
+            args += (user, removals[i + 1], versions_key(user))
+    return SHARD_DROP, (), args
 
 
 def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClient:

@@ -123,20 +123,34 @@ def shard_change(node: str, script: Script, raw: object) -> ShardChange | Stale:
 def shard_write(node: str, raw: object, shards: int) -> list[ShardChange | Stale]:
     """shard_write's reply for a call over `shards` shards: per shard, in the order sent, shard_apply's answer
     (``{'stale', actual}`` or ``{'ok', size}``)."""
+    return _per_shard(node, scripts.SHARD_WRITE, raw, shards, 2)
+
+
+def shard_drop(node: str, raw: object, shards: int) -> list[ShardChange | Stale]:
+    """shard_drop's reply for a call over `shards` shards: per shard, in the order sent, shard_remove's answer
+    (``{'stale', actual}`` or ``{'ok', size, removed}``)."""
+    return _per_shard(node, scripts.SHARD_DROP, raw, shards, 3)
+
+
+def _per_shard(node: str, script: Script, raw: object, shards: int, ok_length: int) -> list[ShardChange | Stale]:
+    """A reply of one answer per shard, each ``{'stale', actual}`` or ``{'ok', size}`` with, for `ok_length` 3, how
+    many members were removed."""
     if type(raw) is list and len(raw) == shards:
         changes: list[ShardChange | Stale] = []
         for item in raw:  # checked inline, as shard_change: on the write path, once per shard and batch
-            if type(item) is list and len(item) == 2:
-                tag, size = item
-                if tag == _OK and type(size) is int and size >= 0:
-                    changes.append(ShardChange(size))
-                    continue
-                if tag == _STALE and type(size) is str:
+            if type(item) is list and item:
+                tag, size = item[0], item[1] if len(item) > 1 else None
+                if tag == _OK and type(size) is int and size >= 0 and len(item) == ok_length:
+                    removed = item[2] if ok_length == 3 else 0
+                    if type(removed) is int and removed >= 0:
+                        changes.append(ShardChange(size, removed))
+                        continue
+                elif tag == _STALE and len(item) == 2 and type(size) is str:
                     changes.append(Stale(size))
                     continue
-            _wrong(node, scripts.SHARD_WRITE, raw, f"answer {len(changes) + 1} of {shards}")
+            _wrong(node, script, raw, f"answer {len(changes) + 1} of {shards}")
         return changes
-    _wrong(node, scripts.SHARD_WRITE, raw, f"for {shards} shards")
+    _wrong(node, script, raw, f"for {shards} shards")
 
 
 def shard_count(node: str, raw: object, shards: int, queries: int) -> ShardCounts | Stale:

@@ -80,6 +80,7 @@ INDEX_REBUILD = _load("index_rebuild")
 SHARD_APPLY = _load("shard_apply")
 SHARD_WRITE = _load("shard_write")
 SHARD_REMOVE = _load("shard_remove")
+SHARD_DROP = _load("shard_drop")
 SHARD_COUNT = _load("shard_count")
 SHARD_TALLY = _load("shard_tally")
 SHARD_CLEAR = _load("shard_clear")
@@ -103,6 +104,7 @@ ALL = (
     SHARD_APPLY,
     SHARD_WRITE,
     SHARD_REMOVE,
+    SHARD_DROP,
     SHARD_COUNT,
     SHARD_TALLY,
     SHARD_CLEAR,

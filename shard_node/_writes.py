@@ -342,7 +342,8 @@ async def _write_shards(
     its index commit and its shard write (leaving no intent when the member did not cross a
     boundary), and re-writing the same absolute (score, version) is a no-op when nothing was lost.
     Without a boundary crossing the counts ride in the shard writes' round trip, right behind each
-    node's writes; a crossing takes several steps, so its ranks are counted once it is done.
+    node's writes; a crossing takes several steps, so its ranks are counted once it is done, and the
+    other members' writes ride in its first step's calls (one write call per node, not two).
     """
     final: dict[str, IndexEntry] = {}
     for c in committed:
@@ -356,22 +357,19 @@ async def _write_shards(
         if not e.moving:
             by_shard.setdefault(layout.home_of(e), []).extend((e.user_id, layout.stored(e.score), e.version))
     scores = [c.score for c in committed]
-    if rank and not moves:
-        return await _write_groups(cluster, layout, by_shard, scores, known=known)
+    if not moves:
+        return await _write_groups(cluster, layout, by_shard, scores if rank else (), known=known)
     ranks: list[int] = []
 
     async def remove_then_count(calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
-        # Step 3 is the moves' last shard change, and the writes without a crossing were queued before
-        # it on the same connections (one per node, run in order; gather starts those writes first):
-        # counted behind it, every shard holds this call's final state, one round trip sooner.
+        # The moves' removals are the call's last shard change (the writes without a crossing went in the
+        # moves' first step): counted behind them, every shard holds this call's final state, one round
+        # trip sooner.
         nonlocal ranks
         ranks, _, answers = await rank_after(cluster, layout, scores, calls)
         return answers
 
-    await asyncio.gather(
-        _write_groups(cluster, layout, by_shard),
-        finish_moves(cluster, layout, moves, on_step, removals=remove_then_count if rank else None),
-    )
+    await finish_moves(cluster, layout, moves, on_step, removals=remove_then_count if rank else None, writes=by_shard)
     return ranks
 
 

@@ -80,6 +80,8 @@ def test_the_other_scripts_replies_decode() -> None:
     assert replies.shard_change("n1", SHARD_REMOVE, ["stale", ""]) == Stale("")
     written = replies.shard_write("n1", [["ok", 12], ["stale", "|5|2|ACTIVE"], ["ok", 0]], shards=3)
     assert written == [ShardChange(12), Stale("|5|2|ACTIVE"), ShardChange(0)]
+    dropped = replies.shard_drop("n1", [["ok", 12, 2], ["stale", ""], ["ok", 0, 0]], shards=3)
+    assert dropped == [ShardChange(12, 2), Stale(""), ShardChange(0, 0)]
     counted = replies.shard_count("n1", ["ok", "1:5.6", "7", 3, 4, 1, -1], shards=2, queries=2)
     assert counted == ShardCounts((3, 4), (1, -1), "1:5.6", 7)
     tally = replies.shard_tally("n1", ["ok", "9", 1, "s3", 5, 1], queries=1)
@@ -140,6 +142,9 @@ _BAD: list[tuple[str, Callable[[], object]]] = [
     ("shard_write", lambda: replies.shard_write("n1", [["ok", 3, 1]], shards=1)),
     ("shard_write", lambda: replies.shard_write("n1", [["ok", 3], ["stale"]], shards=2)),
     ("shard_remove", lambda: replies.shard_change("n1", SHARD_REMOVE, ["ok", 3])),
+    ("shard_drop", lambda: replies.shard_drop("n1", [["ok", 3]], shards=1)),
+    ("shard_drop", lambda: replies.shard_drop("n1", [["ok", 3, -1]], shards=1)),
+    ("shard_drop", lambda: replies.shard_drop("n1", [["ok", 3, 1]], shards=2)),
     ("shard_remove", lambda: replies.shard_change("n1", SHARD_REMOVE, ["stale"])),
     ("shard_count", lambda: replies.shard_count("n1", ["ok", 3], shards=2, queries=0)),
     ("shard_count", lambda: replies.shard_count("n1", ["ok", "1:2.3", 3, 4], shards=2, queries=0)),

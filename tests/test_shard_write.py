@@ -168,3 +168,65 @@ def test_a_shard_the_map_no_longer_describes_beside_one_it_does_is_written_once_
     rank = {u: 1 + sum(1 for s in expected.values() if s > expected[u]) for u in (m, a)}
     assert _on_board(control_plane_dsn, write) == [(expected[m], rank[m]), (expected[a], rank[a])]
     _board_is(seeded, control_plane_dsn, expected)
+
+
+def _crossing_score(layout: BoardLayout, user: str) -> int:
+    """A score for `user` in a shard of the other node than its own (a crossing whose steps meet both nodes)."""
+    here = layout.shards[layout.map.shard_for(SEEDS[user]).id].node
+    return next(s for s in range(0, 400, 50) if layout.shards[layout.map.shard_for(s).id].node != here)
+
+
+def test_members_crossing_out_of_a_shard_being_moved_and_out_of_one_that_is_not_lose_no_write(
+    seeded: Client, control_plane_dsn: str, node_addresses: list[str]
+) -> None:
+    """One batch's members leave two shards of one node in one drop call: the shard being moved notes its member
+    for the job's catch-up, the other notes nothing; once the move is done both members are where they went."""
+    layout = _on_board(control_plane_dsn, _layout)
+    moving, staying, node = _pair_on_one_node(layout)
+    m, a = _member_in(layout, moving), _member_in(layout, staying)
+    job = _move_stopped_at_catch_up(control_plane_dsn, moving)
+    target = {m: _crossing_score(layout, m), a: _crossing_score(layout, a)}
+    updates = [pb.ScoreUpdate(user_id=u, score=s - SEEDS[u]) for u, s in target.items()]  # the board increments
+    reply = seeded.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=BOARD, updates=updates), timeout=10)
+    assert [r.score for r in reply.results] == [target[m], target[a]]
+    with _node(node_addresses[int(node[1:]) - 1]) as r:
+        assert r.smembers(dirty_key(BOARD, moving)) == {m}
+        assert not r.exists(dirty_key(BOARD, staying))
+        assert r.zscore(shard_key(BOARD, staying), a) is None
+    _resume(control_plane_dsn, job)
+    _board_is(seeded, control_plane_dsn, {**SEEDS, **target})
+
+
+def test_a_batch_crossing_out_of_many_shards_costs_each_node_one_write_call_and_one_drop_call(
+    seeded: Client, control_plane_dsn: str
+) -> None:
+    """However many shards a batch's crossings leave and reach, each node gets one call writing all its shards (the
+    members that stay in theirs included) and one dropping from all of them; every member ends where a sorted list
+    puts it."""
+    layout = _on_board(control_plane_dsn, _layout)
+    users = sorted(SEEDS)
+    # Two of every three members cross (to the shard above or below), the third stays in its own.
+    target = {u: (SEEDS[u] + (100 if i % 2 else 200)) % 400 if i % 3 else SEEDS[u] + 1 for i, u in enumerate(users)}
+    left = {layout.map.shard_for(SEEDS[u]).id for u in users if target[u] != SEEDS[u] + 1}
+    assert len(left) == len(layout.shards)  # every shard is left by some member
+
+    async def write(_: ControlPlane, cluster: Cluster, fresh: BoardLayout) -> tuple[list[int], list[tuple[str, str]]]:
+        calls: list[tuple[str, str]] = []
+        for node in cluster.nodes.values():
+            run_many = node.run_many
+
+            async def recorded(batch, *, lazy=False, _id=node.id, _run=run_many):  # type: ignore[no-untyped-def]
+                calls.extend((_id, script.name) for script, _, _ in batch)
+                return await _run(batch, lazy=lazy)
+
+            node.run_many = recorded  # type: ignore[method-assign]
+        outcomes = await UpdateCall(cluster, fresh, [Update(u, target[u] - SEEDS[u]) for u in users]).run(fresh)
+        return [o.score for o in outcomes], calls  # type: ignore[union-attr]
+
+    scores, calls = _on_board(control_plane_dsn, write)
+    assert scores == [target[u] for u in users]
+    for name in ("shard_write", "shard_drop"):
+        per_node = [n for n, script in calls if script == name]
+        assert sorted(per_node) == sorted(set(layout.by_node)), (name, calls)
+    assert not [c for c in calls if c[1] in ("shard_apply", "shard_remove")], calls
+    _board_is(seeded, control_plane_dsn, target)

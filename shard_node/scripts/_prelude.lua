@@ -220,6 +220,68 @@ local function apply_writes(zkey, dkey, expected, slack, first, last)
   if #noted > 0 then call_bulk('SADD', dirty, noted) end
 end
 
+-- The removals of shard_remove and shard_drop from one shard whose write fence let descriptor `expected` through:
+-- for i = first, last, step, member ARGV[i] at version ARGV[i + 1], its versions hash `vkey_of(i)`. A member goes
+-- only if its registered version is not newer, leaving a tombstone '~ver|ms' so a late older write cannot bring it
+-- back, and only if the zset holds it inside the shard's range [low, high) (one held outside is a job's copy or a
+-- finished job's leftover, and stays). A MIGRATING shard notes the members removed from the carved range. Returns
+-- how many members left the zset; the caller keeps the shard's size.
+local function remove_members(zkey, dkey, expected, low, high, first, last, step, vkey_of)
+  local in_carve, dirty = carving(dkey, expected)
+  local removed, noted = 0, {}
+  local now = node_ms()
+  for i = first, last, step do
+    local user, ver, vkey = ARGV[i], tonumber(ARGV[i + 1]), vkey_of(i)
+    local here = tonumber(redis.call('ZSCORE', zkey, user))
+    if (not here or (here >= low and here < high)) and version_of(redis.call('HGET', vkey, user)) <= ver then
+      if in_carve and in_carve(here) then noted[#noted + 1] = user end
+      if here then removed = removed + redis.call('ZREM', zkey, user) end
+      redis.call('HSET', vkey, user, tombstone(ver, now))
+    end
+  end
+  if #noted > 0 then call_bulk('SADD', dirty, noted) end
+  return removed
+end
+
+-- The per-shard blocks of shard_write and shard_drop, from ARGV[first] on, each changed by `change`: a block is a
+-- shard id, its expected descriptor, its range in stored scores [lo, hi), a count k, then k items of `width` values.
+-- The descriptors are read in one MGET (per 4,000 shards) and the kept sizes in one HMGET (`keep_sizes`, in sizes
+-- hash `key` with changes zset `okey`), so a call costs a node two reads however many shards it touches. A shard
+-- whose fence refuses is left alone and answered {'stale', actual descriptor}; the others are changed all the same:
+-- `change(zkey, dkey, expected, lo, hi, i, j)` with its items at ARGV[i..j] and its zset under stem `zstem`, answered
+-- {'ok', size inside the range} and what `change` returned, if anything. Returns the answers, in the order sent.
+local function change_shards(key, okey, zstem, dstem, first, width, change)
+  local starts, dkeys = {}, {}
+  local i, n = first, #ARGV
+  while i <= n do
+    starts[#starts + 1] = i
+    dkeys[#dkeys + 1] = dstem .. ARGV[i]
+    i = i + 5 + width * tonumber(ARGV[i + 4])
+  end
+  local held = {}
+  for j = 1, #dkeys, 4000 do
+    local got = redis.call('MGET', unpack(dkeys, j, math.min(j + 3999, #dkeys)))
+    for k = 1, #got do held[j + k - 1] = got[k] end
+  end
+  local out, fields, counts, ranges = {}, {}, {}, {}
+  for j = 1, #starts do
+    local at = starts[j]
+    local s, expected, lo, hi = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+    local actual = write_fence(dkeys[j], expected, held[j])
+    if actual then
+      out[j] = {'stale', actual}
+    else
+      local zkey = zstem .. s
+      local extra = change(zkey, dkeys[j], expected, lo, hi, at + 5, at + 4 + width * tonumber(ARGV[at + 4]))
+      local size = redis.call('ZCOUNT', zkey, lo, '(' .. hi)
+      out[j] = {'ok', size, extra}  -- a nil `extra` ends the list at the size
+      fields[#fields + 1], counts[#counts + 1], ranges[#ranges + 1] = s, size, lo .. ' ' .. hi
+    end
+  end
+  if #fields > 0 then keep_sizes(key, okey, fields, counts, ranges) end
+  return out
+end
+
 -- A new token of sizes hash `key`, returned: a count of renewals and the node's time, so a node that lost its data
 -- never hands out a token it handed out before.
 local function new_sizes_token(key)
