@@ -19,7 +19,7 @@ from rankshard.v1 import admin_pb2 as apb
 from rankshard.v1 import admin_pb2_grpc as apb_grpc
 
 from ._hist import Histogram
-from ._loadgen import Share, merge, run_share, warm
+from ._loadgen import RouterFactory, Share, merge, run_share, warm
 from ._model import Profile
 from ._procs import Cluster, Spawned, cpu_seconds, free_port
 from ._storage import bare_phase
@@ -53,9 +53,11 @@ class Bench:
         seed: int = 1,
         event_loop: str = "uvloop",
         direct: DirectDriver | None = None,
+        routers: RouterFactory | None = None,
     ) -> None:
         self.profile = profile
         self.direct = direct
+        self.routers = routers
         self.workdir = workdir
         self.progress = progress
         self.seed = seed
@@ -168,13 +170,17 @@ class Bench:
         **share: Any,
     ) -> dict[str, Any]:
         """Runs one phase: open loop at `rate` calls/s when given, else closed loop with `concurrency`
-        calls in flight, from every load generator; `target` is 'echo' or 'router'. Returns the phase's
-        figures, the target's CPU time included."""
+        calls in flight, from every load generator; `target` is 'echo', 'router', or 'inproc': `channels` routers
+        served inside each load generator by `routers`, without gRPC (the router processes stand idle). Returns the
+        phase's figures, the target's CPU time included (none for 'inproc')."""
         assert self.pool is not None and self.cluster is not None
         seconds = seconds or self.profile.phase_seconds
         loaders = self.profile.loaders
         concurrency = concurrency or self.profile.in_flight
-        address = self.echo_address if target == "echo" else self.router_address
+        address = {"echo": self.echo_address, "inproc": self.cluster.control_plane}.get(target, self.router_address)
+        if target == "inproc":
+            assert self.routers is not None
+            share = {**share, "routers": self.routers}
         start_at = time.time() + _START_MARGIN
         shares = [
             Share(
@@ -233,6 +239,8 @@ class Bench:
 
     def _pids(self, target: str) -> list[int]:
         assert self.echo is not None and self.cluster is not None
+        if target == "inproc":
+            return []
         return [self.echo.pid] if target == "echo" else self.cluster.router_pids()
 
     def _countdown(self, name: str, start_at: float, seconds: float) -> None:

@@ -13,7 +13,8 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ from ._hist import Histogram
 from ._model import TrafficModel
 
 KINDS = ("update", "rank", "top", "around", "batch")
+RouterFactory = Callable[[str, int], AbstractAsyncContextManager[Sequence[Any]]]
+"""(control-plane DSN, n) -> n routers served inside the calling process, without gRPC: a stub on each, with the
+methods and arguments of a `LeaderboardStub`'s (errors raised as `grpc.aio.AioRpcError`). Picklable: the CLI
+supplies it, as only it may reach below the public surfaces."""
 MAX_IN_FLIGHT = 20_000
 """Open loop: calls past this many outstanding are shed (counted, not sent): the server is long overloaded."""
 
@@ -52,6 +57,9 @@ class Share:
     seed: int = 1
     model: TrafficModel = field(default_factory=TrafficModel)
     timeout: float = 10.0
+    routers: RouterFactory | None = None
+    """In place of gRPC channels to `address`: `channels` routers served in this process (`address` then names the
+    control plane)."""
 
 
 def user_id(i: int) -> str:
@@ -91,6 +99,11 @@ class _Runner:
 
     async def run(self) -> dict[str, object]:
         s = self.share
+        if s.routers is not None:
+            async with s.routers(s.address, s.channels) as stubs:
+                self.stubs = list(stubs)
+                await self._timed()
+            return self._result()
         # One channel per connection wanted: router processes behind SO_REUSEPORT each take whole connections.
         channels = [
             grpc.aio.insecure_channel(
@@ -101,14 +114,18 @@ class _Runner:
         try:
             self.stubs = [pb_grpc.LeaderboardStub(c) for c in channels]
             await asyncio.gather(*(c.channel_ready() for c in channels))
-            await asyncio.sleep(max(0.0, s.start_at - time.time()))
-            self.t0 = time.perf_counter()
-            self.end = self.t0 + s.duration
-            await (self._open() if s.rate > 0 else self._closed())
+            await self._timed()
         finally:
             for c in channels:
                 await c.close()
         return self._result()
+
+    async def _timed(self) -> None:
+        s = self.share
+        await asyncio.sleep(max(0.0, s.start_at - time.time()))
+        self.t0 = time.perf_counter()
+        self.end = self.t0 + s.duration
+        await (self._open() if s.rate > 0 else self._closed())
 
     async def _closed(self) -> None:
         async def worker() -> None:

@@ -185,7 +185,7 @@ def plan_assumptions(result: dict[str, Any]) -> str:
     basis, c = result["plan_basis"], result["capacity"]
     h, sim = c["headroom"], result["simulation"]
     bare_busy = ", ".join(f"{k} {v:.0%}" for k, v in basis["bare_node_busy"].items())
-    node_phase = "the simulation" if basis["node_phase"] == "run" else "the busier-nodes phase"
+    node_phase = _NODE_PHASES[basis["node_phase"]]
     return "\n".join(
         [
             "- Peak rates from the traffic model; costs per call and per member stay the same at full scale.",
@@ -195,6 +195,7 @@ def plan_assumptions(result: dict[str, Any]) -> str:
             f"{node_phase}'s, open loop at {basis['node_phase_rate']:,.0f} calls/s, with the nodes "
             f"{basis['node_busy']:.0%} busy on average (busiest {basis['busiest_node']:.0%}). A node mostly idle "
             "spends more CPU per call than a busy one (waking up), so a figure measured below 50% busy errs high."
+            + _in_process(result)
             + _node_bound(result),
             f"- Memory: all in per member at {basis['memory_members']:,} members on a board created for its size; "
             f"{h['node_memory_gib']:g} GiB of data per node, {h['replicas']} replica(s) per primary.",
@@ -213,11 +214,45 @@ def plan_assumptions(result: dict[str, Any]) -> str:
     )
 
 
+_NODE_PHASES = {
+    "run": "the simulation",
+    "nodes": "the busier-nodes phase",
+    "inproc": "the phase of routers in process",
+}
+
+
+def _in_process(result: dict[str, Any]) -> str:
+    """How the phase of routers in process was run, when it was."""
+    m = result["simulation"]["phases"].get("inproc")
+    if m is None:
+        return ""
+    used = result["plan_basis"]["node_phase"] == "inproc"
+    run = result["simulation"]["run"]["latency"]["p50_ms"]
+    kept = f"answered in {m['latency']['p50_ms']:.2f} ms at the median (the simulation: {run:.2f} ms)"
+    return (
+        f" Through the router processes the machine's cores run out first, so the mix was also offered through "
+        f"{m['routers']} routers served inside the load generators (the router's own service, coalescing and data "
+        f"path, without gRPC), each at {m['rate_per_router']:,.0f} calls/s, the rate that kept a router process "
+        f"{result['plan_basis']['router_busy']:.0%} busy, so each batches as a planned router does; it {kept}"
+        + (
+            " and is the node figure."
+            if used
+            else " and is not the node figure ("
+            + ("no nearer 50% busy)." if m["kept_up"] else "it fell behind: its routers batched a backlog).")
+        )
+    )
+
+
 def _node_bound(result: dict[str, Any]) -> str:
     """When the nodes stayed well under the plan's utilisation: what stopped the load, as measured."""
     basis, h = result["plan_basis"], result["capacity"]["headroom"]
     if basis["node_busy"] >= h["node_utilisation"] - 0.1:
         return ""
+    if basis["node_phase"] == "inproc":
+        return (
+            " Here the nodes got no busier: the load generators, serving the routers in process, took the rest of "
+            "the machine's cores."
+        )
     cap = result["simulation"]["capacity"]
     return (
         f" Here the nodes got no busier: at the mix's closed-loop capacity ({_n(cap['calls_per_s'])} calls/s) the "
@@ -240,10 +275,11 @@ def plan_phases_table(result: dict[str, Any]) -> str:
         "calibration": "calibration, half of capacity",
         "run": "simulation (router figure)",
         "nodes": "nodes busier",
+        "inproc": "routers in process (no gRPC)",
         "echo": "echo server, same rate",
     }
     phases = {"capacity": sim["phases"]["capacity"], "calibration": sim["phases"]["calibration"], "run": sim["run"]}
-    phases.update({k: v for k, v in sim["phases"].items() if k in ("nodes", "echo")})
+    phases.update({k: v for k, v in sim["phases"].items() if k in ("nodes", "inproc", "echo")})
     for key, m in phases.items():
         busy = m.get("busy", {})
         calls = max(m["calls"], 1)

@@ -12,6 +12,7 @@ import grpc
 
 from rankshard.benchmarks import PROFILES, print_progress, run_bench
 from rankshard.benchmarks._report import capacity_table, headline
+from rankshard.router import in_process_routers
 
 from ._direct import direct_batches
 
@@ -84,7 +85,13 @@ def bench(
     command = "rankshard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         result, paths = run_bench(
-            profile, out_dir, command=command, progress=print_progress, seed=seed, direct=direct_batches
+            profile,
+            out_dir,
+            command=command,
+            progress=print_progress,
+            seed=seed,
+            direct=direct_batches,
+            routers=in_process_routers,
         )
     except (RuntimeError, OSError) as exc:
         raise click.ClickException(f"bench failed: {exc}") from exc

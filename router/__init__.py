@@ -1,5 +1,6 @@
 """The gRPC router: `rankshard.v1.Leaderboard` and `rankshard.v1.Admin` over the shard_node data path."""
 
+from ._inproc import in_process_routers
 from ._metrics import MetricsListenError
 from ._reflection import REFLECTION_V1
 from ._security import SecurityError
@@ -10,6 +11,7 @@ __all__ = [
     "REFLECTION_V1",
     "SERVICE_NAMES",
     "STATUS_OF",
+    "in_process_routers",
     "ListenError",
     "SecurityError",
     "MetricsListenError",

@@ -222,7 +222,12 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
     direct = result["raw"]["direct"]  # the node operations of a batch, without the router in between
     assert direct["updates_per_s"] > 0 and direct["node_cpu_s"] > 0 and direct["shards"] == min(profile.shard_counts)
     basis = result["plan_basis"]
-    assert 0 < basis["router_busy"] < 2 and 0 < basis["node_busy"] < 2 and basis["node_phase"] in ("run", "nodes")
+    assert 0 < basis["router_busy"] < 2 and 0 < basis["node_busy"] < 2
+    assert basis["node_phase"] in ("run", "nodes", "inproc")
+    if (inproc := result["simulation"]["phases"].get("inproc")) is not None:
+        # Routers served inside the load generators: each at the simulation's rate, every call answered.
+        assert inproc["routers"] >= 1 and inproc["rate_per_router"] == result["simulation"]["run"]["offered_per_s"]
+        assert inproc["calls"] > 0 and inproc["errors"] == {} and inproc["node_cpu_s"] > 0
     bare_plan = result["capacity_bare"]  # the same plan for a bare sorted-set design, on the same run's figures
     assert bare_plan["primary_nodes"] >= 1 and bare_plan["router_cores"] >= 1
     assert bare_plan["peak_calls_per_s"] == result["capacity"]["peak_calls_per_s"]
