@@ -229,6 +229,17 @@ def _in_process(result: dict[str, Any]) -> str:
     used = result["plan_basis"]["node_phase"] == "inproc"
     run = result["simulation"]["run"]["latency"]["p50_ms"]
     kept = f"answered in {m['latency']['p50_ms']:.2f} ms at the median (the simulation: {run:.2f} ms)"
+    tries = m.get("tries", [])
+    if len(tries) > 1:
+        kept += (
+            " (phases run: "
+            + "; ".join(
+                f"{t['routers']} routers, nodes {t['nodes_busy']:.0%} busy, median {t['p50_ms']:.2f} ms"
+                + ("" if t["kept_up"] else ", fell behind")
+                for t in tries
+            )
+            + ")"
+        )
     return (
         f" Through the router processes the machine's cores run out first, so the mix was also offered through "
         f"{m['routers']} routers served inside the load generators (the router's own service, coalescing and data "

@@ -422,7 +422,8 @@ INPROC_LAG = 2.0
 load generator short of CPU makes its calls wait, and its routers then batch the backlog, and a node answering bigger
 batches spends less per call than at the planned load (the figure would err low)."""
 INPROC_TRIES = 3
-"""Phases of routers in process at most: each that falls behind is followed by one with half the routers."""
+"""Phases of routers in process at most: after one that fell behind, one with half the routers; after one that kept up
+short of the plan's utilisation, one with as many more as would bring the nodes there."""
 
 
 def _routers_in_process(
@@ -431,15 +432,15 @@ def _routers_in_process(
     """The mix open loop through routers served inside the load generators (no gRPC: the router processes' CPU
     goes to the nodes), each offered the simulation `main`'s rate, the rate at which it kept a router process at
     the plan's utilisation, so each batches as a planned router does; as many routers as bring the nodes to the
-    plan's utilisation by `best`'s node CPU per call (a whole number per load generator), halved after a phase
-    that fell behind (`INPROC_LAG`). Returns the last phase run, with whether it kept up."""
+    plan's utilisation by the node CPU per call measured last (`best`'s at first; a whole number per load
+    generator), half as many after a phase that fell behind (`INPROC_LAG`). Returns the phase that kept up with the
+    nodes nearest the plan's utilisation (else the last), with whether it kept up."""
     p, head = bench.profile, Headroom()
-    rate = main["offered_per_s"]
+    rate, target, loaders = main["offered_per_s"], head.node_utilisation, p.loaders
     node_per_call = best["node_cpu_s"] / max(best["calls"], 1)
-    wanted = head.node_utilisation * p.nodes / node_per_call if node_per_call else rate
-    loaders = p.loaders
-    per_loader = max(1, math.ceil(wanted / rate / loaders))
-    for attempt in range(INPROC_TRIES):
+    per_loader = max(1, math.ceil(target * p.nodes / node_per_call / rate / loaders)) if node_per_call else 1
+    tried: dict[int, dict[str, Any]] = {}
+    for _ in range(INPROC_TRIES):
         routers = per_loader * loaders
         bench.progress(
             f"nodes {best['busy']['nodes']:.0%} busy through the router: {routers} routers in the load generators "
@@ -456,10 +457,36 @@ def _routers_in_process(
             new_player_share=new,
         )
         kept_up = m["latency"]["p50_ms"] <= INPROC_LAG * main["latency"]["p50_ms"] and not m["errors"] and not m["shed"]
-        if kept_up or per_loader == 1 or attempt == INPROC_TRIES - 1:
+        m = tried[per_loader] = {
+            **m,
+            "busy": _busy(m, p.nodes),
+            "routers": routers,
+            "rate_per_router": rate,
+            "kept_up": kept_up,
+        }
+        if not kept_up:
+            nxt = max(1, per_loader // 2)
+        elif m["busy"]["nodes"] < target - 0.1 and m["node_cpu_s"]:
+            nxt = math.ceil(target * p.nodes * m["seconds"] / m["node_cpu_s"] / rate / loaders)
+            if any(not t["kept_up"] and n <= nxt for n, t in tried.items()):  # as many as fell behind before
+                nxt = per_loader
+        else:
             break
-        per_loader = max(1, per_loader // 2)
-    return {**m, "busy": _busy(m, p.nodes), "routers": routers, "rate_per_router": rate, "kept_up": kept_up}
+        if nxt in tried:
+            break
+        per_loader = nxt
+    kept = [t for t in tried.values() if t["kept_up"]]
+    chosen = min(kept, key=lambda t: abs(t["busy"]["nodes"] - target)) if kept else m
+    tries = [
+        {
+            "routers": t["routers"],
+            "nodes_busy": t["busy"]["nodes"],
+            "p50_ms": t["latency"]["p50_ms"],
+            "kept_up": t["kept_up"],
+        }
+        for t in tried.values()
+    ]
+    return {**chosen, "tries": tries}
 
 
 def _rate_for(busy: float, half: dict[str, Any], capacity: dict[str, Any]) -> float:
