@@ -423,7 +423,8 @@ load generator short of CPU makes its calls wait, and its routers then batch the
 batches spends less per call than at the planned load (the figure would err low)."""
 INPROC_TRIES = 3
 """Phases of routers in process at most: after one that fell behind, one with half the routers; after one that kept up
-short of the plan's utilisation, one with as many more as would bring the nodes there."""
+short of the plan's utilisation, one with as many more as would bring the nodes there (at most halfway to a number
+that fell behind)."""
 
 
 def _routers_in_process(
@@ -468,8 +469,9 @@ def _routers_in_process(
             nxt = max(1, per_loader // 2)
         elif m["busy"]["nodes"] < target - 0.1 and m["node_cpu_s"]:
             nxt = math.ceil(target * p.nodes * m["seconds"] / m["node_cpu_s"] / rate / loaders)
-            if any(not t["kept_up"] and n <= nxt for n, t in tried.items()):  # as many as fell behind before
-                nxt = per_loader
+            behind = [n for n, t in tried.items() if not t["kept_up"]]
+            if behind and nxt >= min(behind):  # no more than fell behind before: halfway there
+                nxt = (per_loader + min(behind)) // 2
         else:
             break
         if nxt in tried:
