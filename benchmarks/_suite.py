@@ -468,7 +468,7 @@ def _routers_in_process(
         if not kept_up:
             nxt = max(1, per_loader // 2)
         elif m["busy"]["nodes"] < target - 0.1 and m["node_cpu_s"]:
-            nxt = math.ceil(target * p.nodes * m["seconds"] / m["node_cpu_s"] / rate / loaders)
+            nxt = math.ceil(target * p.nodes * m["calls"] / m["node_cpu_s"] / rate / loaders)
             behind = [n for n, t in tried.items() if not t["kept_up"]]
             if behind and nxt >= min(behind):  # no more than fell behind before: halfway there
                 nxt = (per_loader + min(behind)) // 2
