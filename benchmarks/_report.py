@@ -226,31 +226,26 @@ def _in_process(result: dict[str, Any]) -> str:
     m = result["simulation"]["phases"].get("inproc")
     if m is None:
         return ""
-    used = result["plan_basis"]["node_phase"] == "inproc"
     run = result["simulation"]["run"]["latency"]["p50_ms"]
-    kept = f"answered in {m['latency']['p50_ms']:.2f} ms at the median (the simulation: {run:.2f} ms)"
-    tries = m.get("tries", [])
-    if len(tries) > 1:
-        kept += (
-            " (phases run: "
-            + "; ".join(
-                f"{t['routers']} routers, nodes {t['nodes_busy']:.0%} busy, median {t['p50_ms']:.2f} ms"
-                + ("" if t["kept_up"] else ", fell behind")
-                for t in tries
-            )
-            + ")"
-        )
+    tries = "; ".join(
+        f"{t['routers']} routers, nodes {t['nodes_busy']:.0%} busy, median {t['p50_ms']:.2f} ms"
+        + ("" if t["kept_up"] else ", fell behind")
+        for t in m.get("tries", [])
+    )
+    if result["plan_basis"]["node_phase"] == "inproc":
+        verdict = "is the node figure."
+    elif m["kept_up"]:
+        verdict = "is not the node figure (no nearer 50% busy)."
+    else:
+        verdict = "is not the node figure (it fell behind: its routers batched a backlog)."
     return (
         f" Through the router processes the machine's cores run out first, so the mix was also offered through "
         f"{m['routers']} routers served inside the load generators (the router's own service, coalescing and data "
         f"path, without gRPC), each at {m['rate_per_router']:,.0f} calls/s, the rate that kept a router process "
-        f"{result['plan_basis']['router_busy']:.0%} busy, so each batches as a planned router does; it {kept}"
-        + (
-            " and is the node figure."
-            if used
-            else " and is not the node figure ("
-            + ("no nearer 50% busy)." if m["kept_up"] else "it fell behind: its routers batched a backlog).")
-        )
+        f"{result['plan_basis']['router_busy']:.0%} busy, so each batches as a planned router does; it answered in "
+        f"{m['latency']['p50_ms']:.2f} ms at the median (the simulation: {run:.2f} ms)"
+        + (f" (phases run: {tries})" if len(m.get("tries", [])) > 1 else "")
+        + f" and {verdict}"
     )
 
 

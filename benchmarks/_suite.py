@@ -441,11 +441,12 @@ def _routers_in_process(
     node_per_call = best["node_cpu_s"] / max(best["calls"], 1)
     per_loader = max(1, math.ceil(target * p.nodes / node_per_call / rate / loaders)) if node_per_call else 1
     tried: dict[int, dict[str, Any]] = {}
-    for _ in range(INPROC_TRIES):
+    for attempt in range(1, INPROC_TRIES + 1):
         routers = per_loader * loaders
         bench.progress(
-            f"nodes {best['busy']['nodes']:.0%} busy through the router: {routers} routers in the load generators "
-            f"(no gRPC), {rate:,.0f} calls/s each, {routers * rate:,.0f} in all"
+            f"routers in process, phase {attempt}: {routers} routers in the load generators (no gRPC), "
+            f"{rate:,.0f} calls/s each, {routers * rate:,.0f} in all (nodes {best['busy']['nodes']:.0%} busy "
+            "through the router)"
         )
         m = bench.measure(
             "mix, routers in process",
