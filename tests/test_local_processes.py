@@ -6,6 +6,7 @@ raises and leaves nothing behind, servers die with the process that started them
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -176,3 +177,49 @@ def test_session_fixtures_give_each_test_a_clean_node_and_database(
         row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
         assert row == (0,)
         conn.execute("CREATE TABLE left_behind (v int)")
+
+
+def test_servers_start_cleanly_while_grpc_threads_run() -> None:
+    """The CLI and the tests start servers from processes where gRPC threads are busy (a router's channel, a job's
+    health checks). The child between fork and exec must not run gRPC's fork handlers, which crash it now and then:
+    here hundreds of children spawn the way servers do while four threads keep calling into gRPC."""
+    script = textwrap.dedent("""
+        import shutil, signal, subprocess, threading
+        from concurrent import futures
+        from rankshard.cli._local import _run_as
+        import grpc
+
+        server = grpc.server(futures.ThreadPoolExecutor(4))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        done = threading.Event()
+
+        def call() -> None:
+            while not done.is_set():
+                try:
+                    channel.unary_unary("/none/None")(b"", timeout=0.01)
+                except grpc.RpcError:
+                    pass
+
+        callers = [threading.Thread(target=call) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        codes = [subprocess.run([shutil.which("true")], **_run_as(None, signal.SIGTERM)).returncode for _ in range(400)]
+        done.set()
+        for caller in callers:
+            caller.join()
+        channel.close()
+        server.stop(None)
+        print(sorted(set(codes)))
+    """)
+    # Its own session: a child that hangs between fork and exec has no death signal armed yet, and goes with the group.
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen([sys.executable, "-c", script], **pipes, text=True, start_new_session=True) as parent:
+        try:
+            out, err = parent.communicate(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(parent.pid, signal.SIGKILL)
+    assert parent.returncode == 0, err
+    assert out.split() == ["[0]"], err
