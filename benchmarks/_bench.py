@@ -202,14 +202,22 @@ class Bench:
         futures: list[Future[dict[str, object]]] = [self.pool.submit(run_share, s) for s in shares]
         pids = self._pids(target)
         _sleep_until(start_at)
-        cpu0, node0, reads0 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_by_node(), self.cluster.node_reads()
+        nodes = self.cluster
+        cpu0, node0, reads0 = sum(map(cpu_seconds, pids)), nodes.node_cpu_by_node(), nodes.node_reads_by_node()
         self._countdown(name, start_at, seconds)
-        cpu1, node1, reads1 = sum(map(cpu_seconds, pids)), self.cluster.node_cpu_by_node(), self.cluster.node_reads()
+        cpu1, node1, reads1 = sum(map(cpu_seconds, pids)), nodes.node_cpu_by_node(), nodes.node_reads_by_node()
         merged = merge([f.result() for f in futures])
         by_node = [b - a for a, b in zip(node0, node1, strict=True)]
+        reads_by_node = [b - a for a, b in zip(reads0, reads1, strict=True)]
         out = _figures(name, target, rate, seconds, merged, cpu1 - cpu0, sum(by_node), len(pids))
-        reads = (reads1 - reads0) / out["items"] if out["items"] else 0.0
-        return {**out, "concurrency": concurrency, "node_cpu_by_node": by_node, "node_reads_per_item": reads}
+        reads = sum(reads_by_node) / out["items"] if out["items"] else 0.0
+        return {
+            **out,
+            "concurrency": concurrency,
+            "node_cpu_by_node": by_node,
+            "node_reads_by_node": reads_by_node,
+            "node_reads_per_item": reads,
+        }
 
     def measure_direct(self, board: str, population: int) -> dict[str, Any] | None:
         """`direct` on `board` for a phase, in one load-generator process, with the nodes' CPU time for

@@ -23,6 +23,15 @@ class Measured:
     """Node used_memory per board member, all in (index, shard, versions, request-id records)."""
     router_cpu_per_batched_update: float = 0.0
     """Router CPU seconds per update when updates arrive in BatchUpdateScores calls of 100."""
+    size_read_cpu: float = 0.0
+    """Node CPU seconds of a count's round trip to a node that holds none of what the count asks but sizes. Every
+    count asks every node of the board (docs/architecture.md read path), so on a board spread over many nodes most
+    of a count's round trips are these; 0: counts are not planned for (the bare design, which has none)."""
+    count_rounds_per_call: float = 1.0
+    """Count rounds per call of the mix: each call answers a rank or a page, and at a planned router's rate a
+    count round holds about one call."""
+    measured_nodes: int = 2
+    """The nodes the per-call figures were measured on: their size reads are in `node_cpu_per_call` already."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +47,18 @@ class Headroom:
 
 
 def plan(model: TrafficModel, measured: Measured, headroom: Headroom = Headroom()) -> dict[str, object]:
-    """Router cores, nodes and memory for `model` at its peak, with every figure the plan used."""
+    """Router cores, nodes and memory for `model` at its peak, with every figure the plan used. When the board's
+    size reads alone would keep every node at or above its planned utilisation, no number of nodes serves the
+    peak: `closes` is False, the node counts None, and `count_round_to_close` says how many calls each router's
+    count rounds would have to hold for the size reads to fit."""
     rates = model.peak_rates()
     calls = sum(rates.values())
     router_cores = calls * measured.router_cpu_per_call / headroom.router_utilisation
-    node_cores = calls * measured.node_cpu_per_call / headroom.node_utilisation
+    node_cores, size_reads = _node_cores(calls, measured, headroom)
     data_bytes = model.board_members * measured.bytes_per_member
     nodes_for_memory = data_bytes / (headroom.node_memory_gib * GIB)
-    primaries = max(1, math.ceil(max(node_cores, nodes_for_memory)))
+    closes = math.isfinite(node_cores)
+    primaries = max(1, math.ceil(max(node_cores, nodes_for_memory))) if closes else None
     batched = {}
     if measured.router_cpu_per_batched_update:
         reads = calls - rates["update"]
@@ -59,11 +72,31 @@ def plan(model: TrafficModel, measured: Measured, headroom: Headroom = Headroom(
         "headroom": asdict(headroom),
         "router_cores": math.ceil(router_cores),
         **batched,
-        "node_cores_for_cpu": round(node_cores, 1),
+        "size_reads_busy_per_node": round(size_reads, 3),
+        "count_round_to_close": math.floor(size_reads / headroom.node_utilisation) + 1 if not closes else None,
+        "closes": closes,
+        "node_cores_for_cpu": round(node_cores, 1) if closes else None,
         "nodes_for_memory": round(nodes_for_memory, 1),
         "primary_nodes": primaries,
-        "nodes_with_replicas": primaries * (1 + headroom.replicas),
+        "nodes_with_replicas": primaries * (1 + headroom.replicas) if primaries else None,
         "data_gib": round(data_bytes / GIB, 1),
         "memory_gib_with_replicas": round(data_bytes * (1 + headroom.replicas) / GIB, 1),
-        "bound_by": "memory" if nodes_for_memory >= node_cores else "node cpu",
+        "bound_by": "size reads" if not closes else "memory" if nodes_for_memory >= node_cores else "node cpu",
     }
+
+
+def _node_cores(calls: float, measured: Measured, headroom: Headroom) -> tuple[float, float]:
+    """Node cores for `calls` per second (infinite when no number of nodes serves them), and the busy share every
+    node spends on size reads, whatever the number of nodes.
+
+    With N nodes each call costs its own work, as measured on `measured_nodes` nodes, plus a size read on each of
+    the other N - measured_nodes nodes per count round: N = calls * (own + (N - n0) * k * s) / u, so
+    N = calls * (own - n0 * k * s) / (u - calls * k * s). The size reads alone keep every node calls * k * s busy,
+    however many nodes there are: at or above u the plan does not close."""
+    u = headroom.node_utilisation
+    per_node = measured.count_rounds_per_call * measured.size_read_cpu
+    size_reads = calls * per_node
+    if size_reads >= u:
+        return math.inf, size_reads
+    own = max(0.0, measured.node_cpu_per_call - measured.measured_nodes * per_node)
+    return calls * own / (u - size_reads), size_reads

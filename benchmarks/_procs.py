@@ -175,7 +175,11 @@ class Cluster:
     def node_reads(self) -> int:
         """Read events every node has processed so far (``total_reads_processed``): about one per round trip a
         client's write woke it for."""
-        return sum(int(info(self.node(a), "stats")["total_reads_processed"]) for a in self.nodes)
+        return sum(self.node_reads_by_node())
+
+    def node_reads_by_node(self) -> list[int]:
+        """`node_reads` of each node, in `nodes` order."""
+        return [int(info(self.node(a), "stats")["total_reads_processed"]) for a in self.nodes]
 
     def used_memory(self) -> int:
         return sum(int(info(self.node(a), "memory")["used_memory"]) for a in self.nodes)

@@ -155,20 +155,34 @@ def capacity_table(result: dict[str, Any]) -> str:
                 f"{basis['bare_node_reads_per_call']:.2f}",
             )
         )
+    if m.get("size_read_cpu"):
+        rows += [
+            (
+                "node CPU per size read: a count's round trip to a node holding nothing the count asks but its "
+                "sizes (measured)",
+                f"{m['size_read_cpu'] * 1e6:,.1f} µs",
+                "none (one sorted set: no counts)",
+            ),
+            (
+                "size reads at full scale: every count asks every node of the board, so each node serves a size "
+                "read per count round of every router",
+                f"{c['size_reads_busy_per_node']:,.0%} of each node busy, however many nodes",
+                "",
+            ),
+        ]
     rows.append((f"router cores at {h['router_utilisation']:.0%} busy", *both(lambda x: f"{x['router_cores']:,}")))
     if "router_cores_if_updates_batched" in c:
         rows.append(("router cores if updates come in batches of 100", f"{c['router_cores_if_updates_batched']:,}", ""))
     rows += [
-        (f"node cores at {h['node_utilisation']:.0%} busy", *both(lambda x: f"{x['node_cores_for_cpu']:,}")),
+        (f"node cores at {h['node_utilisation']:.0%} busy", *both(lambda x: _or_none(x, "node_cores_for_cpu"))),
         (f"nodes for memory at {h['node_memory_gib']:g} GiB each", *both(lambda x: f"{x['nodes_for_memory']:,}")),
-        ("primary nodes", *both(lambda x: f"{x['primary_nodes']:,} (bound by {x['bound_by']})")),
-        (f"nodes with {h['replicas']} replica(s) each", *both(lambda x: f"{x['nodes_with_replicas']:,}")),
+        ("primary nodes", *both(_primaries)),
+        (f"nodes with {h['replicas']} replica(s) each", *both(lambda x: _or_none(x, "nodes_with_replicas"))),
         (
             "data / with replicas",
             *both(lambda x: f"{x['data_gib']:,} GiB / {x['memory_gib_with_replicas']:,} GiB"),
         ),
     ]
-    del m
     if not b:
         return "\n".join(["| capacity plan | rankshard |", "|---|---|", *(f"| {r[0]} | {r[1]} |" for r in rows)])
     return "\n".join(
@@ -180,6 +194,20 @@ def capacity_table(result: dict[str, Any]) -> str:
     )
 
 
+def _or_none(plan: dict[str, Any], key: str) -> str:
+    return "none suffice" if plan[key] is None else f"{plan[key]:,}"
+
+
+def _primaries(plan: dict[str, Any]) -> str:
+    if plan.get("closes", True):
+        return f"{plan['primary_nodes']:,} (bound by {plan['bound_by']})"
+    return (
+        f"does not close: size reads alone keep every node {plan['size_reads_busy_per_node']:,.0%} busy, over the "
+        f"{plan['headroom']['node_utilisation']:.0%} planned; each router's count rounds would have to hold "
+        f"{plan['count_round_to_close']:,} calls or more"
+    )
+
+
 def plan_assumptions(result: dict[str, Any]) -> str:
     """What the plan rests on, each figure with the load it was measured at."""
     basis, c = result["plan_basis"], result["capacity"]
@@ -188,7 +216,13 @@ def plan_assumptions(result: dict[str, Any]) -> str:
     node_phase = _NODE_PHASES[basis["node_phase"]]
     return "\n".join(
         [
-            "- Peak rates from the traffic model; costs per call and per member stay the same at full scale.",
+            "- Peak rates from the traffic model; costs per call and per member stay the same at full scale, but "
+            "for counts: every call of the mix counts (a rank, or a page's place), every count asks every node "
+            "holding the board's shards, and at a planned router's rate a count round holds about one call. So each "
+            "node beyond the "
+            f"{c['measured']['measured_nodes']} measured adds a size read per call, at the node CPU a size read "
+            f"cost here (the GetTop phase's node that read no page, {basis.get('size_read_node_busy', 0):.0%} busy), "
+            "and those size reads load every node alike, whatever the number of nodes.",
             f"- Routers planned {h['router_utilisation']:.0%} busy: the router figure is the simulation's, open loop "
             f"at {basis['router_phase_rate']:,.0f} calls/s, with the router {basis['router_busy']:.0%} busy.",
             f"- Nodes planned {h['node_utilisation']:.0%} busy (one command thread each): the node figure is "

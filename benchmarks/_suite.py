@@ -513,11 +513,14 @@ def _capacity(p: Profile, result: dict[str, Any]) -> tuple[dict[str, Any], dict[
     node_m = run if sim["node_phase"] == "run" else sim["phases"][sim["node_phase"]]
     batch = result["shards"][str(min(p.shard_counts))]["batch"]
     memory = result["memory"][-1]
+    size_read, size_busy = _size_read(result["once"]["top"])
     ours = Measured(
         router_cpu_per_call=run["server_cpu_s"] / max(run["calls"], 1),
         node_cpu_per_call=node_m["node_cpu_s"] / max(node_m["calls"], 1),
         bytes_per_member=memory["all_in_per_member"],
         router_cpu_per_batched_update=batch["server_cpu_s"] / max(batch["items"], 1),
+        size_read_cpu=size_read,
+        measured_nodes=p.nodes,
     )
     echo = sim["phases"]["echo"]
     mix = sim["mix"]
@@ -538,11 +541,24 @@ def _capacity(p: Profile, result: dict[str, Any]) -> tuple[dict[str, Any], dict[
         "bare_node_busy": {kind: m["node_cpu_s"] / m["seconds"] / p.nodes for kind, m in result["bare"].items()},
         "echo_busy": echo["busy"]["router"],
         "node_reads_per_call": node_m.get("node_reads_per_item"),
+        "size_read_node_busy": size_busy,
         "bare_node_reads_per_call": sum(
             share * result["bare"][kind].get("node_reads_per_item", 0.0) for kind, share in mix.items()
         ),
     }
     return plan(p.model, ours), plan(p.model, bare), basis
+
+
+def _size_read(top: dict[str, Any]) -> tuple[float, float]:
+    """Node CPU seconds per round trip of a count that reads nothing but sizes, and how busy that node was: from
+    the GetTop phase, where every batch's count asks each node once and one node reads the page too, the node
+    spending the least per round trip (the other, on the board with the fewest shards)."""
+    per_trip = [
+        (cpu / reads, cpu / top["seconds"])
+        for cpu, reads in zip(top["node_cpu_by_node"], top["node_reads_by_node"], strict=True)
+        if reads
+    ]
+    return min(per_trip) if per_trip else (0.0, 0.0)
 
 
 def _node_cpu_rows(p: Profile, result: dict[str, Any]) -> list[dict[str, Any]]:

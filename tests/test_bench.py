@@ -108,6 +108,35 @@ def test_capacity_plan_is_bound_by_whichever_of_cpu_and_memory_needs_more_nodes(
     assert memory_bound["primary_nodes"] == -(-500_000_000 * 200 // (25 * GIB))
 
 
+def test_capacity_plan_counts_a_size_read_on_every_node_beyond_those_measured() -> None:
+    """Every count asks every node of the board: with N nodes each call costs its own work plus a size read on the
+    nodes it was not measured with, and those size reads load each node alike, so past the node headroom no number
+    of nodes serves the peak."""
+    model = TrafficModel()
+    calls = sum(model.peak_rates().values())
+    own, size_read = 1e-4, 0.2 / calls  # the size reads alone keep every node 20% busy
+    fits = plan(
+        model,
+        Measured(router_cpu_per_call=1e-3, node_cpu_per_call=own, bytes_per_member=100, size_read_cpu=size_read),
+    )
+    nodes = fits["primary_nodes"]
+    assert fits["closes"] and fits["size_reads_busy_per_node"] == pytest.approx(0.2)
+    # Each of the planned nodes at most 50% busy with the peak's own work and a size read per call on all but the
+    # two measured nodes (whose size reads the measured figure holds), and one node fewer would not do.
+    busy = calls * (own + (nodes - 2) * size_read) / nodes
+    assert busy <= 0.5 < calls * (own + (nodes - 3) * size_read) / (nodes - 1)
+    assert (
+        nodes
+        > plan(model, Measured(router_cpu_per_call=1e-3, node_cpu_per_call=own, bytes_per_member=100))["primary_nodes"]
+    )
+    too_many = plan(
+        model,
+        Measured(router_cpu_per_call=1e-3, node_cpu_per_call=own, bytes_per_member=100, size_read_cpu=2.2 / calls),
+    )
+    assert (too_many["closes"], too_many["primary_nodes"], too_many["bound_by"]) == (False, None, "size reads")
+    assert too_many["count_round_to_close"] == 5  # size reads at 220%: rounds of 5 calls bring them to 44%
+
+
 def test_the_default_run_leaves_the_long_fill_and_the_extras_to_full() -> None:
     default = PROFILES["500m-dau"]
     assert max(default.memory_at) < 5_000_000 and not default.extras
@@ -238,7 +267,11 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
     shard_members = sum(s["members"] for s in result["shard_balance"])
     assert shard_members >= max(profile.memory_at)  # preloaded members plus the new players who arrived
     plan_ = result["capacity"]
-    assert plan_["router_cores"] >= 1 and plan_["primary_nodes"] >= 1
+    assert plan_["router_cores"] >= 1 and plan_["measured"]["size_read_cpu"] > 0  # the run measured a size read
+    if plan_["closes"]:
+        assert plan_["primary_nodes"] >= 1
+    else:  # the size reads of counts asking every node leave no room: the plan says what it would take
+        assert plan_["primary_nodes"] is None and plan_["count_round_to_close"] >= 2
     assert plan_["peak_calls_per_s"]["update"] == round(TrafficModel().peak_rates()["update"])
 
     report = (out / "report.md").read_text()
