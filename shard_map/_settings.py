@@ -167,6 +167,14 @@ class Settings:
         _MILLISECONDS,
         ROUTER,
     )
+    size_cache_ms: int = _setting(
+        0,
+        "ms for which a count may use the shard sizes this router last saw on a node instead of asking it (a read "
+        "then misses other routers' writes to that node's shards of at most that long ago, never this router's "
+        "own); 0: every count asks every node of the board, and every read reflects every call returned before it",
+        _MILLISECONDS,
+        ROUTER,
+    )
     drain_grace: float = _setting(
         2.0, "seconds a stopping router (SIGINT, SIGTERM) gives its calls in flight", _SECONDS_OR_NONE, ROUTER
     )

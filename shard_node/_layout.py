@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from rankshard.shard_map import NUM_SLOTS, BoardConfig, NodeUnavailable, Shard, ShardMap, SlotTable, user_hash
@@ -181,6 +182,31 @@ class Cluster:
         there asks only for the sizes changed since (see `_reads.count_after`)."""
         self.forgets = Forgets()
         """Pending-write marks being cleared in the background (see `_forget`)."""
+        self.size_cache = 0.0
+        """Seconds for which a count may take a node's shard sizes from `last_sizes` instead of asking it, when this
+        router's last count there began at most that long ago (the router's `size_cache_ms`). 0: every count asks
+        every node of the board, so every read reflects every call returned before it began."""
+        self.clock: Callable[[], float] = time.monotonic
+        """What `size_cache` is measured with."""
+        self.sizes_asked: dict[tuple[str, str], float] = {}
+        """By (board, node id): when (`clock`) the last count there that answered began."""
+
+    def cached_sizes(self, layout: BoardLayout, node_id: str) -> dict[str, int] | None:
+        """The sizes of `node_id`'s shards of `layout` that a count may use without asking the node (see
+        `size_cache`), or None: caching is off, the node's last count began too long ago, or a shard's size is not
+        known under its current descriptor. This router's own writes are in them (`last_sizes`)."""
+        if not self.size_cache:
+            return None
+        asked = self.sizes_asked.get((layout.board, node_id))
+        if asked is None or self.clock() - asked > self.size_cache:
+            return None
+        sizes = {}
+        for shard in layout.by_node.get(node_id, ()):
+            size = self.last_sizes.get((layout.board, layout.descriptors[shard.id], shard.id))
+            if size is None:
+                return None
+            sizes[shard.id] = size
+        return sizes
 
     def node(self, node_id: str) -> NodeClient:
         try:

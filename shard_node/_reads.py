@@ -7,7 +7,7 @@ instead of a wrong answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -63,11 +63,12 @@ def sizes_call(cluster: Cluster, layout: BoardLayout, node_id: str) -> ScriptCal
     """A SHARD_TALLY call asking node `node_id` only for its shards' sizes, to ride in a round trip the caller makes
     to that node anyway (the index round of a write or of a rank), so that the count round after it need not ask
     that node again (`count_after`'s `known`, see `sizes_answer`); None while this router has not seen the node's
-    sizes under the layout (then only a full count can tell)."""
+    sizes under the layout (then only a full count can tell), and while the count may take them from the router's
+    size cache (`Cluster.size_cache`)."""
     call = layout.count_calls.get(node_id)
     seen = cluster.seen_sizes.get((layout.board, node_id))
-    if call is None or seen is None or seen.call is not call:
-        return None
+    if call is None or seen is None or seen.call is not call or cluster.cached_sizes(layout, node_id) is not None:
+        return None  # (cached: the count takes the node's sizes from the cache, asking it nothing)
     return (SHARD_TALLY, (), [call.sizes_key, seen.token, seen.version, call.changes_key, call.stem])
 
 
@@ -108,13 +109,14 @@ async def count_after(
     descriptor checked, every shard counted; it answers the token): the first count of a layout on a node, and
     each after a descriptor change there, costs one more call. A node in `known` (its sizes read by the caller
     after the call began, in a round trip made anyway: `sizes_call`) is not asked again unless it has queries or
-    calls in `before`.
+    calls in `before`; nor is a node whose sizes the router's size cache holds (`Cluster.cached_sizes`: off unless
+    the router's `size_cache_ms` is set).
 
     Returns the sizes, the query answers and, per node of `before`, the answers of its calls (their
     fences are not checked here). A node that has calls in `before` or queries must answer.
     """
     before = before or {}
-    known = known or {}
+    have = dict(known or {})
     per_node: dict[str, list[int]] = {}
     for i, q in enumerate(queries):
         per_node.setdefault(layout.shards[q.shard_id].node, []).append(i)
@@ -128,6 +130,13 @@ async def count_after(
         return answers[-1]
 
     async def ask(node_id: str) -> ShardCounts:
+        started = cluster.clock()
+        counts = await count_on(node_id)
+        key = (layout.board, node_id)
+        cluster.sizes_asked[key] = max(started, cluster.sizes_asked.get(key, started))
+        return counts
+
+    async def count_on(node_id: str) -> ShardCounts:
         node = cluster.node(node_id)
         call = layout.count_calls[node_id]
         mine = per_node.get(node_id, ())
@@ -164,12 +173,14 @@ async def count_after(
         return await asyncio.wait_for(ask(node_id), SIZE_WAIT)
 
     async def given(node_id: str) -> ShardCounts:
-        return known[node_id]
+        return have[node_id]
 
     nodes = list(layout.by_node.items())
     needed = per_node.keys() | before.keys()
+    if cluster.size_cache:
+        have.update(_from_cache(cluster, layout, needed | have.keys()))
     answers = await asyncio.gather(
-        *((ask if n in needed else given if n in known else ask_sizes_only)(n) for n, _ in nodes),
+        *((ask if n in needed else given if n in have else ask_sizes_only)(n) for n, _ in nodes),
         return_exceptions=True,
     )
     sizes: dict[str, int] = {}
@@ -189,6 +200,15 @@ async def count_after(
         for i, value in zip(per_node.get(node_id, ()), answer.answers, strict=True):
             results[i] = value
     return sizes, results, prefixes
+
+
+def _from_cache(cluster: Cluster, layout: BoardLayout, asked: Collection[str]) -> dict[str, ShardCounts]:
+    """The counts of the board's nodes other than `asked` whose sizes the router's size cache holds."""
+    cached = {}
+    for node_id, shards in layout.by_node.items():
+        if node_id not in asked and (sizes := cluster.cached_sizes(layout, node_id)) is not None:
+            cached[node_id] = ShardCounts(tuple(sizes[s.id] for s in shards), ())
+    return cached
 
 
 def _updated(call: CountCall, seen: SeenSizes, tally: SizeChanges) -> tuple[int, ...] | None:
