@@ -46,15 +46,20 @@ class Headroom:
     """Replicas per primary (the engine's own replication), for failover of shards and index slots."""
 
 
-def plan(model: TrafficModel, measured: Measured, headroom: Headroom = Headroom()) -> dict[str, object]:
+def plan(
+    model: TrafficModel, measured: Measured, headroom: Headroom = Headroom(), size_cache_s: float = 0.0
+) -> dict[str, object]:
     """Router cores, nodes and memory for `model` at its peak, with every figure the plan used. When the board's
     size reads alone would keep every node at or above its planned utilisation, no number of nodes serves the
     peak: `closes` is False, the node counts None, and `count_round_to_close` says how many calls each router's
-    count rounds would have to hold for the size reads to fit."""
+    count rounds would have to hold for the size reads to fit. With `size_cache_s` the routers run with that size
+    cache (`--size-cache-ms`): each asks each node for sizes at most once per `size_cache_s`, one router process
+    per router core."""
     rates = model.peak_rates()
     calls = sum(rates.values())
     router_cores = calls * measured.router_cpu_per_call / headroom.router_utilisation
-    node_cores, size_reads = _node_cores(calls, measured, headroom)
+    refreshes = math.ceil(router_cores) / size_cache_s if size_cache_s else None
+    node_cores, size_reads = _node_cores(calls, measured, headroom, refreshes)
     data_bytes = model.board_members * measured.bytes_per_member
     nodes_for_memory = data_bytes / (headroom.node_memory_gib * GIB)
     closes = math.isfinite(node_cores)
@@ -72,6 +77,7 @@ def plan(model: TrafficModel, measured: Measured, headroom: Headroom = Headroom(
         "headroom": asdict(headroom),
         "router_cores": math.ceil(router_cores),
         **batched,
+        "size_cache_s": size_cache_s,
         "size_reads_busy_per_node": round(size_reads, 3),
         "count_round_to_close": math.floor(size_reads / headroom.node_utilisation) + 1 if not closes else None,
         "closes": closes,
@@ -85,18 +91,27 @@ def plan(model: TrafficModel, measured: Measured, headroom: Headroom = Headroom(
     }
 
 
-def _node_cores(calls: float, measured: Measured, headroom: Headroom) -> tuple[float, float]:
+def _node_cores(
+    calls: float, measured: Measured, headroom: Headroom, refreshes: float | None = None
+) -> tuple[float, float]:
     """Node cores for `calls` per second (infinite when no number of nodes serves them), and the busy share every
     node spends on size reads, whatever the number of nodes.
 
     With N nodes each call costs its own work, as measured on `measured_nodes` nodes, plus a size read on each of
     the other N - measured_nodes nodes per count round: N = calls * (own + (N - n0) * k * s) / u, so
     N = calls * (own - n0 * k * s) / (u - calls * k * s). The size reads alone keep every node calls * k * s busy,
-    however many nodes there are: at or above u the plan does not close."""
+    however many nodes there are: at or above u the plan does not close. With a size cache each node serves
+    `refreshes` size reads a second instead (every router's, once per bound), and a call costs what it cost on
+    the measured nodes (whose size reads the cache would spare in part: the plan does not count on that):
+    N = calls * own / (u - refreshes * s)."""
     u = headroom.node_utilisation
-    per_node = measured.count_rounds_per_call * measured.size_read_cpu
-    size_reads = calls * per_node
+    own = measured.node_cpu_per_call
+    if refreshes is None:
+        per_call = measured.count_rounds_per_call * measured.size_read_cpu
+        size_reads = calls * per_call
+        own = max(0.0, own - measured.measured_nodes * per_call)
+    else:
+        size_reads = refreshes * measured.size_read_cpu
     if size_reads >= u:
         return math.inf, size_reads
-    own = max(0.0, measured.node_cpu_per_call - measured.measured_nodes * per_node)
     return calls * own / (u - size_reads), size_reads

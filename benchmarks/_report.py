@@ -116,7 +116,7 @@ def throughput_table(result: dict[str, Any]) -> str:
 
 def capacity_table(result: dict[str, Any]) -> str:
     """The plan for rankshard and, beside it, the same plan for a bare sorted-set design."""
-    c, b = result["capacity"], result.get("capacity_bare")
+    c, b, cached = result["capacity"], result.get("capacity_bare"), result.get("capacity_cached")
     m, h = c["measured"], c["headroom"]
     rates = ", ".join(f"{k} {v:,}" for k, v in c["peak_calls_per_s"].items())
 
@@ -185,12 +185,27 @@ def capacity_table(result: dict[str, Any]) -> str:
     ]
     if not b:
         return "\n".join(["| capacity plan | rankshard |", "|---|---|", *(f"| {r[0]} | {r[1]} |" for r in rows)])
-    return "\n".join(
+    table = "\n".join(
         [
             "| capacity plan | rankshard | bare sorted set |",
             "|---|---|---|",
             *(f"| {a} | {x} | {y} |" for a, x, y in rows),
         ]
+    )
+    return table + (_cached_plan(cached) if cached else "")
+
+
+def _cached_plan(p: dict[str, Any]) -> str:
+    """The same plan with the routers' size cache on: the one a board spread over many nodes runs with."""
+    ms = round(p["size_cache_s"] * 1000)
+    nodes = _primaries(p)
+    return (
+        f"\n\nWith the routers' size cache on (`--size-cache-ms {ms}`: a count takes the sizes a router saw on a "
+        f"node within {ms} ms instead of asking it, so a rank can miss other routers' writes of that long ago; "
+        "docs/api.md), each node serves each router's size reads at most once per bound, "
+        f"{p['size_reads_busy_per_node']:.1%} of each node busy with them ({p['router_cores']:,} router processes, "
+        f"one per router core), and on the same figures the plan needs {nodes} primary nodes, "
+        f"{_or_none(p, 'nodes_with_replicas')} with replicas."
     )
 
 

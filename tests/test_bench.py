@@ -7,6 +7,7 @@ any speed: a benchmark is not a test.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -135,6 +136,18 @@ def test_capacity_plan_counts_a_size_read_on_every_node_beyond_those_measured() 
     )
     assert (too_many["closes"], too_many["primary_nodes"], too_many["bound_by"]) == (False, None, "size reads")
     assert too_many["count_round_to_close"] == 5  # size reads at 220%: rounds of 5 calls bring them to 44%
+
+
+def test_capacity_plan_with_a_size_cache_has_each_router_read_each_nodes_sizes_once_per_bound() -> None:
+    model = TrafficModel()
+    calls = sum(model.peak_rates().values())
+    measured = Measured(router_cpu_per_call=1e-3, node_cpu_per_call=1e-4, bytes_per_member=100, size_read_cpu=1e-4)
+    assert not plan(model, measured)["closes"]  # every count asking every node: 9,259% of each node
+    cached = plan(model, measured, size_cache_s=1.0)
+    routers = cached["router_cores"]  # one router process per core, each reading each node's sizes once a second
+    assert cached["size_reads_busy_per_node"] == pytest.approx(routers * 1e-4, abs=1e-3)
+    assert cached["primary_nodes"] == math.ceil(calls * 1e-4 / (0.5 - routers * 1e-4))
+    assert cached["closes"] and cached["bound_by"] == "node cpu"
 
 
 def test_the_default_run_leaves_the_long_fill_and_the_extras_to_full() -> None:
