@@ -198,14 +198,19 @@ def capacity_table(result: dict[str, Any]) -> str:
 def _cached_plan(p: dict[str, Any]) -> str:
     """The same plan with the routers' size cache on: the one a board spread over many nodes runs with."""
     ms = round(p["size_cache_s"] * 1000)
-    nodes = _primaries(p)
+    if p.get("closes", True):
+        nodes = (
+            f"{p['primary_nodes']:,} primary nodes (bound by {p['bound_by']}), {p['nodes_with_replicas']:,} with "
+            "replicas"
+        )
+    else:
+        nodes = _primaries(p)
     return (
         f"\n\nWith the routers' size cache on (`--size-cache-ms {ms}`: a count takes the sizes a router saw on a "
         f"node within {ms} ms instead of asking it, so a rank can miss other routers' writes of that long ago; "
         "docs/api.md), each node serves each router's size reads at most once per bound, "
         f"{p['size_reads_busy_per_node']:.1%} of each node busy with them ({p['router_cores']:,} router processes, "
-        f"one per router core), and on the same figures the plan needs {nodes} primary nodes, "
-        f"{_or_none(p, 'nodes_with_replicas')} with replicas."
+        f"one per router core), and on the same figures the plan needs {nodes}."
     )
 
 
