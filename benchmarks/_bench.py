@@ -167,12 +167,14 @@ class Bench:
         concurrency: int | None = None,
         channels: int = 1,
         population: int = 1000,
+        size_cache: float = 0.0,
         **share: Any,
     ) -> dict[str, Any]:
         """Runs one phase: open loop at `rate` calls/s when given, else closed loop with `concurrency`
         calls in flight, from every load generator; `target` is 'echo', 'router', or 'inproc': `channels` routers
         served inside each load generator by `routers`, without gRPC (the router processes stand idle). Returns the
-        phase's figures, the target's CPU time included (none for 'inproc')."""
+        phase's figures, the target's CPU time included (none for 'inproc'); `size_cache` (seconds) turns those
+        routers' size cache on."""
         assert self.pool is not None and self.cluster is not None
         seconds = seconds or self.profile.phase_seconds
         loaders = self.profile.loaders
@@ -180,7 +182,8 @@ class Bench:
         address = {"echo": self.echo_address, "inproc": self.cluster.control_plane}.get(target, self.router_address)
         if target == "inproc":
             assert self.routers is not None
-            share = {**share, "routers": self.routers}
+            routers = partial(self.routers, size_cache=size_cache) if size_cache else self.routers
+            share = {**share, "routers": routers}
         start_at = time.time() + _START_MARGIN
         shares = [
             Share(

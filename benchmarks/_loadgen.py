@@ -13,10 +13,10 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -27,10 +27,16 @@ from ._hist import Histogram
 from ._model import TrafficModel
 
 KINDS = ("update", "rank", "top", "around", "batch")
-RouterFactory = Callable[[str, int], AbstractAsyncContextManager[Sequence[Any]]]
-"""(control-plane DSN, n) -> n routers served inside the calling process, without gRPC: a stub on each, with the
-methods and arguments of a `LeaderboardStub`'s (errors raised as `grpc.aio.AioRpcError`). Picklable: the CLI
-supplies it, as only it may reach below the public surfaces."""
+
+
+class RouterFactory(Protocol):
+    """(control-plane DSN, n, size cache in seconds) -> n routers served inside the calling process, without gRPC: a
+    stub on each, with the methods and arguments of a `LeaderboardStub`'s (errors raised as `grpc.aio.AioRpcError`).
+    Picklable: the CLI supplies it, as only it may reach below the public surfaces."""
+
+    def __call__(self, dsn: str, n: int, /, size_cache: float = 0.0) -> AbstractAsyncContextManager[Sequence[Any]]: ...
+
+
 MAX_IN_FLIGHT = 20_000
 """Open loop: calls past this many outstanding are shed (counted, not sent): the server is long overloaded."""
 

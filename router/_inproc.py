@@ -46,16 +46,20 @@ class InProcessStub:
 
 
 @contextlib.asynccontextmanager
-async def in_process_routers(control_plane_dsn: str, n: int) -> AsyncIterator[list[InProcessStub]]:
+async def in_process_routers(
+    control_plane_dsn: str, n: int, size_cache: float = 0.0
+) -> AsyncIterator[list[InProcessStub]]:
     """`n` routers over one control plane, each with its own node connections and its own coalescing, as `n`
     router processes would have (what a node does per call depends on how each router batches); a stub on each.
-    They run no background tasks (map following, sweeping): for a phase of seconds on a stable map."""
+    `size_cache`: their size cache in seconds, as `--size-cache-ms` gives a router process (0: off). They run no
+    background tasks (map following, sweeping): for a phase of seconds on a stable map."""
     async with contextlib.AsyncExitStack() as stack:
         control_plane = await ControlPlane.open(control_plane_dsn)
         stack.push_async_callback(control_plane.close)
         stubs = []
         for _ in range(n):
             cluster = await connect_cluster(control_plane, DEFAULT_NODE_TIMEOUT)
+            cluster.size_cache = size_cache
             stack.push_async_callback(cluster.aclose)
             service = LeaderboardService(Catalog(control_plane, cluster, DEFAULT_NODE_TIMEOUT), CALL_DEADLINE)
             stack.push_async_callback(service.aclose)

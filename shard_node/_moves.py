@@ -60,16 +60,12 @@ async def finish_moves(
     *,
     removals: RunCalls | None = None,
     writes: Mapping[str, Sequence[object]] | None = None,
-    clear_later: bool = False,
 ) -> None:
     """Carries the pending crossings of `entries` (distinct members) to the end together: each of the
     three steps for all of them at once, one call per node, before the next step. `writes` (user, stored score,
     version)... per shard, of other members, ride in step 1's calls. `removals`, when given, runs step 2's calls in
-    place of a plain round trip (the writer's chance to count ranks right behind them). With `clear_later`, step 3
-    goes to the background clearing (`Cluster.forgets`) and this returns once step 2 is done: every reader then
-    finds each member in its home shard alone, and an intent still standing when the member's next write commits
-    has that write finish it first, as any other. Raises `NodeError` subclasses, `StaleMap`, `ShardFrozen`;
-    crossings a failed step left are rolled forward like any other."""
+    place of a plain round trip (the writer's chance to count ranks right behind them). Raises `NodeError`
+    subclasses, `StaleMap`, `ShardFrozen`; crossings a failed step left are rolled forward like any other."""
     moving = [e for e in entries if e.to]
     if moving or writes:
         await write_shards(cluster, layout, _destination_writes(layout, moving, writes))
@@ -77,9 +73,6 @@ async def finish_moves(
         _step(on_step, "destination_written")
     await drop_shards(cluster, layout, _source_removals(layout, entries), removals)
     _step(on_step, "source_removed")
-    if clear_later:
-        _clear_later(cluster, layout, entries)
-        return
     await _index_step(cluster, layout, entries)
     _step(on_step, "intent_cleared")
 
@@ -175,13 +168,6 @@ async def _index_step(cluster: Cluster, layout: BoardLayout, entries: Sequence[I
     answers = await asyncio.gather(*(node.run(INDEX_MOVE, [*keys, moves], args) for node, keys, args in nodes))
     for (node, _, _), raw in zip(nodes, answers, strict=True):
         replies.index_move(node.id, raw)  # how many it advanced: fewer when another router got there first
-
-
-def _clear_later(cluster: Cluster, layout: BoardLayout, entries: Sequence[IndexEntry]) -> None:
-    """Step 3 handed to the background clearing, each intent to its index node's queue (see `_forget`)."""
-    for e in entries:
-        node, key = cluster.index_of(layout, e.user_id)
-        cluster.forgets.add_move(node, layout.board, key, e.user_id, e.version, e.from_, e.to)
 
 
 async def shard_call(cluster: Cluster, layout: BoardLayout, shard_id: str, call: ScriptCall) -> ShardChange:

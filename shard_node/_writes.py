@@ -369,16 +369,7 @@ async def _write_shards(
         ranks, _, answers = await rank_after(cluster, layout, scores, calls)
         return answers
 
-    # The intents clear behind the answer, except under a step hook: there each step is a crash point to reach.
-    await finish_moves(
-        cluster,
-        layout,
-        moves,
-        on_step,
-        removals=remove_then_count if rank else None,
-        writes=by_shard,
-        clear_later=on_step is None,
-    )
+    await finish_moves(cluster, layout, moves, on_step, removals=remove_then_count if rank else None, writes=by_shard)
     return ranks
 
 

@@ -270,6 +270,12 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
         # Routers served inside the load generators: each at the simulation's rate, every call answered.
         assert inproc["routers"] >= 1 and inproc["rate_per_router"] == result["simulation"]["run"]["offered_per_s"]
         assert inproc["calls"] > 0 and inproc["errors"] == {} and inproc["node_cpu_s"] > 0
+    if basis["node_phase"] == "inproc":
+        # The same routers again with their size cache on: the node figure of the plan that runs with it.
+        cached = result["simulation"]["phases"]["inproc_cached"]
+        assert cached["routers"] == inproc["routers"] and cached["calls"] > 0 and cached["errors"] == {}
+        per_call = cached["node_cpu_s"] / cached["calls"]
+        assert result["capacity_cached"]["measured"]["node_cpu_per_call"] == pytest.approx(per_call)
     bare_plan = result["capacity_bare"]  # the same plan for a bare sorted-set design, on the same run's figures
     assert bare_plan["primary_nodes"] >= 1 and bare_plan["router_cores"] >= 1
     assert bare_plan["peak_calls_per_s"] == result["capacity"]["peak_calls_per_s"]

@@ -1,4 +1,4 @@
-"""Marks and crossing intents cleared in the background (`shard_node._forget`), against a real Valkey node."""
+"""Pending-write marks cleared in the background (`shard_node._forget`), against a real Valkey node."""
 
 from __future__ import annotations
 
@@ -64,49 +64,3 @@ def test_a_mark_stays_while_its_member_has_a_crossing_pending_and_goes_once_the_
 
         asyncio.run(main())
         assert sorted(r.zrange(moves_key("c"), 0, -1)) == ["moving", "moving-old"]
-
-
-def test_crossings_clear_with_the_marks_in_one_round_trip_and_only_the_intent_they_name(
-    node_addresses: list[str],
-) -> None:
-    """A crossing handed over once its member is in its new shard (write path step 4.3) loses its intent and its
-    mark, in the same round trip as the plain marks waiting beside it; an entry holding another intent by then (a
-    newer write crossed again, another router finished it) is left as it is."""
-    address = node_addresses[0]
-    host, port = address.rsplit(":", 1)
-    entries = {
-        "first": "10|3|@|||7",
-        "crossed": "60|4|@|@10|@|7",
-        "crossed-again": "20|5|@|@60|@|7",  # version 5 crossed back since the version 4 crossing was handed over
-        "plain": "10|3|@|||7",
-    }
-    trips: list[str] = []
-
-    class Trips:
-        def round_trip(self, node_id: str, seconds: float) -> None:
-            trips.append(node_id)
-
-        def failed(self, node_id: str, kind: str) -> None:
-            pass
-
-    with redis.Redis(host=host, port=int(port), decode_responses=True) as r:
-        r.delete("idx3", moves_key("d"))
-        r.hset("idx3", mapping=entries)
-        r.zadd(moves_key("d"), {u: 1 for u in entries})
-
-        async def main() -> None:
-            node = NodeClient("n1", address, observer=Trips())
-            forgets = Forgets()
-            forgets.add(node, "d", "idx3", "first", 3)  # sent at once; the rest wait for it
-            forgets.add(node, "d", "idx3", "plain", 3)
-            forgets.add_move(node, "d", "idx3", "crossed", 4, "@10", "@")
-            forgets.add_move(node, "d", "idx3", "crossed-again", 4, "@10", "@")
-            await forgets.drain()
-            await node.aclose()
-
-        r.config_resetstat()
-        asyncio.run(main())
-        assert r.hgetall("idx3") == entries | {"crossed": "60|4|@|||7"}
-        assert r.zrange(moves_key("d"), 0, -1) == ["crossed-again"]
-        assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 3  # the first mark's, then a forget and a move
-        assert trips == ["n1", "n1"]  # ... in one round trip
