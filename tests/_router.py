@@ -14,7 +14,7 @@ import grpc
 from rankshard.router import running_router
 from rankshard.shard_map import ControlPlane, Settings, SlotTable
 from rankshard.shard_node import BoardLayout, Cluster, connect_cluster
-from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2_grpc
+from rankshard.v1 import admin_pb2, admin_pb2_grpc, leaderboard_pb2, leaderboard_pb2_grpc
 
 ORDERS = {"desc": admin_pb2.SORT_ORDER_DESCENDING, "asc": admin_pb2.SORT_ORDER_ASCENDING}
 OPERATORS = {"increment": admin_pb2.OPERATOR_INCREMENT, "best": admin_pb2.OPERATOR_BEST, "set": admin_pb2.OPERATOR_SET}
@@ -125,3 +125,31 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def write_scores(client: Client, board: str, scores: dict[str, int]) -> None:
+    """Sets (or adds, by the board's operator) each member's score in one BatchUpdateScores call."""
+    updates = [leaderboard_pb2.ScoreUpdate(user_id=u, score=v) for u, v in scores.items()]
+    client.lb.BatchUpdateScores(
+        leaderboard_pb2.BatchUpdateScoresRequest(leaderboard=board, updates=updates), timeout=10
+    )
+
+
+class RoundTrips:
+    """A `NodeObserver` keeping the node of every round trip, in order (`count`: per node)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[str] = []
+
+    @property
+    def count(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for node_id in self.nodes:
+            out[node_id] = out.get(node_id, 0) + 1
+        return out
+
+    def round_trip(self, node_id: str, seconds: float) -> None:
+        self.nodes.append(node_id)
+
+    def failed(self, node_id: str, kind: str) -> None:
+        pass

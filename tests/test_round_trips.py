@@ -10,30 +10,12 @@ from __future__ import annotations
 import asyncio
 import random
 
-from _router import Client, on_board
+from _router import Client, RoundTrips, on_board, write_scores
 
 from rankshard.shard_node import BoardLayout, Cluster, Entry, Update, apply_each, get_top, rank_members
 from rankshard.v1 import leaderboard_pb2 as pb
 
 BOUNDARIES = [10, 20, 30]
-
-
-class _RoundTrips:
-    """A `NodeObserver` counting the round trips to each node."""
-
-    def __init__(self) -> None:
-        self.count: dict[str, int] = {}
-
-    def round_trip(self, node_id: str, seconds: float) -> None:
-        self.count[node_id] = self.count.get(node_id, 0) + 1
-
-    def failed(self, node_id: str, kind: str) -> None:
-        pass
-
-
-def _write(client: Client, board: str, scores: dict[str, int]) -> None:
-    updates = [pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]
-    client.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates))
 
 
 def _model_top(scores: dict[str, int], offset: int, limit: int) -> list[Entry]:
@@ -45,11 +27,11 @@ def _model_top(scores: dict[str, int], offset: int, limit: int) -> list[Entry]:
 def test_a_top_page_whose_place_is_known_takes_one_round_trip_per_node(control_plane_dsn: str, client: Client) -> None:
     client.create("top", boundaries=BOUNDARIES, order="desc", operator="set")
     scores = {f"u{i:02d}": 31 + i for i in range(12)} | {f"v{i:02d}": i for i in range(25)}
-    _write(client, "top", scores)
+    write_scores(client, "top", scores)
 
     async def work(cluster: Cluster, layout: BoardLayout) -> tuple[list[Entry], list[Entry], dict[str, int]]:
         first, _ = await get_top(cluster, layout, 0, 10)  # learns the sizes
-        trips = _RoundTrips()
+        trips = RoundTrips()
         for node in cluster.nodes.values():
             node.observer = trips
         second, total = await get_top(cluster, layout, 2, 6)
@@ -71,7 +53,7 @@ def test_a_top_page_moved_by_other_routers_writes_is_read_where_the_fresh_count_
     client.create("moving", boundaries=BOUNDARIES, order="desc", operator="set")
     rng = random.Random(11)
     scores = {f"m{i:02d}": rng.randrange(-5, 45) for i in range(40)}
-    _write(client, "moving", scores)
+    write_scores(client, "moving", scores)
     windows = [(0, 10), (3, 7), (8, 12), (15, 20), (30, 15), (0, 60)]
 
     async def work(cluster: Cluster, layout: BoardLayout) -> list[tuple[int, int, list[Entry], list[Entry]]]:
@@ -84,7 +66,7 @@ def test_a_top_page_moved_by_other_routers_writes_is_read_where_the_fresh_count_
             # Another router's writes: this router's last sizes are now wrong for the shards they touched.
             fresh = {f"n{round_}-{i}": rng.randrange(-5, 45) for i in range(7)}
             moved = {u: rng.randrange(-5, 45) for u in rng.sample(sorted(scores), 5)}
-            await asyncio.to_thread(_write, client, "moving", fresh | moved)
+            await asyncio.to_thread(write_scores, client, "moving", fresh | moved)
             scores.update(fresh | moved)
         return out
 
@@ -98,13 +80,13 @@ def test_a_rank_takes_one_round_trip_per_node_its_counts_need(control_plane_dsn:
     client.create("ranks", boundaries=BOUNDARIES, order="desc", operator="set")
     rng = random.Random(5)
     scores = {f"r{i:02d}": rng.randrange(-5, 45) for i in range(40)}
-    _write(client, "ranks", scores)
+    write_scores(client, "ranks", scores)
 
     async def work(cluster: Cluster, layout: BoardLayout) -> list[tuple[str, int, int, int]]:
         await rank_members(cluster, layout, ["r00"])  # learns the sizes
         out = []
         for user in sorted(scores):
-            trips = _RoundTrips()
+            trips = RoundTrips()
             for node in cluster.nodes.values():
                 node.observer = trips
             ((entry, total),) = await rank_members(cluster, layout, [user])  # type: ignore[misc]
@@ -129,7 +111,7 @@ def test_an_update_takes_one_round_trip_per_node_its_rank_needs(control_plane_ds
     client.create("writes", boundaries=BOUNDARIES, order="desc", operator="set")
     rng = random.Random(9)
     scores = {f"w{i:02d}": rng.randrange(-5, 45) for i in range(30)}
-    _write(client, "writes", scores)
+    write_scores(client, "writes", scores)
 
     async def work(cluster: Cluster, layout: BoardLayout) -> list[tuple[str, int, int, int]]:
         await rank_members(cluster, layout, ["w00"])  # learns the sizes
@@ -138,7 +120,7 @@ def test_an_update_takes_one_round_trip_per_node_its_rank_needs(control_plane_ds
             cell = sum(1 for b in BOUNDARIES if scores[user] >= b)
             score = rng.randrange(([-5, *BOUNDARIES])[cell], ([*BOUNDARIES, 45])[cell])  # in the member's shard
             await cluster.forgets.drain()  # the last update's background clearing goes before counting starts
-            trips = _RoundTrips()
+            trips = RoundTrips()
             for node in cluster.nodes.values():
                 node.observer = trips
             (outcome,) = await apply_each(cluster, layout, [Update(user, score)])

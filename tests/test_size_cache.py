@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
-from _router import Client, RouterThread
+from _router import Client, RoundTrips, RouterThread, write_scores
 
 from rankshard.shard_map import ControlPlane
 from rankshard.shard_node import BoardLayout, Cluster, Update, apply_each, connect_cluster, rank_members
 from rankshard.v1 import leaderboard_pb2 as pb
 
 BOUNDARIES = [10, 20, 30]
-
-
-class _RoundTrips:
-    def __init__(self) -> None:
-        self.nodes: list[str] = []
-
-    def round_trip(self, node_id: str, seconds: float) -> None:
-        self.nodes.append(node_id)
-
-    def failed(self, node_id: str, kind: str) -> None:
-        pass
-
-
-def _write(client: Client, board: str, scores: dict[str, int]) -> None:
-    updates = [pb.ScoreUpdate(user_id=u, score=s) for u, s in scores.items()]
-    client.lb.BatchUpdateScores(pb.BatchUpdateScoresRequest(leaderboard=board, updates=updates), timeout=10)
 
 
 def test_a_cached_count_misses_other_routers_writes_for_the_bound_and_never_its_own(
@@ -39,7 +23,7 @@ def test_a_cached_count_misses_other_routers_writes_for_the_bound_and_never_its_
     the next rank asks the node and counts them. Its own writes there count at once, and a router without the
     cache counts the other's writes at once."""
     client.create("cached", boundaries=BOUNDARIES, order="desc", operator="set")
-    _write(client, "cached", {"low": 0, **{f"m{i}": 12 + i for i in range(6)}})
+    write_scores(client, "cached", {"low": 0, **{f"m{i}": 12 + i for i in range(6)}})
     now = [1000.0]
 
     async def main() -> list[tuple[str, int, int, list[str]]]:
@@ -54,7 +38,7 @@ def test_a_cached_count_misses_other_routers_writes_for_the_bound_and_never_its_
                 out = []
 
                 async def rank(name: str, cluster: Cluster) -> None:
-                    trips = _RoundTrips()
+                    trips = RoundTrips()
                     for node in cluster.nodes.values():
                         node.observer = trips
                     ((entry, total),) = await rank_members(cluster, layout, ["low"])  # type: ignore[misc]
@@ -99,7 +83,7 @@ def test_a_router_started_with_a_size_cache_serves_ranks_from_it(control_plane_d
     counting another router's members added since on a node holding none of the member's shards, while the default
     router counts them; members added beside the member itself are counted fresh by both."""
     client.create("routed", boundaries=BOUNDARIES, order="desc", operator="set")
-    _write(client, "routed", {"low": 0, "high": 35, "mid": 15})
+    write_scores(client, "routed", {"low": 0, "high": 35, "mid": 15})
 
     async def far_score() -> int:
         async with await ControlPlane.open(control_plane_dsn) as cp:
@@ -119,7 +103,7 @@ def test_a_router_started_with_a_size_cache_serves_ranks_from_it(control_plane_d
                 return reply.entry.rank, reply.total
 
             assert rank(cached) == (3, 3)
-            _write(client, "routed", {f"n{i}": score for i in range(4)} | {f"k{i}": 5 for i in range(3)})
+            write_scores(client, "routed", {f"n{i}": score for i in range(4)} | {f"k{i}": 5 for i in range(3)})
             assert rank(client) == (10, 10)
             assert rank(cached) == (6, 6)  # the 3 beside "low", not the 4 on the far node
         finally:
