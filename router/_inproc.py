@@ -58,8 +58,7 @@ async def in_process_routers(
         stack.push_async_callback(control_plane.close)
         stubs = []
         for _ in range(n):
-            cluster = await connect_cluster(control_plane, DEFAULT_NODE_TIMEOUT)
-            cluster.size_cache = size_cache
+            cluster = await connect_cluster(control_plane, DEFAULT_NODE_TIMEOUT, size_cache)
             stack.push_async_callback(cluster.aclose)
             service = LeaderboardService(Catalog(control_plane, cluster, DEFAULT_NODE_TIMEOUT), CALL_DEADLINE)
             stack.push_async_callback(service.aclose)

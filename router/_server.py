@@ -102,8 +102,7 @@ async def running_router(
         control_plane_dsn, max_size=settings.control_plane_pool_size, timeout=settings.control_plane_timeout
     )
     try:
-        cluster = await connect_cluster(control_plane, settings.node_timeout)
-        cluster.size_cache = settings.size_cache_ms / 1000
+        cluster = await connect_cluster(control_plane, settings.node_timeout, settings.size_cache_ms / 1000)
         try:
             async with serving_metrics(settings.metrics_host, settings.metrics_port) as metrics:
                 catalog = Catalog(control_plane, cluster, settings.node_timeout, metrics)

@@ -116,11 +116,16 @@ async def _purge_node(node: NodeClient, board: str) -> int:
             return removed
 
 
-async def connect_cluster(control_plane: ControlPlane, node_timeout: float = DEFAULT_NODE_TIMEOUT) -> Cluster:
+async def connect_cluster(
+    control_plane: ControlPlane, node_timeout: float = DEFAULT_NODE_TIMEOUT, size_cache: float = 0.0
+) -> Cluster:
     """A `Cluster` of every registered node and the slot table, each node's commands bounded by `node_timeout`
-    seconds; raises `ControlPlaneError`."""
+    seconds, its counts using sizes seen within `size_cache` seconds (`Cluster.size_cache`; 0: off); raises
+    `ControlPlaneError`."""
     slots = await control_plane.slot_table()
     if slots is None:
         raise ControlPlaneError("the control plane has no index slot table yet (no nodes bootstrapped)")
     nodes = {n.id: NodeClient(n.id, n.address, timeout=node_timeout) for n in await control_plane.list_nodes()}
-    return Cluster(nodes, slots)
+    cluster = Cluster(nodes, slots)
+    cluster.size_cache = size_cache
+    return cluster
