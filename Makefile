@@ -9,6 +9,7 @@ $(BIN)/rankshard: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	scripts/fetch_jemalloc $(VENV)/lib/rankshard
 	touch $@
 
 demo: $(BIN)/rankshard

@@ -181,6 +181,19 @@ class Cluster:
         """`node_reads` of each node, in `nodes` order."""
         return [int(info(self.node(a), "stats")["total_reads_processed"]) for a in self.nodes]
 
+    def node_server(self) -> str:
+        """What the nodes run, as the first one says: its engine and version, and its allocator (``jemalloc,
+        preloaded`` when the launcher preloaded it into a server built with libc malloc, see cli/_binaries.py)."""
+        server = info(self.node(self.nodes[0]), "server")
+        engine = (
+            f"Valkey {server['valkey_version']}" if "valkey_version" in server else f"Redis {server['redis_version']}"
+        )
+        allocator = str(info(self.node(self.nodes[0]), "memory")["mem_allocator"])
+        maps = Path(f"/proc/{server['process_id']}/maps")
+        if allocator == "libc" and maps.exists() and "libjemalloc" in maps.read_text():
+            allocator = "jemalloc, preloaded"
+        return f"{engine}, malloc {allocator}"
+
     def used_memory(self) -> int:
         return sum(int(info(self.node(a), "memory")["used_memory"]) for a in self.nodes)
 

@@ -390,8 +390,9 @@ def markdown(result: dict[str, Any]) -> str:
     sections = [
         f"# rankshard bench: profile {p['name']}",
         f"Command: `{result['command']}`. Took {result.get('wall_seconds', result['seconds']):.0f} s wall "
-        f"({p['rounds']} interleaved rounds of {p['phase_seconds']:g} s phases). Machine-relative figures: "
-        "compare the ratios, each measured against a baseline in this same run.",
+        f"({p['rounds']} interleaved rounds of {p['phase_seconds']:g} s phases)."
+        + (f" Nodes: {result['node_server']}." if "node_server" in result else "")
+        + " Machine-relative figures: compare the ratios, each measured against a baseline in this same run.",
         "## Goals\n\n" + headline(result),
         "## Node CPU per call\n\n"
         f"The nodes' own CPU time (`used_cpu_user + used_cpu_sys` of all {p['nodes']} nodes) per call, on the "

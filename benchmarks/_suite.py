@@ -39,6 +39,8 @@ def run_suite(bench: Bench) -> dict[str, Any]:
     p = bench.profile
     started = time.time()
     result: dict[str, Any] = {"profile": _profile_json(p), "started": started}
+    assert bench.cluster is not None, "the bench starts its cluster first"
+    result["node_server"] = bench.cluster.node_server()
     boards = {n: f"shards-{n}" for n in p.shard_counts}
     for n, board in boards.items():
         bench.create_board(board, p.model.boundaries(n), p.shard_population)
@@ -47,7 +49,6 @@ def run_suite(bench: Bench) -> dict[str, Any]:
     for board in boards.values():
         _load(bench, board, 0, p.shard_population)
     result["memory"], result["preload"] = _memory(bench)
-    assert bench.cluster is not None, "the bench starts its cluster first"
     bench.progress(f"a bare sorted set of the same {p.shard_population:,} members and scores on each node")
     fill_bare([bench.cluster.node(a) for a in bench.cluster.nodes], p.model, bench.seed, p.shard_population)
 

@@ -36,7 +36,7 @@ import redis
 
 from rankshard.shard_map import Settings
 
-from ._binaries import postgres_bin_dir, valkey_binary
+from ._binaries import node_preload, postgres_bin_dir, valkey_binary
 
 _POLL_SECONDS = 0.02
 _PR_SET_PDEATHSIG = 1
@@ -191,7 +191,10 @@ class _ServerProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _spawn(self, argv: list[str], account: pwd.struct_passwd | None = None) -> None:
+    def _spawn(
+        self, argv: list[str], account: pwd.struct_passwd | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """Starts `argv` (as `account`; with `env` added to ours)."""
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -199,6 +202,7 @@ class _ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
+                env={**os.environ, **env} if env else None,
                 **_run_as(account, self._stop_signal),
             )
 
@@ -251,6 +255,8 @@ class LocalValkey(_ServerProcess):
         super().__init__(data_dir, port, Path(data_dir).absolute() / "valkey.log")
         self.settings = settings or Settings.from_env()
         self.binary = binary or valkey_binary(self.settings)
+        self.preload = node_preload(self.settings, self.binary)
+        """The malloc library the server runs on (`node_preload`), None for its own."""
 
     @property
     def address(self) -> str:
@@ -274,7 +280,8 @@ class LocalValkey(_ServerProcess):
                 "--logfile",
                 str(self.log_path),
                 *node_server_options(self.settings),
-            ]
+            ],
+            env={"LD_PRELOAD": self.preload} if self.preload else None,
         )
         self._wait_ready(self._answers_ping, deadline, "valkey")
 

@@ -120,6 +120,7 @@ _BINARY = _Kind(str, _anything, "PATH")
 _PATH = _Kind(Path, _anything, "PATH")
 _HOOK = _Kind(str, _hook, "NAME[:N]")
 _HOST = _Kind(str, _anything, "HOST")
+_MALLOC = _Kind(str, _anything, "auto|libc|PATH")
 
 
 def _port_number(value: Any) -> None:
@@ -254,6 +255,13 @@ class Settings:
     )
     node_appendfsync: str = _setting(
         "everysec", "when local nodes fsync their append-only file", _choice("always", "everysec", "no"), LOCAL_CLUSTER
+    )
+    node_malloc: str = _setting(
+        "auto",
+        "the allocator local nodes run on: auto (jemalloc when the server was built with libc malloc and libjemalloc "
+        "is found: what Valkey's own builds use), libc (the server's own), or the path of a malloc library to preload",
+        _MALLOC,
+        LOCAL_CLUSTER,
     )
     node_hash_max_listpack_entries: int = _setting(
         1024,

