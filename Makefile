@@ -9,23 +9,29 @@ $(BIN)/rankshard: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Local nodes run on jemalloc when their server was built with libc malloc (docs/operations.md): one is unpacked
+# here when the machine has none. Best effort: without it, they run on their server's own allocator.
+MALLOC := $(VENV)/lib/rankshard/.fetched
+$(MALLOC): | $(BIN)/rankshard
 	scripts/fetch_jemalloc $(VENV)/lib/rankshard
 	touch $@
 
-demo: $(BIN)/rankshard
+demo: $(BIN)/rankshard $(MALLOC)
 	$(BIN)/rankshard demo
 
-test: $(BIN)/rankshard
+test: $(BIN)/rankshard $(MALLOC)
 	$(BIN)/pytest
 
 lint: $(BIN)/rankshard
 	BIN=$(BIN) scripts/lint
 
 # About four minutes; `make bench BENCH_FLAGS=--full` adds the 5M-member memory fill and extra rounds.
-bench: $(BIN)/rankshard
+bench: $(BIN)/rankshard $(MALLOC)
 	$(BIN)/rankshard bench --profile 500m-dau --out bench-results $(BENCH_FLAGS)
 
-cluster: $(BIN)/rankshard
+cluster: $(BIN)/rankshard $(MALLOC)
 	$(BIN)/rankshard cluster up
 
 proto: $(BIN)/rankshard
