@@ -159,22 +159,35 @@ end
 -- Sizes `counts[j]` of shards `fields[j]` inside their ranges `ranges[j]` ('lo hi', stored scores, their
 -- descriptors': the caller checked them), kept in sizes hash `key` with changes zset `okey`, with one read of those
 -- kept. Most writes move a member within its shard: a size and range already kept as they are cost that read, not
--- a change (readers then have nothing new to fetch).
+-- a change (readers then have nothing new to fetch). The sizes that changed are kept together, as `size_kept` would
+-- keep them one by one (the change count goes up by one per shard, in order): one write of each key, not three per
+-- shard, since a batch of crossings changes two shards' sizes per member.
 local function keep_sizes(key, okey, fields, counts, ranges)
   local asked = {}
   for j = 1, #fields do
     asked[2 * j - 1] = fields[j]
     asked[2 * j] = '>' .. fields[j]
   end
+  local changed, sizes = {}, {}
   for i = 1, #asked, 4000 do  -- an even step: a shard's two fields stay in one read
     local kept = redis.call('HMGET', key, unpack(asked, i, math.min(i + 3999, #asked)))
     for j = 1, #kept, 2 do
       local at = (i + j) / 2
       if tonumber(kept[j]) ~= counts[at] or kept[j + 1] ~= ranges[at] then
-        size_kept(key, fields[at], okey, counts[at], ranges[at])
+        local f, w = fields[at], #sizes
+        changed[#changed + 1] = f
+        sizes[w + 1], sizes[w + 2], sizes[w + 3], sizes[w + 4] = f, counts[at], '>' .. f, ranges[at]
       end
     end
   end
+  if #changed == 0 then return end
+  call_bulk('HSET', key, sizes)  -- 4000 values at a time: two shards' fields each, never split
+  local last = redis.call('HINCRBY', key, '#', #changed)
+  local numbered = {}
+  for j = 1, #changed do
+    numbered[2 * j - 1], numbered[2 * j] = last - #changed + j, changed[j]
+  end
+  call_bulk('ZADD', okey, numbered)
 end
 
 -- The size of zset `zkey` inside its range [lo, hi) (as `keep_sizes` takes it), counted and kept.
