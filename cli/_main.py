@@ -175,6 +175,8 @@ def up(
         try:
             click.echo(f"rankshard: control plane {local.control_plane}")
             click.echo(f"rankshard: nodes {', '.join(n.address for n in local.nodes)}")
+            if preloaded := sorted({n.preload for n in local.nodes if n.preload}):
+                click.echo(f"rankshard: nodes run on {', '.join(preloaded)} (their server's own malloc is libc's)")
             for line in _secured_by(local):
                 click.echo(line)
             click.echo(f"rankshard: router listening on {local.address}")

@@ -24,7 +24,9 @@ import redis
 from click.testing import CliRunner
 
 from rankshard.cli import main
+from rankshard.cli._binaries import node_preload, valkey_binary
 from rankshard.cli._local import _alive, _descendants, free_port
+from rankshard.shard_map import Settings
 from rankshard.v1 import admin_pb2 as apb
 from rankshard.v1 import admin_pb2_grpc as apb_grpc
 from rankshard.v1 import leaderboard_pb2 as pb
@@ -221,6 +223,10 @@ def test_up_serves_stops_cleanly_and_restarts_with_the_same_data(tmp_path: Path,
     port = free_port()
     up = start_up(tmp_path, port)
     assert up.wait_line("router listening on") == f"rankshard: router listening on 127.0.0.1:{port}"
+    # It says which allocator the nodes were given (cli._binaries.node_preload), when it gave them one.
+    library = node_preload(Settings.from_env(), valkey_binary())
+    said = [line for line in up.stdout if line.startswith("rankshard: nodes run on ")]
+    assert said == ([f"rankshard: nodes run on {library} (their server's own malloc is libc's)"] if library else [])
     _update(port, {"ann": 50, "ben": 150, "cat": 250})
     _update(port, {"ann": 100})
     before = _top(port)
