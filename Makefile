@@ -27,7 +27,7 @@ test: $(BIN)/rankshard $(MALLOC)
 lint: $(BIN)/rankshard
 	BIN=$(BIN) scripts/lint
 
-# About four minutes; `make bench BENCH_FLAGS=--full` adds the 5M-member memory fill and extra rounds.
+# Under four minutes; `make bench BENCH_FLAGS=--full` adds the 5M-member memory fill and extra rounds.
 bench: $(BIN)/rankshard $(MALLOC)
 	$(BIN)/rankshard bench --profile 500m-dau --out bench-results $(BENCH_FLAGS)
 

@@ -53,11 +53,11 @@ JEMALLOC = Path(sys.prefix, "lib", "rankshard", "libjemalloc.so.2")
 def node_preload(settings: Settings, binary: str) -> str | None:
     """The malloc library to preload into node server `binary` (LD_PRELOAD), or None for the server's own allocator.
 
-    Valkey's own builds link jemalloc, but a server built with libc malloc (the bundled one is) spends a fifth or
-    more of a node's CPU in glibc's allocator under rankshard's scripts, whose Lua allocates per call: a node on
+    Valkey's own builds link jemalloc, but a server built with libc malloc (the bundled one is) spends about a
+    quarter of a node's CPU in glibc's allocator under rankshard's scripts, whose Lua allocates per call: a node on
     such a build is given jemalloc when it can be found (`settings.node_malloc` ``auto``: the one `make` fetched,
-    else the system's). ``libc`` keeps the server's own; a path preloads that library. Raises RuntimeError when
-    the path given is not a file."""
+    else the system's; nothing when the environment preloads a library already, which then wins). ``libc`` keeps
+    the server's own; a path preloads that library. Raises RuntimeError when the path given is not a file."""
     choice = settings.node_malloc
     if choice == "libc":
         return None
