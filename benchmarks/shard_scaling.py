@@ -39,6 +39,8 @@ from ._model import TrafficModel
 from ._procs import Cluster, free_port
 
 MAX_SCORE = 1_000_000
+MODEL = TrafficModel()
+"""The bench's traffic model, for ``--traffic model``."""
 
 
 def rankshard(data_dir: Path, *args: str) -> str:
@@ -61,19 +63,18 @@ def board_name(shards: int) -> str:
 def cut_points(traffic: str, shards: int) -> list[int]:
     """The board's cut points: even over 0..MAX_SCORE, or the traffic model's equal-population ones."""
     if traffic == "model":
-        return TrafficModel().boundaries(shards)
+        return MODEL.boundaries(shards)
     return [MAX_SCORE * i // shards for i in range(1, shards)]
 
 
 def points(traffic: str, rng: random.Random) -> int:
     """What one update adds: 1..10 points, or one of the traffic model's games."""
-    return TrafficModel().sample_points(rng) if traffic == "model" else rng.randint(1, 10)
+    return MODEL.sample_points(rng) if traffic == "model" else rng.randint(1, 10)
 
 
 def create_boards(data_dir: Path, tmp: Path, counts: list[int], members: int, traffic: str = "even") -> None:
     rng = random.Random(7)
-    model = TrafficModel()
-    score = (lambda: model.sample_score(rng)) if traffic == "model" else (lambda: rng.randrange(MAX_SCORE))
+    score = (lambda: MODEL.sample_score(rng)) if traffic == "model" else (lambda: rng.randrange(MAX_SCORE))
     source = tmp / "members.csv"
     source.write_text("".join(f"u{i},{score()}\n" for i in range(members)))
     for n in counts:
