@@ -65,6 +65,8 @@ class Bench:
         self.pool: ProcessPoolExecutor | None = None
         self.echo: Spawned | None = None
         self.cluster: Cluster | None = None
+        self.single: Cluster | None = None
+        """A cluster of one node, started by `one_node` for the plan's node figure."""
 
     def __enter__(self) -> Bench:
         try:
@@ -90,6 +92,8 @@ class Bench:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.single is not None:
+            self.single.stop()
         if self.cluster is not None:
             self.cluster.stop()
         if self.echo is not None:
@@ -102,9 +106,18 @@ class Bench:
         assert self.cluster is not None
         return self.cluster.address
 
-    def create_board(self, name: str, boundaries: Sequence[int], members: int) -> None:
-        """A board laid out for `members` members, as a deployment would create it for its size."""
-        channel = grpc.insecure_channel(self.router_address)
+    def one_node(self) -> Cluster:
+        """A second local cluster, of one node (started on the first call, stopped with the bench): the node holding
+        a whole board, index and shards, for a phase that keeps one node as busy as the plan assumes."""
+        if self.single is None:
+            self.progress("starting a cluster of one node")
+            self.single = Cluster(self.workdir / "cluster-one-node", nodes=1, port=free_port())
+        return self.single
+
+    def create_board(self, name: str, boundaries: Sequence[int], members: int, cluster: Cluster | None = None) -> None:
+        """A board laid out for `members` members, as a deployment would create it for its size (on `cluster`,
+        default the bench's own)."""
+        channel = grpc.insecure_channel(cluster.address if cluster is not None else self.router_address)
         try:
             apb_grpc.AdminStub(channel).CreateLeaderboard(
                 apb.LeaderboardConfig(name=name, boundaries=list(boundaries), expected_members=members), timeout=30
@@ -119,16 +132,18 @@ class Bench:
         finally:
             channel.close()
 
-    def import_members(self, board: str, lines: Iterable[str]) -> float:
-        """Loads `user_id,score` lines into `board` with ``rankshard leaderboards import`` (the bulk path an
-        SRE moving a leaderboard in would use); returns the seconds it took."""
-        assert self.cluster is not None
+    def import_members(self, board: str, lines: Iterable[str], cluster: Cluster | None = None) -> float:
+        """Loads `user_id,score` lines into `board` (of `cluster`, default the bench's own) with ``rankshard
+        leaderboards import`` (the bulk path an SRE moving a leaderboard in would use); returns the seconds it
+        took."""
+        cluster = cluster or self.cluster
+        assert cluster is not None
         argv = [
             sys.executable,
             "-m",
             "rankshard.cli",
             "--control-plane",
-            self.cluster.control_plane,
+            cluster.control_plane,
             "leaderboards",
             "import",
             board,
@@ -168,18 +183,21 @@ class Bench:
         channels: int = 1,
         population: int = 1000,
         size_cache: float = 0.0,
+        cluster: Cluster | None = None,
         **share: Any,
     ) -> dict[str, Any]:
         """Runs one phase: open loop at `rate` calls/s when given, else closed loop with `concurrency`
         calls in flight, from every load generator; `target` is 'echo', 'router', or 'inproc': `channels` routers
-        served inside each load generator by `routers`, without gRPC (the router processes stand idle). Returns the
-        phase's figures, the target's CPU time included (none for 'inproc'); `size_cache` (seconds) turns those
-        routers' size cache on."""
+        served inside each load generator by `routers`, without gRPC (the router processes stand idle), on the nodes
+        of `cluster` (default the bench's own). Returns the phase's figures, the target's CPU time included (none for
+        'inproc'); `size_cache` (seconds) turns those routers' size cache on."""
         assert self.pool is not None and self.cluster is not None
+        nodes = cluster or self.cluster
+        assert target == "inproc" or nodes is self.cluster, "only routers in process serve another cluster"
         seconds = seconds or self.profile.phase_seconds
         loaders = self.profile.loaders
         concurrency = concurrency or self.profile.in_flight
-        address = {"echo": self.echo_address, "inproc": self.cluster.control_plane}.get(target, self.router_address)
+        address = {"echo": self.echo_address, "inproc": nodes.control_plane}.get(target, self.router_address)
         if target == "inproc":
             assert self.routers is not None
             routers = partial(self.routers, size_cache=size_cache) if size_cache else self.routers
@@ -205,7 +223,6 @@ class Bench:
         futures: list[Future[dict[str, object]]] = [self.pool.submit(run_share, s) for s in shares]
         pids = self._pids(target)
         _sleep_until(start_at)
-        nodes = self.cluster
         cpu0, node0, reads0 = sum(map(cpu_seconds, pids)), nodes.node_cpu_by_node(), nodes.node_reads_by_node()
         self._countdown(name, start_at, seconds)
         cpu1, node1, reads1 = sum(map(cpu_seconds, pids)), nodes.node_cpu_by_node(), nodes.node_reads_by_node()

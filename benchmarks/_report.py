@@ -274,6 +274,7 @@ _NODE_PHASES = {
     "run": "the simulation",
     "nodes": "the busier-nodes phase",
     "inproc": "the phase of routers in process",
+    "inproc_one": "the one-node phase of routers in process",
 }
 
 
@@ -290,6 +291,8 @@ def _in_process(result: dict[str, Any]) -> str:
     )
     if result["plan_basis"]["node_phase"] == "inproc":
         verdict = "is the node figure."
+    elif result["plan_basis"]["node_phase"] == "inproc_one":
+        verdict = "is not the node figure: " + _one_node(result)
     elif m["kept_up"]:
         verdict = "is not the node figure (no nearer 50% busy)."
     else:
@@ -305,12 +308,24 @@ def _in_process(result: dict[str, Any]) -> str:
     )
 
 
+def _one_node(result: dict[str, Any]) -> str:
+    """How the phase on a cluster of one node went, when it gave the node figure."""
+    m = result["simulation"]["phases"]["inproc_one"]
+    return (
+        f"then {m['routers']} routers in process, {m['rate_per_router']:,.0f} calls/s each, served a cluster of "
+        f"one node holding a whole board ({m['members']:,} members, its index and every shard, cut as the "
+        f"simulation board's), which carried all of each call's node work and was {m['busy']['nodes']:.0%} busy; "
+        f"they answered in {m['latency']['p50_ms']:.2f} ms at the median, and that node's CPU per call is the node "
+        "figure, with that one node counted as measured."
+    )
+
+
 def _node_bound(result: dict[str, Any]) -> str:
     """When the nodes stayed well under the plan's utilisation: what stopped the load, as measured."""
     basis, h = result["plan_basis"], result["capacity"]["headroom"]
     if basis["node_busy"] >= h["node_utilisation"] - 0.1:
         return ""
-    if basis["node_phase"] == "inproc":
+    if basis["node_phase"] in ("inproc", "inproc_one"):
         return (
             " Here the nodes got no busier: the load generators, serving the routers in process, took the rest of "
             "the machine's cores."
@@ -338,11 +353,14 @@ def plan_phases_table(result: dict[str, Any]) -> str:
         "run": "simulation (router figure)",
         "nodes": "nodes busier",
         "inproc": "routers in process (no gRPC)",
+        "inproc_one": "routers in process, a cluster of one node",
         "inproc_cached": "routers in process, size cache on (the cached plan's node figure)",
         "echo": "echo server, same rate",
     }
     phases = {"capacity": sim["phases"]["capacity"], "calibration": sim["phases"]["calibration"], "run": sim["run"]}
-    phases.update({k: v for k, v in sim["phases"].items() if k in ("nodes", "inproc", "inproc_cached", "echo")})
+    phases.update(
+        {k: v for k, v in sim["phases"].items() if k in ("nodes", "inproc", "inproc_one", "inproc_cached", "echo")}
+    )
     for key, m in phases.items():
         busy = m.get("busy", {})
         calls = max(m["calls"], 1)

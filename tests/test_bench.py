@@ -23,6 +23,7 @@ from rankshard.benchmarks._capacity import GIB, Headroom, Measured, plan
 from rankshard.benchmarks._hist import Histogram
 from rankshard.benchmarks._loadgen import merge
 from rankshard.benchmarks._report import PLOTS
+from rankshard.benchmarks._suite import ONE_NODE_MEMBERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -265,7 +266,13 @@ def test_a_smoke_run_writes_a_well_formed_report_and_stops_every_process(tmp_pat
     assert direct["updates_per_s"] > 0 and direct["node_cpu_s"] > 0 and direct["shards"] == min(profile.shard_counts)
     basis = result["plan_basis"]
     assert 0 < basis["router_busy"] < 2 and 0 < basis["node_busy"] < 2
-    assert basis["node_phase"] in ("run", "nodes", "inproc")
+    assert basis["node_phase"] in ("run", "nodes", "inproc", "inproc_one")
+    if (one := result["simulation"]["phases"].get("inproc_one")) is not None:
+        # The same routers in process on a cluster of one node holding a whole board: every call answered there.
+        assert one["calls"] > 0 and one["errors"] == {} and one["node_cpu_s"] > 0 and len(one["node_cpu_by_node"]) == 1
+        assert one["members"] == min(ONE_NODE_MEMBERS, max(profile.memory_at))
+    measured_nodes = result["capacity"]["measured"]["measured_nodes"]
+    assert measured_nodes == (1 if basis["node_phase"] == "inproc_one" else profile.nodes)
     if (inproc := result["simulation"]["phases"].get("inproc")) is not None:
         # Routers served inside the load generators: each at the simulation's rate, every call answered.
         assert inproc["routers"] >= 1 and inproc["rate_per_router"] == result["simulation"]["run"]["offered_per_s"]
