@@ -457,28 +457,10 @@ def _one_node(
     bench.create_board(SIM_BOARD, p.model.boundaries(p.sim_shards), members, cluster)
     bench.progress(f"loading {members:,} members into the one node's board")
     _load(bench, SIM_BOARD, 0, members, cluster)
-    routers, rate = inproc["routers"], inproc["rate_per_router"]
-    bench.progress(f"routers in process on the one node: {routers} routers, {rate:,.0f} calls/s each")
-    m = bench.measure(
-        "mix, routers in process, one node",
-        "inproc",
-        SIM_BOARD,
-        mix,
-        rate=routers * rate,
-        channels=routers // p.loaders,
-        population=members,
-        new_player_share=new,
-        cluster=cluster,
-    )
+    bench.progress(f"routers in process on the one node: {inproc['routers']} routers, as before")
+    m = _again(bench, inproc, "mix, routers in process, one node", mix, members, new, cluster=cluster)
     kept_up = m["latency"]["p50_ms"] <= INPROC_LAG * inproc["latency"]["p50_ms"] and not m["errors"] and not m["shed"]
-    return {
-        **m,
-        "busy": _busy(m, 1),
-        "routers": routers,
-        "rate_per_router": rate,
-        "kept_up": kept_up,
-        "members": members,
-    }
+    return {**m, "busy": _busy(m, 1), "kept_up": kept_up, "members": members}
 
 
 INPROC_LAG = 2.0
@@ -570,21 +552,29 @@ def _in_process_cached(
 ) -> dict[str, Any]:
     """The phase of routers in process that gave the node figure again, its routers' size cache on (SIZE_CACHE_S):
     the node figure of the plan whose routers run with it."""
-    p = bench.profile
-    routers, rate = inproc["routers"], inproc["rate_per_router"]
     bench.progress(f"routers in process again, their size cache on ({SIZE_CACHE_S * 1000:.0f} ms)")
+    m = _again(bench, inproc, "mix, routers in process, sizes cached", mix, pop, new, size_cache=SIZE_CACHE_S)
+    return {**m, "busy": _busy(m, bench.profile.nodes)}
+
+
+def _again(
+    bench: Bench, inproc: dict[str, Any], name: str, mix: dict[str, float], pop: int, new: float, **given: Any
+) -> dict[str, Any]:
+    """The phase of routers in process `inproc` run again, the same routers at the same rate from the same load
+    generators (so they batch as they did), with `given` (a size cache, another cluster) for `Bench.measure`."""
+    routers, rate = inproc["routers"], inproc["rate_per_router"]
     m = bench.measure(
-        "mix, routers in process, sizes cached",
+        name,
         "inproc",
         SIM_BOARD,
         mix,
         rate=routers * rate,
-        channels=routers // p.loaders,
+        channels=routers // bench.profile.loaders,
         population=pop,
         new_player_share=new,
-        size_cache=SIZE_CACHE_S,
+        **given,
     )
-    return {**m, "busy": _busy(m, p.nodes), "routers": routers, "rate_per_router": rate}
+    return {**m, "routers": routers, "rate_per_router": rate}
 
 
 def _rate_for(busy: float, half: dict[str, Any], capacity: dict[str, Any]) -> float:
