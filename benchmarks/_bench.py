@@ -108,7 +108,7 @@ class Bench:
 
     def one_node(self) -> Cluster:
         """A second local cluster, of one node (started on the first call, stopped with the bench): the node holding
-        a whole board, index and shards, for a phase that keeps one node as busy as the plan assumes."""
+        a whole board, index and shards, for a phase that keeps one node busier than the same load keeps two."""
         if self.single is None:
             self.progress("starting a cluster of one node")
             self.single = Cluster(self.workdir / "cluster-one-node", nodes=1, port=free_port())
