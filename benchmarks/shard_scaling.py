@@ -125,7 +125,8 @@ async def closed_loop(
     return 1e6 * used / max(1, calls), calls / seconds
 
 
-def measure(cluster: Cluster, board: str, members: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(cluster: Cluster, shards: int, members: int, args: argparse.Namespace) -> dict[str, float]:
+    board = board_name(shards)
     rng = random.Random(board)
 
     def get_rank(stub: pb_grpc.LeaderboardStub, _: int) -> object:
@@ -133,7 +134,7 @@ def measure(cluster: Cluster, board: str, members: int, args: argparse.Namespace
         return stub.GetRank(pb.GetRankRequest(leaderboard=board, user_id=user), timeout=30)
 
     run = f"{time.time_ns()}"
-    cuts = cut_points(args.traffic, int(board.removeprefix("shards")))
+    cuts = cut_points(args.traffic, shards)
     crossed = [0, 0]  # updates answered, and those whose score crossed a cut point
 
     async def update(stub: pb_grpc.LeaderboardStub, seq: int) -> object:
@@ -172,7 +173,7 @@ def main() -> None:
             rows: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
             for r in range(args.rounds):
                 for n in counts:
-                    rows[n].append(measure(cluster, board_name(n), args.members, args))
+                    rows[n].append(measure(cluster, n, args.members, args))
                     print(f"  round {r + 1}, {n} shards: {rows[n][-1]}", flush=True)
         finally:
             cluster.stop()

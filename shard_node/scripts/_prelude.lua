@@ -151,17 +151,28 @@ local function sizes_of(zkey)
   return 'rs:n:' .. board, s, 'rs:o:' .. board
 end
 
+-- Shards `changed` kept with their new fields `values` (field, value...: each shard's size, and its range when that
+-- is kept too) in sizes hash `key`: the change count goes up by one per shard, in order, and changes zset `okey`
+-- gets each shard's number. One write of each key however many shards changed.
+local function sizes_kept(key, okey, changed, values)
+  call_bulk('HSET', key, values)  -- 4000 values at a time: a shard's two or four never split
+  local last = redis.call('HINCRBY', key, '#', #changed)
+  local numbered = {}
+  for j = 1, #changed do
+    numbered[2 * j - 1], numbered[2 * j] = last - #changed + j, changed[j]
+  end
+  call_bulk('ZADD', okey, numbered)
+end
+
 local function size_kept(key, s, okey, n, range)
-  if range then redis.call('HSET', key, s, n, '>' .. s, range) else redis.call('HSET', key, s, n) end
-  redis.call('ZADD', okey, redis.call('HINCRBY', key, '#', 1), s)
+  sizes_kept(key, okey, {s}, range and {s, n, '>' .. s, range} or {s, n})
 end
 
 -- Sizes `counts[j]` of shards `fields[j]` inside their ranges `ranges[j]` ('lo hi', stored scores, their
 -- descriptors': the caller checked them), kept in sizes hash `key` with changes zset `okey`, with one read of those
 -- kept. Most writes move a member within its shard: a size and range already kept as they are cost that read, not
--- a change (readers then have nothing new to fetch). The sizes that changed are kept together, as `size_kept` would
--- keep them one by one (the change count goes up by one per shard, in order): one write of each key, not three per
--- shard, since a batch of crossings changes two shards' sizes per member.
+-- a change (readers then have nothing new to fetch). The sizes that changed are kept together (`sizes_kept`), since
+-- a batch of crossings changes two shards' sizes per member.
 local function keep_sizes(key, okey, fields, counts, ranges)
   local asked = {}
   for j = 1, #fields do
@@ -180,14 +191,7 @@ local function keep_sizes(key, okey, fields, counts, ranges)
       end
     end
   end
-  if #changed == 0 then return end
-  call_bulk('HSET', key, sizes)  -- 4000 values at a time: two shards' fields each, never split
-  local last = redis.call('HINCRBY', key, '#', #changed)
-  local numbered = {}
-  for j = 1, #changed do
-    numbered[2 * j - 1], numbered[2 * j] = last - #changed + j, changed[j]
-  end
-  call_bulk('ZADD', okey, numbered)
+  if #changed > 0 then sizes_kept(key, okey, changed, sizes) end
 end
 
 -- The size of zset `zkey` inside its range [lo, hi) (as `keep_sizes` takes it), counted and kept.
