@@ -269,7 +269,8 @@ class ControlPlane:
         self, config: BoardConfig, boundaries: Sequence[int], nodes: Sequence[str]
     ) -> tuple[BoardConfig, ShardMap]:
         """Records a CREATING board with shards ``s1``..``sN`` cut at `boundaries` (ascending), owners dealt
-        round-robin over `nodes` from the lowest range up; nothing reads it until `activate_board`.
+        over `nodes` in runs of neighbours from the lowest range up, as evenly as the shards divide (so a member
+        crossing into a neighbouring shard mostly stays on its node); nothing reads it until `activate_board`.
 
         Its epoch is 1, or one above the last of a deleted board of that name (so routers holding that
         board's map reload). A board already CREATING with the same order, operator, expected members and
@@ -281,9 +282,10 @@ class ControlPlane:
         cuts = check_boundaries(boundaries)
         if not nodes:
             raise InvalidArgument("nodes", "at least one node must own the shards")
+        ranges = ranges_for(cuts)
         shards = tuple(
-            Shard(f"s{i}", lower, upper, nodes[(i - 1) % len(nodes)])
-            for i, (lower, upper) in enumerate(ranges_for(cuts), start=1)
+            Shard(f"s{i}", lower, upper, nodes[(i - 1) * len(nodes) // len(ranges)])
+            for i, (lower, upper) in enumerate(ranges, start=1)
         )
         name = config.name
         async with self._transaction(f"creating leaderboard {name!r}") as conn:

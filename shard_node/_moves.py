@@ -28,7 +28,16 @@ from ._client import NodeClient, ScriptCall
 from ._keys import IndexEntry, descriptor_state, moves_key
 from ._layout import BoardLayout, Cluster
 from ._replies import ShardChange, Stale
-from ._scripts import INDEX_MOVE, SHARD_APPLY, SHARD_DROP, SHARD_REMOVE, SHARD_WRITE, Script, ShardWriteMode
+from ._scripts import (
+    INDEX_MOVE,
+    SHARD_APPLY,
+    SHARD_CROSS,
+    SHARD_DROP,
+    SHARD_REMOVE,
+    SHARD_WRITE,
+    Script,
+    ShardWriteMode,
+)
 
 StepHook = Callable[[str], None]
 """Test-only: called with a step name right after that step is durable; raising simulates a crash."""
@@ -63,15 +72,20 @@ async def finish_moves(
 ) -> None:
     """Carries the pending crossings of `entries` (distinct members) to the end together: each of the
     three steps for all of them at once, one call per node, before the next step. `writes` (user, stored score,
-    version)... per shard, of other members, ride in step 1's calls. `removals`, when given, runs step 2's calls in
-    place of a plain round trip (the writer's chance to count ranks right behind them). Raises `NodeError`
-    subclasses, `StaleMap`, `ShardFrozen`; crossings a failed step left are rolled forward like any other."""
+    version)... per shard, of other members, ride in step 1's calls. A crossing whose source and destination
+    shards live on one node takes steps 1 and 2 in one call there (SHARD_CROSS), so a batch whose crossings all
+    stay on their nodes makes no step 2 round. `removals`, when given, runs the last shard step's calls in place of
+    a plain round trip (the writer's chance to count ranks right behind them). Raises `NodeError` subclasses,
+    `StaleMap`, `ShardFrozen`; crossings a failed step left are rolled forward like any other."""
     moving = [e for e in entries if e.to]
+    staying, leaving = _source_removals(layout, entries)
+    ride = removals if moving and not leaving else None
     if moving or writes:
-        await write_shards(cluster, layout, _destination_writes(layout, moving, writes))
+        await _write_step(cluster, layout, _destination_writes(layout, moving, writes), staying, ride)
     if moving:
         _step(on_step, "destination_written")
-    await drop_shards(cluster, layout, _source_removals(layout, entries), removals)
+    if ride is None:
+        await drop_shards(cluster, layout, leaving, removals)
     _step(on_step, "source_removed")
     await _index_step(cluster, layout, entries)
     _step(on_step, "intent_cleared")
@@ -90,15 +104,22 @@ def _destination_writes(
     return by_shard
 
 
-def _source_removals(layout: BoardLayout, entries: Sequence[IndexEntry]) -> dict[str, list[object]]:
+def _source_removals(
+    layout: BoardLayout, entries: Sequence[IndexEntry]
+) -> tuple[dict[str, list[object]], dict[str, list[object]]]:
     """Step 2's removals: per source shard, (user, version) of the members leaving it (none where the member stays
-    in one shard: removing it there would remove what step 1 wrote)."""
-    by_shard: dict[str, list[object]] = {}
+    in one shard: removing it there would remove what step 1 wrote); first those whose destination shard lives on
+    the source's node (made in step 1's call there), then the others (removals, and crossings between nodes)."""
+    staying: dict[str, list[object]] = {}
+    leaving: dict[str, list[object]] = {}
+    shards = layout.shards
     for e in entries:
-        source = layout.source_of(e)
-        if source != layout.destination_of(e):
-            by_shard.setdefault(source, []).extend((e.user_id, e.version))
-    return by_shard
+        source, destination = layout.source_of(e), layout.destination_of(e)
+        if source != destination:
+            here, there = shards.get(source), shards.get(destination) if destination else None
+            local = here is not None and there is not None and here.node == there.node
+            (staying if local else leaving).setdefault(source, []).extend((e.user_id, e.version))
+    return staying, leaving
 
 
 async def write_shards(
@@ -115,6 +136,34 @@ async def write_shards(
     done; the first such shard (in the order of `by_shard`, node by node) raises `StaleMap` or `ShardFrozen`, as a
     call of its own would. Raises `NodeError` subclasses."""
     await _per_node(cluster, layout, by_shard, functools.partial(write_call, mode=mode), replies.shard_write, run_calls)
+
+
+async def _write_step(
+    cluster: Cluster,
+    layout: BoardLayout,
+    by_shard: Mapping[str, Sequence[object]],
+    staying: Mapping[str, Sequence[object]],
+    run_calls: RunCalls | None,
+) -> None:
+    """Step 1: `write_shards` of `by_shard`, with the removals of the crossings that stay on their node (`staying`,
+    per source shard) in the same call there (SHARD_CROSS). Raises as `write_shards`."""
+    writes = _by_node(cluster, layout, by_shard)
+    drops = _by_node(cluster, layout, staying)
+    calls = {
+        node_id: [cross_call(layout, shards, drops[node_id]) if node_id in drops else write_call(layout, shards)]
+        for node_id, shards in writes.items()
+    }
+    answers = await (run_calls or functools.partial(run_per_node, cluster))(calls)
+    for node_id, shards in writes.items():
+        node, raw = cluster.node(node_id), answers[node_id][0]
+        dropped = drops.get(node_id)
+        if dropped is None:
+            _settle(cluster, node, layout, shards, replies.shard_write(node_id, raw, len(shards)))
+            continue
+        written, removed = replies.shard_cross(node_id, raw, len(shards), len(dropped))
+        _settle(cluster, node, layout, shards, written)
+        if removed is not None:
+            _settle(cluster, node, layout, dropped, removed)
 
 
 async def drop_shards(
@@ -134,18 +183,36 @@ async def _per_node(
     run_calls: RunCalls | None,
 ) -> None:
     """`write_shards` and `drop_shards`: `make_call` of each node's shards, run per node, answers `decode`d."""
-    groups: dict[str, dict[str, Sequence[object]]] = {}
-    for shard_id, items in by_shard.items():
-        groups.setdefault(shard_node(cluster, layout, shard_id).id, {})[shard_id] = items
+    groups = _by_node(cluster, layout, by_shard)
     calls = {node_id: [make_call(layout, shards)] for node_id, shards in groups.items()}
     if run_calls is None:
         run_calls = functools.partial(run_per_node, cluster)
     answers = await run_calls(calls)
     for node_id, shards in groups.items():
-        node = cluster.node(node_id)
-        changes = decode(node_id, answers[node_id][0], len(shards))
-        for shard_id, change in zip(shards, changes, strict=True):
-            shard_written(cluster, node, layout, shard_id, change)
+        _settle(cluster, cluster.node(node_id), layout, shards, decode(node_id, answers[node_id][0], len(shards)))
+
+
+def _by_node(
+    cluster: Cluster, layout: BoardLayout, by_shard: Mapping[str, Sequence[object]]
+) -> dict[str, dict[str, Sequence[object]]]:
+    """`by_shard` grouped by the node of each shard; raises `StaleMap` for a shard the map does not have."""
+    groups: dict[str, dict[str, Sequence[object]]] = {}
+    for shard_id, items in by_shard.items():
+        groups.setdefault(shard_node(cluster, layout, shard_id).id, {})[shard_id] = items
+    return groups
+
+
+def _settle(
+    cluster: Cluster,
+    node: NodeClient,
+    layout: BoardLayout,
+    shards: Mapping[str, object],
+    changes: Sequence[ShardChange | Stale],
+) -> None:
+    """Each of `shards`' decoded answers in `changes` (in order) checked and its size remembered; raises at the
+    first refused fence (see `shard_written`)."""
+    for shard_id, change in zip(shards, changes, strict=True):
+        shard_written(cluster, node, layout, shard_id, change)
 
 
 async def run_per_node(cluster: Cluster, calls: dict[str, list[ScriptCall]]) -> dict[str, list[object]]:
@@ -212,11 +279,28 @@ def write_call(
     `mode`: one call that writes them all, each shard fenced on its own (`replies.shard_write` answers per shard,
     in the order of `by_shard`)."""
     args: list[object] = [mode, *layout.write_keys]
+    _write_blocks(layout, args, by_shard)
+    return SHARD_WRITE, (), args
+
+
+def cross_call(
+    layout: BoardLayout, writes: Mapping[str, Sequence[object]], removals: Mapping[str, Sequence[object]]
+) -> ScriptCall:
+    """SHARD_CROSS of `writes` as `write_call` takes them, then of `removals` as `drop_call` takes them (shards of one
+    node): one call making both, the removals only if no write was refused (`replies.shard_cross`)."""
+    args: list[object] = [*layout.write_keys, 0]
+    _write_blocks(layout, args, writes)
+    args[4] = len(args)  # the 1-based position of the writes' last value
+    _drop_blocks(layout, args, removals)
+    return SHARD_CROSS, (), args
+
+
+def _write_blocks(layout: BoardLayout, args: list[object], by_shard: Mapping[str, Sequence[object]]) -> None:
+    """Appends SHARD_WRITE's per-shard blocks of `by_shard`'s writes to `args`."""
     descriptors, ranges = layout.descriptors, layout.stored_ranges
     for shard_id, writes in by_shard.items():
         args += (shard_id, descriptors[shard_id], *ranges[shard_id], len(writes) // 3)
         _add_writes(layout, args, writes)
-    return SHARD_WRITE, (), args
 
 
 def _add_writes(layout: BoardLayout, args: list[object], writes: Sequence[object]) -> None:
@@ -239,13 +323,18 @@ def drop_call(layout: BoardLayout, by_shard: Mapping[str, Sequence[object]]) -> 
     """SHARD_DROP of each shard's removals (user, version)... in `by_shard` (shards of one node): one call that drops
     them all, each shard fenced on its own (`replies.shard_drop` answers per shard, in the order of `by_shard`)."""
     args: list[object] = list(layout.write_keys)
+    _drop_blocks(layout, args, by_shard)
+    return SHARD_DROP, (), args
+
+
+def _drop_blocks(layout: BoardLayout, args: list[object], by_shard: Mapping[str, Sequence[object]]) -> None:
+    """Appends SHARD_DROP's per-shard blocks of `by_shard`'s removals to `args`."""
     descriptors, ranges, versions_key = layout.descriptors, layout.stored_ranges, layout.versions_key
     for shard_id, removals in by_shard.items():
         args += (shard_id, descriptors[shard_id], *ranges[shard_id], len(removals) // 2)
         for i in range(0, len(removals), 2):
             user = cast("str", removals[i])
             args += (user, removals[i + 1], versions_key(user))
-    return SHARD_DROP, (), args
 
 
 def shard_node(cluster: Cluster, layout: BoardLayout, shard_id: str) -> NodeClient:

@@ -132,6 +132,19 @@ def shard_drop(node: str, raw: object, shards: int) -> list[ShardChange | Stale]
     return _per_shard(node, scripts.SHARD_DROP, raw, shards, 3)
 
 
+def shard_cross(
+    node: str, raw: object, writes: int, drops: int
+) -> tuple[list[ShardChange | Stale], list[ShardChange | Stale] | None]:
+    """shard_cross's reply for a call writing `writes` shards and dropping from `drops`: shard_write's answer and
+    shard_drop's, the second None when a write's fence refused and nothing was dropped."""
+    if type(raw) is list and len(raw) == 2:
+        written = _per_shard(node, scripts.SHARD_CROSS, raw[0], writes, 2)
+        if raw[1] == [] and drops and any(type(c) is Stale for c in written):
+            return written, None
+        return written, _per_shard(node, scripts.SHARD_CROSS, raw[1], drops, 3)
+    _wrong(node, scripts.SHARD_CROSS, raw, "as two lists")
+
+
 def _per_shard(node: str, script: Script, raw: object, shards: int, ok_length: int) -> list[ShardChange | Stale]:
     """A reply of one answer per shard, each ``{'stale', actual}`` or ``{'ok', size}`` with, for `ok_length` 3, how
     many members were removed."""

@@ -81,6 +81,7 @@ SHARD_APPLY = _load("shard_apply")
 SHARD_WRITE = _load("shard_write")
 SHARD_REMOVE = _load("shard_remove")
 SHARD_DROP = _load("shard_drop")
+SHARD_CROSS = _load("shard_cross")
 SHARD_COUNT = _load("shard_count")
 SHARD_TALLY = _load("shard_tally")
 SHARD_CLEAR = _load("shard_clear")
@@ -105,6 +106,7 @@ ALL = (
     SHARD_WRITE,
     SHARD_REMOVE,
     SHARD_DROP,
+    SHARD_CROSS,
     SHARD_COUNT,
     SHARD_TALLY,
     SHARD_CLEAR,

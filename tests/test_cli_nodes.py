@@ -86,7 +86,7 @@ def test_remove_refuses_a_node_that_owns_slots_or_shards(cluster_dsn: str, node_
 
     assert _invoke(cluster_dsn, "leaderboards", "create", "weekly", "--boundaries", "100,200").exit_code == 0
     line = _one_error_line(_invoke(cluster_dsn, "nodes", "remove", node_addresses[0]))
-    assert "node n1 owns 2 shard(s) (weekly/s1, weekly/s3) and 512 index slot(s)" in line
+    assert "node n1 owns 2 shard(s) (weekly/s1, weekly/s2) and 512 index slot(s)" in line
     assert "nothing was removed" in line
 
     assert "node 'n9' not found" in _one_error_line(_invoke(cluster_dsn, "nodes", "remove", "n9"))

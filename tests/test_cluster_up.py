@@ -417,7 +417,7 @@ def test_nodes_add_local_starts_a_node_the_running_cluster_supervises_and_rebala
     up.wait_line(rf"^rankshard: node 127\.0\.0\.1:{node_port} exited with code -9; restarted")
     assert len(up.child(_valkey_on(node_port))) == 1
 
-    scores = {f"user{i}": 5 * i for i in range(60)}  # s1 and s3 on n1 hold 40, s2 on n2 20
+    scores = {f"user{i}": 5 * i for i in range(60)}  # s1 and s2 on n1 hold 40, s3 on n2 20
     _update(port, scores)
     out = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "rebalance", "-l", "global"])
     assert out.exit_code == 0, out.output

@@ -103,7 +103,7 @@ def test_a_router_killed_during_the_freeze_loses_nothing(
 
     async def move() -> Job:
         async with control(control_plane_dsn) as (cp, cluster):
-            job = await plan(cp, cluster, BOARD, Spec("move", 25, "n1"))
+            job = await plan(cp, cluster, BOARD, Spec("move", 25, "n2"))
             try:
                 return await Carver(cp, cluster, "test", on_step=hook).run(job)
             except JobCrash:
@@ -154,7 +154,7 @@ def test_a_job_with_the_control_plane_down_fails_clearly_and_completes_after(
 
     async def move() -> tuple[str, Job, Job]:
         async with control(dsn, timeout=2.0) as (cp, cluster):  # a stopped server fails the job within 2 s
-            job = await plan(cp, cluster, BOARD, Spec("move", 25, "n1"))
+            job = await plan(cp, cluster, BOARD, Spec("move", 25, "n2"))
             with pytest.raises(ControlPlaneError) as failed:
                 await Carver(cp, cluster, "test", on_step=hook).run(job)
             # Served from the cached map while the control plane is down: reads, and (while the job's source takes
@@ -243,7 +243,7 @@ def test_a_source_node_restarted_mid_copy_is_resumed_to_the_end(
 # ---- the runner dying after each row it records -------------------------------------------------------------
 
 ROUNDS = {
-    "move": (Spec("move", 25, "n1"), Spec("move", 25, "n2")),
+    "move": (Spec("move", 25, "n2"), Spec("move", 25, "n1")),
     "split": (Spec("split", 25, 25), Spec("merge", 10, 30)),
     "merge": (Spec("merge", -10, 10), Spec("split", 25, 0)),
 }

@@ -537,15 +537,15 @@ def test_a_node_down_is_unavailable_and_the_rest_keeps_serving(split_client, fre
     on_n1 = [u for u in (f"a{i}" for i in range(40)) if slot_for(u) % 2 == 0][:4]  # index slots on n1
     on_n2 = [u for u in (f"b{i}" for i in range(40)) if slot_for(u) % 2 == 1][:2]
     client.create("solo")  # one shard, dealt to n1
-    client.create("cut", boundaries=CUTS)  # shards on n1, n2, n1, n2
+    client.create("cut", boundaries=CUTS)  # shards on n1, n1, n2, n2
     for board in ("solo", "cut"):
         send(client, Req.batch(board, [(u, 5 + 10 * i) for i, u in enumerate(on_n1 + on_n2)]))
     cut_before = top(client, "cut")
 
     n2.stop()
     problems = []
-    # on_n1[0] is indexed on n1; its move from 5 to 15 goes from shard (-inf, 10) on n1 to [10, 20) on n2.
-    needs_n2 = [Req.update("cut", on_n1[0], 10, "retry-me"), Req.top("cut")]
+    # on_n1[0] is indexed on n1; its move from 5 to 25 goes from shard (-inf, 10) on n1 to [20, 30) on n2.
+    needs_n2 = [Req.update("cut", on_n1[0], 20, "retry-me"), Req.top("cut")]
     needs_n2 += [r for r in Req.every_rpc("solo", on_n2[0]) if rpc_of(r) != "GetTop"]  # indexed on n2
     for request in needs_n2:
         try:
@@ -566,10 +566,10 @@ def test_a_node_down_is_unavailable_and_the_rest_keeps_serving(split_client, fre
 
     # Back up: the retry with the same request id applies the update exactly once.
     n2.start()
-    assert update(client, "cut", on_n1[0], 10, "retry-me")[0] == 15
-    assert score_of(client, "cut", on_n1[0]) == 15
+    assert update(client, "cut", on_n1[0], 20, "retry-me")[0] == 25
+    assert score_of(client, "cut", on_n1[0]) == 25
     entries, total = top(client, "cut")
     assert total == cut_before[1]
-    moved = sorted((u, 15 if u == on_n1[0] else s) for u, s, _ in cut_before[0])
+    moved = sorted((u, 25 if u == on_n1[0] else s) for u, s, _ in cut_before[0])
     assert sorted((u, s) for u, s, _ in entries) == moved
     members_where_they_belong(client, "cut")

@@ -9,9 +9,10 @@
 - Reads while a node is down reflect this router's own changes made before it went down (a removal), and
   calls with short client deadlines that need only healthy nodes are served while another node is frozen.
 
-Node n1 owns the even index slots and the shards s1 (-inf, 10) and s3 [20, 30); n2 owns the odd slots and
-s2 [10, 20) and s4 [30, +inf) (`bootstrap` deals slots round-robin, boards deal shards round-robin from the lowest
-range up; `check_layout` verifies the shards, and a slot on the wrong node would fail the UNAVAILABLE checks).
+Node n1 owns the even index slots and the shards s1 (-inf, 10) and s2 [10, 20); n2 owns the odd slots and
+s3 [20, 30) and s4 [30, +inf) (`bootstrap` deals slots round-robin, boards deal shards in runs of neighbours from
+the lowest range up; `check_layout` verifies the shards, and a slot on the wrong node would fail the UNAVAILABLE
+checks).
 n2 is always the node the test breaks.
 """
 
@@ -63,13 +64,18 @@ def users_indexed_on(node: str, prefix: str, count: int) -> list[str]:
     )
 
 
+def shard_of(score: int) -> int:
+    """The position (0-based, from the lowest range up) of the shard holding `score` on a board cut at CUTS."""
+    return sum(score >= c for c in CUTS)
+
+
 def shard_node_of(score: int) -> str:
     """Owner of the shard holding `score` on a board cut at CUTS."""
-    return "n1" if sum(score >= c for c in CUTS) % 2 == 0 else "n2"
+    return "n1" if shard_of(score) < 2 else "n2"
 
 
 def check_layout(client: Client, board: str) -> None:
-    """The shards of `board` alternate n1, n2, n1, n2 from the lowest range up, as `shard_node_of` assumes."""
+    """The shards of `board` are n1, n1, n2, n2 from the lowest range up, as `shard_node_of` assumes."""
     shards = client.admin.GetShardMap(admin_pb2.GetShardMapRequest(leaderboard=board), timeout=T).shards
     lowers = [s.lower if s.HasField("lower") else None for s in shards]
     assert lowers == [None, *CUTS]
@@ -258,13 +264,13 @@ def test_a_node_sigkilled_during_writes_and_restarted_loses_nothing_acknowledged
     rng = random.Random(3)
     deltas: dict[str, Iterator[int]] = {}
     for node in ("n1", "n2"):
-        # Members that stay in s1 (on n1), that stay in s4 (on n2), and that cross between s1 and s2 (n1 <-> n2).
+        # Members that stay in s1 (on n1), that stay in s4 (on n2), and that cross between s2 and s3 (n1 <-> n2).
         for user in users_indexed_on(node, f"low-{node}-", 3):
             deltas[user] = _deltas(5, lambda: -rng.randint(1, 3))
         for user in users_indexed_on(node, f"high-{node}-", 3):
             deltas[user] = _deltas(100, lambda: rng.randint(1, 3))
         for user in users_indexed_on(node, f"mover-{node}-", 2):
-            deltas[user] = _deltas(6, itertools.cycle([4, 4, -4, -4]).__next__)
+            deltas[user] = _deltas(16, itertools.cycle([4, 4, -4, -4]).__next__)
     # Every kind of update: all on n1, index on n1 and shard on n2, index on n2 and shard on n1, all on n2.
     kinds = {
         (index_node(u), shard_node_of(5 if u.startswith("low") else 100)) for u in deltas if not u.startswith("mover")
@@ -402,7 +408,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
                 for j in (i - 1, i + 1)
                 if 0 <= j < len(expected)
                 and shard_node_of(expected[j][1]) == "n1"
-                and (expected[j][1] >= 20) == (model[user] >= 20)
+                and shard_of(expected[j][1]) == shard_of(model[user])
             ]
             if len(same) == 2:
                 r = client.lb.GetAround(pb.GetAroundRequest(leaderboard=board, user_id=user, radius=1), timeout=T)
@@ -410,8 +416,8 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
         served = [u for u in model if only_n1(board, u)]
         r = client.lb.GetRanks(pb.GetRanksRequest(leaderboard=board, user_ids=served), timeout=T)
         assert entries(r) == [e for e in expected if e[0] in served]
-        # Top pages that lie within one of n1's shards, wherever that shard is in the order.
-        for lower, upper in ((None, 10), (20, 30)):
+        # Top pages that lie within one of n1's shards, and one over both.
+        for lower, upper in ((None, 10), (10, 20), (None, 20)):
             inside = [i for i, (_, s, _) in enumerate(expected) if (lower is None or s >= lower) and s < upper]
             offset, limit = inside[0], len(inside)
             r = client.lb.GetTop(pb.GetTopRequest(leaderboard=board, offset=offset, limit=limit), timeout=T)
@@ -446,9 +452,11 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
             lambda: client.lb.GetTop(pb.GetTopRequest(leaderboard=board, limit=1000), timeout=T),
             problems,
         )
-        # One position past the end of n1's s3, or before its start: into n2's s2 or s4.
-        inside = [i for i, (_, s, _) in enumerate(expected) if 20 <= s < 30]
-        for offset, limit in ((inside[0], len(inside) + 1), (inside[0] - 1, 2)):
+        # One position past n1's shards s1 and s2 (next to each other) into n2's s3, and a page of s2 and s3.
+        inside = [i for i, (_, s, _) in enumerate(expected) if s < 20]
+        s2 = [i for i, (_, s, _) in enumerate(expected) if 10 <= s < 20]
+        beyond = (inside[0] - 1, 2) if descending[board] else (inside[0], len(inside) + 1)
+        for offset, limit in (beyond, (min(s2) - 1 if descending[board] else min(s2), len(s2) + 1)):
             expect_unavailable(
                 f"GetTop {board} offset {offset} limit {limit}",
                 lambda offset=offset, limit=limit: client.lb.GetTop(
@@ -457,7 +465,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
                 problems,
             )
         # An n1 member whose window reaches into n2's shards.
-        user = next(u for u in model if only_n1(board, u) and model[u] >= 20)
+        user = next(u for u in model if only_n1(board, u) and model[u] >= 10)
         expect_unavailable(
             f"GetAround {board} {user} radius 10",
             lambda: client.lb.GetAround(pb.GetAroundRequest(leaderboard=board, user_id=user, radius=10), timeout=T),
@@ -480,7 +488,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
             for j in (i - 1, i + 1)
             if 0 <= j < len(expected)
             and shard_node_of(expected[j][1]) == "n1"
-            and (expected[j][1] >= 20) == (model[user] >= 20)
+            and shard_of(expected[j][1]) == shard_of(model[user])
         ]
         return len(same) == 2
 
@@ -524,7 +532,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
         check_refused(board)
         check_concurrent(board)
         # Writes that need only n1: an existing member within its shard, a new member, a batch, a removal.
-        user = next(u for u in model if only_n1(board, u) and model[u] >= 20)
+        user = next(u for u in model if only_n1(board, u) and model[u] >= 10)
         model[user] += 1
         r = client.lb.UpdateScore(
             pb.UpdateScoreRequest(leaderboard=board, user_id=user, score=1, request_id="w1"), timeout=T
@@ -544,7 +552,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
             timeout=T,
         )
         assert [x.score for x in r.results] == [model[u] for u in batch]
-        gone = next(u for u in model if only_n1(board, u) and 20 <= model[u] < 30 and u != user)
+        gone = next(u for u in model if only_n1(board, u) and 10 <= model[u] < 20 and u != user)
         assert client.lb.RemoveMember(pb.RemoveMemberRequest(leaderboard=board, user_id=gone), timeout=T).removed
         del model[gone]
         check_served(board)
@@ -553,7 +561,7 @@ def test_while_a_node_is_down_only_what_lives_on_it_is_unavailable(
     # Writes that need n2 are refused; the ones committed on n1's index first settle on a retry.
     retries: list[tuple[str, Any]] = []
     for board, model in models.items():
-        crossing = next(u for u in model if only_n1(board, u) and 20 <= model[u] < 30)  # s3 (n1) -> s4 (n2)
+        crossing = next(u for u in model if only_n1(board, u) and 10 <= model[u] < 20)  # s2 (n1) -> s3 (n2)
         in_n2_shard = next(u for u in model if index_node(u) == "n1" and shard_node_of(model[u]) == "n2")
         indexed_on_n2 = next(u for u in model if index_node(u) == "n2")
         for user, delta in ((crossing, 10), (in_n2_shard, 1), (indexed_on_n2, 1)):
@@ -621,7 +629,7 @@ def test_a_frozen_node_fails_the_calls_that_need_it_in_time_and_the_rest_serve(
     check_layout(client, "f")
     healthy = users_indexed_on("n1", "h", 3)  # index and shard on n1
     frozen = users_indexed_on("n2", "z", 2)  # index on n2
-    model = {healthy[0]: 3, healthy[1]: 22, healthy[2]: 25, frozen[0]: 15, frozen[1]: 35}
+    model = {healthy[0]: 3, healthy[1]: 12, healthy[2]: 15, frozen[0]: 25, frozen[1]: 35}
     client.lb.BatchUpdateScores(
         pb.BatchUpdateScoresRequest(
             leaderboard="f", updates=[pb.ScoreUpdate(user_id=u, score=s) for u, s in model.items()]
@@ -723,7 +731,7 @@ def test_a_frozen_node_does_not_stop_calls_with_short_deadlines_that_do_not_need
     client = split_client
     client.create("short", boundaries=CUTS)
     healthy = users_indexed_on("n1", "h", 1)[0]
-    client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="short", user_id=healthy, score=25), timeout=T)  # s3, n1
+    client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="short", user_id=healthy, score=15), timeout=T)  # s2, n1
     client.lb.UpdateScore(pb.UpdateScoreRequest(leaderboard="short", user_id="x", score=35), timeout=T)  # s4, n2
     fresh_valkey.pause()
     for _ in range(3):

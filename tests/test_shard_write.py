@@ -28,7 +28,7 @@ from rankshard.v1 import leaderboard_pb2 as pb
 
 BOARD = "sw"
 CUTS = [100, 200, 300]
-"""Four shards over the two nodes, two on each."""
+"""Four shards over the two nodes, two neighbours on each."""
 SEEDS = {f"u{i}": i * 4 for i in range(100)}
 """Members in every shard (scores 0..396)."""
 
@@ -197,36 +197,109 @@ def test_members_crossing_out_of_a_shard_being_moved_and_out_of_one_that_is_not_
     _board_is(seeded, control_plane_dsn, {**SEEDS, **target})
 
 
+async def _recorded_run(
+    cluster: Cluster, layout: BoardLayout, updates: list[Update]
+) -> tuple[list[int], list[tuple[str, list[str]]]]:
+    """`updates` run as one call, with each round trip the call made to a node: (node id, the scripts it ran)."""
+    trips: list[tuple[str, list[str]]] = []
+    for node in cluster.nodes.values():
+        run_many = node.run_many
+
+        async def recorded(batch, *, lazy=False, _id=node.id, _run=run_many):  # type: ignore[no-untyped-def]
+            trips.append((_id, [script.name for script, _, _ in batch]))
+            return await _run(batch, lazy=lazy)
+
+        node.run_many = recorded  # type: ignore[method-assign]
+    outcomes = await UpdateCall(cluster, layout, updates).run(layout)
+    return [o.score for o in outcomes], trips  # type: ignore[union-attr]
+
+
+def _node_of(layout: BoardLayout, score: int) -> str:
+    return layout.shards[layout.map.shard_for(score).id].node
+
+
 def test_a_batch_crossing_out_of_many_shards_costs_each_node_one_write_call_and_one_drop_call(
     seeded: Client, control_plane_dsn: str
 ) -> None:
     """However many shards a batch's crossings leave and reach, each node gets one call writing all its shards (the
-    members that stay in theirs included) and one dropping from all of them; every member ends where a sorted list
-    puts it."""
+    members that stay in theirs included) and dropping the crossings that stay on the node, and one dropping from
+    all its shards those that left for another node; every member ends where a sorted list puts it."""
     layout = _on_board(control_plane_dsn, _layout)
     users = sorted(SEEDS)
     # Two of every three members cross (to the shard above or below), the third stays in its own.
     target = {u: (SEEDS[u] + (100 if i % 2 else 200)) % 400 if i % 3 else SEEDS[u] + 1 for i, u in enumerate(users)}
     left = {layout.map.shard_for(SEEDS[u]).id for u in users if target[u] != SEEDS[u] + 1}
     assert len(left) == len(layout.shards)  # every shard is left by some member
+    pairs = [(_node_of(layout, SEEDS[u]), _node_of(layout, target[u])) for u in users if target[u] != SEEDS[u] + 1]
+    staying, leaving = {a for a, b in pairs if a == b}, {a for a, b in pairs if a != b}
+    assert staying == leaving == set(layout.by_node)  # on every node, crossings of both kinds
 
     async def write(_: ControlPlane, cluster: Cluster, fresh: BoardLayout) -> tuple[list[int], list[tuple[str, str]]]:
-        calls: list[tuple[str, str]] = []
-        for node in cluster.nodes.values():
-            run_many = node.run_many
-
-            async def recorded(batch, *, lazy=False, _id=node.id, _run=run_many):  # type: ignore[no-untyped-def]
-                calls.extend((_id, script.name) for script, _, _ in batch)
-                return await _run(batch, lazy=lazy)
-
-            node.run_many = recorded  # type: ignore[method-assign]
-        outcomes = await UpdateCall(cluster, fresh, [Update(u, target[u] - SEEDS[u]) for u in users]).run(fresh)
-        return [o.score for o in outcomes], calls  # type: ignore[union-attr]
+        scores, trips = await _recorded_run(cluster, fresh, [Update(u, target[u] - SEEDS[u]) for u in users])
+        return scores, [(n, script) for n, scripts in trips for script in scripts]
 
     scores, calls = _on_board(control_plane_dsn, write)
     assert scores == [target[u] for u in users]
-    for name in ("shard_write", "shard_drop"):
-        per_node = [n for n, script in calls if script == name]
-        assert sorted(per_node) == sorted(set(layout.by_node)), (name, calls)
-    assert not [c for c in calls if c[1] in ("shard_apply", "shard_remove")], calls
+    assert sorted(n for n, script in calls if script == "shard_cross") == sorted(staying), calls
+    assert sorted(n for n, script in calls if script == "shard_drop") == sorted(leaving), calls
+    assert not [c for c in calls if c[1] in ("shard_write", "shard_apply", "shard_remove")], calls
     _board_is(seeded, control_plane_dsn, target)
+
+
+def test_a_batch_whose_crossings_stay_on_their_nodes_makes_no_drop_round(
+    seeded: Client, control_plane_dsn: str
+) -> None:
+    """Crossings between neighbouring shards of one node: each node gets one call writing and dropping them, with
+    the ranks' count behind it in the same round trip; no drop call follows, and the board is as a sorted list."""
+    layout = _on_board(control_plane_dsn, _layout)
+    runs = {n: [s.id for s in shards] for n, shards in layout.by_node.items()}
+    assert all(len(r) == 2 for r in runs.values()), runs  # two neighbouring shards per node
+    # Every member crosses into the other shard of its node: 100 points up, or down from the upper one.
+    upper = {shards[0].id for shards in layout.by_node.values()}  # best first: each node's better shard
+    target = {u: s - 100 if layout.map.shard_for(s).id in upper else s + 100 for u, s in SEEDS.items()}
+    assert all(_node_of(layout, SEEDS[u]) == _node_of(layout, target[u]) for u in SEEDS)
+
+    async def write(
+        _: ControlPlane, cluster: Cluster, fresh: BoardLayout
+    ) -> tuple[list[int], list[tuple[str, list[str]]]]:
+        return await _recorded_run(cluster, fresh, [Update(u, target[u] - SEEDS[u]) for u in sorted(SEEDS)])
+
+    scores, trips = _on_board(control_plane_dsn, write)
+    assert scores == [target[u] for u in sorted(SEEDS)]
+    crossed = [(n, scripts) for n, scripts in trips if "shard_cross" in scripts]
+    assert sorted(n for n, _ in crossed) == sorted(layout.by_node), trips
+    assert all(
+        scripts[0] == "shard_cross" and scripts[1:] in (["shard_tally"], ["shard_count"]) for _, scripts in crossed
+    ), trips
+    assert not [t for t in trips if "shard_drop" in t[1] or "shard_write" in t[1]], trips
+    _board_is(seeded, control_plane_dsn, target)
+
+
+def test_a_crossing_within_a_node_into_a_shard_the_map_no_longer_describes_keeps_its_source_until_retried(
+    seeded: Client, control_plane_dsn: str, node_addresses: list[str]
+) -> None:
+    """A writer holding the map of before a move sends a crossing between two shards of one node, the destination
+    being the moved one: its fence refuses, so the source keeps the member (a crossing leaves its source only once
+    its destination holds it); run again under the new map, the member is in its new shard alone."""
+    before = _on_board(control_plane_dsn, _layout)
+    moving, staying, node = _pair_on_one_node(before)
+    a = _member_in(before, staying)
+    low = before.shards[moving].lower
+    assert low is not None  # the better shard of the pair (best first), above the other
+    job = _move_stopped_at_catch_up(control_plane_dsn, moving)
+    stale = _on_board(control_plane_dsn, _layout)
+    _resume(control_plane_dsn, job)
+
+    async def write(_: ControlPlane, cluster: Cluster, fresh: BoardLayout) -> int:
+        call = UpdateCall(cluster, stale, [Update(a, low - SEEDS[a], "ra")])
+        with pytest.raises(StaleMap):
+            await call.run(stale)
+        with _node(node_addresses[int(node[1:]) - 1]) as r:
+            assert r.zscore(shard_key(BOARD, staying), a) == -SEEDS[a]
+        (outcome,) = await call.run(fresh)
+        return outcome.score  # type: ignore[union-attr]
+
+    assert _on_board(control_plane_dsn, write) == low
+    with _node(node_addresses[int(node[1:]) - 1]) as r:
+        assert r.zscore(shard_key(BOARD, staying), a) is None
+    _board_is(seeded, control_plane_dsn, {**SEEDS, a: low})

@@ -260,17 +260,17 @@ local function remove_members(zkey, dkey, expected, low, high, first, last, step
   return removed
 end
 
--- The per-shard blocks of shard_write and shard_drop, from ARGV[first] on, each changed by `change`: a block is a
+-- The per-shard blocks of shard_write and shard_drop, ARGV[first..last], each changed by `change`: a block is a
 -- shard id, its expected descriptor, its range in stored scores [lo, hi), a count k, then k items of `width` values.
 -- The descriptors are read in one MGET (per 4,000 shards) and the kept sizes in one HMGET (`keep_sizes`, in sizes
 -- hash `key` with changes zset `okey`), so a call costs a node two reads however many shards it touches. A shard
 -- whose fence refuses is left alone and answered {'stale', actual descriptor}; the others are changed all the same:
 -- `change(zkey, dkey, expected, lo, hi, i, j)` with its items at ARGV[i..j] and its zset under stem `zstem`, answered
 -- {'ok', size inside the range} and what `change` returned, if anything. Returns the answers, in the order sent.
-local function change_shards(key, okey, zstem, dstem, first, width, change)
+local function change_shards(key, okey, zstem, dstem, first, last, width, change)
   local starts, dkeys = {}, {}
-  local i, n = first, #ARGV
-  while i <= n do
+  local i = first
+  while i <= last do
     starts[#starts + 1] = i
     dkeys[#dkeys + 1] = dstem .. ARGV[i]
     i = i + 5 + width * tonumber(ARGV[i + 4])
