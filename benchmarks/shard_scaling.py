@@ -10,7 +10,8 @@ on average), as ``rankshard bench`` measures its shard-count series. For each bo
 `--in-flight` calls in flight from this process: GetRank, then UpdateScore with request ids. Node CPU per call is
 both nodes' ``used_cpu_user + used_cpu_sys`` over a window divided by the calls it served; each figure is printed
 with its ratio to the fewest shards' figure, and beside UpdateScore the share of its updates that crossed a
-boundary (told from each answer: its score less the points added, against the board's cut points). With `--rounds`
+boundary (told from each answer: its score less the points added, against the board's cut points) and the nodes'
+round trips per UpdateScore (``total_reads_processed`` of both nodes over the window). With `--rounds`
 above 1 the boards are measured round-robin that many times and the median of each is printed. A benchmark, not a
 test: figures only.
 """
@@ -95,9 +96,10 @@ async def closed_loop(
     in_flight: int,
     seconds: float,
     cpu: Callable[[], float],
-) -> tuple[float, float]:
+    reads: Callable[[], int],
+) -> tuple[float, float, float]:
     """Calls made by `in_flight` workers for 1 s of warm-up then `seconds`; returns node CPU µs per call of the
-    measured window, and calls per second."""
+    measured window, calls per second, and node round trips (`reads`: read events of every node) per call."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.LeaderboardStub(channel)
         calls = 0
@@ -115,14 +117,14 @@ async def closed_loop(
 
         tasks = [asyncio.create_task(worker()) for _ in range(in_flight)]
         await asyncio.sleep(1.0)
-        before = cpu()
+        before, read_before = cpu(), reads()
         counting = True
         await asyncio.sleep(seconds)
         counting = False
-        used = cpu() - before
+        used, trips = cpu() - before, reads() - read_before
         stop = True
         await asyncio.gather(*tasks)
-    return 1e6 * used / max(1, calls), calls / seconds
+    return 1e6 * used / max(1, calls), calls / seconds, trips / max(1, calls)
 
 
 def measure(cluster: Cluster, shards: int, members: int, args: argparse.Namespace) -> dict[str, float]:
@@ -148,8 +150,10 @@ def measure(cluster: Cluster, shards: int, members: int, args: argparse.Namespac
 
     out = {}
     for name, make in (("get_rank", get_rank), ("update", update)):
-        out[name], out[f"{name}_per_s"] = asyncio.run(
-            closed_loop(cluster.address, make, args.in_flight, args.seconds, cluster.node_cpu_seconds)
+        out[name], out[f"{name}_per_s"], out[f"{name}_trips"] = asyncio.run(
+            closed_loop(
+                cluster.address, make, args.in_flight, args.seconds, cluster.node_cpu_seconds, cluster.node_reads
+            )
         )
     out["crossed"] = crossed[1] / max(1, crossed[0])
     return out
@@ -177,7 +181,7 @@ def main() -> None:
                     print(f"  round {r + 1}, {n} shards: {rows[n][-1]}", flush=True)
         finally:
             cluster.stop()
-    kinds = ("get_rank", "update", "get_rank_per_s", "update_per_s", "crossed")
+    kinds = ("get_rank", "update", "get_rank_per_s", "update_per_s", "update_trips", "crossed")
     median = {n: {k: statistics.median(row[k] for row in rows[n]) for k in kinds} for n in counts}
     base = median[counts[0]]
     print(
@@ -186,14 +190,14 @@ def main() -> None:
     )
     print(
         f"{'shards':>6}  {'GetRank µs':>10}  {'ratio':>5}  {'calls/s':>7}"
-        f"  {'UpdateScore µs':>14}  {'ratio':>5}  {'calls/s':>7}  {'crossed':>7}"
+        f"  {'UpdateScore µs':>14}  {'ratio':>5}  {'calls/s':>7}  {'trips':>5}  {'crossed':>7}"
     )
     for n in counts:
         m = median[n]
         print(
             f"{n:>6}  {m['get_rank']:>10.1f}  {m['get_rank'] / base['get_rank']:>5.2f}  {m['get_rank_per_s']:>7.0f}"
             f"  {m['update']:>14.1f}  {m['update'] / base['update']:>5.2f}  {m['update_per_s']:>7.0f}"
-            f"  {m['crossed']:>7.0%}"
+            f"  {m['update_trips']:>5.2f}  {m['crossed']:>7.0%}"
         )
 
 
