@@ -120,7 +120,7 @@ def move(ctx: click.Context, leaderboard: str, shard_id: str, node: str) -> None
 
     \b
     Examples:
-      rankshard shards move -l global --shard s3 --to n2
+      rankshard shards move -l global --shard s2 --to n2
       rankshard shards move --leaderboard weekly --shard s1 --to 10.0.0.7:6379
     """
     _carry_planned(ctx, lambda cp, _, owner, lease: plan_move(cp, leaderboard, shard_id, node, owner, lease))
