@@ -243,13 +243,9 @@ def _copies(node: LocalValkey, user: str) -> dict[str, float]:
     return {shard: score for shard, score in found.items() if score is not None}
 
 
-def test_a_crossing_within_a_node_leaves_one_copy_whatever_the_crash(
-    control_plane_dsn: str, router: RouterThread, client: Client, nodes: tuple[LocalValkey, LocalValkey], tmp_path: Path
-) -> None:
-    """A member crossing between two shards of one node is written into the destination and dropped from the
-    source in one call: a router that dies right after it leaves one copy, and when the member's index (on n2) is
-    lost too, repair rebuilds the entry from that copy without guessing."""
-    scores = _traffic(client, "desc")
+def _cross_then_die(router: RouterThread, client: Client, scores: dict[str, int]) -> str:
+    """A member indexed on n2 crossing from s1 to s2 (both on n1), through a router that dies right after the
+    crossing's destination step; returns the member (its score in `scores` is the crossing's)."""
     mover = next(u for u, s in scores.items() if _index_node(u) == "n2" and 0 <= s < 10)
 
     def crash(step: str) -> None:
@@ -259,16 +255,33 @@ def test_a_crossing_within_a_node_leaves_one_copy_whatever_the_crash(
 
     router.hook = crash
     with pytest.raises(grpc.RpcError):
-        _update(client, mover, 10, f"{mover}-cross")  # s1 -> s2, both on n1
+        _update(client, mover, 10, f"{mover}-cross")
     scores[mover] += 10
-    assert _copies(nodes[0], mover) == {"s2": -scores[mover]}
-    _lose_data(nodes[1], tmp_path)
+    return mover
 
-    code, out = _cli(control_plane_dsn, "repair", "-l", BOARD)
+
+def _repaired_after_losing_n2(
+    dsn: str, client: Client, nodes: tuple[LocalValkey, LocalValkey], tmp_path: Path, scores: dict[str, int]
+) -> str:
+    """n2's data lost, then `repair`: the board is sound over what survived; returns repair's output."""
+    _lose_data(nodes[1], tmp_path)
+    code, out = _cli(dsn, "repair", "-l", BOARD)
     assert code == 0, out
     survivors = {u: s for u, s in scores.items() if not _index_node(u) == _shard_node(s) == "n2"}
-    _assert_sound(control_plane_dsn, client, survivors, True)
-    assert "guessed" not in out
+    _assert_sound(dsn, client, survivors, True)
+    return out
+
+
+def test_a_crossing_within_a_node_leaves_one_copy_whatever_the_crash(
+    control_plane_dsn: str, router: RouterThread, client: Client, nodes: tuple[LocalValkey, LocalValkey], tmp_path: Path
+) -> None:
+    """A member crossing between two shards of one node is written into the destination and dropped from the
+    source in one call: a router that dies right after it leaves one copy, and when the member's index (on n2) is
+    lost too, repair rebuilds the entry from that copy without guessing."""
+    scores = _traffic(client, "desc")
+    mover = _cross_then_die(router, client, scores)
+    assert _copies(nodes[0], mover) == {"s2": -scores[mover]}
+    assert "guessed" not in _repaired_after_losing_n2(control_plane_dsn, client, nodes, tmp_path, scores)
 
 
 def test_a_move_under_way_when_its_index_was_lost_keeps_one_copy(
@@ -285,7 +298,6 @@ def test_a_move_under_way_when_its_index_was_lost_keeps_one_copy(
     in a call of its own). One copy stays, the better score (scores on a board mostly improve, and here the move
     went to the better one), and repair says it guessed."""
     scores = _traffic(client, "desc")
-    mover = next(u for u, s in scores.items() if _index_node(u) == "n2" and 0 <= s < 10)
     source_removals = moves._source_removals
 
     def in_calls_of_their_own(layout: BoardLayout, entries: Sequence[IndexEntry]) -> tuple[Removals, Removals]:
@@ -293,21 +305,7 @@ def test_a_move_under_way_when_its_index_was_lost_keeps_one_copy(
         return {}, {**leaving, **staying}
 
     monkeypatch.setattr(moves, "_source_removals", in_calls_of_their_own)
-
-    def crash(step: str) -> None:
-        if step == "destination_written":
-            router.hook = None
-            raise _Crash(step)
-
-    router.hook = crash
-    with pytest.raises(grpc.RpcError):
-        _update(client, mover, 10, f"{mover}-cross")  # s1 -> s2, both on n1
-    scores[mover] += 10
+    mover = _cross_then_die(router, client, scores)
     assert set(_copies(nodes[0], mover)) == {"s1", "s2"}
-    _lose_data(nodes[1], tmp_path)
-
-    code, out = _cli(control_plane_dsn, "repair", "-l", BOARD)
-    assert code == 0, out
-    survivors = {u: s for u, s in scores.items() if not _index_node(u) == _shard_node(s) == "n2"}
-    _assert_sound(control_plane_dsn, client, survivors, True)
+    out = _repaired_after_losing_n2(control_plane_dsn, client, nodes, tmp_path, scores)
     assert f"{BOARD}: guessed: 1 rebuilt members were in two shards at one version" in out
