@@ -260,6 +260,22 @@ local function remove_members(zkey, dkey, expected, low, high, first, last, step
   return removed
 end
 
+-- `change_shards`' change for shard_write's blocks, items (user, stored score, ver, the user's versions hash):
+-- `apply_writes` with `slack`.
+local function writes_change(slack)
+  return function(zkey, dkey, expected, _lo, _hi, i, j)
+    apply_writes(zkey, dkey, expected, slack, i, j)
+  end
+end
+
+local function drop_vkey(at) return ARGV[at + 2] end
+
+-- `change_shards`' change for shard_drop's blocks, items (user, ver, the user's versions hash): `remove_members`,
+-- answered with how many members left the zset.
+local function drops_change(zkey, dkey, expected, lo, hi, i, j)
+  return remove_members(zkey, dkey, expected, tonumber(lo), tonumber(hi), i, j, 3, drop_vkey)
+end
+
 -- The per-shard blocks of shard_write and shard_drop, ARGV[first..last], each changed by `change`: a block is a
 -- shard id, its expected descriptor, its range in stored scores [lo, hi), a count k, then k items of `width` values.
 -- The descriptors are read in one MGET (per 4,000 shards) and the kept sizes in one HMGET (`keep_sizes`, in sizes

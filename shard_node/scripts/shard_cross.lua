@@ -7,13 +7,8 @@
 -- then shard_write's blocks (writes in mode 'write') up to ARGV[w], then shard_drop's blocks to the end.
 -- Returns {shard_write's answer, shard_drop's answer}, the second {} when the removals were not made.
 local key, okey, zstem, dstem, w = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local written = change_shards(key, okey, zstem, dstem, 6, w, 4, function(zkey, dkey, expected, _lo, _hi, i, j)
-  apply_writes(zkey, dkey, expected, 0, i, j)
-end)
+local written = change_shards(key, okey, zstem, dstem, 6, w, 4, writes_change(0))
 for j = 1, #written do
   if written[j][1] == 'stale' then return {written, {}} end
 end
-local function vkey_of(at) return ARGV[at + 2] end
-return {written, change_shards(key, okey, zstem, dstem, w + 1, #ARGV, 3, function(zkey, dkey, expected, lo, hi, i, j)
-  return remove_members(zkey, dkey, expected, tonumber(lo), tonumber(hi), i, j, 3, vkey_of)
-end)}
+return {written, change_shards(key, okey, zstem, dstem, w + 1, #ARGV, 3, drops_change)}

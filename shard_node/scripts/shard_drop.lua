@@ -7,7 +7,4 @@
 -- expected descriptor, its range in stored scores [lo, hi), the number k of its removals, then k times (user, ver,
 -- the user's versions hash (see _keys.py)).
 -- Returns per shard, in the order sent, shard_remove's answer: {'stale', actual descriptor} or {'ok', size, removed}.
-local function vkey_of(at) return ARGV[at + 2] end
-return change_shards(ARGV[1], ARGV[2], ARGV[3], ARGV[4], 5, #ARGV, 3, function(zkey, dkey, expected, lo, hi, i, j)
-  return remove_members(zkey, dkey, expected, tonumber(lo), tonumber(hi), i, j, 3, vkey_of)
-end)
+return change_shards(ARGV[1], ARGV[2], ARGV[3], ARGV[4], 5, #ARGV, 3, drops_change)

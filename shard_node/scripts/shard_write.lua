@@ -8,6 +8,4 @@
 -- the number k of its writes, then k times (user, stored score, ver, the user's versions hash (see _keys.py)).
 -- Returns per shard, in the order sent, shard_apply's answer: {'stale', actual descriptor} or {'ok', size}.
 local slack = ARGV[1] == 'rewrite' and 1 or 0
-return change_shards(ARGV[2], ARGV[3], ARGV[4], ARGV[5], 6, #ARGV, 4, function(zkey, dkey, expected, _lo, _hi, i, j)
-  apply_writes(zkey, dkey, expected, slack, i, j)
-end)
+return change_shards(ARGV[2], ARGV[3], ARGV[4], ARGV[5], 6, #ARGV, 4, writes_change(slack))
